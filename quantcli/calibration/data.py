@@ -1,0 +1,251 @@
+"""Calibration and evaluation data: .npz files, folders of .npz, folders of .npy.
+
+Everything is checked against the model's inputs when the data is opened, before any work, so a
+wrong dtype or shape fails in a second with a message naming the file and the input instead of
+deep inside onnxruntime after minutes of calibration. Arrays are read with ``allow_pickle=False``:
+data files are often downloaded, and unpickling runs code.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+from quantcli.errors import CalibrationDataError
+
+__all__ = ["Batch", "Dataset", "InputSpec", "model_inputs", "open_dataset"]
+
+Batch = dict[str, npt.NDArray[np.generic]]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, numpy dtype and shape (None for a dynamic dim)."""
+
+    name: str
+    dtype: np.dtype[np.generic]
+    shape: tuple[int | None, ...]
+
+    @property
+    def batched(self) -> bool:
+        """True when axis 0 is a batch axis we may fill (dynamic or 1)."""
+        return len(self.shape) > 0 and self.shape[0] in (None, 1)
+
+    @property
+    def dynamic_batch(self) -> bool:
+        return len(self.shape) > 0 and self.shape[0] is None
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.dtype.name}[{dims}]"
+
+
+def model_inputs(model: ir.Model) -> tuple[InputSpec, ...]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    specs = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers:
+            continue
+        if value.dtype is None or value.shape is None:
+            raise CalibrationDataError(f"model input '{value.name}' has no declared type or shape")
+        shape = tuple(d if isinstance(d, int) else None for d in value.shape.dims)
+        specs.append(InputSpec(str(value.name), np.dtype(value.dtype.numpy()), shape))
+    return tuple(specs)
+
+
+def _describe_array(array: npt.NDArray[np.generic]) -> str:
+    return f"{array.dtype.name}[{','.join(str(d) for d in array.shape)}]"
+
+
+def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                return {key: archive[key] for key in archive.files}
+        return {"": np.load(path, allow_pickle=False)}
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise CalibrationDataError(
+                f"{path}: holds pickled Python objects, which quantcli never loads; save plain numeric arrays"
+            ) from exc
+        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One file's worth of samples; arrays are re-read when iterated, never all kept."""
+
+    path: Path
+    num_samples: int
+    # Whether the file's arrays lack the sample axis (one sample per file).
+    single_sample: bool
+
+
+def _check_array(path: Path, spec: InputSpec, array: npt.NDArray[np.generic], *, stacked: bool) -> int:
+    """Check one array against one input; return its number of samples."""
+    where = f"{path}: input '{spec.name}'"
+    if array.dtype.kind in "OSUV":
+        raise CalibrationDataError(f"{where} holds {array.dtype} data; expected {spec.describe()}")
+    # A "sample" is one row of the model's batch axis, or one whole feed for a model without one.
+    sample_shape = spec.shape[1:] if spec.batched else spec.shape
+    expected_rank = len(sample_shape) + (1 if stacked else 0)
+    shape_ok = array.ndim == expected_rank and all(
+        want is None or want == got
+        for want, got in zip(sample_shape, array.shape[array.ndim - len(sample_shape) :], strict=True)
+    )
+    if array.dtype != spec.dtype or not shape_ok:
+        layout = "samples along axis 0, then " if stacked else "one sample: "
+        raise CalibrationDataError(
+            f"{where} expects {spec.describe()}, got {_describe_array(array)} "
+            f"({layout}{spec.dtype.name}[{','.join('?' if d is None else str(d) for d in sample_shape)}])"
+        )
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        raise CalibrationDataError(f"{where} contains {bad} NaN or Inf values; remove those samples")
+    return int(array.shape[0]) if stacked else 1
+
+
+def _open_file(path: Path, specs: Sequence[InputSpec], *, stacked: bool | None) -> _Chunk:
+    """Read and check one file. ``stacked=None`` (files in a folder) infers from the rank whether
+    the file holds a stack of samples or a single one."""
+    arrays = _read_file(path)
+    if "" in arrays:  # a .npy file: the model must have exactly one input
+        if len(specs) != 1:
+            names = ", ".join(s.name for s in specs)
+            raise CalibrationDataError(
+                f"{path}: a .npy file feeds a single-input model, but the model has inputs {names}; use .npz"
+            )
+        arrays = {specs[0].name: arrays[""]}
+    expected = {s.name for s in specs}
+    missing = sorted(expected - arrays.keys())
+    unknown = sorted(arrays.keys() - expected)
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if unknown:
+            parts.append(f"unknown name(s) {', '.join(unknown)}")
+        raise CalibrationDataError(
+            f"{path}: {'; '.join(parts)} (model inputs: {', '.join(sorted(expected))})"
+        )
+    if stacked is None:
+        first = specs[0]
+        sample_rank = len(first.shape) - (1 if first.batched else 0)
+        stacked = arrays[first.name].ndim != sample_rank
+    counts = {s.name: _check_array(path, s, arrays[s.name], stacked=stacked) for s in specs}
+    if len(set(counts.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in counts.items())
+        raise CalibrationDataError(f"{path}: inputs have different numbers of samples ({detail})")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise CalibrationDataError(f"{path}: holds no samples")
+    return _Chunk(path, count, single_sample=not stacked)
+
+
+class Dataset:
+    """Validated samples for a model, read file by file when iterated."""
+
+    def __init__(
+        self, source: Path, specs: tuple[InputSpec, ...], chunks: tuple[_Chunk, ...], selection: range
+    ) -> None:
+        self.source = source
+        self.specs = specs
+        self._chunks = chunks
+        self._selection = selection
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._selection)
+
+    def split(self, fraction: float) -> tuple[Dataset, Dataset]:
+        """Split into (first part, last ``fraction``), deterministically; both keep >= 1 sample."""
+        n = self.num_samples
+        held = min(max(round(n * fraction), 1), n - 1) if n > 1 else 0
+        cut = self._selection.start + (n - held) * self._selection.step
+        first = range(self._selection.start, cut, self._selection.step)
+        rest = range(cut, self._selection.stop, self._selection.step)
+        return (
+            Dataset(self.source, self.specs, self._chunks, first),
+            Dataset(self.source, self.specs, self._chunks, rest),
+        )
+
+    def limit(self, max_samples: int | None) -> Dataset:
+        if max_samples is None or max_samples >= self.num_samples:
+            return self
+        return Dataset(self.source, self.specs, self._chunks, self._selection[:max_samples])
+
+    @property
+    def can_batch(self) -> bool:
+        return all(s.dynamic_batch for s in self.specs)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Yield feeds of up to ``batch_size`` samples (1 when the model's batch axis is fixed)."""
+        size = batch_size if self.can_batch else 1
+        pending: list[Batch] = []
+        pending_count = 0
+        wanted = set(self._selection)
+        index = 0
+        for chunk in self._chunks:
+            rows = [i for i in range(chunk.num_samples) if index + i in wanted]
+            index += chunk.num_samples
+            if not rows:
+                continue
+            arrays = _read_file(chunk.path)
+            if "" in arrays:
+                arrays = {self.specs[0].name: arrays[""]}
+            for start in range(0, len(rows), size):
+                piece = self._rows(arrays, chunk, rows[start : start + size])
+                pending.append(piece)
+                pending_count += len(rows[start : start + size])
+                if pending_count >= size:
+                    yield from self._flush(pending, size)
+                    pending, pending_count = [], 0
+        if pending:
+            yield from self._flush(pending, size)
+
+    def _rows(self, arrays: dict[str, npt.NDArray[np.generic]], chunk: _Chunk, rows: list[int]) -> Batch:
+        out: Batch = {}
+        for spec in self.specs:
+            array = arrays[spec.name]
+            if chunk.single_sample:
+                array = array[np.newaxis]
+            out[spec.name] = np.ascontiguousarray(array[rows])
+        return out
+
+    def _flush(self, pending: list[Batch], size: int) -> Iterator[Batch]:
+        merged = {s.name: np.concatenate([p[s.name] for p in pending]) for s in self.specs}
+        total = next(iter(merged.values())).shape[0]
+        for start in range(0, total, size):
+            feed = {name: array[start : start + size] for name, array in merged.items()}
+            if not self.can_batch:
+                # The model takes one sample: without a batch axis, or with a fixed batch of 1.
+                feed = {s.name: (feed[s.name] if s.batched else feed[s.name][0]) for s in self.specs}
+            yield feed
+
+
+def open_dataset(path: Path, specs: tuple[InputSpec, ...]) -> Dataset:
+    """Open and validate ``path`` (a .npz file, or a folder of .npz or .npy files) for ``specs``."""
+    if not path.exists():
+        raise CalibrationDataError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix not in (".npz", ".npy"):
+            raise CalibrationDataError(f"{path}: expected a .npz or .npy file, or a folder of them")
+        chunks: tuple[_Chunk, ...] = (_open_file(path, specs, stacked=True),)
+    else:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+        if not files:
+            raise CalibrationDataError(f"{path}: folder holds no .npz or .npy files")
+        kinds = {p.suffix for p in files}
+        if len(kinds) > 1:
+            raise CalibrationDataError(f"{path}: folder mixes .npz and .npy files; use one kind")
+        chunks = tuple(_open_file(p, specs, stacked=None) for p in files)
+    total = sum(c.num_samples for c in chunks)
+    return Dataset(path, specs, chunks, range(total))

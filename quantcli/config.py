@@ -1,0 +1,69 @@
+"""Typed, frozen configuration of a quantization run.
+
+A run is described by one :class:`QuantConfig`; the CLI builds it from flags and the library takes
+it whole, so there is no dict of options whose typos pass silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+__all__ = [
+    "ActivationType",
+    "CalibrationMethod",
+    "QuantConfig",
+]
+
+
+class ActivationType(StrEnum):
+    """Integer type of quantized activations.
+
+    uint8 is asymmetric (zero point anywhere in 0..255) and is what onnxruntime's x86 kernels are
+    fastest with; int8 is symmetric (zero point 0) except for tensors known to be non-negative.
+    """
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class CalibrationMethod(StrEnum):
+    """How an activation's observed values become a quantization range."""
+
+    MINMAX = "minmax"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantConfig:
+    """Everything that decides what a conversion produces.
+
+    Attributes:
+        activation_type: integer type of quantized activations.
+        method: calibration method turning observed values into ranges.
+        per_channel: quantize Conv/Gemm/MatMul weights with one scale per output channel.
+        batch_size: calibration samples fed to onnxruntime at once when the batch axis is dynamic.
+        max_samples: use at most this many calibration samples (None: all).
+        eval_fraction: share of --data held back for evaluation when no evaluation data is given.
+        exclude_nodes: node names kept in float.
+        exclude_op_types: op types kept in float.
+    """
+
+    activation_type: ActivationType = ActivationType.UINT8
+    method: CalibrationMethod = CalibrationMethod.MINMAX
+    per_channel: bool = True
+    batch_size: int = 16
+    max_samples: int | None = None
+    eval_fraction: float = 0.2
+    exclude_nodes: frozenset[str] = field(default_factory=frozenset)
+    exclude_op_types: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        # Validated here so that a library user gets the same errors as the CLI.
+        from quantcli.errors import ConfigError
+
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")

@@ -1,0 +1,46 @@
+"""Errors a user can act on.
+
+Every subclass of :class:`QuantCliError` is a user or data error: the CLI prints its message as one
+line and exits 1. Anything else that escapes is a bug (exit 4). Messages name the file, the thing
+and the remedy, because in a build log that one line is all the user sees.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CalibrationDataError",
+    "CalibrationFileError",
+    "ConfigError",
+    "ModelLoadError",
+    "OutputError",
+    "QuantCliError",
+    "QuantizationError",
+]
+
+
+class QuantCliError(Exception):
+    """Base class of errors caused by the user's input, not by a bug in quantcli."""
+
+
+class ModelLoadError(QuantCliError):
+    """The model file cannot be read, parsed or checked."""
+
+
+class CalibrationDataError(QuantCliError):
+    """Calibration or evaluation data is missing, malformed or does not match the model."""
+
+
+class CalibrationFileError(QuantCliError):
+    """A calibration file is malformed, of an unknown version, or made for another model."""
+
+
+class ConfigError(QuantCliError):
+    """Options contradict each other or name something that does not exist."""
+
+
+class QuantizationError(QuantCliError):
+    """The model cannot be quantized as asked (nothing to quantize, result would grow, ...)."""
+
+
+class OutputError(QuantCliError):
+    """The output path cannot be written (exists, equals the input, folder missing, ...)."""

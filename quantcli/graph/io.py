@@ -1,0 +1,161 @@
+"""Reading models, fingerprinting them, checking and writing them atomically.
+
+Loading goes through onnx_ir, whose external tensors are read lazily, so weights are only in
+memory while a pass works on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from quantcli.errors import ModelLoadError, OutputError, QuantizationError
+
+__all__ = [
+    "ModelFile",
+    "check_model_proto",
+    "fingerprint",
+    "load_model",
+    "serialize",
+    "write_atomic",
+]
+
+# QuantizeLinear/DequantizeLinear with per-axis parameters exist from opset 13 on.
+MIN_OPSET = 13
+# protobuf cannot serialize a message of 2 GiB or more.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A loaded model with where it came from."""
+
+    path: Path
+    model: ir.Model
+    size_bytes: int
+
+    @property
+    def opset(self) -> int:
+        return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 0))
+
+
+def _file_size_with_external_data(path: Path, model: ir.Model) -> int:
+    size = path.stat().st_size
+    seen: set[Path] = set()
+    for initializer in model.graph.initializers.values():
+        tensor = initializer.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            data_path = Path(tensor.base_dir) / tensor.location
+            if data_path not in seen and data_path.is_file():
+                seen.add(data_path)
+                size += data_path.stat().st_size
+    return size
+
+
+def load_model(path: Path) -> ModelFile:
+    """Load an ONNX model, raising :class:`ModelLoadError` with a one-line reason on failure."""
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: not a file")
+    try:
+        model = ir.load(path)
+    except Exception as exc:  # protobuf and onnx_ir raise many types; all mean "not a model"
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    if len(model.graph) == 0:
+        raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes)")
+    loaded = ModelFile(path=path, model=model, size_bytes=_file_size_with_external_data(path, model))
+    if loaded.opset < MIN_OPSET:
+        raise ModelLoadError(
+            f"{path}: opset {loaded.opset} is too old; quantcli needs opset >= {MIN_OPSET} "
+            "(upgrade it with onnx.version_converter.convert_version)"
+        )
+    return loaded
+
+
+def fingerprint(model: ir.Model) -> str:
+    """SHA-256 of the graph's structure and weights.
+
+    It identifies "the same model" for calibration files: any change of a node, a name or a
+    weight value changes it, while re-saving the same model does not. Weights are hashed tensor by
+    tensor so a large model is never serialized whole.
+    """
+    digest = hashlib.sha256()
+    graph = model.graph
+    for value in (*graph.inputs, *graph.outputs):
+        digest.update(f"io:{value.name}:{value.dtype}:{value.shape}\n".encode())
+    for node in graph:
+        digest.update(ir.serde.serialize_node(node).SerializeToString(deterministic=True))
+    for name in sorted(graph.initializers):
+        tensor = graph.initializers[name].const_value
+        if tensor is None:
+            continue
+        digest.update(f"init:{name}:{tensor.dtype}:{tensor.shape}\n".encode())
+        digest.update(tensor.tobytes())
+    return digest.hexdigest()
+
+
+def serialize(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf, refusing models protobuf cannot hold."""
+    proto = ir.serde.serialize_model(model)
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise QuantizationError(
+            "the quantized model is larger than 2 GiB; writing it with external data is not supported yet"
+        )
+    return proto
+
+
+def check_model_proto(proto: onnx.ModelProto) -> None:
+    """Run the ONNX checker with full shape/type checking and load it in onnxruntime.
+
+    Raises QuantizationError naming what failed: a model we produce that fails either is never
+    written.
+    """
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise QuantizationError(f"the quantized model fails the ONNX checker: {first_line}") from exc
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first_line = str(exc).strip().splitlines()[0]
+        raise QuantizationError(f"onnxruntime refuses the quantized model: {first_line}") from exc
+
+
+def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and on failure nothing new is left behind.
+    """
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OutputError(f"{path}: folder {folder} does not exist")
+    if path.exists() and not force:
+        raise OutputError(f"{path}: already exists (pass --force to replace it)")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,59 @@
+"""Turning a plan and observed ranges into the quantization parameters of every tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from quantcli.calibration.collect import TensorRange
+from quantcli.config import ActivationType, QuantConfig
+from quantcli.errors import CalibrationFileError
+from quantcli.plan import QuantPlan
+from quantcli.scheme import QParams, QuantType, activation_qparams, bias_qparams, weight_qparams
+
+__all__ = ["PlanParams", "compute_params"]
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    """Parameters for the activations (Q/DQ pairs) and initializers (stored as integers)."""
+
+    activations: dict[str, QParams]
+    initializers: dict[str, QParams]
+
+
+def compute_params(
+    model: ir.Model, plan: QuantPlan, ranges: Mapping[str, TensorRange], config: QuantConfig
+) -> PlanParams:
+    """Compute every QParams of ``plan``; ranges must cover ``plan.observed``."""
+    missing = [name for name in plan.observed if name not in ranges]
+    if missing:
+        raise CalibrationFileError(
+            f"the calibration has no range for {len(missing)} tensor(s), e.g. '{missing[0]}'; "
+            "re-run calibrate on this model"
+        )
+    act_type = QuantType.INT8 if config.activation_type is ActivationType.INT8 else QuantType.UINT8
+    initializers = model.graph.initializers
+    weights: dict[str, QParams] = {}
+    for spec in plan.weights:
+        tensor = initializers[spec.name].const_value
+        assert tensor is not None
+        array = tensor.numpy()
+        if spec.symmetric:
+            weights[spec.name] = weight_qparams(array, spec.axis)
+        else:
+            weights[spec.name] = activation_qparams(float(np.min(array)), float(np.max(array)), act_type)
+    activations: dict[str, QParams] = {}
+    for act in plan.activations:
+        if act.table is not None:
+            activations[act.name] = weights[act.table]
+            continue
+        observed = ranges[act.range_of]
+        activations[act.name] = activation_qparams(
+            observed.min, observed.max, act_type, nonnegative=act.nonnegative
+        )
+    biases = {b.name: bias_qparams(activations[b.activation].scale, weights[b.weight]) for b in plan.biases}
+    return PlanParams(activations=activations, initializers={**weights, **biases})

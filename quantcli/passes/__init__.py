@@ -1,0 +1,15 @@
+"""Graph rewrites, each an onnx_ir pass that carries out part of a :class:`~quantcli.plan.QuantPlan`.
+
+Passes decide nothing: every choice was made by ``plan.select`` and every number by ``scheme``.
+They modify the model in place and report whether they changed it.
+"""
+
+from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.fold import FoldActivationsPass
+from quantcli.passes.weights import QuantizeInitializersPass
+
+__all__ = [
+    "FoldActivationsPass",
+    "InsertActivationQDQPass",
+    "QuantizeInitializersPass",
+]

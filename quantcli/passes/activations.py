@@ -1,0 +1,59 @@
+"""Insert QuantizeLinear -> DequantizeLinear pairs on activation tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx_ir as ir
+
+from quantcli.graph.names import NameAllocator
+from quantcli.passes._qdq import dequantize_node, quantize_node
+from quantcli.scheme import QParams
+
+__all__ = ["InsertActivationQDQPass"]
+
+
+class InsertActivationQDQPass(ir.passes.InPlacePass):
+    """Put a Q/DQ pair right after each named tensor; every consumer then reads the DQ output.
+
+    For a tensor in ``replace_outputs`` the pair also replaces it as graph output, keeping the
+    output's name: onnxruntime fuses a producer into an integer kernel only when its float output
+    feeds nothing but the QuantizeLinear.
+    """
+
+    def __init__(self, params: Mapping[str, QParams], replace_outputs: frozenset[str] = frozenset()) -> None:
+        super().__init__()
+        self.params = dict(params)
+        self.replace_outputs = replace_outputs
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        names = NameAllocator(graph)
+        values = {v.name: v for v in graph.inputs}
+        values.update({out.name: out for node in graph for out in node.outputs})
+        for name in sorted(self.params):
+            self._insert(graph, names, values[name], self.params[name])
+        return ir.passes.PassResult(model, modified=bool(self.params))
+
+    def _insert(self, graph: ir.Graph, names: NameAllocator, value: ir.Value, qparams: QParams) -> None:
+        name = value.name or ""
+        uses = list(value.uses())
+        as_output = name in self.replace_outputs and value.is_graph_output()
+        if as_output:
+            value.name = names.fresh(f"{name}_before_quantize")
+        q_node, quantized = quantize_node(graph, names, value, qparams)
+        dq_node, output = dequantize_node(
+            graph, names, quantized, qparams, base=name, output_name=name if as_output else None
+        )
+        producer = value.producer()
+        if producer is None:
+            first = next(iter(graph))
+            graph.insert_before(first, [q_node, dq_node])
+        else:
+            graph.insert_after(producer, [q_node, dq_node])
+        for use in uses:
+            use.node.replace_input_with(use.idx, output)
+        if as_output:
+            for index, out in enumerate(graph.outputs):
+                if out is value:
+                    graph.outputs[index] = output

@@ -1,0 +1,54 @@
+"""Store constant weights and biases as integers behind a DequantizeLinear."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx_ir as ir
+
+from quantcli.graph.names import NameAllocator
+from quantcli.passes._qdq import add_initializer, dequantize_node
+from quantcli.scheme import QParams, quantize
+
+__all__ = ["QuantizeInitializersPass"]
+
+
+def _replace_initializer(graph: ir.Graph, names: NameAllocator, name: str, qparams: QParams) -> None:
+    """Swap float initializer ``name`` for an integer one plus a DequantizeLinear whose output
+    takes the original name, so consumers and reports keep referring to ``name``.
+
+    The float tensor is read once and dropped: no float copy is left in the model.
+    """
+    value = graph.initializers[name]
+    tensor = value.const_value
+    assert tensor is not None
+    quantized = add_initializer(graph, names, f"{name}_quantized", quantize(tensor.numpy(), qparams))
+    uses = list(value.uses())
+    graph.initializers.pop(name)
+    value.name = names.fresh(f"{name}_float_removed")
+    node, output = dequantize_node(graph, names, quantized, qparams, base=name, output_name=name)
+    first = next(iter(graph), None)
+    if first is None:
+        graph.append(node)
+    else:
+        graph.insert_before(first, node)
+    for use in uses:
+        use.node.replace_input_with(use.idx, output)
+
+
+class QuantizeInitializersPass(ir.passes.InPlacePass):
+    """Quantize constant weights, int32 biases and constant activation-slot inputs.
+
+    Biases need no pass of their own: their parameters (input scale x weight scale) are computed
+    before any rewrite, like every other parameter.
+    """
+
+    def __init__(self, params: Mapping[str, QParams]) -> None:
+        super().__init__()
+        self.params = dict(params)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        names = NameAllocator(model.graph)
+        for name in sorted(self.params):
+            _replace_initializer(model.graph, names, name, self.params[name])
+        return ir.passes.PassResult(model, modified=bool(self.params))

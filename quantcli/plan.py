@@ -1,0 +1,534 @@
+"""Deciding what to quantize: an op-rule registry and :func:`select`.
+
+Placement follows what onnxruntime's CPU provider fuses into integer kernels (its QDQ selectors):
+
+* compute ops (Conv, MatMul, Gemm) are the reason to quantize at all: int8 weights and inputs;
+  Conv's output must be quantized too for QLinearConv, MatMul's and Gemm's need not be
+  (MatMulIntegerToFloat / QGemm take a float output);
+* element-wise ops with integer kernels (Add, Mul, Concat, pooling, Sigmoid, LeakyRelu) are
+  quantized only when every input is already quantized: then the integer path continues, while
+  quantizing a float input would add a rounding step and a Q node and save nothing;
+* data-movement ops (Reshape, Transpose, MaxPool, Resize, ...) carry their input's scale, so
+  onnxruntime drops the Q/DQ pair around them and moves int8 data;
+* Relu and Clip(0, x) after a quantized output are folded into that output's range: a uint8
+  (or int8 from -128) quantizer saturating at zero is exactly a Relu;
+* Gather on a constant table reads an int8 table (the Q/DQ around Gather share the table's scale).
+
+Everything else stays float, and every node gets a sentence saying why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+import onnx_ir as ir
+
+from quantcli.config import QuantConfig
+
+__all__ = [
+    "ActivationSpec",
+    "BiasSpec",
+    "Fold",
+    "NodeDecision",
+    "NodeRole",
+    "QuantPlan",
+    "WeightSpec",
+    "candidate_tensors",
+    "select",
+]
+
+
+class NodeRole(StrEnum):
+    """What a node becomes in the quantized model."""
+
+    INTEGER = "integer"  # runs as an integer kernel after fusion
+    WEIGHT_ONLY = "weight-only"  # int8 weights, float compute
+    CARRY = "carry"  # moves int8 data with its input's scale
+    FOLDED = "folded"  # removed; its effect is the saturation of a quantizer
+    FLOAT = "float"
+
+
+class _Kind(StrEnum):
+    COMPUTE = "compute"
+    ELEMENTWISE = "elementwise"
+    DATA_MOVEMENT = "data-movement"
+    WEIGHT_ONLY = "weight-only"
+    TABLE = "table"
+    ACTIVATION_FOLD = "activation-fold"
+
+
+AxisRule = Callable[[ir.Node, ir.Value], int | None]
+
+
+@dataclass(frozen=True)
+class _OpRule:
+    kind: _Kind
+    kernel: str  # onnxruntime kernel name shown in reasons
+    activation_inputs: tuple[int, ...] | None = (0,)  # None: every input
+    weight_input: int | None = None
+    weight_axis: AxisRule | None = None
+    bias_input: int | None = None
+    output_required: bool = True  # the kernel needs a quantized output to fuse
+
+
+def _axis(index: int) -> AxisRule:
+    def rule(_node: ir.Node, weight: ir.Value) -> int | None:
+        return index
+
+    return rule
+
+
+def _gemm_axis(node: ir.Node, _weight: ir.Value) -> int | None:
+    trans_b = node.attributes.get("transB")
+    return 0 if trans_b is not None and trans_b.as_int() else 1
+
+
+def _matmul_axis(_node: ir.Node, weight: ir.Value) -> int | None:
+    # onnxruntime's integer MatMul takes per-column scales only for a 2-D weight.
+    shape = weight.shape
+    return 1 if shape is not None and len(shape) == 2 else None
+
+
+_RULES: dict[str, _OpRule] = {
+    "Conv": _OpRule(_Kind.COMPUTE, "QLinearConv", weight_input=1, weight_axis=_axis(0), bias_input=2),
+    "MatMul": _OpRule(
+        _Kind.COMPUTE,
+        "QLinearMatMul/MatMulIntegerToFloat",
+        weight_input=1,
+        weight_axis=_matmul_axis,
+        output_required=False,
+    ),
+    "Gemm": _OpRule(
+        _Kind.COMPUTE, "QGemm", weight_input=1, weight_axis=_gemm_axis, bias_input=2, output_required=False
+    ),
+    "ConvTranspose": _OpRule(
+        _Kind.WEIGHT_ONLY, "", activation_inputs=(), weight_input=1, weight_axis=_axis(1)
+    ),
+    "Add": _OpRule(_Kind.ELEMENTWISE, "QLinearAdd", activation_inputs=None),
+    "Mul": _OpRule(_Kind.ELEMENTWISE, "QLinearMul", activation_inputs=None),
+    "Concat": _OpRule(_Kind.ELEMENTWISE, "QLinearConcat", activation_inputs=None),
+    "AveragePool": _OpRule(_Kind.ELEMENTWISE, "QLinearAveragePool"),
+    "GlobalAveragePool": _OpRule(_Kind.ELEMENTWISE, "QLinearGlobalAveragePool"),
+    "LeakyRelu": _OpRule(_Kind.ELEMENTWISE, "QLinearLeakyRelu"),
+    "Sigmoid": _OpRule(_Kind.ELEMENTWISE, "QLinearSigmoid"),
+    "Gather": _OpRule(_Kind.TABLE, "Gather", activation_inputs=(), weight_input=0),
+    "Relu": _OpRule(_Kind.ACTIVATION_FOLD, ""),
+    "Clip": _OpRule(_Kind.ACTIVATION_FOLD, ""),
+}
+for _op in (
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Expand", "Tile",
+    "MaxPool", "Resize", "Split",
+):  # fmt: skip
+    _RULES[_op] = _OpRule(_Kind.DATA_MOVEMENT, _op)
+
+# Why common float-only ops stay float, in words a user can check.
+_FLOAT_REASONS = {
+    "Softmax": "float: probabilities near 1/n keep only a few of 256 levels at 8 bits",
+    "LayerNormalization": "float: normalization divides by a data-dependent variance; no integer kernel",
+    "BatchNormalization": "float: no integer kernel (fold it into the preceding Conv before quantizing)",
+    "Div": "float: no integer kernel for Div",
+    "Pow": "float: no integer kernel for Pow",
+    "Sqrt": "float: no integer kernel for Sqrt",
+    "Erf": "float: no integer kernel for Erf (GELU)",
+    "Gelu": "float: no integer kernel for Gelu",
+    "Tanh": "float: no integer kernel for Tanh",
+    "Exp": "float: no integer kernel for Exp",
+    "ReduceMean": "float: no integer kernel for ReduceMean",
+    "Sub": "float: no integer kernel for Sub",
+}
+
+
+@dataclass(frozen=True)
+class NodeDecision:
+    """What happens to one node, and why, in a sentence the report shows."""
+
+    name: str
+    op_type: str
+    role: NodeRole
+    reason: str
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A constant stored as int8: per channel along ``axis`` or per tensor (``axis`` None)."""
+
+    name: str
+    axis: int | None
+    symmetric: bool = True  # False: an activation-slot constant, quantized like an activation
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    """A Conv/Gemm bias stored as int32 with scale = input scale x weight scale."""
+
+    name: str
+    node: str
+    activation: str
+    weight: str
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """A tensor that gets a QuantizeLinear/DequantizeLinear pair.
+
+    ``range_of`` names the tensor whose calibrated range sets the parameters (itself, or the root
+    of a data-movement chain, so that onnxruntime sees equal parameters and drops the pair);
+    ``table`` instead names a quantized Gather table whose parameters the tensor shares.
+    """
+
+    name: str
+    range_of: str
+    nonnegative: bool = False
+    table: str | None = None
+    # The Q/DQ replace the tensor as graph output (needed for the producer to fuse).
+    replaces_graph_output: bool = False
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A Relu/Clip node removed because the quantizer on its input saturates the same way."""
+
+    node: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The full decision for one model; passes carry it out without deciding anything."""
+
+    decisions: tuple[NodeDecision, ...]
+    activations: tuple[ActivationSpec, ...]
+    weights: tuple[WeightSpec, ...]
+    biases: tuple[BiasSpec, ...]
+    folds: tuple[Fold, ...]
+    observed: tuple[str, ...] = field(default=())
+
+    @property
+    def quantized_op_counts(self) -> dict[str, int]:
+        counts = Counter(
+            d.op_type for d in self.decisions if d.role in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY)
+        )
+        return dict(sorted(counts.items()))
+
+    @property
+    def is_noop(self) -> bool:
+        return not self.weights and not self.activations
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype == ir.DataType.FLOAT
+
+
+def _constant(value: ir.Value | None) -> ir.TensorProtocol | None:
+    if value is None or value.is_graph_input():
+        return None
+    return value.const_value if value.is_initializer() else None
+
+
+def _is_zero_constant(value: ir.Value | None) -> bool:
+    tensor = _constant(value)
+    return tensor is not None and tensor.size == 1 and float(tensor.numpy().reshape(())) == 0.0
+
+
+def _foldable_activation(node: ir.Node) -> bool:
+    if node.op_type == "Relu":
+        return True
+    # Clip(0, max): Relu6 and friends. Only a lower bound of exactly 0 is reproduced by saturation.
+    inputs = list(node.inputs)
+    return node.op_type == "Clip" and len(inputs) >= 2 and _is_zero_constant(inputs[1])
+
+
+class _Selector:
+    """The state of one :func:`select` run; not part of the API."""
+
+    def __init__(self, model: ir.Model, config: QuantConfig) -> None:
+        self.graph = model.graph
+        self.config = config
+        self.nodes = list(self.graph)
+        self.decisions: dict[int, NodeDecision] = {}
+        self.integer: set[int] = set()  # ids of nodes that run as integer kernels
+        # Tensors that will be int8 anyway -> the tensor whose range they use
+        # ("table:NAME" for rows gathered from a quantized table).
+        self.available: dict[str, str] = {}
+        self.nonnegative: set[str] = set()
+        self.folds: dict[int, Fold] = {}
+        self.graph_outputs = {v.name for v in self.graph.outputs}
+
+    # -- eligibility ---------------------------------------------------------------------------
+    def float_reason(self, node: ir.Node, rule: _OpRule | None) -> str | None:
+        """Why ``node`` can never be quantized, or None if it may be."""
+        if node.domain not in ("", "ai.onnx"):
+            return f"float: custom operator domain '{node.domain}'"
+        if node.name in self.config.exclude_nodes or node.op_type in self.config.exclude_op_types:
+            return "float: excluded by the user"
+        if rule is None:
+            return _FLOAT_REASONS.get(node.op_type, f"float: no integer kernel for {node.op_type}")
+        if not node.outputs or not _is_float(node.outputs[0]):
+            return "float: works on integer or non-float tensors"
+        if any(not _is_float(node.inputs[i]) for i in self.activation_slots(node, rule)):
+            return "float: an input is not a float32 tensor"
+        if rule.weight_input is not None and rule.kind in (_Kind.COMPUTE, _Kind.WEIGHT_ONLY):
+            weight = node.inputs[rule.weight_input] if len(node.inputs) > rule.weight_input else None
+            if not _is_float(weight):
+                return "float: its weight is not a float32 tensor"
+            if rule.kind is _Kind.WEIGHT_ONLY and _constant(weight) is None:
+                return "float: its weight is computed at run time"
+        return None
+
+    @staticmethod
+    def activation_slots(node: ir.Node, rule: _OpRule) -> list[int]:
+        inputs = node.inputs
+        if rule.activation_inputs is None:
+            return [i for i, v in enumerate(inputs) if v is not None]
+        slots = [i for i in rule.activation_inputs if i < len(inputs) and inputs[i] is not None]
+        weight = rule.weight_input
+        if rule.kind is _Kind.COMPUTE and weight is not None and _constant(inputs[weight]) is None:
+            slots.append(weight)  # e.g. attention's Q x K^T: both sides are activations
+        return slots
+
+    def decide(self, node: ir.Node, role: NodeRole, reason: str) -> None:
+        self.decisions[id(node)] = NodeDecision(node.name or "", node.op_type, role, reason)
+
+    def make_integer(self, node: ir.Node, reason: str) -> None:
+        self.integer.add(id(node))
+        self.decide(node, NodeRole.INTEGER, reason)
+        rule = _RULES[node.op_type]
+        if rule.kind is _Kind.TABLE:
+            table = node.inputs[0]
+            assert table is not None
+            self.available[node.outputs[0].name or ""] = f"table:{table.name}"
+        elif rule.output_required:
+            for out in node.outputs:
+                self.available[out.name or ""] = out.name or ""
+
+    # -- selection -----------------------------------------------------------------------------
+    def run(self) -> QuantPlan:
+        pending = []
+        for node in self.nodes:
+            rule = _RULES.get(node.op_type)
+            reason = self.float_reason(node, rule)
+            if reason is not None:
+                self.decide(node, NodeRole.FLOAT, reason)
+            elif rule is not None and rule.kind is _Kind.COMPUTE:
+                self.make_integer(node, f"int8: integer kernel ({rule.kernel})")
+            elif rule is not None and rule.kind is _Kind.WEIGHT_ONLY:
+                self.decide(node, NodeRole.WEIGHT_ONLY, "int8 weights, float compute: no integer kernel")
+            else:
+                pending.append(node)
+        # Element-wise ops, data movement and folds depend on their inputs being int8, which may
+        # be settled only later in graph order: repeat until nothing changes.
+        changed = True
+        while changed:
+            changed = False
+            for node in pending:
+                if id(node) not in self.decisions and self.try_join(node):
+                    changed = True
+        for node in pending:
+            if id(node) not in self.decisions:
+                self.decide(node, NodeRole.FLOAT, self.undecided_reason(node))
+        return self.build()
+
+    def try_join(self, node: ir.Node) -> bool:
+        rule = _RULES[node.op_type]
+        if rule.kind is _Kind.ELEMENTWISE:
+            live = [
+                node.inputs[i] for i in self.activation_slots(node, rule) if _constant(node.inputs[i]) is None
+            ]
+            if live and all(v is not None and v.name in self.available for v in live):
+                self.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
+                return True
+            return False
+        if rule.kind is _Kind.DATA_MOVEMENT:
+            return self.try_carry(node)
+        if rule.kind is _Kind.TABLE:
+            if _constant(node.inputs[0]) is not None:
+                self.make_integer(node, "int8: gathers rows of an int8 table")
+                return True
+            return self.try_carry(node)
+        return self.try_fold(node)
+
+    def try_carry(self, node: ir.Node) -> bool:
+        source = node.inputs[0]
+        if source is None or source.name not in self.available:
+            return False
+        for out in node.outputs:
+            self.available[out.name or ""] = self.available[source.name or ""]
+        self.decide(node, NodeRole.CARRY, "int8: moves int8 data with its input's scale")
+        return True
+
+    def try_fold(self, node: ir.Node) -> bool:
+        source = node.inputs[0]
+        if source is None or not _foldable_activation(node):
+            return False
+        producer = source.producer()
+        if (
+            producer is None
+            or id(producer) not in self.integer
+            or self.available.get(source.name or "") != source.name
+            or source.name in self.graph_outputs
+            or len(source.uses()) != 1
+        ):
+            return False
+        out = node.outputs[0]
+        self.folds[id(node)] = Fold(node.name or "", source.name or "", out.name or "")
+        del self.available[source.name or ""]
+        self.available[out.name or ""] = out.name or ""
+        self.nonnegative.add(out.name or "")
+        self.decide(node, NodeRole.FOLDED, "folded: the quantizer before it saturates at 0 the same way")
+        return True
+
+    def undecided_reason(self, node: ir.Node) -> str:
+        kind = _RULES[node.op_type].kind
+        if kind is _Kind.ELEMENTWISE:
+            return f"float: an input is not int8, so an integer {node.op_type} would add a rounding step"
+        if kind is _Kind.ACTIVATION_FOLD:
+            return "float: its input is not the quantized output of an integer kernel"
+        return "float: its input is a float tensor"
+
+    # -- assembling the plan -------------------------------------------------------------------
+    def build(self) -> QuantPlan:
+        activations: dict[str, ActivationSpec] = {}
+        weights: dict[str, set[int | None]] = {}
+        constants: set[str] = set()
+
+        def add_activation(value: ir.Value) -> None:
+            name = value.name or ""
+            source = self.available.get(name, name)
+            table = source.removeprefix("table:") if source.startswith("table:") else None
+            activations[name] = ActivationSpec(
+                name=name,
+                range_of=name if table else source,
+                nonnegative=source in self.nonnegative,
+                table=table,
+                replaces_graph_output=name in self.graph_outputs and self.available.get(name) is not None,
+            )
+
+        def add_weight(node: ir.Node, rule: _OpRule) -> None:
+            assert rule.weight_input is not None
+            weight = node.inputs[rule.weight_input]
+            if weight is None or _constant(weight) is None:
+                return
+            axis = None
+            if rule.weight_axis is not None and self.config.per_channel:
+                axis = rule.weight_axis(node, weight)
+            weights.setdefault(weight.name or "", set()).add(axis)
+
+        for node in self.nodes:
+            rule = _RULES.get(node.op_type)
+            role = self.decisions[id(node)].role
+            if rule is None or role not in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY):
+                continue
+            if rule.weight_input is not None:
+                add_weight(node, rule)
+            if role is NodeRole.WEIGHT_ONLY:
+                continue
+            if rule.output_required:
+                add_activation(self.fold_target(node.outputs[0]))
+            for index in self.activation_slots(node, rule):
+                value = node.inputs[index]
+                assert value is not None
+                if _constant(value) is not None:
+                    constants.add(value.name or "")
+                else:
+                    add_activation(value)
+        self.extend_carried(activations, add_activation)
+        weight_specs = [
+            WeightSpec(name, next(iter(axes)) if len(axes) == 1 else None) for name, axes in weights.items()
+        ]
+        weight_specs += [WeightSpec(n, None, symmetric=False) for n in sorted(constants - weights.keys())]
+        biases = self.biases(set(activations), {w.name for w in weight_specs if w.symmetric})
+        return QuantPlan(
+            decisions=tuple(self.decisions[id(n)] for n in self.nodes),
+            activations=tuple(activations[k] for k in sorted(activations)),
+            weights=tuple(sorted(weight_specs, key=lambda w: w.name)),
+            biases=biases,
+            folds=tuple(self.folds[id(n)] for n in self.nodes if id(n) in self.folds),
+            observed=tuple(sorted({a.range_of for a in activations.values() if a.table is None})),
+        )
+
+    def extend_carried(
+        self, activations: dict[str, ActivationSpec], add_activation: Callable[[ir.Value], None]
+    ) -> None:
+        """Quantize every link of a data-movement chain that ends in int8, so that onnxruntime
+        sees DQ -> op -> Q with equal parameters at each link and drops them all; a carrying node
+        whose output nobody needs in int8 just moves float data."""
+        producers = {out.name: node for node in self.nodes for out in node.outputs}
+        todo = list(activations)
+        while todo:
+            producer = producers.get(todo.pop())
+            if producer is None or self.decisions[id(producer)].role is not NodeRole.CARRY:
+                continue
+            source = producer.inputs[0]
+            if source is not None and source.name not in activations:
+                add_activation(source)
+                todo.append(source.name or "")
+        for node in self.nodes:
+            decision = self.decisions[id(node)]
+            if decision.role is NodeRole.CARRY and not any(o.name in activations for o in node.outputs):
+                self.decide(node, NodeRole.FLOAT, "float: moves float data; nothing after it takes int8")
+
+    def fold_target(self, value: ir.Value) -> ir.Value:
+        """The tensor that carries the quantizer: the folded Relu's output, or ``value``."""
+        uses = value.uses()
+        if len(uses) == 1 and id(uses[0].node) in self.folds:
+            return uses[0].node.outputs[0]
+        return value
+
+    def biases(self, activations: set[str], weights: set[str]) -> tuple[BiasSpec, ...]:
+        specs = []
+        for node in self.nodes:
+            rule = _RULES.get(node.op_type)
+            if rule is None or rule.bias_input is None or id(node) not in self.integer:
+                continue
+            if len(node.inputs) <= rule.bias_input or (node.op_type == "Gemm" and not _unit_gemm(node)):
+                continue
+            bias, data, weight = node.inputs[rule.bias_input], node.inputs[0], node.inputs[1]
+            tensor = _constant(bias)
+            if bias is None or data is None or weight is None or tensor is None or len(bias.uses()) != 1:
+                continue
+            if tensor.dtype != ir.DataType.FLOAT or len(tensor.shape) != 1:
+                continue
+            if data.name in activations and weight.name in weights:
+                specs.append(BiasSpec(bias.name or "", node.name or "", data.name or "", weight.name or ""))
+        return tuple(specs)
+
+
+def _unit_gemm(node: ir.Node) -> bool:
+    """onnxruntime's QGemm adds an int32 bias unscaled: only for alpha = beta = 1, no transA."""
+    alpha, beta = node.attributes.get("alpha"), node.attributes.get("beta")
+    trans_a = node.attributes.get("transA")
+    return (
+        (alpha is None or bool(np.isclose(alpha.as_float(), 1.0)))
+        and (beta is None or bool(np.isclose(beta.as_float(), 1.0)))
+        and (trans_a is None or trans_a.as_int() == 0)
+    )
+
+
+def select(model: ir.Model, config: QuantConfig) -> QuantPlan:
+    """Decide, for every node of the main graph, whether and how it is quantized.
+
+    The model must carry value types (run shape inference first); it is not modified. Nodes
+    inside subgraphs (If/Loop/Scan bodies) are not visited and stay float.
+    """
+    return _Selector(model, config).run()
+
+
+def candidate_tensors(model: ir.Model) -> tuple[str, ...]:
+    """Every float activation any plan for this model could quantize or take a range from.
+
+    A calibration file records all of them, so ``convert --calibration`` works whatever nodes a
+    later run excludes.
+    """
+    names: set[str] = set()
+    for node in model.graph:
+        if node.op_type not in _RULES or node.domain not in ("", "ai.onnx"):
+            continue
+        for value in (*node.inputs, *node.outputs):
+            if value is not None and _is_float(value) and _constant(value) is None and value.name:
+                names.add(value.name)
+    return tuple(sorted(names))
