@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from quantcli.errors import ConfigError
+
 __all__ = [
     "ActivationType",
     "CalibrationMethod",
@@ -44,8 +46,7 @@ class QuantConfig:
         batch_size: calibration samples fed to onnxruntime at once when the batch axis is dynamic.
         max_samples: use at most this many calibration samples (None: all).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
-        exclude_nodes: node names kept in float.
-        exclude_op_types: op types kept in float.
+        exclude: node names or op types kept in float.
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -54,13 +55,10 @@ class QuantConfig:
     batch_size: int = 16
     max_samples: int | None = None
     eval_fraction: float = 0.2
-    exclude_nodes: frozenset[str] = field(default_factory=frozenset)
-    exclude_op_types: frozenset[str] = field(default_factory=frozenset)
+    exclude: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.
-        from quantcli.errors import ConfigError
-
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:

@@ -240,7 +240,11 @@ def inspect_model(model_path: Path, config: QuantConfig | None = None) -> ModelS
     loaded = _prepare(model_path)
     model = loaded.model
     outputs = tuple(
-        (str(v.name), str(v.dtype.name if v.dtype else "?"), str(v.shape) if v.shape is not None else "?")
+        (
+            str(v.name),
+            np.dtype(v.dtype.numpy()).name if v.dtype is not None else "?",
+            "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in v.shape.dims) + "]" if v.shape else "[?]",
+        )
         for v in model.graph.outputs
     )
     parameters = sum(int(np.prod(v.const_value.shape)) for v in model.graph.initializers.values() if v.const_value)

@@ -28,6 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.config import QuantConfig
+from quantcli.errors import ConfigError
 
 __all__ = [
     "ActivationSpec",
@@ -264,7 +265,7 @@ class _Selector:
         """Why ``node`` can never be quantized, or None if it may be."""
         if node.domain not in ("", "ai.onnx"):
             return f"float: custom operator domain '{node.domain}'"
-        if node.name in self.config.exclude_nodes or node.op_type in self.config.exclude_op_types:
+        if node.name in self.config.exclude or node.op_type in self.config.exclude:
             return "float: excluded by the user"
         if rule is None:
             return _FLOAT_REASONS.get(node.op_type, f"float: no integer kernel for {node.op_type}")
@@ -418,12 +419,15 @@ class _Selector:
                 axis = rule.weight_axis(node, weight)
             weights.setdefault(weight.name or "", set()).add(axis)
 
+        tables: set[str] = set()
         for node in self.nodes:
             rule = _RULES.get(node.op_type)
             role = self.decisions[id(node)].role
             if rule is None or role not in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY):
                 continue
-            if rule.weight_input is not None:
+            if rule.kind is _Kind.TABLE:
+                tables.add(node.inputs[0].name or "")  # type: ignore[union-attr]
+            elif rule.weight_input is not None:
                 add_weight(node, rule)
             if role is NodeRole.WEIGHT_ONLY:
                 continue
@@ -437,6 +441,13 @@ class _Selector:
                 else:
                     add_activation(value)
         self.extend_carried(activations, add_activation)
+        # A table is stored like an activation (uint8 by default) so the rows it yields feed
+        # integer kernels directly; one that is also a weight elsewhere stays per-tensor int8.
+        for table in tables:
+            if table in weights:
+                weights[table].add(None)
+            else:
+                constants.add(table)
         weight_specs = [
             WeightSpec(name, next(iter(axes)) if len(axes) == 1 else None) for name, axes in weights.items()
         ]
@@ -515,6 +526,10 @@ def select(model: ir.Model, config: QuantConfig) -> QuantPlan:
     The model must carry value types (run shape inference first); it is not modified. Nodes
     inside subgraphs (If/Loop/Scan bodies) are not visited and stay float.
     """
+    known = {n.name for n in model.graph} | {n.op_type for n in model.graph}
+    unknown = sorted(config.exclude - known)
+    if unknown:
+        raise ConfigError(f"--exclude names no node or op type of this model: {', '.join(unknown)}")
     return _Selector(model, config).run()
 
 

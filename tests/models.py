@@ -64,3 +64,108 @@ def save(model: onnx.ModelProto, folder: Path, name: str = "model.onnx") -> Path
     path = folder / name
     onnx.save(model, path)
     return path
+
+
+def tiny_transformer(seed: int = 0, vocab: int = 20, d: int = 32, seq: int = 8) -> onnx.ModelProto:
+    """Token embedding (Gather), one self-attention block, LayerNorm, mean-pool, classifier."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape: int, scale: float = 0.3) -> np.ndarray:
+        return rng.normal(0, scale, shape).astype(np.float32)
+
+    inits = [
+        _init("emb", w(vocab, d, scale=1.0)),
+        _init("wq", w(d, d)),
+        _init("wk", w(d, d)),
+        _init("wv", w(d, d)),
+        _init("bq", w(d, scale=0.1)),
+        _init("wo", w(d, d)),
+        _init("ln.g", np.ones(d, np.float32)),
+        _init("ln.b", np.zeros(d, np.float32)),
+        _init("cls", w(d, 4)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "tokens"], ["x"], name="embed"),
+        helper.make_node("MatMul", ["x", "wq"], ["q0"], name="q_proj"),
+        helper.make_node("Add", ["q0", "bq"], ["q"], name="q_bias"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["x", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="qk"),
+        helper.make_node("Softmax", ["scores"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["ctx"], name="attn_v"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o"], name="o_proj"),
+        helper.make_node("Add", ["x", "o"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "ln.g", "ln.b"], ["h"], name="ln", axis=-1),
+        helper.make_node("ReduceMean", ["h"], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "cls"], ["logits"], name="classifier"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_transformer",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", seq])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        inits,
+    )
+    return _model(graph)
+
+
+def tiny_transformer_data(n: int, seed: int = 1, vocab: int = 20, seq: int = 8) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"tokens": rng.integers(0, vocab, (n, seq)).astype(np.int64)}
+
+
+def shared_weight_mlp(seed: int = 0) -> onnx.ModelProto:
+    """One weight used by two MatMuls, and a custom-domain op between them."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.3, (16, 16)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w"], ["b"], name="mm2"),
+        helper.make_node("Shape", ["b"], ["shape"], name="shape"),
+        helper.make_node("Reshape", ["b", "shape"], ["y"], name="reshape"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared_weight_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [_init("w", w)],
+    )
+    return _model(graph)
+
+
+def custom_op_model() -> onnx.ModelProto:
+    """A Conv followed by an op of an unknown custom domain (onnxruntime cannot run it)."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("MyOp", ["c"], ["y"], name="custom", domain="com.example"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [_init("w", rng.normal(0, 1, (4, 3, 3, 3)).astype(np.float32))],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.example", 1)]
+    )
+    model.ir_version = 8
+    return model
+
+
+def optimized_op_types(path: Path, folder: Path) -> dict[str, int]:
+    """Op types onnxruntime actually runs after its QDQ fusions."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(folder / "optimized.onnx")
+    return dict(collections.Counter(n.op_type for n in optimized.graph.node))

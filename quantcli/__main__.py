@@ -1,0 +1,5 @@
+"""python -m quantcli"""
+
+from quantcli.cli.app import main
+
+main()

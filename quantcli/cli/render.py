@@ -1,0 +1,116 @@
+"""Rich rendering of reports for people; JSON for machines lives in the report's to_dict."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from quantcli.calibration.file import CalibrationFile
+from quantcli.pipeline import ModelSummary
+from quantcli.plan import NodeDecision, NodeRole
+from quantcli.report import QuantReport
+
+__all__ = ["render_calibration", "render_report", "render_summary"]
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
+
+
+def _float_table(decisions: tuple[NodeDecision, ...], title: str) -> Table:
+    """Float nodes grouped by (op, reason): a 500-node transformer stays readable."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("op")
+    table.add_column("nodes", justify="right")
+    table.add_column("why", overflow="fold")
+    table.add_column("e.g.", overflow="fold")
+    groups = Counter((d.op_type, d.reason) for d in decisions)
+    examples: dict[tuple[str, str], str] = {}
+    for d in decisions:
+        examples.setdefault((d.op_type, d.reason), d.name)
+    for (op, reason), count in sorted(groups.items(), key=lambda item: (-item[1], item[0])):
+        table.add_row(op, str(count), reason.removeprefix("float: "), examples[(op, reason)])
+    return table
+
+
+def _plan_table(decisions: tuple[NodeDecision, ...]) -> Table:
+    table = Table(title="quantized", title_justify="left")
+    table.add_column("op")
+    table.add_column("nodes", justify="right")
+    table.add_column("as")
+    groups = Counter((d.op_type, d.role.value) for d in decisions if d.role is not NodeRole.FLOAT)
+    for (op, role), count in sorted(groups.items()):
+        table.add_row(op, str(count), role)
+    return table
+
+
+def render_report(report: QuantReport, console: Console) -> None:
+    size = report.size
+    summary = Table(title=f"quantcli convert: {report.model} -> {report.output}", title_justify="left")
+    summary.add_column("")
+    summary.add_column("", justify="right")
+    summary.add_row("size before", _mib(size.input_bytes))
+    summary.add_row("size after", _mib(size.output_bytes))
+    summary.add_row("size ratio", f"{size.ratio:.2f}x smaller")
+    summary.add_row("weights in int8", f"{100 * report.int8_weight_fraction:.1f} %")
+    summary.add_row("activations", report.config.activation_type.value)
+    cal = report.calibration
+    summary.add_row("calibration", f"{cal.method}, {cal.samples} samples from {cal.source}")
+    console.print(summary)
+    console.print(_plan_table(report.plan.decisions))
+    if report.float_nodes:
+        console.print(_float_table(report.float_nodes, "left in float"))
+    fidelity = report.fidelity
+    if fidelity is None:
+        console.print(f"fidelity {report.fidelity_note}")
+        return
+    table = Table(title=f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", title_justify="left")
+    for column in ("output", "cosine mean", "cosine min", "SQNR dB", "max |err|", "top-1 agree"):
+        table.add_column(column, justify="right" if column != "output" else "left")
+    for out in fidelity.outputs:
+        agree = "-" if out.top1_agreement is None else f"{100 * out.top1_agreement:.1f} %"
+        table.add_row(
+            out.name,
+            f"{out.cosine_mean:.5f}",
+            f"{out.cosine_min:.5f}",
+            f"{out.sqnr_db:.1f}",
+            f"{out.max_abs_error:.4g}",
+            agree,
+        )
+    console.print(table)
+    if fidelity.accuracy is not None:
+        acc = fidelity.accuracy
+        console.print(
+            f"top-1 accuracy on labels ({acc.output}): float {acc.float_top1:.2f} %, "
+            f"int8 {acc.quantized_top1:.2f} %, drop {acc.drop_points:+.2f} points",
+            highlight=False,
+        )
+
+
+def render_summary(summary: ModelSummary, console: Console) -> None:
+    table = Table(title=f"quantcli inspect: {summary.path}", title_justify="left")
+    table.add_column("")
+    table.add_column("")
+    table.add_row("size", _mib(summary.size_bytes))
+    table.add_row("opset", str(summary.opset))
+    table.add_row("parameters", f"{summary.parameters:,}")
+    for spec in summary.inputs:
+        table.add_row("input", f"{spec.name}: {spec.describe()}")
+    for name, dtype, shape in summary.outputs:
+        table.add_row("output", f"{name}: {dtype}{shape}")
+    table.add_row("ops", ", ".join(f"{op} x{n}" for op, n in summary.op_types.items()))
+    console.print(table)
+    console.print(_plan_table(summary.plan.decisions))
+    floats = tuple(d for d in summary.plan.decisions if d.role is NodeRole.FLOAT)
+    if floats:
+        console.print(_float_table(floats, "would stay float"))
+
+
+def render_calibration(calibration: CalibrationFile, path: str, console: Console) -> None:
+    console.print(
+        f"calibrated {len(calibration.ranges)} tensors on {calibration.num_samples} samples "
+        f"({calibration.method}) -> {path}",
+        highlight=False,
+    )

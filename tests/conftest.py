@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import models  # noqa: E402
+
+
+@pytest.fixture
+def cnn(tmp_path: Path) -> tuple[Path, Path]:
+    """(model, calibration .npz) for the tiny CNN."""
+    model = models.save(models.tiny_cnn(channels=32), tmp_path)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **models.tiny_cnn_data(40))
+    return model, data
+
+
+@pytest.fixture
+def transformer(tmp_path: Path) -> tuple[Path, Path]:
+    model = models.save(models.tiny_transformer(), tmp_path)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **models.tiny_transformer_data(40))
+    return model, data

@@ -1,0 +1,144 @@
+"""End-to-end quantization through the library: structure, numerics, onnxruntime fusion."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import models
+from quantcli import ActivationType, QuantConfig, quantize
+from quantcli.errors import OutputError, QuantizationError
+
+
+def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feed)[0]  # type: ignore[no-any-return]
+
+
+def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
+
+
+def test_cnn_structure_and_no_float_weights_left(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    proto = onnx.load(out)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["Relu"] == 0  # both folded
+    quantized = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    # every int8 link of the chain; the logits stay float (QGemm can output float)
+    assert quantized == {"image", "r1", "r2", "sum", "pool", "gap", "flat"}
+    inits = {i.name: i for i in proto.graph.initializer}
+    for name in ("conv1.w", "conv2.w", "fc.w"):
+        assert name not in inits  # no float copy left behind
+        assert inits[f"{name}_quantized"].data_type == onnx.TensorProto.INT8
+    for name in ("conv1.b", "conv2.b", "fc.b"):
+        assert inits[f"{name}_quantized"].data_type == onnx.TensorProto.INT32
+    float_params = sum(np.prod(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.FLOAT)
+    int8_params = sum(np.prod(i.dims) for i in inits.values() if i.data_type == onnx.TensorProto.INT8)
+    assert float_params < 0.05 * int8_params  # only scales remain in float
+
+
+def test_cnn_fuses_into_integer_kernels(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    ops = models.optimized_op_types(out, tmp_path)
+    assert ops.get("QLinearConv") == 2
+    assert ops.get("QLinearAdd") == 1
+    assert ops.get("QLinearGlobalAveragePool") == 1
+    assert ops.get("QGemm") == 1
+    # no float compute is left, and no dequantize step between integer kernels
+    assert "Conv" not in ops and "DequantizeLinear" not in ops and "Gemm" not in ops
+
+
+@pytest.mark.parametrize("activation_type", list(ActivationType))
+def test_cnn_numerics(cnn: tuple[Path, Path], tmp_path: Path, activation_type: ActivationType) -> None:
+    model, data = cnn
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data, config=QuantConfig(activation_type=activation_type))
+    feed = models.tiny_cnn_data(16, seed=7)
+    sqnr = _sqnr(_run(model, feed), _run(out, feed))
+    assert sqnr > 30.0
+    assert result.report.fidelity is not None
+    assert result.report.fidelity.outputs[0].sqnr_db > 30.0
+
+
+def test_transformer_quantizes_and_runs(transformer: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = transformer
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    feed = models.tiny_transformer_data(16, seed=9)
+    assert _sqnr(_run(model, feed), _run(out, feed)) > 20.0
+    ops = models.optimized_op_types(out, tmp_path)
+    # uint8 rows are gathered from a uint8 table and every MatMul runs on integers
+    assert ops.get("Gather") == 1
+    assert ops.get("QLinearMatMul", 0) + ops.get("MatMulIntegerToFloat", 0) == 7
+    assert "MatMul" not in ops
+    assert ops.get("Softmax") == 1  # float, as planned
+
+
+def test_graph_output_keeps_its_name_when_quantized(tmp_path: Path) -> None:
+    proto = models.custom_op_model()
+    # replace the custom op's model by a plain Conv whose output is the graph output
+    proto.graph.node.pop()
+    proto.graph.output[0].name = "c"
+    proto.opset_import.pop()
+    model = models.save(proto, tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data, config=QuantConfig(batch_size=1))
+    assert [o.name for o in onnx.load(out).graph.output] == ["c"]
+    assert models.optimized_op_types(out, tmp_path).get("QLinearConv") == 1
+
+
+def test_shared_weight_is_stored_once(tmp_path: Path) -> None:
+    model = models.save(models.shared_weight_mlp(), tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    inits = [i for i in onnx.load(out).graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert [i.name for i in inits] == ["w_quantized"]
+
+
+def test_two_runs_are_byte_identical(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    quantize(model, tmp_path / "a.onnx", data=data)
+    quantize(model, tmp_path / "b.onnx", data=data)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_refuses_to_overwrite(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    before = model.read_bytes()
+    with pytest.raises(OutputError, match="overwrite the input"):
+        quantize(model, model, data=data, force=True)
+    assert model.read_bytes() == before
+    out = tmp_path / "q.onnx"
+    out.write_text("keep me")
+    with pytest.raises(OutputError, match="--force"):
+        quantize(model, out, data=data)
+    assert out.read_text() == "keep me"
+    quantize(model, out, data=data, force=True)
+    assert onnx.load(out).graph.node
+
+
+def test_nothing_to_quantize_writes_nothing(tmp_path: Path) -> None:
+    model = models.save(models.tiny_cnn(), tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, **models.tiny_cnn_data(4))
+    out = tmp_path / "q.onnx"
+    excluded = frozenset({"Conv", "Gemm"})
+    with pytest.raises(QuantizationError, match="nothing to quantize"):
+        quantize(model, out, data=data, config=QuantConfig(exclude=excluded))
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q.onnx")]
