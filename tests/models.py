@@ -118,7 +118,7 @@ def tiny_transformer_data(n: int, seed: int = 1, vocab: int = 20, seq: int = 8) 
 def shared_weight_mlp(seed: int = 0) -> onnx.ModelProto:
     """One weight used by two MatMuls, and a custom-domain op between them."""
     rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.3, (16, 16)).astype(np.float32)
+    w = rng.normal(0, 0.3, (64, 64)).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
         helper.make_node("Relu", ["a"], ["r"], name="relu"),
@@ -129,9 +129,22 @@ def shared_weight_mlp(seed: int = 0) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "shared_weight_mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
         [_init("w", w)],
+    )
+    return _model(graph)
+
+
+def single_conv(channels: int = 64) -> onnx.ModelProto:
+    """One Conv whose output is the graph output."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv")],
+        "single_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6])],
+        [_init("w", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32))],
     )
     return _model(graph)
 
