@@ -63,7 +63,18 @@ def _describe_array(array: npt.NDArray[np.generic]) -> str:
     return f"{array.dtype.name}[{','.join(str(d) for d in array.shape)}]"
 
 
+_MAGIC = {".npz": b"PK", ".npy": b"\x93NUMPY"}
+
+
 def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    # numpy treats a file without its magic as a pickle; say what the file really is instead.
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise CalibrationDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not head.startswith(_MAGIC[path.suffix]):
+        raise CalibrationDataError(f"{path}: not a readable numpy {path.suffix} file")
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
