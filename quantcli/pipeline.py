@@ -163,7 +163,7 @@ def quantize(
         common_passes.RemoveUnusedNodesPass(),
     )
     rewrite(loaded.model)
-    proto = serialize(loaded.model)
+    proto = serialize(loaded.model, keep_value_info=False)
     check_model_proto(proto)
     payload = proto.SerializeToString(deterministic=True)
     if len(payload) >= loaded.size_bytes:

@@ -101,9 +101,15 @@ def fingerprint(model: ir.Model) -> str:
     return digest.hexdigest()
 
 
-def serialize(model: ir.Model) -> onnx.ModelProto:
-    """The model as a protobuf, refusing models protobuf cannot hold."""
+def serialize(model: ir.Model, *, keep_value_info: bool = True) -> onnx.ModelProto:
+    """The model as a protobuf, refusing models protobuf cannot hold.
+
+    ``keep_value_info=False`` drops the intermediate shapes: they are a cache of shape inference,
+    which onnxruntime redoes on load, and in a small model they weigh as much as a layer.
+    """
     proto = ir.serde.serialize_model(model)
+    if not keep_value_info:
+        del proto.graph.value_info[:]
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise QuantizationError(
             "the quantized model is larger than 2 GiB; writing it with external data is not supported yet"

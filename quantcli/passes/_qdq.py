@@ -8,13 +8,16 @@ import onnx_ir as ir
 from quantcli.graph.names import NameAllocator
 from quantcli.scheme import QParams, QuantType
 
-__all__ = ["add_initializer", "dequantize_node", "quantize_node"]
+__all__ = ["QDQParameters", "add_initializer", "add_parameters", "dequantize_node", "quantize_node"]
 
 _IR_TYPES = {
     QuantType.UINT8: ir.DataType.UINT8,
     QuantType.INT8: ir.DataType.INT8,
     QuantType.INT32: ir.DataType.INT32,
 }
+
+# (scale, zero point) initializers shared by the Q and DQ nodes of one tensor.
+QDQParameters = tuple[ir.Value, ir.Value]
 
 
 def add_initializer(graph: ir.Graph, names: NameAllocator, base: str, array: np.ndarray) -> ir.Value:
@@ -26,9 +29,12 @@ def add_initializer(graph: ir.Graph, names: NameAllocator, base: str, array: np.
     return value
 
 
-def _parameters(
-    graph: ir.Graph, names: NameAllocator, base: str, qparams: QParams
-) -> tuple[ir.Value, ir.Value]:
+def add_parameters(graph: ir.Graph, names: NameAllocator, base: str, qparams: QParams) -> QDQParameters:
+    """Scale and zero-point initializers for one tensor; its Q and DQ nodes both read them.
+
+    The zero point is always explicit, even where it is ONNX's default (int8 0): onnxruntime's
+    QDQ selectors do not fuse a DequantizeLinear without one (tested).
+    """
     scale = add_initializer(graph, names, f"{base}_scale", qparams.scale.astype(np.float32))
     zero_point = add_initializer(graph, names, f"{base}_zero_point", qparams.zero_point)
     return scale, zero_point
@@ -41,18 +47,17 @@ def _axis_attributes(qparams: QParams) -> dict[str, ir.Attr]:
 
 
 def quantize_node(
-    graph: ir.Graph, names: NameAllocator, value: ir.Value, qparams: QParams
+    names: NameAllocator, value: ir.Value, parameters: QDQParameters, qparams: QParams
 ) -> tuple[ir.Node, ir.Value]:
     """A QuantizeLinear node reading ``value``, and its integer output."""
     base = value.name or "tensor"
-    scale, zero_point = _parameters(graph, names, base, qparams)
     out = ir.Value(
         name=names.fresh(f"{base}_quantized"), shape=value.shape, type=ir.TensorType(_IR_TYPES[qparams.dtype])
     )
     node = ir.Node(
         "",
         "QuantizeLinear",
-        [value, scale, zero_point],
+        [value, *parameters],
         _axis_attributes(qparams),
         outputs=[out],
         name=names.fresh(f"{base}_QuantizeLinear"),
@@ -61,21 +66,15 @@ def quantize_node(
 
 
 def dequantize_node(
-    graph: ir.Graph,
     names: NameAllocator,
     quantized: ir.Value,
+    parameters: QDQParameters,
     qparams: QParams,
     *,
     base: str,
     output_name: str | None = None,
 ) -> tuple[ir.Node, ir.Value]:
-    """A DequantizeLinear node reading ``quantized``, and its float output.
-
-    Parameters get their own initializers even when a QuantizeLinear with equal values exists:
-    onnxruntime compares parameter values, not names, and separate initializers keep each node
-    self-contained for later passes.
-    """
-    scale, zero_point = _parameters(graph, names, f"{base}_dq" if output_name is None else base, qparams)
+    """A DequantizeLinear node reading ``quantized``, and its float output."""
     out = ir.Value(
         name=output_name or names.fresh(f"{base}_dequantized"),
         shape=quantized.shape,
@@ -84,7 +83,7 @@ def dequantize_node(
     node = ir.Node(
         "",
         "DequantizeLinear",
-        [quantized, scale, zero_point],
+        [quantized, *parameters],
         _axis_attributes(qparams),
         outputs=[out],
         name=names.fresh(f"{base}_DequantizeLinear"),

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import dequantize_node, quantize_node
+from quantcli.passes._qdq import add_parameters, dequantize_node, quantize_node
 from quantcli.scheme import QParams
 
 __all__ = ["InsertActivationQDQPass"]
@@ -41,9 +41,10 @@ class InsertActivationQDQPass(ir.passes.InPlacePass):
         as_output = name in self.replace_outputs and value.is_graph_output()
         if as_output:
             value.name = names.fresh(f"{name}_before_quantize")
-        q_node, quantized = quantize_node(graph, names, value, qparams)
+        parameters = add_parameters(graph, names, name, qparams)
+        q_node, quantized = quantize_node(names, value, parameters, qparams)
         dq_node, output = dequantize_node(
-            graph, names, quantized, qparams, base=name, output_name=name if as_output else None
+            names, quantized, parameters, qparams, base=name, output_name=name if as_output else None
         )
         producer = value.producer()
         if producer is None:

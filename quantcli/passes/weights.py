@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, dequantize_node
+from quantcli.passes._qdq import add_initializer, add_parameters, dequantize_node
 from quantcli.scheme import QParams, quantize
 
 __all__ = ["QuantizeInitializersPass"]
@@ -26,7 +26,8 @@ def _replace_initializer(graph: ir.Graph, names: NameAllocator, name: str, qpara
     uses = list(value.uses())
     graph.initializers.pop(name)
     value.name = names.fresh(f"{name}_float_removed")
-    node, output = dequantize_node(graph, names, quantized, qparams, base=name, output_name=name)
+    parameters = add_parameters(graph, names, name, qparams)
+    node, output = dequantize_node(names, quantized, parameters, qparams, base=name, output_name=name)
     first = next(iter(graph), None)
     if first is None:
         graph.append(node)
