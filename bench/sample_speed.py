@@ -42,7 +42,9 @@ def _time(session: ort.InferenceSession, feed: dict[str, np.ndarray]) -> float:
     return (time.perf_counter() - start) / REPEATS
 
 
-def _latency(float_path: Path, int8_path: Path, feed: dict[str, np.ndarray], threads: int) -> dict[str, float]:
+def _latency(
+    float_path: Path, int8_path: Path, feed: dict[str, np.ndarray], threads: int
+) -> dict[str, float]:
     sessions = {"float": _session(float_path, threads), "int8": _session(int8_path, threads)}
     for session in sessions.values():  # warm-up
         for _ in range(3):
@@ -100,8 +102,8 @@ def _markdown(rows: list[dict[str, object]]) -> str:
         "",
         f"Made by `make bench` (bench/sample_speed.py) with onnxruntime {ort.__version__}, "
         f"Python {platform.python_version()}, on {platform.machine()} ({platform.processor() or 'cpu'}).",
-        "Latency: median of "
-        f"{ROUNDS} alternating float/int8 rounds of {REPEATS} runs each; ratio = int8 / float (below 1 is faster).",
+        f"Latency: median of {ROUNDS} alternating float/int8 rounds of {REPEATS} runs each; "
+        "ratio = int8 / float (below 1 is faster).",
         "",
         "| model | size ratio | top-1 float | top-1 int8 | drop (points) | cosine mean | quantize s |",
         "|---|---|---|---|---|---|---|",

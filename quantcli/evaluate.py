@@ -126,8 +126,11 @@ def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
             f"{path}: labels must be a 1-D integer array, got {labels.dtype.name}{list(labels.shape)}"
         )
     if labels.shape[0] != expected:
-        raise CalibrationDataError(f"{path}: holds {labels.shape[0]} labels for {expected} evaluation samples")
-    return labels.astype(np.int64)
+        raise CalibrationDataError(
+            f"{path}: holds {labels.shape[0]} labels for {expected} evaluation samples"
+        )
+    result: npt.NDArray[np.int64] = labels.astype(np.int64)
+    return result
 
 
 def _rows(array: npt.NDArray[np.generic], batched: bool) -> npt.NDArray[np.float64]:

@@ -57,12 +57,16 @@ def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
         raise OutputError(f"{output}: already exists (pass --force to replace it)")
 
 
-def _float_parameters(model: ir.Model) -> int:
-    return sum(
-        v.const_value.size
-        for v in model.graph.initializers.values()
-        if v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT
-    )
+def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
+    """Elements of the named initializers, or of every float initializer."""
+    total = 0
+    for name, value in model.graph.initializers.items():
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        if (names is None and tensor.dtype == ir.DataType.FLOAT) or (names is not None and name in names):
+            total += int(tensor.size)
+    return total
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ def _open_data(
 
 
 def _ranges(
+    *,
     loaded: ModelFile,
     plan: QuantPlan,
     data: _Data,
@@ -111,7 +116,9 @@ def _ranges(
     ranges = collect_ranges(
         loaded.model, plan.observed, data.calibration, batch_size=config.batch_size, progress=progress
     )
-    return ranges, CalibrationSummary(config.method.value, data.calibration.num_samples, str(data.calibration.source))
+    return ranges, CalibrationSummary(
+        config.method.value, data.calibration.num_samples, str(data.calibration.source)
+    )
 
 
 def quantize(
@@ -145,14 +152,15 @@ def quantize(
         label_array = load_labels(labels, datasets.evaluation.num_samples)
     plan = select(loaded.model, config)
     if plan.is_noop:
-        raise QuantizationError(f"{model_path}: nothing to quantize (no Conv, MatMul, Gemm or Gather on float weights)")
-    ranges, calibration_summary = _ranges(loaded, plan, datasets, calibration, config, progress)
-    params = compute_params(loaded.model, plan, ranges, config)
-    float_params = _float_parameters(loaded.model)
-    int8_params = sum(
-        loaded.model.graph.initializers[w.name].const_value.size  # type: ignore[union-attr]
-        for w in plan.weights
+        raise QuantizationError(
+            f"{model_path}: nothing to quantize (no Conv, MatMul, Gemm or Gather on float weights)"
+        )
+    ranges, calibration_summary = _ranges(
+        loaded=loaded, plan=plan, data=datasets, calibration=calibration, config=config, progress=progress
     )
+    params = compute_params(loaded.model, plan, ranges, config)
+    float_params = _parameter_count(loaded.model)
+    int8_params = _parameter_count(loaded.model, [w.name for w in plan.weights])
     reference = serialize(loaded.model) if datasets.evaluation is not None else None
     rewrite = ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
@@ -243,11 +251,15 @@ def inspect_model(model_path: Path, config: QuantConfig | None = None) -> ModelS
         (
             str(v.name),
             np.dtype(v.dtype.numpy()).name if v.dtype is not None else "?",
-            "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in v.shape.dims) + "]" if v.shape else "[?]",
+            "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in v.shape.dims) + "]"
+            if v.shape
+            else "[?]",
         )
         for v in model.graph.outputs
     )
-    parameters = sum(int(np.prod(v.const_value.shape)) for v in model.graph.initializers.values() if v.const_value)
+    parameters = sum(
+        int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None
+    )
     return ModelSummary(
         path=str(model_path),
         size_bytes=loaded.size_bytes,

@@ -396,6 +396,7 @@ class _Selector:
         activations: dict[str, ActivationSpec] = {}
         weights: dict[str, set[int | None]] = {}
         constants: set[str] = set()
+        tables: set[str] = set()
 
         def add_activation(value: ir.Value) -> None:
             name = value.name or ""
@@ -409,17 +410,6 @@ class _Selector:
                 replaces_graph_output=name in self.graph_outputs and self.available.get(name) is not None,
             )
 
-        def add_weight(node: ir.Node, rule: _OpRule) -> None:
-            assert rule.weight_input is not None
-            weight = node.inputs[rule.weight_input]
-            if weight is None or _constant(weight) is None:
-                return
-            axis = None
-            if rule.weight_axis is not None and self.config.per_channel:
-                axis = rule.weight_axis(node, weight)
-            weights.setdefault(weight.name or "", set()).add(axis)
-
-        tables: set[str] = set()
         for node in self.nodes:
             rule = _RULES.get(node.op_type)
             role = self.decisions[id(node)].role
@@ -428,18 +418,9 @@ class _Selector:
             if rule.kind is _Kind.TABLE:
                 tables.add(node.inputs[0].name or "")  # type: ignore[union-attr]
             elif rule.weight_input is not None:
-                add_weight(node, rule)
-            if role is NodeRole.WEIGHT_ONLY:
-                continue
-            if rule.output_required:
-                add_activation(self.fold_target(node.outputs[0]))
-            for index in self.activation_slots(node, rule):
-                value = node.inputs[index]
-                assert value is not None
-                if _constant(value) is not None:
-                    constants.add(value.name or "")
-                else:
-                    add_activation(value)
+                self.add_weight(node, rule, weights)
+            if role is NodeRole.INTEGER:
+                self.add_node_activations(node, rule, add_activation, constants)
         self.extend_carried(activations, add_activation)
         # A table is stored like an activation (uint8 by default) so the rows it yields feed
         # integer kernels directly; one that is also a weight elsewhere stays per-tensor int8.
@@ -461,6 +442,35 @@ class _Selector:
             folds=tuple(self.folds[id(n)] for n in self.nodes if id(n) in self.folds),
             observed=tuple(sorted({a.range_of for a in activations.values() if a.table is None})),
         )
+
+    def add_weight(self, node: ir.Node, rule: _OpRule, weights: dict[str, set[int | None]]) -> None:
+        """Record the channel axis ``node`` wants for its constant weight (None: per tensor)."""
+        assert rule.weight_input is not None
+        weight = node.inputs[rule.weight_input]
+        if weight is None or _constant(weight) is None:
+            return
+        axis = None
+        if rule.weight_axis is not None and self.config.per_channel:
+            axis = rule.weight_axis(node, weight)
+        weights.setdefault(weight.name or "", set()).add(axis)
+
+    def add_node_activations(
+        self,
+        node: ir.Node,
+        rule: _OpRule,
+        add_activation: Callable[[ir.Value], None],
+        constants: set[str],
+    ) -> None:
+        """Quantize an integer node's inputs, and its output where the kernel needs it."""
+        if rule.output_required:
+            add_activation(self.fold_target(node.outputs[0]))
+        for index in self.activation_slots(node, rule):
+            value = node.inputs[index]
+            assert value is not None
+            if _constant(value) is not None:
+                constants.add(value.name or "")
+            else:
+                add_activation(value)
 
     def extend_carried(
         self, activations: dict[str, ActivationSpec], add_activation: Callable[[ir.Value], None]
@@ -485,7 +495,7 @@ class _Selector:
 
     def fold_target(self, value: ir.Value) -> ir.Value:
         """The tensor that carries the quantizer: the folded Relu's output, or ``value``."""
-        uses = value.uses()
+        uses = list(value.uses())
         if len(uses) == 1 and id(uses[0].node) in self.folds:
             return uses[0].node.outputs[0]
         return value

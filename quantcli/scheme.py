@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,8 @@ __all__ = [
 # x / scale overflow or divide by zero; any positive scale represents 0.0 exactly.
 _MIN_SCALE = np.float32(1e-12)
 
+ScalarT = TypeVar("ScalarT", bound=np.generic)
+
 
 class QuantType(StrEnum):
     """Integer storage type of a quantized tensor."""
@@ -36,8 +39,8 @@ class QuantType(StrEnum):
     INT32 = "int32"
 
     @property
-    def numpy_dtype(self) -> type[np.integer]:
-        return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32}[self.value]
+    def numpy_dtype(self) -> np.dtype[np.integer]:
+        return np.dtype(self.value)
 
     @property
     def qmin(self) -> int:
@@ -90,13 +93,13 @@ def activation_qparams(rmin: float, rmax: float, dtype: QuantType, *, nonnegativ
     lo, hi = _finite_range(rmin, rmax)
     if dtype is QuantType.INT8 and not nonnegative:
         bound = max(-lo, hi)
-        scale = np.float32(max(bound / 127.0, _MIN_SCALE))
+        scale = np.float32(max(bound / 127.0, float(_MIN_SCALE)))
         return QParams(np.array(scale, np.float32), np.array(0, np.int8), None, dtype)
     if dtype not in (QuantType.UINT8, QuantType.INT8):
         raise ValueError(f"activations cannot be {dtype}")
     if nonnegative:
         lo = 0.0
-    scale = np.float32(max((hi - lo) / float(dtype.qmax - dtype.qmin), _MIN_SCALE))
+    scale = np.float32(max((hi - lo) / float(dtype.qmax - dtype.qmin), float(_MIN_SCALE)))
     zero_point = np.clip(np.rint(dtype.qmin - np.float32(lo) / scale), dtype.qmin, dtype.qmax)
     return QParams(np.array(scale, np.float32), np.array(zero_point, dtype.numpy_dtype), None, dtype)
 
@@ -130,7 +133,7 @@ def bias_qparams(input_scale: npt.NDArray[np.float32], weight: QParams) -> QPara
     return QParams(scale, np.zeros(scale.shape, np.int32), axis, QuantType.INT32)
 
 
-def _broadcast(values: npt.NDArray[np.generic], axis: int | None, ndim: int) -> npt.NDArray[np.generic]:
+def _broadcast(values: npt.NDArray[ScalarT], axis: int | None, ndim: int) -> npt.NDArray[ScalarT]:
     if axis is None or values.ndim == 0:
         return values
     shape = [1] * ndim
@@ -147,11 +150,15 @@ def quantize(x: npt.NDArray[np.floating], qparams: QParams) -> npt.NDArray[np.in
     # Division in float32 as the spec and onnxruntime do; rounding and offset in float64 so
     # int32 bias values are exact.
     scaled = np.rint((x32 / scale).astype(np.float64)) + zero_point
-    return np.clip(scaled, dtype.qmin, dtype.qmax).astype(dtype.numpy_dtype)
+    clipped: npt.NDArray[np.integer] = np.clip(scaled, dtype.qmin, dtype.qmax).astype(dtype.numpy_dtype)
+    return clipped
 
 
 def dequantize(q: npt.NDArray[np.integer], qparams: QParams) -> npt.NDArray[np.float32]:
     """DequantizeLinear: (q - zero_point) x scale, in float32."""
     scale = _broadcast(qparams.scale, qparams.axis, q.ndim)
     zero_point = _broadcast(qparams.zero_point, qparams.axis, q.ndim).astype(np.int64)
-    return ((q.astype(np.int64) - zero_point).astype(np.float32) * scale).astype(np.float32)
+    result: npt.NDArray[np.float32] = ((q.astype(np.int64) - zero_point).astype(np.float32) * scale).astype(
+        np.float32
+    )
+    return result

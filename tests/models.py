@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -172,10 +174,6 @@ def custom_op_model() -> onnx.ModelProto:
 
 def optimized_op_types(path: Path, folder: Path) -> dict[str, int]:
     """Op types onnxruntime actually runs after its QDQ fusions."""
-    import collections
-
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(folder / "optimized.onnx")

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import models
 from quantcli.cli import app as cli_app
 from quantcli.cli.app import app
 
@@ -22,7 +22,9 @@ def test_convert_json_is_the_only_thing_on_stdout(cnn: tuple[Path, Path], tmp_pa
     model, data = cnn
     out = tmp_path / "q.onnx"
     report = tmp_path / "r.json"
-    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--data", str(data), "--json", "--report", str(report)])
+    result = runner.invoke(
+        app, ["convert", str(model), "-o", str(out), "--data", str(data), "--json", "--report", str(report)]
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["schema_version"] == 1
@@ -66,7 +68,10 @@ def test_wrong_dtype_names_file_input_expected_and_got(cnn: tuple[Path, Path], t
 def test_usage_error_is_exit_2(cnn: tuple[Path, Path]) -> None:
     model, _ = cnn
     assert runner.invoke(app, ["convert", str(model), "--no-such-flag"]).exit_code == 2
-    assert runner.invoke(app, ["convert", str(model), "-o", "x.onnx", "--activation-type", "int4"]).exit_code == 2
+    assert (
+        runner.invoke(app, ["convert", str(model), "-o", "x.onnx", "--activation-type", "int4"]).exit_code
+        == 2
+    )
 
 
 def test_internal_error_is_exit_4_with_traceback_only_under_debug(
@@ -96,14 +101,18 @@ def test_calibrate_then_convert_from_the_file(cnn: tuple[Path, Path], tmp_path: 
     stored = json.loads(calib.read_text())
     assert stored["format"] == "quantcli-calibration" and stored["version"] == 1
     out = tmp_path / "q.onnx"
-    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--calibration", str(calib), "--json"])
+    result = runner.invoke(
+        app, ["convert", str(model), "-o", str(out), "--calibration", str(calib), "--json"]
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["calibration"]["samples"] == 40
     assert document["fidelity"] is None and "eval-data" in document["fidelity_note"]
     # the same ranges give the same model as calibrating inside convert on all the data
     direct = tmp_path / "direct.onnx"
-    runner.invoke(app, ["convert", str(model), "-o", str(direct), "--data", str(data), "--eval-data", str(data)])
+    runner.invoke(
+        app, ["convert", str(model), "-o", str(direct), "--data", str(data), "--eval-data", str(data)]
+    )
     assert direct.read_bytes() == out.read_bytes()
 
 
@@ -112,7 +121,9 @@ def test_calibration_file_for_another_model_is_refused(cnn: tuple[Path, Path], t
     calib = tmp_path / "calib.json"
     assert runner.invoke(app, ["calibrate", str(model), "--data", str(data), "-o", str(calib)]).exit_code == 0
     other = models.save(models.tiny_cnn(seed=5, channels=32), tmp_path, "other.onnx")
-    result = runner.invoke(app, ["convert", str(other), "-o", str(tmp_path / "q.onnx"), "--calibration", str(calib)])
+    result = runner.invoke(
+        app, ["convert", str(other), "-o", str(tmp_path / "q.onnx"), "--calibration", str(calib)]
+    )
     assert result.exit_code == 1 and "made for another model" in result.stderr
     assert not (tmp_path / "q.onnx").exists()
 

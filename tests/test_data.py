@@ -90,13 +90,13 @@ def test_pickled_objects_are_never_loaded(tmp_path: Path) -> None:
 
 
 def test_empty_folder_missing_path_and_garbage(tmp_path: Path) -> None:
-    with pytest.raises(CalibrationDataError, match="holds no .npz or .npy"):
+    with pytest.raises(CalibrationDataError, match=r"holds no \.npz or \.npy"):
         open_dataset(tmp_path, (IMAGE,))
     with pytest.raises(CalibrationDataError, match="no such file"):
         open_dataset(tmp_path / "nope.npz", (IMAGE,))
     garbage = tmp_path / "g.npz"
     garbage.write_bytes(b"not a zip")
-    with pytest.raises(CalibrationDataError, match="not a readable numpy .npz file"):
+    with pytest.raises(CalibrationDataError, match=r"not a readable numpy \.npz file"):
         open_dataset(garbage, (IMAGE,))
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import models
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import pytest
 
-import models
 from quantcli.config import QuantConfig
 from quantcli.errors import ConfigError
 from quantcli.plan import NodeRole, QuantPlan, candidate_tensors, select

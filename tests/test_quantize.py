@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-import models
 from quantcli import ActivationType, QuantConfig, quantize
 from quantcli.errors import OutputError, QuantizationError
 
@@ -21,7 +21,9 @@ def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2)))
+    return float(
+        10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+    )
 
 
 def test_cnn_structure_and_no_float_weights_left(cnn: tuple[Path, Path], tmp_path: Path) -> None:

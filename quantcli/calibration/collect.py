@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.errors import CalibrationDataError
@@ -38,8 +39,6 @@ class TensorRange:
 
 def open_session(proto: onnx.ModelProto, threads: int | None = None) -> object:
     """An onnxruntime CPU session for ``proto``, quiet unless something fails."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads is not None:
@@ -62,7 +61,9 @@ def _run(session: object, names: list[str], feed: Batch, source: str) -> list[np
         return session.run(names, feed)  # type: ignore[attr-defined, no-any-return]
     except Exception as exc:  # onnxruntime's errors have no common public base class
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CalibrationDataError(f"{source}: onnxruntime cannot run the model on this data ({first_line})") from exc
+        raise CalibrationDataError(
+            f"{source}: onnxruntime cannot run the model on this data ({first_line})"
+        ) from exc
 
 
 def run_batches(

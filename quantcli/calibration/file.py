@@ -61,7 +61,9 @@ def _parse(data: Any, path: Path) -> CalibrationFile:
             ranges=ranges,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CalibrationFileError(f"{path}: malformed calibration file ({type(exc).__name__}: {exc})") from exc
+        raise CalibrationFileError(
+            f"{path}: malformed calibration file ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def read_calibration(path: Path) -> CalibrationFile:

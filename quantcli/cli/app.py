@@ -36,14 +36,24 @@ app = typer.Typer(
 ModelArg = Annotated[Path, typer.Argument(help="fp32 ONNX model.", show_default=False)]
 DataOpt = Annotated[
     Path | None,
-    typer.Option("--data", "-d", help=".npz file (arrays keyed by input name, axis 0 = samples), or a folder of .npz/.npy files."),
+    typer.Option(
+        "--data",
+        "-d",
+        help=".npz file (arrays keyed by input name, axis 0 = samples), or a folder of .npz/.npy files.",
+    ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout; nothing else.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print exactly one JSON document on stdout; nothing else.")
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No tables or progress on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Replace an existing output file.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run when the batch axis is dynamic.")]
-MaxSamplesOpt = Annotated[int | None, typer.Option("--max-samples", help="Use at most this many calibration samples.")]
+BatchOpt = Annotated[
+    int, typer.Option("--batch-size", help="Samples per onnxruntime run when the batch axis is dynamic.")
+]
+MaxSamplesOpt = Annotated[
+    int | None, typer.Option("--max-samples", help="Use at most this many calibration samples.")
+]
 
 
 def _stderr(quiet: bool, as_json: bool) -> Console:
@@ -55,7 +65,11 @@ def _progress(console: Console, description: str) -> tuple[Progress | None, Prog
     if console.quiet or not console.is_terminal:
         return None, None
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
     )
     task = bar.add_task(description, total=None)
 
@@ -80,22 +94,33 @@ def convert(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 model.")],
     data: DataOpt = None,
     calibration: Annotated[
-        Path | None, typer.Option("--calibration", "-c", help="Calibration file from 'quantcli calibrate' (instead of --data).")
+        Path | None,
+        typer.Option(
+            "--calibration", "-c", help="Calibration file from 'quantcli calibrate' (instead of --data)."
+        ),
     ] = None,
     eval_data: Annotated[
-        Path | None, typer.Option("--eval-data", "-e", help="Evaluation data; default: hold back 20% of --data.")
+        Path | None,
+        typer.Option("--eval-data", "-e", help="Evaluation data; default: hold back 20% of --data."),
     ] = None,
-    labels: Annotated[Path | None, typer.Option("--labels", help=".npy of integer labels for the evaluation samples.")] = None,
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help=".npy of integer labels for the evaluation samples.")
+    ] = None,
     activation_type: Annotated[
         ActivationType, typer.Option("--activation-type", help="uint8 (asymmetric) or int8 (symmetric).")
     ] = ActivationType.UINT8,
-    per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,
+    per_tensor: Annotated[
+        bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")
+    ] = False,
     exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", "-x", help="Keep a node (by name) or an op type in float. Repeatable.")
+        list[str] | None,
+        typer.Option("--exclude", "-x", help="Keep a node (by name) or an op type in float. Repeatable."),
     ] = None,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
-    report: Annotated[Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -130,7 +155,9 @@ def convert(
             )
         document = result.report.to_dict()
         if report is not None:
-            write_atomic((json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), report, force=force)
+            write_atomic(
+                (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), report, force=force
+            )
         if as_json:
             _print_json(document)
         else:
@@ -164,7 +191,12 @@ def calibrate_command(
         write_calibration(result, output, force=force)
         if as_json:
             _print_json(
-                {"output": str(output), "tensors": len(result.ranges), "samples": result.num_samples, "method": result.method}
+                {
+                    "output": str(output),
+                    "tensors": len(result.ranges),
+                    "samples": result.num_samples,
+                    "method": result.method,
+                }
             )
         else:
             render_calibration(result, str(output), console)
@@ -190,7 +222,9 @@ def inspect_command(
                 "size_bytes": summary.size_bytes,
                 "opset": summary.opset,
                 "parameters": summary.parameters,
-                "inputs": [{"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in summary.inputs],
+                "inputs": [
+                    {"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in summary.inputs
+                ],
                 "outputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in summary.outputs],
                 "op_types": summary.op_types,
                 "nodes": [asdict(d) | {"role": d.role.value} for d in summary.plan.decisions],
@@ -212,7 +246,7 @@ def main_callback(
         raise typer.Exit(0)
 
 
-class _nullcontext:  # noqa: N801 - stands in for a Progress context when there is no bar
+class _nullcontext:
     def __enter__(self) -> None:
         return None
 

@@ -66,7 +66,9 @@ def render_report(report: QuantReport, console: Console) -> None:
     if fidelity is None:
         console.print(f"fidelity {report.fidelity_note}")
         return
-    table = Table(title=f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", title_justify="left")
+    table = Table(
+        title=f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", title_justify="left"
+    )
     for column in ("output", "cosine mean", "cosine min", "SQNR dB", "max |err|", "top-1 agree"):
         table.add_column(column, justify="right" if column != "output" else "left")
     for out in fidelity.outputs:

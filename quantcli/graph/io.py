@@ -14,6 +14,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 
 from quantcli.errors import ModelLoadError, OutputError, QuantizationError
 
@@ -123,8 +124,6 @@ def check_model_proto(proto: onnx.ModelProto) -> None:
     Raises QuantizationError naming what failed: a model we produce that fails either is never
     written.
     """
-    import onnxruntime as ort
-
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:

@@ -16,8 +16,8 @@ class NameAllocator:
 
     def __init__(self, graph: ir.Graph) -> None:
         self._used: set[str] = set()
-        for value in graph.inputs:
-            self._add(value.name)
+        for graph_input in graph.inputs:
+            self._add(graph_input.name)
         for name in graph.initializers:
             self._add(name)
         for node in ir.traversal.RecursiveGraphIterator(graph):

@@ -24,7 +24,9 @@ def add_initializer(graph: ir.Graph, names: NameAllocator, base: str, array: np.
     """Register ``array`` as a new initializer named after ``base``."""
     name = names.fresh(base)
     tensor = ir.tensor(array, name=name)
-    value = ir.Value(name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor)
+    value = ir.Value(
+        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+    )
     graph.register_initializer(value)
     return value
 
