@@ -38,9 +38,11 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
-## Rebuild sample_models/ (needs torch==2.13.0 and scikit-learn: see sample_models/build.py).
+## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:
-	$(PYTHON) sample_models/build.py
+	test -x .buildenv/bin/python || $(PYTHON) -m venv .buildenv
+	.buildenv/bin/pip install --quiet torch==2.13.0 scikit-learn onnx==1.23.2 onnxruntime==1.32.0 numpy
+	.buildenv/bin/python sample_models/build.py
 
 golden: $(STAMP)
 	QUANTCLI_REGEN_GOLDEN=1 $(PY) -m pytest tests/test_golden.py

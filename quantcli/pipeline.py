@@ -169,6 +169,9 @@ def quantize(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
         ),
         common_passes.RemoveUnusedNodesPass(),
+        # Parameters repeat: all-zero zero points of every weight with as many channels, the
+        # shared scale of a data-movement chain. One copy each keeps small models small.
+        common_passes.DeduplicateInitializersPass(size_limit=4096),
     )
     rewrite(loaded.model)
     proto = serialize(loaded.model, keep_value_info=False)
