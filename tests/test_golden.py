@@ -10,10 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import models
 import numpy as np
 from typer.testing import CliRunner
 
-import models
 from quantcli.cli.app import app
 
 GOLDEN = Path(__file__).parent / "golden" / "tiny_cnn_report.json"
