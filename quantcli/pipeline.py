@@ -21,7 +21,15 @@ from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.config import QuantConfig
 from quantcli.errors import CalibrationFileError, ConfigError, OutputError, QuantizationError
 from quantcli.evaluate import Fidelity, compare_models, load_labels
-from quantcli.graph.io import ModelFile, check_model_proto, fingerprint, load_model, serialize, write_atomic
+from quantcli.graph.io import (
+    ModelFile,
+    check_model_proto,
+    check_writable,
+    fingerprint,
+    load_model,
+    serialize,
+    write_atomic,
+)
 from quantcli.params import compute_params
 from quantcli.passes import FoldActivationsPass, InsertActivationQDQPass, QuantizeInitializersPass
 from quantcli.plan import QuantPlan, candidate_tensors, select
@@ -51,10 +59,7 @@ def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
     """Refuse a bad output before any work is done."""
     if output.resolve() == model_path.resolve():
         raise OutputError(f"{output}: the output would overwrite the input model; choose another path")
-    if not output.parent.resolve().is_dir():
-        raise OutputError(f"{output}: folder {output.parent} does not exist")
-    if output.exists() and not force:
-        raise OutputError(f"{output}: already exists (pass --force to replace it)")
+    check_writable(output, force=force)
 
 
 def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:

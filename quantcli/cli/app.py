@@ -20,8 +20,7 @@ from quantcli.calibration.file import write_calibration
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import render_calibration, render_report, render_summary
 from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
-from quantcli.errors import OutputError
-from quantcli.graph.io import write_atomic
+from quantcli.graph.io import check_writable, write_atomic
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
 
@@ -138,8 +137,8 @@ def convert(
             max_samples=max_samples,
             exclude=frozenset(exclude or ()),
         )
-        if report is not None and report.exists() and not force:
-            raise OutputError(f"{report}: already exists (pass --force to replace it)")
+        if report is not None:
+            check_writable(report, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or _nullcontext():
             result = quantize(
@@ -183,8 +182,7 @@ def calibrate_command(
 
     def run() -> None:
         config = QuantConfig(batch_size=batch_size, max_samples=max_samples)
-        if output.exists() and not force:
-            raise OutputError(f"{output}: already exists (pass --force to replace it)")
+        check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or _nullcontext():
             result = calibrate(model, data, config=config, progress=update)

@@ -3,6 +3,7 @@
 from quantcli.graph.io import (
     ModelFile,
     check_model_proto,
+    check_writable,
     fingerprint,
     load_model,
     serialize,
@@ -14,6 +15,7 @@ __all__ = [
     "ModelFile",
     "NameAllocator",
     "check_model_proto",
+    "check_writable",
     "fingerprint",
     "load_model",
     "serialize",

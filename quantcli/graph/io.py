@@ -21,6 +21,7 @@ from quantcli.errors import ModelLoadError, OutputError, QuantizationError
 __all__ = [
     "ModelFile",
     "check_model_proto",
+    "check_writable",
     "fingerprint",
     "load_model",
     "serialize",
@@ -138,16 +139,22 @@ def check_model_proto(proto: onnx.ModelProto) -> None:
         raise QuantizationError(f"onnxruntime refuses the quantized model: {first_line}") from exc
 
 
-def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader never sees a half-written file, and on failure nothing new is left behind.
-    """
+def check_writable(path: Path, *, force: bool) -> None:
+    """Refuse, before any work, an output whose folder is missing or that exists without force."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
     if path.exists() and not force:
         raise OutputError(f"{path}: already exists (pass --force to replace it)")
+
+
+def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader never sees a half-written file, and on failure nothing new is left behind.
+    """
+    check_writable(path, force=force)
+    folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:

@@ -48,6 +48,26 @@ def _axis_attributes(qparams: QParams) -> dict[str, ir.Attr]:
     return {"axis": ir.AttrInt64("axis", qparams.axis)}
 
 
+def _node(
+    op_type: str,
+    names: NameAllocator,
+    source: ir.Value,
+    *,
+    parameters: QDQParameters,
+    qparams: QParams,
+    out: ir.Value,
+    base: str,
+) -> ir.Node:
+    return ir.Node(
+        "",
+        op_type,
+        [source, *parameters],
+        _axis_attributes(qparams),
+        outputs=[out],
+        name=names.fresh(f"{base}_{op_type}"),
+    )
+
+
 def quantize_node(
     names: NameAllocator, value: ir.Value, parameters: QDQParameters, qparams: QParams
 ) -> tuple[ir.Node, ir.Value]:
@@ -56,15 +76,9 @@ def quantize_node(
     out = ir.Value(
         name=names.fresh(f"{base}_quantized"), shape=value.shape, type=ir.TensorType(_IR_TYPES[qparams.dtype])
     )
-    node = ir.Node(
-        "",
-        "QuantizeLinear",
-        [value, *parameters],
-        _axis_attributes(qparams),
-        outputs=[out],
-        name=names.fresh(f"{base}_QuantizeLinear"),
-    )
-    return node, out
+    return _node(
+        "QuantizeLinear", names, value, parameters=parameters, qparams=qparams, out=out, base=base
+    ), out
 
 
 def dequantize_node(
@@ -82,12 +96,6 @@ def dequantize_node(
         shape=quantized.shape,
         type=ir.TensorType(ir.DataType.FLOAT),
     )
-    node = ir.Node(
-        "",
-        "DequantizeLinear",
-        [quantized, *parameters],
-        _axis_attributes(qparams),
-        outputs=[out],
-        name=names.fresh(f"{base}_DequantizeLinear"),
-    )
-    return node, out
+    return _node(
+        "DequantizeLinear", names, quantized, parameters=parameters, qparams=qparams, out=out, base=base
+    ), out
