@@ -60,6 +60,32 @@ def _file_size_with_external_data(path: Path, model: ir.Model) -> int:
     return size
 
 
+def _load_external_data(path: Path, model: ir.Model) -> None:
+    """Read external weights into memory, refusing locations outside the model's folder.
+
+    onnxruntime gets the model as bytes, where relative data paths mean nothing; models this
+    release handles fit in memory (protobuf's 2 GiB limit applies to the output anyway). A
+    location like ``../../etc/passwd`` or an absolute path is refused before anything is read.
+    """
+    folder = path.resolve().parent
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        target = (Path(tensor.base_dir) / tensor.location).resolve()
+        if Path(tensor.location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelLoadError(
+                f"{path}: external data of '{value.name}' points outside the model's folder "
+                f"({tensor.location}); refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelLoadError(f"{path}: external data file {tensor.location} of '{value.name}' is missing")
+    try:
+        ir.external_data.load_to_model(model)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: external data cannot be read ({exc})") from exc
+
+
 def load_model(path: Path) -> ModelFile:
     """Load an ONNX model, raising :class:`ModelLoadError` with a one-line reason on failure."""
     if not path.exists():
@@ -72,7 +98,9 @@ def load_model(path: Path) -> ModelFile:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     if len(model.graph) == 0:
         raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes)")
-    loaded = ModelFile(path=path, model=model, size_bytes=_file_size_with_external_data(path, model))
+    size = _file_size_with_external_data(path, model)
+    _load_external_data(path, model)
+    loaded = ModelFile(path=path, model=model, size_bytes=size)
     if loaded.opset < MIN_OPSET:
         raise ModelLoadError(
             f"{path}: opset {loaded.opset} is too old; quantcli needs opset >= {MIN_OPSET} "
