@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import pytest
 
-import models
 from quantcli import quantize
 from quantcli.errors import ModelLoadError
 
