@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
+import onnxruntime as ort
 
-from quantcli.calibration.collect import open_session, run_batches
+from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Dataset
 from quantcli.errors import CalibrationDataError
 
@@ -139,22 +139,21 @@ def _rows(array: npt.NDArray[np.generic], batched: bool) -> npt.NDArray[np.float
 
 
 def compare_models(
-    reference: onnx.ModelProto,
-    candidate: onnx.ModelProto,
+    reference: ort.InferenceSession,
+    candidate: ort.InferenceSession,
     dataset: Dataset,
     *,
     batch_size: int,
     source: str,
     labels: npt.NDArray[np.int64] | None = None,
 ) -> Fidelity:
-    """Run both models on ``dataset`` and compare every output."""
-    names = [o.name for o in reference.graph.output]
-    ref_session, cand_session = open_session(reference), open_session(candidate)
+    """Run both sessions on ``dataset`` and compare every output of the reference."""
+    names = [o.name for o in reference.get_outputs()]
     accumulators = {name: _Accumulator() for name in names}
     done = 0
-    cand_batches = run_batches(cand_session, names, dataset, batch_size)
+    cand_batches = run_batches(candidate, names, dataset, batch_size)
     for (count, ref_outputs), (_, cand_outputs) in zip(
-        run_batches(ref_session, names, dataset, batch_size), cand_batches, strict=True
+        run_batches(reference, names, dataset, batch_size), cand_batches, strict=True
     ):
         batch_labels = labels[done : done + count] if labels is not None else None
         for name, ref, got in zip(names, ref_outputs, cand_outputs, strict=True):

@@ -27,6 +27,7 @@ from quantcli.graph.io import (
     check_writable,
     fingerprint,
     load_model,
+    open_session,
     serialize,
     write_atomic,
 )
@@ -180,7 +181,7 @@ def quantize(
     )
     rewrite(loaded.model)
     proto = serialize(loaded.model, keep_value_info=False)
-    check_model_proto(proto)
+    checked = check_model_proto(proto)
     payload = proto.SerializeToString(deterministic=True)
     if len(payload) >= loaded.size_bytes:
         raise QuantizationError(
@@ -191,8 +192,8 @@ def quantize(
     note = "not measured: give --eval-data (or --data with 2+ samples)"
     if reference is not None and datasets.evaluation is not None:
         fidelity = compare_models(
-            reference,
-            proto,
+            open_session(reference),
+            checked,
             datasets.evaluation,
             batch_size=config.batch_size,
             source=datasets.evaluation_source,

@@ -56,23 +56,13 @@ class QParams:
     """Scale and zero point of one quantized tensor.
 
     ``scale`` and ``zero_point`` are 0-d for per-tensor quantization and 1-d along ``axis`` for
-    per-channel quantization. ``eq=False`` because numpy arrays do not compare to a bool; use
-    :meth:`same_as`.
+    per-channel quantization. ``eq=False`` because numpy arrays do not compare to a bool.
     """
 
     scale: npt.NDArray[np.float32]
     zero_point: npt.NDArray[np.integer]
     axis: int | None
     dtype: QuantType
-
-    def same_as(self, other: QParams) -> bool:
-        """True when both quantize every value identically (what onnxruntime's fusions compare)."""
-        return (
-            self.dtype == other.dtype
-            and self.axis == other.axis
-            and np.array_equal(self.scale, other.scale)
-            and np.array_equal(self.zero_point, other.zero_point)
-        )
 
 
 def _finite_range(rmin: float, rmax: float) -> tuple[float, float]:

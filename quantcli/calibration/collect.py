@@ -13,12 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.errors import CalibrationDataError
+from quantcli.graph.io import open_session
 
-__all__ = ["Progress", "TensorRange", "collect_ranges", "open_session", "run_batches"]
+__all__ = ["Progress", "TensorRange", "collect_ranges", "run_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +35,6 @@ class TensorRange:
 
     def merge(self, other: TensorRange) -> TensorRange:
         return TensorRange(min(self.min, other.min), max(self.max, other.max))
-
-
-def open_session(proto: onnx.ModelProto, threads: int | None = None) -> object:
-    """An onnxruntime CPU session for ``proto``, quiet unless something fails."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _with_outputs(model: ir.Model, names: Sequence[str]) -> onnx.ModelProto:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -140,7 +141,7 @@ def convert(
         if report is not None:
             check_writable(report, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or _nullcontext():
+        with bar or nullcontext():
             result = quantize(
                 model,
                 output,
@@ -184,7 +185,7 @@ def calibrate_command(
         config = QuantConfig(batch_size=batch_size, max_samples=max_samples)
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or _nullcontext():
+        with bar or nullcontext():
             result = calibrate(model, data, config=config, progress=update)
         write_calibration(result, output, force=force)
         if as_json:
@@ -242,14 +243,6 @@ def main_callback(
     if version:
         sys.stdout.write(f"quantcli {__version__}\n")
         raise typer.Exit(0)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 def main() -> None:

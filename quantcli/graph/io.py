@@ -24,6 +24,7 @@ __all__ = [
     "check_writable",
     "fingerprint",
     "load_model",
+    "open_session",
     "serialize",
     "write_atomic",
 ]
@@ -147,11 +148,20 @@ def serialize(model: ir.Model, *, keep_value_info: bool = True) -> onnx.ModelPro
     return proto
 
 
-def check_model_proto(proto: onnx.ModelProto) -> None:
+def open_session(proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``proto``, quiet unless something fails."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def check_model_proto(proto: onnx.ModelProto) -> ort.InferenceSession:
     """Run the ONNX checker with full shape/type checking and load it in onnxruntime.
 
     Raises QuantizationError naming what failed: a model we produce that fails either is never
-    written.
+    written. Returns the session, so evaluation runs the very model that was checked.
     """
     try:
         onnx.checker.check_model(proto, full_check=True)
@@ -159,9 +169,7 @@ def check_model_proto(proto: onnx.ModelProto) -> None:
         first_line = str(exc).strip().splitlines()[0]
         raise QuantizationError(f"the quantized model fails the ONNX checker: {first_line}") from exc
     try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return open_session(proto)
     except Exception as exc:  # onnxruntime raises its own exception types
         first_line = str(exc).strip().splitlines()[0]
         raise QuantizationError(f"onnxruntime refuses the quantized model: {first_line}") from exc
