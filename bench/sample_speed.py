@@ -7,7 +7,6 @@ machine slows both alike; figures are medians, and the ratio int8/float is what 
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from _results import write_section
 
 from quantcli import QuantConfig, quantize
 
@@ -98,7 +98,7 @@ def bench_sample(name: str, work: Path) -> dict[str, object]:
 
 def _markdown(rows: list[dict[str, object]]) -> str:
     lines = [
-        "# quantcli on the bundled sample models",
+        "## Sample models: size, accuracy, latency (`make bench`, bench/sample_speed.py)",
         "",
         f"Made by `make bench` (bench/sample_speed.py) with onnxruntime {ort.__version__}, "
         f"Python {platform.python_version()}, on {platform.machine()} ({platform.processor() or 'cpu'}).",
@@ -129,8 +129,7 @@ def _markdown(rows: list[dict[str, object]]) -> str:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [bench_sample(name, Path(tmp)) for name in SAMPLES]
-    (ROOT / "bench" / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (ROOT / "bench" / "RESULTS.md").write_text(_markdown(rows))
+    write_section("sample_speed", _markdown(rows), rows)
     sys.stdout.write(_markdown(rows))
     return 0
 
