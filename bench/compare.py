@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import statistics
 import subprocess
@@ -80,14 +79,12 @@ class Row:
 
 
 def run_measured(command: list[str], log: Path) -> tuple[int, float, float]:
-    """Run a child; return its exit code, wall seconds and peak RSS in MiB (its own, via wait4)."""
-    with log.open("wb") as sink:
-        start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, seconds, usage.ru_maxrss / 1024  # Linux reports KiB
+    """Run a child through bench/_measure.py; return its exit code, wall seconds and peak RSS in MiB."""
+    result = log.with_suffix(".measure.json")
+    launcher = [sys.executable, str(BENCH / "_measure.py"), str(result), str(log), "--"]
+    subprocess.run(launcher + command, cwd=ROOT, check=True)
+    measured = json.loads(result.read_text())
+    return int(measured["exit_code"]), float(measured["seconds"]), float(measured["peak_rss_mb"])
 
 
 def _last_lines(log: Path, count: int = 3) -> str:
@@ -517,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantcli vs onnxruntime quantization, side by side")
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--models", help="comma-separated subset, e.g. minilm_l6,digits_cnn")
-    parser.add_argument("--rounds", type=int, default=15, help="latency rounds per thread count")
+    parser.add_argument("--rounds", type=int, default=25, help="latency rounds per thread count")
     parser.add_argument(
         "--no-write", action="store_true", help="print the table only; leave RESULTS.md alone"
     )
