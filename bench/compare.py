@@ -25,6 +25,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,6 @@ from _results import machine, write_section
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-WORK = BENCH / "_work" / "compare"
 ZOO_MODELS = ("minilm_l6", "ppocrv4_det", "yolov8n_320")
 SAMPLE_MODELS = ("digits_cnn", "digits_transformer")
 THREADS = (1, 2)
@@ -351,9 +351,8 @@ def upgraded(model_path: Path, work: Path) -> Path:
     return target
 
 
-def compare_model(subject: Subject, rounds: int) -> list[Row]:
-    work = WORK / subject.name
-    shutil.rmtree(work, ignore_errors=True)
+def compare_model(subject: Subject, rounds: int, work_root: Path) -> list[Row]:
+    work = work_root / subject.name
     work.mkdir(parents=True)
     fp32 = subject.folder / "model.onnx"
     rows: list[Row] = []
@@ -521,7 +520,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = set(args.models.split(",")) if args.models else None
     start = time.perf_counter()
-    results = [(subject, compare_model(subject, args.rounds)) for subject in subjects(args.zoo, wanted)]
+    (BENCH / "_work").mkdir(exist_ok=True)
+    # A folder of its own per run: two runs at once (other worktrees call this script too) must not
+    # overwrite each other's models.
+    work_root = Path(tempfile.mkdtemp(prefix="compare-", dir=BENCH / "_work"))
+    try:
+        results = [
+            (subject, compare_model(subject, args.rounds, work_root))
+            for subject in subjects(args.zoo, wanted)
+        ]
+    finally:
+        if not args.keep:
+            shutil.rmtree(work_root, ignore_errors=True)
     seconds = time.perf_counter() - start
     text = markdown(results, seconds, args.rounds)
     if not args.no_write:
