@@ -12,7 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from quantcli import ActivationType, QuantConfig, quantize
-from quantcli.errors import OutputError, QuantizationError
+from quantcli.config import QuantMode
+from quantcli.errors import ModelLoadError, OutputError, QuantizationError
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -154,3 +155,25 @@ def test_nothing_to_quantize_writes_nothing(tmp_path: Path) -> None:
         quantize(model, out, data=data, config=QuantConfig(exclude=excluded))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q.onnx")]
+
+
+def test_old_opset_is_upgraded_then_quantized(tmp_path: Path) -> None:
+    proto = models.tiny_cnn(channels=32)
+    proto.opset_import[0].version = 11  # tiny_cnn uses only ops unchanged between 11 and 13
+    model = models.save(proto, tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, **models.tiny_cnn_data(12))
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data)
+    assert result.report.to_dict()["opset_upgraded_from"] == 11
+    assert onnx.load(out).opset_import[0].version == 13
+    assert models.optimized_op_types(out, tmp_path).get("QLinearConv", 0) >= 1
+
+
+def test_ancient_opset_is_refused(tmp_path: Path) -> None:
+    proto = models.tiny_cnn(channels=8)
+    proto.opset_import[0].version = 5
+    model = models.save(proto, tmp_path)
+    with pytest.raises(ModelLoadError, match="opset 5"):
+        quantize(model, tmp_path / "q.onnx", config=QuantConfig(mode=QuantMode.WEIGHT_ONLY))
+    assert not (tmp_path / "q.onnx").exists()
