@@ -138,6 +138,25 @@ def shared_weight_mlp(seed: int = 0) -> onnx.ModelProto:
     return _model(graph)
 
 
+def gemm_head(*, trans_b: int, alpha: float = 1.0, beta: float = 1.0) -> onnx.ModelProto:
+    """Gemm(x, W, c) with the given transB/alpha/beta: what exporters emit for Linear layers."""
+    rng = np.random.default_rng(3)
+    k, n = 48, 24
+    weight = rng.normal(0, 0.3, (n, k) if trans_b else (k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=trans_b, alpha=alpha, beta=beta
+            )
+        ],
+        "gemm_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        [_init("w", weight), _init("c", rng.normal(0, 0.5, (n,)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
 def single_conv(channels: int = 64) -> onnx.ModelProto:
     """One Conv whose output is the graph output."""
     rng = np.random.default_rng(0)
@@ -147,6 +166,28 @@ def single_conv(channels: int = 64) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6])],
         [_init("w", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
+def two_convs_middle_output(channels: int = 16) -> onnx.ModelProto:
+    """conv1 -> c (a graph output, also read by conv2) -> conv2 -> y."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+            helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2"),
+        ],
+        "two_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4]),
+        ],
+        [
+            _init("w1", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32)),
+            _init("w2", rng.normal(0, 0.2, (channels, channels, 3, 3)).astype(np.float32)),
+        ],
     )
     return _model(graph)
 

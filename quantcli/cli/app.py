@@ -20,7 +20,7 @@ from quantcli.calibration.collect import Progress as ProgressCallback
 from quantcli.calibration.file import write_calibration
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import render_calibration, render_report, render_summary
-from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
+from quantcli.config import ActivationType, CalibrationMethod, GateMetric, QuantConfig, QuantMode
 from quantcli.graph.io import check_writable, write_atomic
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
@@ -116,6 +116,33 @@ def convert(
         list[str] | None,
         typer.Option("--exclude", "-x", help="Keep a node (by name) or an op type in float. Repeatable."),
     ] = None,
+    mode: Annotated[
+        QuantMode,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="static (calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at run "
+            "time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
+            "storage, float compute), auto (build each, keep the fastest within --max-drop, "
+            "default bound 1 point).",
+        ),
+    ] = QuantMode.STATIC,
+    metric: Annotated[
+        GateMetric,
+        typer.Option(
+            "--metric",
+            help="What --max-drop measures: accuracy (vs --labels), top1 (arg-max agreement), "
+            "cosine (100 x (1 - mean cosine)); auto picks the first that applies.",
+        ),
+    ] = GateMetric.AUTO,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Accuracy gate in points of --metric: exit 3 if the quantized model loses more "
+            "(the model and report are still written).",
+        ),
+    ] = None,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
     report: Annotated[
@@ -129,7 +156,7 @@ def convert(
     """Quantize MODEL to int8 (QDQ) and report size and fidelity."""
     console = _stderr(quiet, as_json)
 
-    def run() -> None:
+    def run() -> ExitCode | None:
         config = QuantConfig(
             activation_type=activation_type,
             method=CalibrationMethod.MINMAX,
@@ -137,6 +164,9 @@ def convert(
             batch_size=batch_size,
             max_samples=max_samples,
             exclude=frozenset(exclude or ()),
+            mode=mode,
+            metric=metric,
+            max_drop=max_drop,
         )
         if report is not None:
             check_writable(report, force=force)
@@ -162,6 +192,8 @@ def convert(
             _print_json(document)
         else:
             render_report(result.report, console)
+        gate = result.report.gate
+        return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
 
     _finish(guarded(run, console, debug=debug))
 

@@ -7,12 +7,14 @@ memory while a pass works on them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -29,6 +31,8 @@ __all__ = [
     "write_atomic",
 ]
 
+logger = logging.getLogger(__name__)
+
 # QuantizeLinear/DequantizeLinear with per-axis parameters exist from opset 13 on.
 MIN_OPSET = 13
 # protobuf cannot serialize a message of 2 GiB or more.
@@ -42,6 +46,7 @@ class ModelFile:
     path: Path
     model: ir.Model
     size_bytes: int
+    upgraded_from_opset: int | None = None  # the file's opset when it had to be upgraded
 
     @property
     def opset(self) -> int:
@@ -103,11 +108,32 @@ def load_model(path: Path) -> ModelFile:
     _load_external_data(path, model)
     loaded = ModelFile(path=path, model=model, size_bytes=size)
     if loaded.opset < MIN_OPSET:
-        raise ModelLoadError(
-            f"{path}: opset {loaded.opset} is too old; quantcli needs opset >= {MIN_OPSET} "
-            "(upgrade it with onnx.version_converter.convert_version)"
-        )
+        upgraded = _upgrade_opset(path, model, loaded.opset)
+        return ModelFile(path=path, model=upgraded, size_bytes=size, upgraded_from_opset=loaded.opset)
     return loaded
+
+
+def _upgrade_opset(path: Path, model: ir.Model, opset: int) -> ir.Model:
+    """The model converted to MIN_OPSET by onnx's version converter.
+
+    Per-axis QuantizeLinear/DequantizeLinear need opset 13; many exported models (PaddlePaddle's,
+    older PyTorch exports) are at 11 or 12. onnx's converter upgrades them op by op; a model it
+    cannot convert is refused with its reason.
+    """
+    if opset < 7:
+        raise ModelLoadError(
+            f"{path}: opset {opset} is too old to upgrade automatically; quantcli needs >= {MIN_OPSET}"
+        )
+    try:
+        converted = onnx.version_converter.convert_version(ir.to_proto(model), MIN_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeErrors / ValueErrors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{path}: opset {opset} could not be upgraded to {MIN_OPSET} ({first_line}); "
+            "upgrade it with onnx.version_converter and retry"
+        ) from exc
+    logger.info("%s: upgraded from opset %d to %d", path, opset, MIN_OPSET)
+    return ir.from_proto(converted)
 
 
 def fingerprint(model: ir.Model) -> str:
