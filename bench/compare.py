@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnx.version_converter
 import onnxruntime as ort
 from _results import machine, write_section
 
@@ -45,7 +44,6 @@ SAMPLE_MODELS = ("digits_cnn", "digits_transformer")
 THREADS = (1, 2)
 EVAL_BATCH = 8
 MIN_ROUND_SECONDS = 0.1  # repeats per round are chosen so one round lasts at least this long
-QUANTCLI_MIN_OPSET = 13
 
 TARGETS = {
     "cosine_mean": 0.97,
@@ -96,7 +94,8 @@ def quantcli_command(model: Path, output: Path, folder: Path, *, quiet: bool = T
     cli = str(Path(sys.executable).parent / "quantcli")
     # --eval-data: without it quantcli would hold back 20% of calib.npz and calibrate on fewer
     # samples than onnxruntime gets.
-    command = [cli, "convert", str(model), "-o", str(output), "--data", str(folder / "calib.npz")]
+    command = [cli, "convert", str(model), "-o", str(output), "--mode", "static"]
+    command += ["--data", str(folder / "calib.npz")]
     command += ["--eval-data", str(folder / "eval.npz"), "--force"]
     return command + (["--json", "--quiet"] if quiet else ["--debug"])
 
@@ -337,18 +336,7 @@ def tools_for(model: onnx.ModelProto) -> list[str]:
     tools = ["quantcli static", "ort static"]
     if any(node.op_type in {"MatMul", "Gemm"} for node in model.graph.node):
         tools.append("ort dynamic")
-    opset = next((o.version for o in model.opset_import if o.domain in {"", "ai.onnx"}), 0)
-    if opset < QUANTCLI_MIN_OPSET:
-        # quantcli refuses models below opset 13 and says to upgrade them; this row follows that advice.
-        tools.insert(1, f"quantcli static (opset {QUANTCLI_MIN_OPSET})")
     return tools
-
-
-def upgraded(model_path: Path, work: Path) -> Path:
-    target = work / f"fp32_opset{QUANTCLI_MIN_OPSET}.onnx"
-    model = onnx.version_converter.convert_version(onnx.load(str(model_path)), QUANTCLI_MIN_OPSET)
-    onnx.save(model, str(target))
-    return target
 
 
 def compare_model(subject: Subject, rounds: int, work_root: Path) -> list[Row]:
@@ -358,10 +346,9 @@ def compare_model(subject: Subject, rounds: int, work_root: Path) -> list[Row]:
     rows: list[Row] = []
     produced: dict[str, Path] = {}
     for tool in tools_for(onnx.load(str(fp32), load_external_data=False)):
-        source = upgraded(fp32, work) if "(opset" in tool else fp32
-        output = work / (tool.replace(" ", "_").replace("(", "").replace(")", "") + ".onnx")
+        output = work / (tool.replace(" ", "_") + ".onnx")
         sys.stderr.write(f"compare: {subject.name}: {tool}\n")
-        row, ok = quantize(tool, source, output, subject.folder)
+        row, ok = quantize(tool, fp32, output, subject.folder)
         rows.append(row)
         if ok:
             produced[tool] = output
