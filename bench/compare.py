@@ -500,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantcli vs onnxruntime quantization, side by side")
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--models", help="comma-separated subset, e.g. minilm_l6,digits_cnn")
+    parser.add_argument("--keep", action="store_true", help="keep the quantized models under bench/_work/")
     parser.add_argument("--rounds", type=int, default=25, help="latency rounds per thread count")
     parser.add_argument(
         "--no-write", action="store_true", help="print the table only; leave RESULTS.md alone"
