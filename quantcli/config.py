@@ -47,6 +47,9 @@ class QuantConfig:
         max_samples: use at most this many calibration samples (None: all).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
         exclude: node names or op types kept in float.
+        skip_nonfinite: drop data samples holding NaN or Inf (counted in the log) instead of
+            refusing the data.
+        allow_noop: write a model with nothing to quantize unchanged instead of failing.
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -56,6 +59,8 @@ class QuantConfig:
     max_samples: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
+    skip_nonfinite: bool = False
+    allow_noop: bool = False
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.

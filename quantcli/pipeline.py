@@ -6,8 +6,10 @@ atomic write -> report. Nothing is decided or computed here that a stage module 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +21,24 @@ from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.config import QuantConfig
-from quantcli.errors import CalibrationFileError, ConfigError, OutputError, QuantizationError
+from quantcli.errors import (
+    CalibrationFileError,
+    ConfigError,
+    ModelLoadError,
+    OutputError,
+    QuantizationError,
+)
 from quantcli.evaluate import Fidelity, compare_models, load_labels
 from quantcli.graph.io import (
     ModelFile,
-    check_model_proto,
-    check_writable,
+    check_model_file,
+    external_folder,
     fingerprint,
     load_model,
     open_session,
     serialize,
-    write_atomic,
 )
+from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import compute_params
 from quantcli.passes import FoldActivationsPass, InsertActivationQDQPass, QuantizeInitializersPass
 from quantcli.plan import QuantPlan, candidate_tensors, select
@@ -63,6 +71,52 @@ def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
     check_writable(output, force=force)
 
 
+def _check_data_path(loaded: ModelFile, output: Path, *, force: bool) -> None:
+    """The output's external data file must not replace one the input reads, nor exist unasked."""
+    data = output.with_name(data_file_name(output))
+    folder = external_folder(loaded.model)
+    if folder is None:
+        return
+    inputs = {
+        (folder / str(v.const_value.location)).resolve()
+        for g in loaded.model.graphs()
+        for v in g.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    if data.resolve() in inputs:
+        raise OutputError(
+            f"{output}: its data file {data.name} would overwrite the input's external data; "
+            "choose another output name"
+        )
+    check_writable(data, force=force)
+
+
+# Above this many bytes of weights, the output is written with external data even when the
+# input was one file: protobuf cannot hold 2 GiB, and the margin covers the graph itself.
+INLINE_LIMIT = 1_800_000_000
+
+
+def _needs_external_data(loaded: ModelFile) -> bool:
+    if loaded.external_data:
+        return True
+    weights = sum(
+        v.const_value.nbytes
+        for g in loaded.model.graphs()
+        for v in g.initializers.values()
+        if v.const_value is not None
+    )
+    return weights > INLINE_LIMIT
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """onnxruntime's refusals do not name the file: add it."""
+    try:
+        yield
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+
+
 def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
     """Elements of the named initializers, or of every float initializer."""
     total = 0
@@ -93,9 +147,12 @@ class _Data:
 def _open_data(
     specs: tuple[InputSpec, ...], data: Path | None, eval_data: Path | None, config: QuantConfig
 ) -> _Data:
-    calibration = open_dataset(data, specs).limit(config.max_samples) if data is not None else None
+    skip = config.skip_nonfinite
+    calibration = (
+        open_dataset(data, specs, skip_nonfinite=skip).limit(config.max_samples) if data is not None else None
+    )
     if eval_data is not None:
-        return _Data(calibration, open_dataset(eval_data, specs), str(eval_data))
+        return _Data(calibration, open_dataset(eval_data, specs, skip_nonfinite=skip), str(eval_data))
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
         kept, held = calibration.split(config.eval_fraction)
         return _Data(kept, held, f"last {held.num_samples} samples of {data}, held back from calibration")
@@ -119,9 +176,10 @@ def _ranges(
             )
         return cal.ranges, CalibrationSummary(cal.method, cal.num_samples, str(calibration))
     assert data.calibration is not None
-    ranges = collect_ranges(
-        loaded.model, plan.observed, data.calibration, batch_size=config.batch_size, progress=progress
-    )
+    with _naming(loaded.path):
+        ranges = collect_ranges(
+            loaded.model, plan.observed, data.calibration, batch_size=config.batch_size, progress=progress
+        )
     return ranges, CalibrationSummary(
         config.method.value, data.calibration.num_samples, str(data.calibration.source)
     )
@@ -138,39 +196,91 @@ def quantize(
     labels: Path | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    staging: StagedOutput | None = None,
 ) -> QuantResult:
     """Quantize ``model_path`` to int8 QDQ and write it to ``output``, checked and atomically.
 
     Ranges come from ``data`` (calibrated now) or ``calibration`` (a file from :func:`calibrate`).
-    Fidelity is measured on ``eval_data``, or on a held-back part of ``data``.
+    Fidelity is measured on ``eval_data``, or on a held-back part of ``data``. With ``staging``,
+    the model joins files the caller commits together (a report, say); otherwise it is moved into
+    place before returning. On any error nothing new is left behind.
     """
-    config = config or QuantConfig()
-    if (data is None) == (calibration is None):
+    if staging is not None:
+        return _quantize(
+            model_path,
+            output,
+            config=config or QuantConfig(),
+            inputs=_Inputs(data, calibration, eval_data, labels),
+            staging=staging,
+            progress=progress,
+        )
+    with StagedOutput(force=force) as own:
+        result = _quantize(
+            model_path,
+            output,
+            config=config or QuantConfig(),
+            inputs=_Inputs(data, calibration, eval_data, labels),
+            staging=own,
+            progress=progress,
+        )
+        own.commit()
+    return result
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    data: Path | None
+    calibration: Path | None
+    eval_data: Path | None
+    labels: Path | None
+
+
+def _quantize(
+    model_path: Path,
+    output: Path,
+    *,
+    config: QuantConfig,
+    inputs: _Inputs,
+    staging: StagedOutput,
+    progress: Progress | None,
+) -> QuantResult:
+    if (inputs.data is None) == (inputs.calibration is None):
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
-    _check_output_path(model_path, output, force=force)
+    _check_output_path(model_path, output, force=staging.force)
     loaded = _prepare(model_path)
+    _check_data_path(loaded, output, force=staging.force)
     specs = model_inputs(loaded.model)
-    datasets = _open_data(specs, data, eval_data, config)
+    datasets = _open_data(specs, inputs.data, inputs.eval_data, config)
     label_array = None
-    if labels is not None:
+    if inputs.labels is not None:
         if datasets.evaluation is None:
             raise ConfigError("--labels needs evaluation data (--eval-data, or --data with 2+ samples)")
-        label_array = load_labels(labels, datasets.evaluation.num_samples)
+        label_array = load_labels(inputs.labels, datasets.evaluation.num_samples)
     plan = select(loaded.model, config)
     if plan.is_noop:
-        raise QuantizationError(
-            f"{model_path}: nothing to quantize (no Conv, MatMul, Gemm or Gather on float weights)"
-        )
+        if not config.allow_noop:
+            raise QuantizationError(
+                f"{model_path}: nothing to quantize (no Conv, MatMul, Gemm or Gather on float weights); "
+                "pass --allow-noop to write it unchanged"
+            )
+        return _write_unchanged(loaded, output, config, plan, staging)
     ranges, calibration_summary = _ranges(
-        loaded=loaded, plan=plan, data=datasets, calibration=calibration, config=config, progress=progress
+        loaded=loaded,
+        plan=plan,
+        data=datasets,
+        calibration=inputs.calibration,
+        config=config,
+        progress=progress,
     )
     params = compute_params(loaded.model, plan, ranges, config)
     float_params = _parameter_count(loaded.model)
     int8_params = _parameter_count(loaded.model, [w.name for w in plan.weights])
+    # A reference to the float model's files, not a copy of its weights.
     reference = serialize(loaded.model) if datasets.evaluation is not None else None
+    data_folder = external_folder(loaded.model)
     rewrite = ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
-        QuantizeInitializersPass(params.initializers),
+        QuantizeInitializersPass(params.initializers, params.integers),
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
         ),
@@ -180,19 +290,20 @@ def quantize(
         common_passes.DeduplicateInitializersPass(size_limit=4096),
     )
     rewrite(loaded.model)
-    proto = serialize(loaded.model, keep_value_info=False)
-    checked = check_model_proto(proto)
-    payload = proto.SerializeToString(deterministic=True)
-    if len(payload) >= loaded.size_bytes:
+    staged = staging.write_model(loaded.model, output, external_data=_needs_external_data(loaded))
+    checked = check_model_file(staged.path)
+    if staged.size_bytes >= loaded.size_bytes:
         raise QuantizationError(
-            f"{model_path}: the quantized model ({len(payload)} bytes) would not be smaller than the input "
-            f"({loaded.size_bytes} bytes); nothing written"
+            f"{model_path}: the quantized model ({staged.size_bytes} bytes) would not be smaller than the "
+            f"input ({loaded.size_bytes} bytes); nothing written"
         )
     fidelity: Fidelity | None = None
     note = "not measured: give --eval-data (or --data with 2+ samples)"
     if reference is not None and datasets.evaluation is not None:
+        with _naming(model_path):
+            float_session = open_session(reference, data_folder=data_folder)
         fidelity = compare_models(
-            open_session(reference),
+            float_session,
             checked,
             datasets.evaluation,
             batch_size=config.batch_size,
@@ -200,17 +311,38 @@ def quantize(
             labels=label_array,
         )
         note = ""
-    write_atomic(payload, output, force=force)
     report = QuantReport(
         model=str(model_path),
         output=str(output),
-        size=SizeSummary(loaded.size_bytes, len(payload)),
+        size=SizeSummary(loaded.size_bytes, staged.size_bytes),
         config=config,
         calibration=calibration_summary,
         plan=plan,
         int8_weight_fraction=int8_params / float_params if float_params else 0.0,
         fidelity=fidelity,
         fidelity_note=note,
+    )
+    return QuantResult(output=output, report=report)
+
+
+def _write_unchanged(
+    loaded: ModelFile, output: Path, config: QuantConfig, plan: QuantPlan, staging: StagedOutput
+) -> QuantResult:
+    """``--allow-noop``: the float model, re-saved as it is, with a report saying so."""
+    staged: StagedModel = staging.write_model(
+        loaded.model, output, external_data=_needs_external_data(loaded)
+    )
+    check_model_file(staged.path)
+    report = QuantReport(
+        model=str(loaded.path),
+        output=str(output),
+        size=SizeSummary(loaded.size_bytes, staged.size_bytes),
+        config=config,
+        calibration=CalibrationSummary(config.method.value, 0, "not needed: nothing to quantize"),
+        plan=plan,
+        int8_weight_fraction=0.0,
+        fidelity=None,
+        fidelity_note="not measured: the model was written unchanged (nothing to quantize)",
     )
     return QuantResult(output=output, report=report)
 
@@ -225,11 +357,15 @@ def calibrate(
     """Observe the range of every tensor any plan could quantize, for later ``convert`` runs."""
     config = config or QuantConfig()
     loaded = _prepare(model_path)
-    dataset = open_dataset(data, model_inputs(loaded.model)).limit(config.max_samples)
+    dataset = open_dataset(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite)
+    dataset = dataset.limit(config.max_samples)
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
-    ranges = collect_ranges(loaded.model, tensors, dataset, batch_size=config.batch_size, progress=progress)
+    with _naming(model_path):
+        ranges = collect_ranges(
+            loaded.model, tensors, dataset, batch_size=config.batch_size, progress=progress
+        )
     return CalibrationFile(
         model_fingerprint=fingerprint(loaded.model),
         method=config.method.value,

@@ -42,7 +42,7 @@ def test_short_external_data_is_a_one_line_error(tmp_path: Path) -> None:
     model, data = _external(tmp_path)
     weights = model.parent / "weights.bin"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ModelLoadError, match="external data cannot be read") as info:
+    with pytest.raises(ModelLoadError, match="too short") as info:
         quantize(model, tmp_path / "q.onnx", data=data)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "q.onnx").exists()
