@@ -63,14 +63,12 @@ class ModelFile:
     path: Path
     model: ir.Model
     size_bytes: int
+    # Whether the file came with external data (the output then does too).
+    external_data: bool = False
 
     @property
     def opset(self) -> int:
         return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 0))
-
-    @property
-    def external_data(self) -> bool:
-        return external_folder(self.model) is not None
 
 
 def _check_external_data(path: Path, model: ir.Model) -> int:
@@ -121,7 +119,9 @@ def load_model(path: Path) -> ModelFile:
     if len(model.graph) == 0:
         raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes)")
     size = path.stat().st_size + _check_external_data(path, model)
-    loaded = ModelFile(path=path, model=model, size_bytes=size)
+    loaded = ModelFile(
+        path=path, model=model, size_bytes=size, external_data=external_folder(model) is not None
+    )
     if loaded.opset < MIN_OPSET:
         found = f"opset {loaded.opset} is too old" if loaded.opset else "no default-domain opset is imported"
         raise ModelLoadError(
