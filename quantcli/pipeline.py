@@ -53,6 +53,9 @@ def _prepare(path: Path) -> ModelFile:
     """Load a model and give every value a type: plan rules look at dtypes and ranks."""
     loaded = load_model(path)
     prepare = ir.passes.Sequential(
+        # Exported graphs repeat node names or leave them empty; onnxruntime refuses repeats, and
+        # the report and --exclude need one name per node.
+        common_passes.NameFixPass(),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common_passes.ShapeInferencePass(strict_mode=False),
     )

@@ -18,7 +18,7 @@ import models
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 from typer.testing import CliRunner
 
 from quantcli.cli.app import app
