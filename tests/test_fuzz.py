@@ -36,7 +36,7 @@ def mutated_bytes(draw: st.DrawFn, original: bytes) -> bytes:
     data = bytearray(original)
     if draw(st.booleans()):
         data = data[: draw(st.integers(0, len(data)))]
-    for _ in range(draw(st.integers(0 if data else 0, 8 if data else 0))):
+    for _ in range(draw(st.integers(0, 8 if data else 0))):
         position = draw(st.integers(0, len(data) - 1))
         data[position] ^= 1 << draw(st.integers(0, 7))
     return bytes(data)
