@@ -12,10 +12,17 @@ from enum import StrEnum
 from quantcli.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_DROP",
     "ActivationType",
     "CalibrationMethod",
+    "GateMetric",
     "QuantConfig",
+    "QuantMode",
 ]
+
+# The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
+# (top-1 points, or 1% of cosine similarity).
+DEFAULT_MAX_DROP = 1.0
 
 
 class ActivationType(StrEnum):
@@ -35,6 +42,42 @@ class CalibrationMethod(StrEnum):
     MINMAX = "minmax"
 
 
+class QuantMode(StrEnum):
+    """Where int8 arithmetic happens.
+
+    static: activations get calibrated Q/DQ pairs and run through integer kernels (best on
+    convolutional networks). dynamic: MatMul/Gemm weights are int8 and their inputs are quantized
+    at run time (no calibration; best on transformer encoders on CPU). mixed: dynamic MatMul/Gemm,
+    static everything else. weight-only: int8 weights, float compute; smaller, never faster.
+    auto: try the candidates on the data and keep the fastest one within the accuracy bound.
+    """
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    MIXED = "mixed"
+    WEIGHT_ONLY = "weight-only"
+    AUTO = "auto"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (QuantMode.STATIC, QuantMode.MIXED, QuantMode.AUTO)
+
+
+class GateMetric(StrEnum):
+    """The measure an accuracy bound is stated in; every one is a drop, in points.
+
+    accuracy: top-1 accuracy against labels, float minus quantized.
+    top1: 100 x the share of samples whose arg-max changed (class-score outputs).
+    cosine: 100 x (1 - mean cosine similarity) of the worst output.
+    auto: accuracy when labels are given, else top1 for class-score outputs, else cosine.
+    """
+
+    AUTO = "auto"
+    ACCURACY = "accuracy"
+    TOP1 = "top1"
+    COSINE = "cosine"
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
     """Everything that decides what a conversion produces.
@@ -50,6 +93,10 @@ class QuantConfig:
         skip_nonfinite: drop data samples holding NaN or Inf (counted in the log) instead of
             refusing the data.
         allow_noop: write a model with nothing to quantize unchanged instead of failing.
+        mode: where int8 arithmetic happens (see :class:`QuantMode`).
+        metric: what the accuracy bound measures.
+        max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
+            DEFAULT_MAX_DROP to choose, and never fails the run).
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -61,6 +108,9 @@ class QuantConfig:
     exclude: frozenset[str] = field(default_factory=frozenset)
     skip_nonfinite: bool = False
     allow_noop: bool = False
+    mode: QuantMode = QuantMode.STATIC
+    metric: GateMetric = GateMetric.AUTO
+    max_drop: float | None = None
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.
@@ -70,3 +120,5 @@ class QuantConfig:
             raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")

@@ -10,17 +10,20 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
+import onnxruntime as ort
 
 from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
-from quantcli.config import QuantConfig
+from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
 from quantcli.errors import (
     CalibrationFileError,
     ConfigError,
@@ -28,7 +31,16 @@ from quantcli.errors import (
     OutputError,
     QuantizationError,
 )
-from quantcli.evaluate import Fidelity, compare_models, load_labels
+from quantcli.evaluate import (
+    Fidelity,
+    GateResult,
+    Latency,
+    compare_models,
+    first_sample,
+    gate,
+    load_labels,
+    measure_latency,
+)
 from quantcli.graph.io import (
     ModelFile,
     check_model_file,
@@ -39,10 +51,16 @@ from quantcli.graph.io import (
     serialize,
 )
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
-from quantcli.params import compute_params
-from quantcli.passes import FoldActivationsPass, InsertActivationQDQPass, QuantizeInitializersPass
+from quantcli.params import PlanParams, compute_params
+from quantcli.passes import (
+    FoldActivationsPass,
+    GatherQuantizedRowsPass,
+    InsertActivationQDQPass,
+    QuantizeInitializersPass,
+    QuantizeMatMulDynamicallyPass,
+)
 from quantcli.plan import QuantPlan, candidate_tensors, select
-from quantcli.report import CalibrationSummary, QuantReport, SizeSummary
+from quantcli.report import CalibrationSummary, CandidateSummary, QuantReport, SizeSummary
 
 __all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
 
@@ -76,10 +94,10 @@ def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
 
 def _check_data_path(loaded: ModelFile, output: Path, *, force: bool) -> None:
     """The output's external data file must not replace one the input reads, nor exist unasked."""
-    data = output.with_name(data_file_name(output))
     folder = external_folder(loaded.model)
     if folder is None:
         return
+    data = output.with_name(data_file_name(output))
     inputs = {
         (folder / str(v.const_value.location)).resolve()
         for g in loaded.model.graphs()
@@ -156,6 +174,9 @@ def _open_data(
     )
     if eval_data is not None:
         return _Data(calibration, open_dataset(eval_data, specs, skip_nonfinite=skip), str(eval_data))
+    if calibration is not None and not config.mode.needs_calibration:
+        # Nothing to calibrate: every sample of --data measures fidelity instead.
+        return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
         kept, held = calibration.split(config.eval_fraction)
         return _Data(kept, held, f"last {held.num_samples} samples of {data}, held back from calibration")
@@ -165,7 +186,7 @@ def _open_data(
 def _ranges(
     *,
     loaded: ModelFile,
-    plan: QuantPlan,
+    observed: list[str],
     data: _Data,
     calibration: Path | None,
     config: QuantConfig,
@@ -181,11 +202,150 @@ def _ranges(
     assert data.calibration is not None
     with _naming(loaded.path):
         ranges = collect_ranges(
-            loaded.model, plan.observed, data.calibration, batch_size=config.batch_size, progress=progress
+            loaded.model, observed, data.calibration, batch_size=config.batch_size, progress=progress
         )
     return ranges, CalibrationSummary(
         config.method.value, data.calibration.num_samples, str(data.calibration.source)
     )
+
+
+# Candidate modes --mode auto tries, in the order ties are broken (most integer work first).
+_AUTO_MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
+# Time auto may spend timing candidates against each other.
+_AUTO_LATENCY_BUDGET_SECONDS = 20.0
+# Latencies within this factor of the fastest count as equal.
+_LATENCY_TIE = 1.03
+
+
+def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
+    """Carry out ``plan`` on ``model`` in place."""
+    ir.passes.Sequential(
+        FoldActivationsPass(plan.folds),
+        QuantizeInitializersPass(params.initializers, params.integers),
+        QuantizeMatMulDynamicallyPass(plan.dynamic),
+        GatherQuantizedRowsPass(plan.gathered_tables),
+        InsertActivationQDQPass(
+            params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
+        ),
+        common_passes.RemoveUnusedNodesPass(),
+        # Parameters repeat: all-zero zero points of every weight with as many channels, the
+        # shared scale of a data-movement chain. One copy each keeps small models small.
+        common_passes.DeduplicateInitializersPass(size_limit=4096),
+    )(model)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One quantized model built in memory, checked, and measured."""
+
+    plan: QuantPlan
+    staged: StagedModel
+    scratch: StagedOutput
+    session: ort.InferenceSession
+    int8_weight_fraction: float
+    fidelity: Fidelity | None = None
+    gate: GateResult | None = None
+    latency: Latency | None = None
+
+
+def _plans(model: ir.Model, config: QuantConfig) -> list[QuantPlan]:
+    """The plans to build: the configured mode's, or every distinct non-empty one for auto."""
+    modes = _AUTO_MODES if config.mode is QuantMode.AUTO else (config.mode,)
+    plans: list[QuantPlan] = []
+    seen: set[tuple[str, ...]] = set()
+    for mode in modes:
+        plan = select(model, replace(config, mode=mode))
+        signature = tuple(d.role.value for d in plan.decisions)
+        if plan.is_noop or signature in seen:
+            continue  # e.g. mixed is static again on a model without MatMul
+        seen.add(signature)
+        plans.append(plan)
+    return plans
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a candidate goes: its final path, staged apart until chosen."""
+
+    output: Path
+    external_data: bool
+    input_bytes: int
+    scratch: StagedOutput
+
+
+def _build(
+    model: ir.Model, plan: QuantPlan, ranges: dict[str, TensorRange], config: QuantConfig, target: _Target
+) -> _Candidate:
+    """Quantize ``model`` (modified in place) by ``plan``; stage it, check the staged file, and
+    refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
+    params = compute_params(model, plan, ranges, config)
+    float_params = _parameter_count(model)
+    int8_params = _parameter_count(model, [w.name for w in plan.weights])
+    _rewrite(model, plan, params)
+    staged = target.scratch.write_model(model, target.output, external_data=target.external_data)
+    session = check_model_file(staged.path)
+    if staged.size_bytes >= target.input_bytes:
+        raise QuantizationError(
+            f"the quantized model ({staged.size_bytes} bytes) would not be smaller than the input "
+            f"({target.input_bytes} bytes); nothing written"
+        )
+    fraction = int8_params / float_params if float_params else 0.0
+    return _Candidate(plan, staged, target.scratch, session, fraction)
+
+
+def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Dataset | None) -> _Candidate:
+    """The fastest candidate within the accuracy bound; if none is, the most faithful one."""
+    if len(candidates) == 1:
+        return candidates[0]
+    if evaluation is None or any(c.gate is None for c in candidates):
+        raise ConfigError("--mode auto measures its candidates: give --eval-data or --data with 2+ samples")
+    latencies = measure_latency(
+        {c.plan.mode.value: c.session for c in candidates},
+        first_sample(evaluation),
+        runs=30,
+        budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
+    )
+    timed = [replace(c, latency=latencies[c.plan.mode.value]) for c in candidates]
+    candidates[:] = timed
+    passing = [c for c in timed if c.gate is not None and c.gate.passed]
+    if not passing:
+        return min(timed, key=lambda c: c.gate.drop if c.gate else float("inf"))
+    fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
+    # Timings a few percent apart are noise on a shared machine: among those, the smaller model
+    # wins, then the earlier mode (more integer work).
+    close = [c for c in passing if c.latency is not None and c.latency.median_ms <= fastest * _LATENCY_TIE]
+    return min(close, key=lambda c: c.staged.size_bytes)
+
+
+def _summaries(
+    candidates: list[_Candidate], winner: _Candidate, input_bytes: int
+) -> tuple[CandidateSummary, ...]:
+    if len(candidates) == 1:
+        return ()
+    fastest_passing = [c for c in candidates if c.gate is not None and c.gate.passed]
+    summaries = []
+    for c in candidates:
+        if c is winner and fastest_passing:
+            why = "fastest within the accuracy bound (timings 3% apart tie; then the smallest)"
+        elif c is winner:
+            why = "no candidate met the accuracy bound; this one lost the least"
+        elif c.gate is not None and not c.gate.passed:
+            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} points"
+        else:
+            why = "within the accuracy bound but slower"
+        summaries.append(
+            CandidateSummary(
+                mode=c.plan.mode.value,
+                output_bytes=c.staged.size_bytes,
+                size_ratio=input_bytes / c.staged.size_bytes,
+                int8_weight_fraction=c.int8_weight_fraction,
+                gate=c.gate,
+                latency=c.latency,
+                chosen=c is winner,
+                reason=why,
+            )
+        )
+    return tuple(summaries)
 
 
 def quantize(
@@ -201,140 +361,208 @@ def quantize(
     progress: Progress | None = None,
     staging: StagedOutput | None = None,
 ) -> QuantResult:
-    """Quantize ``model_path`` to int8 QDQ and write it to ``output``, checked and atomically.
+    """Quantize ``model_path`` to int8 and write it to ``output``, checked and atomically.
 
-    Ranges come from ``data`` (calibrated now) or ``calibration`` (a file from :func:`calibrate`).
-    Fidelity is measured on ``eval_data``, or on a held-back part of ``data``. With ``staging``,
-    the model joins files the caller commits together (a report, say); otherwise it is moved into
-    place before returning. On any error nothing new is left behind.
+    Ranges come from ``data`` (calibrated now) or ``calibration`` (a file from :func:`calibrate`);
+    the dynamic and weight-only modes need neither. Fidelity is measured on ``eval_data``, or on
+    a held-back part of ``data``. With ``mode=auto`` every candidate mode is built and measured
+    and the fastest one within the accuracy bound is written. With ``staging``, the model joins
+    files the caller commits together (a report, say); otherwise it is moved into place before
+    returning. On any error nothing new is left behind.
     """
-    if staging is not None:
-        return _quantize(
-            model_path,
-            output,
-            config=config or QuantConfig(),
-            inputs=_Inputs(data, calibration, eval_data, labels),
-            staging=staging,
-            progress=progress,
-        )
-    with StagedOutput(force=force) as own:
-        result = _quantize(
-            model_path,
-            output,
-            config=config or QuantConfig(),
-            inputs=_Inputs(data, calibration, eval_data, labels),
-            staging=own,
-            progress=progress,
-        )
-        own.commit()
-    return result
+    config = config or QuantConfig()
+    if staging is None:
+        with StagedOutput(force=force) as own:
+            result = quantize(
+                model_path,
+                output,
+                config=config,
+                data=data,
+                calibration=calibration,
+                eval_data=eval_data,
+                labels=labels,
+                force=force,
+                progress=progress,
+                staging=own,
+            )
+            own.commit()
+        return result
+    return _quantize_into(
+        staging,
+        model_path,
+        output,
+        config=config,
+        data=data,
+        calibration=calibration,
+        eval_data=eval_data,
+        labels=labels,
+        progress=progress,
+    )
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    data: Path | None
-    calibration: Path | None
-    eval_data: Path | None
-    labels: Path | None
-
-
-def _quantize(
+def _quantize_into(
+    staging: StagedOutput,
     model_path: Path,
     output: Path,
     *,
     config: QuantConfig,
-    inputs: _Inputs,
-    staging: StagedOutput,
+    data: Path | None,
+    calibration: Path | None,
+    eval_data: Path | None,
+    labels: Path | None,
     progress: Progress | None,
 ) -> QuantResult:
-    if (inputs.data is None) == (inputs.calibration is None):
+    if data is not None and calibration is not None:
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
+    if config.mode.needs_calibration and data is None and calibration is None:
+        raise ConfigError(
+            f"{config.mode} mode calibrates activations: give --data or --calibration "
+            "(or choose --mode dynamic or --mode weight-only, which need no data)"
+        )
     _check_output_path(model_path, output, force=staging.force)
     loaded = _prepare(model_path)
     _check_data_path(loaded, output, force=staging.force)
     specs = model_inputs(loaded.model)
-    datasets = _open_data(specs, inputs.data, inputs.eval_data, config)
+    datasets = _open_data(specs, data, eval_data, config)
     label_array = None
-    if inputs.labels is not None:
+    if labels is not None:
         if datasets.evaluation is None:
             raise ConfigError("--labels needs evaluation data (--eval-data, or --data with 2+ samples)")
-        label_array = load_labels(inputs.labels, datasets.evaluation.num_samples)
-    plan = select(loaded.model, config)
-    if plan.is_noop:
-        if not config.allow_noop:
-            raise QuantizationError(
-                f"{model_path}: nothing to quantize (no Conv, MatMul, Gemm or Gather on float weights); "
-                "pass --allow-noop to write it unchanged"
-            )
-        return _write_unchanged(loaded, output, config, plan, staging)
-    ranges, calibration_summary = _ranges(
-        loaded=loaded,
-        plan=plan,
-        data=datasets,
-        calibration=inputs.calibration,
-        config=config,
-        progress=progress,
-    )
-    params = compute_params(loaded.model, plan, ranges, config)
-    float_params = _parameter_count(loaded.model)
-    int8_params = _parameter_count(loaded.model, [w.name for w in plan.weights])
-    # A reference to the float model's files, not a copy of its weights.
-    reference = serialize(loaded.model) if datasets.evaluation is not None else None
-    data_folder = external_folder(loaded.model)
-    rewrite = ir.passes.Sequential(
-        FoldActivationsPass(plan.folds),
-        QuantizeInitializersPass(params.initializers, params.integers),
-        InsertActivationQDQPass(
-            params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
-        ),
-        common_passes.RemoveUnusedNodesPass(),
-        # Parameters repeat: all-zero zero points of every weight with as many channels, the
-        # shared scale of a data-movement chain. One copy each keeps small models small.
-        common_passes.DeduplicateInitializersPass(size_limit=4096),
-    )
-    rewrite(loaded.model)
-    staged = staging.write_model(loaded.model, output, external_data=_needs_external_data(loaded))
-    checked = check_model_file(staged.path)
-    if staged.size_bytes >= loaded.size_bytes:
+        label_array = load_labels(labels, datasets.evaluation.num_samples)
+    plans = _plans(loaded.model, config)
+    if not plans:
+        if config.allow_noop:
+            return _write_unchanged(loaded, output, config, staging)
         raise QuantizationError(
-            f"{model_path}: the quantized model ({staged.size_bytes} bytes) would not be smaller than the "
-            f"input ({loaded.size_bytes} bytes); nothing written"
+            f"{model_path}: nothing to quantize in {config.mode} mode "
+            "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
         )
-    fidelity: Fidelity | None = None
-    note = "not measured: give --eval-data (or --data with 2+ samples)"
-    if reference is not None and datasets.evaluation is not None:
+    observed = sorted({name for plan in plans for name in plan.observed})
+    ranges: dict[str, TensorRange] = {}
+    calibration_summary = CalibrationSummary("none", 0, f"not needed in {config.mode} mode")
+    if observed:
+        ranges, calibration_summary = _ranges(
+            loaded=loaded,
+            observed=observed,
+            data=datasets,
+            calibration=calibration,
+            config=config,
+            progress=progress,
+        )
+    # A reference to the float model's files, not a copy of its weights.
+    reference = serialize(loaded.model) if datasets.evaluation is not None or len(plans) > 1 else None
+    reference_session = None
+    if reference is not None and datasets.evaluation:
         with _naming(model_path):
-            float_session = open_session(reference, data_folder=data_folder)
-        fidelity = compare_models(
-            float_session,
-            checked,
-            datasets.evaluation,
-            batch_size=config.batch_size,
-            source=datasets.evaluation_source,
-            labels=label_array,
-        )
-        note = ""
+            reference_session = open_session(reference, data_folder=external_folder(loaded.model))
+    candidates, winner = _stage_candidates(
+        loaded,
+        plans,
+        ranges,
+        config,
+        staging=staging,
+        output=output,
+        reference=reference,
+        reference_session=reference_session,
+        datasets=datasets,
+        labels=label_array,
+    )
     report = QuantReport(
         model=str(model_path),
         output=str(output),
-        size=SizeSummary(loaded.size_bytes, staged.size_bytes),
+        size=SizeSummary(loaded.size_bytes, winner.staged.size_bytes),
         config=config,
         calibration=calibration_summary,
-        plan=plan,
-        int8_weight_fraction=int8_params / float_params if float_params else 0.0,
-        fidelity=fidelity,
-        fidelity_note=note,
+        plan=winner.plan,
+        int8_weight_fraction=winner.int8_weight_fraction,
+        fidelity=winner.fidelity,
+        fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
+        gate=winner.gate if config.max_drop is not None else None,
+        candidates=_summaries(candidates, winner, loaded.size_bytes),
     )
     return QuantResult(output=output, report=report)
 
 
+def _stage_candidates(
+    loaded: ModelFile,
+    plans: list[QuantPlan],
+    ranges: dict[str, TensorRange],
+    config: QuantConfig,
+    *,
+    staging: StagedOutput,
+    output: Path,
+    reference: onnx.ModelProto | None,
+    reference_session: ort.InferenceSession | None,
+    datasets: _Data,
+    labels: npt.NDArray[np.int64] | None,
+) -> tuple[list[_Candidate], _Candidate]:
+    """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go."""
+    model_path = loaded.path
+    label_array = labels
+    data_folder = external_folder(loaded.model)
+    external = _needs_external_data(loaded)
+    candidates = []
+    with contextlib.ExitStack() as scratches:
+        for index, plan in enumerate(plans):
+            # Every candidate but the last rewrites a fresh copy; the last may consume the original.
+            model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
+            scratch = scratches.enter_context(StagedOutput(force=staging.force))
+            target = _Target(output, external, loaded.size_bytes, scratch)
+            candidate = _try_build(
+                model,
+                plan,
+                ranges=ranges,
+                config=config,
+                target=target,
+                model_path=model_path,
+                single=len(plans) == 1,
+            )
+            if candidate is None:
+                continue
+            if reference_session is not None and datasets.evaluation is not None:
+                fidelity = compare_models(
+                    reference_session,
+                    candidate.session,
+                    datasets.evaluation,
+                    batch_size=config.batch_size,
+                    source=datasets.evaluation_source,
+                    labels=label_array,
+                )
+                bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
+                candidate = replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.metric, bound))
+            candidates.append(candidate)
+        if not candidates:
+            raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
+        winner = _choose(candidates, config, datasets.evaluation)
+        staging.adopt(winner.scratch)
+    return candidates, winner
+
+
+def _try_build(
+    model: ir.Model,
+    plan: QuantPlan,
+    *,
+    ranges: dict[str, TensorRange],
+    config: QuantConfig,
+    target: _Target,
+    model_path: Path,
+    single: bool,
+) -> _Candidate | None:
+    """Build one candidate; among several, one that fails is dropped with a warning."""
+    try:
+        return _build(model, plan, ranges, config, target)
+    except QuantizationError as exc:
+        if single:
+            raise QuantizationError(f"{model_path}: {exc}") from exc
+        logger.warning("%s mode candidate dropped: %s", plan.mode, exc)
+        return None
+
+
 def _write_unchanged(
-    loaded: ModelFile, output: Path, config: QuantConfig, plan: QuantPlan, staging: StagedOutput
+    loaded: ModelFile, output: Path, config: QuantConfig, staging: StagedOutput
 ) -> QuantResult:
     """``--allow-noop``: the float model, re-saved as it is, with a report saying so."""
-    staged: StagedModel = staging.write_model(
-        loaded.model, output, external_data=_needs_external_data(loaded)
-    )
+    staged = staging.write_model(loaded.model, output, external_data=_needs_external_data(loaded))
     check_model_file(staged.path)
     report = QuantReport(
         model=str(loaded.path),
@@ -342,12 +570,25 @@ def _write_unchanged(
         size=SizeSummary(loaded.size_bytes, staged.size_bytes),
         config=config,
         calibration=CalibrationSummary(config.method.value, 0, "not needed: nothing to quantize"),
-        plan=plan,
+        plan=select(loaded.model, config),
         int8_weight_fraction=0.0,
         fidelity=None,
         fidelity_note="not measured: the model was written unchanged (nothing to quantize)",
     )
     return QuantResult(output=output, report=report)
+
+
+def _copy(proto: onnx.ModelProto | None, data_folder: Path | None) -> ir.Model:
+    """A model independent of ``proto``: onnx_ir's tensors write renames through to the proto they
+    wrap, so deserializing ``proto`` itself would let one candidate's rewrite corrupt the next.
+    External weights stay references to the input's files, resolved in ``data_folder``."""
+    assert proto is not None
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    model = ir.serde.deserialize_model(fresh)
+    if data_folder is not None:
+        ir.external_data.set_base_dir(model.graph, data_folder)
+    return model
 
 
 def calibrate(

@@ -20,7 +20,7 @@ from quantcli.calibration.collect import Progress as ProgressCallback
 from quantcli.calibration.file import write_calibration
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import render_calibration, render_report, render_summary
-from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
+from quantcli.config import ActivationType, CalibrationMethod, GateMetric, QuantConfig, QuantMode
 from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
@@ -122,6 +122,33 @@ def convert(
         list[str] | None,
         typer.Option("--exclude", "-x", help="Keep a node (by name) or an op type in float. Repeatable."),
     ] = None,
+    mode: Annotated[
+        QuantMode,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="static (calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at run "
+            "time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
+            "storage, float compute), auto (build each, keep the fastest within --max-drop, "
+            "default bound 1 point).",
+        ),
+    ] = QuantMode.STATIC,
+    metric: Annotated[
+        GateMetric,
+        typer.Option(
+            "--metric",
+            help="What --max-drop measures: accuracy (vs --labels), top1 (arg-max agreement), "
+            "cosine (100 x (1 - mean cosine)); auto picks the first that applies.",
+        ),
+    ] = GateMetric.AUTO,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Accuracy gate in points of --metric: exit 3 if the quantized model loses more "
+            "(the model and report are still written).",
+        ),
+    ] = None,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
     report: Annotated[
@@ -139,7 +166,7 @@ def convert(
     """Quantize MODEL to int8 (QDQ) and report size and fidelity."""
     console = _stderr(quiet, as_json)
 
-    def run() -> None:
+    def run() -> ExitCode | None:
         config = QuantConfig(
             activation_type=activation_type,
             method=CalibrationMethod.MINMAX,
@@ -149,6 +176,9 @@ def convert(
             exclude=frozenset(exclude or ()),
             skip_nonfinite=skip_nonfinite,
             allow_noop=allow_noop,
+            mode=mode,
+            metric=metric,
+            max_drop=max_drop,
         )
         if report is not None:
             check_writable(report, force=force)
@@ -176,6 +206,8 @@ def convert(
             _print_json(document)
         else:
             render_report(result.report, console)
+        gate = result.report.gate
+        return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
 
     _finish(guarded(run, console, debug=debug))
 

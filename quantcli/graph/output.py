@@ -137,6 +137,7 @@ class StagedOutput:
         self.force = force
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in commit order
         self._folders: dict[Path, Path] = {}  # target folder -> its staging folder
+        self._adopted: list[Path] = []  # staging folders taken over from other StagedOutputs
 
     def __enter__(self) -> StagedOutput:
         return self
@@ -221,6 +222,19 @@ class StagedOutput:
             yield from _tensor_chunks(tensor)
             position = offset + tensor.nbytes
 
+    def adopt(self, other: StagedOutput) -> None:
+        """Take over ``other``'s staged files, to be committed (or discarded) with this set's.
+
+        Candidates are staged apart and checked from their files; the one chosen joins the set.
+        """
+        for _, final in other._staged:
+            if any(final.resolve() == mine.resolve() for _, mine in self._staged):
+                raise OutputError(f"{final}: given for two outputs; choose different paths")
+        self._staged.extend(other._staged)
+        self._adopted.extend(other._folders.values())
+        other._staged.clear()
+        other._folders.clear()
+
     def commit(self) -> None:
         """Move every staged file into place (data files before the model that names them)."""
         done: list[Path] = []
@@ -238,9 +252,10 @@ class StagedOutput:
     def discard(self) -> None:
         """Remove whatever is staged and not committed; the targets are untouched."""
         self._staged.clear()
-        for staging in self._folders.values():
+        for staging in [*self._folders.values(), *self._adopted]:
             shutil.rmtree(staging, ignore_errors=True)
         self._folders.clear()
+        self._adopted.clear()
 
 
 def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
