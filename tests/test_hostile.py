@@ -187,6 +187,15 @@ def truncated_npz(d: Path) -> Case:
     return Case(_convert(model, data), data)
 
 
+def corrupt_npy_header(d: Path) -> Case:
+    """Found by the fuzzer: a flipped bit in the array header reaches numpy's header parser."""
+    model, _ = _cnn(d)
+    data = d / "corrupt.npz"
+    np.savez(data, image=IMAGES)
+    data.write_bytes(data.read_bytes().replace(b"(4, 3, 16, 16)", b"(4, 3( 16, 16)"))
+    return Case(_convert(model, data), data)
+
+
 def calibration_for_another_model(d: Path) -> Case:
     model, data = _cnn(d)
     other = d / "other.onnx"
@@ -286,6 +295,7 @@ CASES: dict[str, Callable[[Path], Case]] = {
     "data-empty-folder": empty_data_folder,
     "data-pickled-npy": pickled_npy,
     "data-truncated-npz": truncated_npz,
+    "data-corrupt-npy-header": corrupt_npy_header,
     "calibration-for-another-model": calibration_for_another_model,
     "output-is-input": output_is_input,
     "output-folder-missing": output_folder_missing,

@@ -9,7 +9,6 @@ data files are often downloaded, and unpickling runs code.
 from __future__ import annotations
 
 import logging
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,9 +87,15 @@ def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
             raise CalibrationDataError(
                 f"{path}: holds pickled Python objects, which quantcli never loads; save plain numeric arrays"
             ) from exc
-        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+        raise CalibrationDataError(f"{path}: not a readable numpy file ({_first_line(exc)})") from exc
+    except Exception as exc:  # zip, I/O, or a corrupt header reaching numpy's parser (TokenError, ...)
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 @dataclass(frozen=True)
