@@ -202,6 +202,11 @@ def main() -> None:
         f"{fidelity['sqnr_db']} dB, worst cosine {fidelity['cosine_min']}, max abs error "
         f"{fidelity['max_abs_error']} (mean |output| {fidelity['output_abs_mean']}). "
         f"The two converts wrote identical weights: {identical}.",
+        "",
+        "Quantization itself (`convert --calibration`) maps one float weight at a time and holds the int8 "
+        "weights plus onnxruntime's session on the int8 model (its check). The steps that run the float "
+        "model in onnxruntime (calibration, and evaluation under `convert --data`) need about its float "
+        "size, which onnxruntime holds.",
     ]
     print(write_section("large_model", "\n".join(lines), rows))
 
