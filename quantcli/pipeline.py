@@ -479,6 +479,7 @@ def _quantize_into(
         fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
         gate=winner.gate if config.max_drop is not None else None,
         candidates=_summaries(candidates, winner, loaded.size_bytes),
+        opset_upgraded_from=loaded.upgraded_from_opset,
     )
     return QuantResult(output=output, report=report)
 

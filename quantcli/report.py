@@ -95,6 +95,7 @@ class QuantReport:
     fidelity: Fidelity | None
     fidelity_note: str = ""
     gate: GateResult | None = None  # set when the user asked for an accuracy bound
+    opset_upgraded_from: int | None = None  # the input's opset when it had to be upgraded
     candidates: tuple[CandidateSummary, ...] = ()  # what --mode auto tried
 
     @property
@@ -129,6 +130,7 @@ class QuantReport:
                 "ratio": self.size.ratio,
             },
             "mode": self.plan.mode.value,
+            "opset_upgraded_from": self.opset_upgraded_from,
             "config": {
                 "mode": self.config.mode.value,
                 "activation_type": self.config.activation_type.value,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -33,6 +35,8 @@ __all__ = [
     "unmap",
     "write_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 # QuantizeLinear/DequantizeLinear with per-axis parameters exist from opset 13 on.
 MIN_OPSET = 13
@@ -65,6 +69,7 @@ class ModelFile:
     size_bytes: int
     # Whether the file came with external data (the output then does too).
     external_data: bool = False
+    upgraded_from_opset: int | None = None  # the file's opset when it had to be upgraded
 
     @property
     def opset(self) -> int:
@@ -123,10 +128,21 @@ def load_model(path: Path) -> ModelFile:
         path=path, model=model, size_bytes=size, external_data=external_folder(model) is not None
     )
     if loaded.opset < MIN_OPSET:
-        found = f"opset {loaded.opset} is too old" if loaded.opset else "no default-domain opset is imported"
-        raise ModelLoadError(
-            f"{path}: {found}; quantcli needs opset >= {MIN_OPSET} "
-            "(upgrade it with onnx.version_converter.convert_version)"
+        if not loaded.opset:
+            raise ModelLoadError(
+                f"{path}: no default-domain opset is imported; quantcli needs opset >= {MIN_OPSET} "
+                "(add one to the model's opset_import)"
+            )
+        upgraded = _upgrade_opset(path, model, loaded.opset)
+        folder = external_folder(model)
+        if folder is not None:  # the converted copy refers to the same external files
+            ir.external_data.set_base_dir(upgraded.graph, folder)
+        return ModelFile(
+            path=path,
+            model=upgraded,
+            size_bytes=size,
+            external_data=loaded.external_data,
+            upgraded_from_opset=loaded.opset,
         )
     if loaded.opset > MAX_OPSET:
         raise ModelLoadError(
@@ -134,6 +150,29 @@ def load_model(path: Path) -> ModelFile:
             f"convert the model to opset {MAX_OPSET} or older"
         )
     return loaded
+
+
+def _upgrade_opset(path: Path, model: ir.Model, opset: int) -> ir.Model:
+    """The model converted to MIN_OPSET by onnx's version converter.
+
+    Per-axis QuantizeLinear/DequantizeLinear need opset 13; many exported models (PaddlePaddle's,
+    older PyTorch exports) are at 11 or 12. onnx's converter upgrades them op by op; a model it
+    cannot convert is refused with its reason.
+    """
+    if opset < 7:
+        raise ModelLoadError(
+            f"{path}: opset {opset} is too old to upgrade automatically; quantcli needs >= {MIN_OPSET}"
+        )
+    try:
+        converted = onnx.version_converter.convert_version(ir.to_proto(model), MIN_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeErrors / ValueErrors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{path}: opset {opset} could not be upgraded to {MIN_OPSET} ({first_line}); "
+            "upgrade it with onnx.version_converter and retry"
+        ) from exc
+    logger.info("%s: upgraded from opset %d to %d", path, opset, MIN_OPSET)
+    return ir.from_proto(converted)
 
 
 def fingerprint(model: ir.Model) -> str:
