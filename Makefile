@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all zoo compare samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large zoo compare samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,12 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
+## A model with > 2 GB of float weights, built on the fly (needs ~6 GB of free disk), quantized end to end.
+bench-large: $(STAMP)
+	$(PY) bench/large_model.py
+
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench zoo compare
+bench-all: bench bench-large zoo compare
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;

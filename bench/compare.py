@@ -478,11 +478,19 @@ def target_lines(subject: Subject, rows: list[Row]) -> list[str]:
     return [f"Targets for `{ours.tool}`: " + "; ".join(checks) + "."]
 
 
+def _commit() -> str:
+    """The commit of the quantcli measured, so a table can be traced to the code that made it."""
+    command = ["git", "rev-parse", "--short", "HEAD"]
+    done = subprocess.run(command, check=False, cwd=ROOT, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: float, rounds: int) -> str:
     lines = [
         "## quantcli vs onnxruntime on the zoo and sample models (`make compare`, bench/compare.py)",
         "",
-        f"Measured on {machine()}; the whole run took {seconds / 60:.1f} min.",
+        f"Measured on {machine()}, quantcli at commit {_commit()};",
+        f"the whole run took {seconds / 60:.1f} min.",
         "Each quantizer runs in its own process from the same calib.npz (quantcli also gets eval.npz,",
         "which it uses for its own report only, so its time includes that evaluation). Metrics are",
         "against the fp32 model on eval.npz. Size ratio = fp32 bytes / quantized bytes. Latency ratio =",

@@ -90,6 +90,9 @@ class QuantConfig:
         max_samples: use at most this many calibration samples (None: all).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
         exclude: node names or op types kept in float.
+        skip_nonfinite: drop data samples holding NaN or Inf (counted in the log) instead of
+            refusing the data.
+        allow_noop: write a model with nothing to quantize unchanged instead of failing.
         mode: where int8 arithmetic happens (see :class:`QuantMode`).
         metric: what the accuracy bound measures.
         max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
@@ -103,6 +106,8 @@ class QuantConfig:
     max_samples: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
+    skip_nonfinite: bool = False
+    allow_noop: bool = False
     mode: QuantMode = QuantMode.STATIC
     metric: GateMetric = GateMetric.AUTO
     max_drop: float | None = None

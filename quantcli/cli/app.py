@@ -21,7 +21,7 @@ from quantcli.calibration.file import write_calibration
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import render_calibration, render_report, render_summary
 from quantcli.config import ActivationType, CalibrationMethod, GateMetric, QuantConfig, QuantMode
-from quantcli.graph.io import check_writable, write_atomic
+from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
 
@@ -53,6 +53,12 @@ BatchOpt = Annotated[
 ]
 MaxSamplesOpt = Annotated[
     int | None, typer.Option("--max-samples", help="Use at most this many calibration samples.")
+]
+SkipNonfiniteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-nonfinite", help="Skip samples holding NaN or Inf (and log how many) instead of failing."
+    ),
 ]
 
 
@@ -148,6 +154,10 @@ def convert(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")
     ] = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
+    allow_noop: Annotated[
+        bool, typer.Option("--allow-noop", help="Write a model with nothing to quantize unchanged (exit 0).")
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -164,6 +174,8 @@ def convert(
             batch_size=batch_size,
             max_samples=max_samples,
             exclude=frozenset(exclude or ()),
+            skip_nonfinite=skip_nonfinite,
+            allow_noop=allow_noop,
             mode=mode,
             metric=metric,
             max_drop=max_drop,
@@ -171,23 +183,25 @@ def convert(
         if report is not None:
             check_writable(report, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or nullcontext():
-            result = quantize(
-                model,
-                output,
-                config=config,
-                data=data,
-                calibration=calibration,
-                eval_data=eval_data,
-                labels=labels,
-                force=force,
-                progress=update,
-            )
-        document = result.report.to_dict()
-        if report is not None:
-            write_atomic(
-                (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), report, force=force
-            )
+        # The model and the report are moved into place together, or neither is.
+        with StagedOutput(force=force) as staging:
+            with bar or nullcontext():
+                result = quantize(
+                    model,
+                    output,
+                    config=config,
+                    data=data,
+                    calibration=calibration,
+                    eval_data=eval_data,
+                    labels=labels,
+                    force=force,
+                    progress=update,
+                    staging=staging,
+                )
+            document = result.report.to_dict()
+            if report is not None:
+                staging.write_bytes(report, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+            staging.commit()
         if as_json:
             _print_json(document)
         else:
@@ -205,6 +219,7 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON).")],
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -214,7 +229,7 @@ def calibrate_command(
     console = _stderr(quiet, as_json)
 
     def run() -> None:
-        config = QuantConfig(batch_size=batch_size, max_samples=max_samples)
+        config = QuantConfig(batch_size=batch_size, max_samples=max_samples, skip_nonfinite=skip_nonfinite)
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
