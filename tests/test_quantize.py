@@ -193,3 +193,18 @@ def test_clip_is_kept_when_the_op_before_it_stays_float(tmp_path: Path) -> None:
     feed = {"x": rng.normal(0, 2, (4, 8, 8, 8)).astype(np.float32)}
     ref, got = _run(model, feed), _run(out, feed)
     assert _sqnr(ref, got) > 25.0  # an unclipped gate gives values up to 10x too large
+
+
+def test_spatial_reduce_mean_becomes_integer_global_pooling(tmp_path: Path) -> None:
+    model = models.save(models.reduce_mean_classifier(), tmp_path)
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.normal(0, 1, (16, 3, 12, 12)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    ops = Counter(n.op_type for n in onnx.load(out).graph.node)
+    assert "ReduceMean" not in ops and ops["GlobalAveragePool"] == 1 and ops["Flatten"] == 1
+    optimized = models.optimized_op_types(out, tmp_path)
+    assert "QLinearGlobalAveragePool" in optimized and "QLinearConv" in optimized
+    feed = {"x": rng.normal(0, 1, (4, 3, 12, 12)).astype(np.float32)}
+    assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0
