@@ -183,7 +183,7 @@ def hard_swish_conv(channels: int = 32) -> onnx.ModelProto:
 
 
 def reduce_mean_classifier(channels: int = 32) -> onnx.ModelProto:
-    """Conv -> Relu -> ReduceMean over H, W (keepdims=0) -> Gemm: global pooling as PyTorch exports x.mean((2, 3))."""
+    """Conv -> Relu -> ReduceMean over H, W (keepdims=0) -> Gemm, as PyTorch exports x.mean((2, 3))."""
     rng = np.random.default_rng(4)
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
