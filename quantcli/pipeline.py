@@ -58,6 +58,7 @@ from quantcli.passes import (
     InsertActivationQDQPass,
     QuantizeInitializersPass,
     QuantizeMatMulDynamicallyPass,
+    ReduceMeanToGlobalPoolPass,
 )
 from quantcli.plan import QuantPlan, candidate_tensors, select
 from quantcli.report import CalibrationSummary, CandidateSummary, QuantReport, SizeSummary
@@ -76,6 +77,8 @@ def _prepare(path: Path) -> ModelFile:
         common_passes.NameFixPass(),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common_passes.ShapeInferencePass(strict_mode=False),
+        # After shape inference: the rewrite needs the input's rank.
+        ReduceMeanToGlobalPoolPass(),
     )
     try:
         prepare(loaded.model)

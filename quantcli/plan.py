@@ -404,20 +404,26 @@ class _Selector:
             if id(node) not in self.integer or any(self.reaches_int8(out, memo) for out in node.outputs):
                 continue
             self.float_output.add(id(node))
-            for out in node.outputs:
-                self.available.pop(out.name or "", None)
-                for use in out.uses():
-                    if id(use.node) in self.folds:  # a Relu folded into this output is needed again
-                        del self.folds[id(use.node)]
-                        for folded_out in use.node.outputs:
-                            self.available.pop(folded_out.name or "", None)
-                        self.decide(use.node, NodeRole.FLOAT, "float: its input is a float output")
+            self.withdraw_output(node)
             self.decide(
                 node,
                 NodeRole.WEIGHT_ONLY,
                 "int8 weights, float output: no integer kernel after it, and a quantized output "
                 "would clip values beyond the calibrated range",
             )
+
+    def withdraw_output(self, node: ir.Node) -> None:
+        """``node``'s output will not be quantized after all: it is no longer int8, and a
+        Relu/Clip folded into its quantizer must run again as a node."""
+        for out in node.outputs:
+            self.available.pop(out.name or "", None)
+            for use in out.uses():
+                if id(use.node) in self.folds:
+                    del self.folds[id(use.node)]
+                    self.nonnegative.difference_update(o.name or "" for o in use.node.outputs)
+                    for folded_out in use.node.outputs:
+                        self.available.pop(folded_out.name or "", None)
+                    self.decide(use.node, NodeRole.FLOAT, "float: its input is not quantized")
 
     def reaches_int8(self, value: ir.Value, memo: dict[str, bool]) -> bool:
         """Whether a node downstream of ``value`` runs an integer kernel on int8 input."""
@@ -449,8 +455,7 @@ class _Selector:
             if any(self.takes_int8(out) for out in node.outputs):
                 continue
             self.integer.discard(id(node))
-            for out in node.outputs:
-                self.available.pop(out.name or "", None)
+            self.withdraw_output(node)
             if self.large_constant_inputs(node):
                 self.decide(
                     node,
