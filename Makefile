@@ -46,7 +46,7 @@ bench-large: $(STAMP)
 	$(PY) bench/large_model.py
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-large zoo compare
+bench-all: bench bench-large zoo compare modes
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
@@ -68,6 +68,10 @@ zoo: $(BENCHSTAMP)
 ## quantcli vs onnxruntime's quantize_static/quantize_dynamic on the zoo and sample models.
 compare: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py
+
+## quantcli's modes (static, mixed, dynamic, weight-only, auto) side by side on the same models.
+modes: $(BENCHSTAMP)
+	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py --modes
 
 ## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:

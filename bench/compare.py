@@ -71,6 +71,7 @@ class Row:
     quantize_seconds: float | None = None
     peak_rss_mb: float | None = None
     notes: str = ""
+    chosen_mode: str = ""  # the mode quantcli's report says it wrote (auto picks one)
 
 
 # --------------------------------------------------------------------------- running the quantizers
@@ -90,11 +91,13 @@ def _last_lines(log: Path, count: int = 3) -> str:
     return " | ".join(lines[-count:]) or "(no output)"
 
 
-def quantcli_command(model: Path, output: Path, folder: Path, *, quiet: bool = True) -> list[str]:
+def quantcli_command(
+    model: Path, output: Path, folder: Path, *, quiet: bool = True, mode: str = "static"
+) -> list[str]:
     cli = str(Path(sys.executable).parent / "quantcli")
     # --eval-data: without it quantcli would hold back 20% of calib.npz and calibrate on fewer
     # samples than onnxruntime gets.
-    command = [cli, "convert", str(model), "-o", str(output), "--mode", "static"]
+    command = [cli, "convert", str(model), "-o", str(output), "--mode", mode]
     command += ["--data", str(folder / "calib.npz")]
     command += ["--eval-data", str(folder / "eval.npz"), "--force"]
     return command + (["--json", "--quiet"] if quiet else ["--debug"])
@@ -105,7 +108,7 @@ def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, b
     row = Row(model=folder.name, tool=tool)
     log = output.with_suffix(".log")
     if tool.startswith("quantcli"):
-        command = quantcli_command(model, output, folder)
+        command = quantcli_command(model, output, folder, mode=tool.split()[1])
     else:
         mode = tool.rsplit(maxsplit=1)[-1]
         command = [sys.executable, str(BENCH / "_ort_quantize.py"), mode, str(model), str(output)]
@@ -116,12 +119,13 @@ def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, b
         row.error = _last_lines(log)
         if tool.startswith("quantcli") and row.error == "(no output)":
             # quantcli prints nothing at all on an error under --json/--quiet: ask again without them.
-            run_measured(quantcli_command(model, output, folder, quiet=False), log)
+            run_measured(quantcli_command(model, output, folder, quiet=False, mode=tool.split()[1]), log)
             row.error = _last_lines(log) + " (message from a rerun without --json --quiet)"
         return row, False
     if tool.startswith("quantcli"):
         report = json.loads(log.read_text())
         row.notes = f"int8 weight fraction {report.get('int8_weight_fraction', float('nan')):.3f}"
+        row.chosen_mode = str(report.get("mode", ""))
     return row, True
 
 
@@ -339,13 +343,18 @@ def tools_for(model: onnx.ModelProto) -> list[str]:
     return tools
 
 
-def compare_model(subject: Subject, rounds: int, work_root: Path) -> list[Row]:
+# quantcli's own modes, for the per-mode table (bench/compare.py --modes).
+MODE_TOOLS = [f"quantcli {mode}" for mode in ("static", "mixed", "dynamic", "weight-only", "auto")]
+
+
+def compare_model(subject: Subject, rounds: int, work_root: Path, *, modes: bool = False) -> list[Row]:
     work = work_root / subject.name
     work.mkdir(parents=True)
     fp32 = subject.folder / "model.onnx"
     rows: list[Row] = []
     produced: dict[str, Path] = {}
-    for tool in tools_for(onnx.load(str(fp32), load_external_data=False)):
+    tools = MODE_TOOLS if modes else tools_for(onnx.load(str(fp32), load_external_data=False))
+    for tool in tools:
         output = work / (tool.replace(" ", "_") + ".onnx")
         sys.stderr.write(f"compare: {subject.name}: {tool}\n")
         row, ok = quantize(tool, fp32, output, subject.folder)
@@ -426,7 +435,8 @@ def model_table(subject: Subject, rows: list[Row]) -> list[str]:
             cells = [row.tool, f"**{row.status}**: `{row.error}`"] + [""] * (len(header) - 4)
             cells += [_fmt(row.quantize_seconds, 1), _fmt(row.peak_rss_mb, 0)]
         else:
-            cells = [row.tool, _fmt(row.size_ratio, 2)]
+            label = f"{row.tool} → {row.chosen_mode}" if row.tool == "quantcli auto" else row.tool
+            cells = [label, _fmt(row.size_ratio, 2)]
             cells += [_fmt(row.metrics.get(key), 0 if key.endswith("boxes") else 3) for key, _ in columns]
             cells += [f"{_fmt(row.cosine_mean, 4)} / {_fmt(row.cosine_worst, 4)}"]
             cells += [_fmt(_ratio(row, 1), 2), _fmt(_ratio(row, 2), 2)]
@@ -504,6 +514,52 @@ def markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: float, rou
     return "\n".join(lines) + "\n"
 
 
+# The task metric that ranks fidelity per task (higher is better).
+PRIMARY_METRIC = {
+    "embedding": "cosine_mean",
+    "text_detection": "mask_iou",
+    "detection": "box_f1",
+    "classification": "top1_agreement",
+}
+
+
+def auto_check(subject: Subject, rows: list[Row]) -> str:
+    """Issue 8's rule: auto is within 1% of the best fidelity among the modes, and no slower than
+    1.05x the fastest mode that is itself within 1% of the best."""
+    key = PRIMARY_METRIC[str(subject.task["task"])]
+    fixed = [r for r in rows if r.status == "ok" and r.tool != "quantcli auto" and key in r.metrics]
+    auto = next((r for r in rows if r.tool == "quantcli auto" and r.status == "ok"), None)
+    if auto is None or not fixed:
+        return "auto check: not measured (a mode failed)"
+    best = max(r.metrics[key] for r in fixed)
+    qualifying = [r for r in fixed if r.metrics[key] >= 0.99 * best and _ratio(r, 2) is not None]
+    fastest = min(_ratio(r, 2) or math.inf for r in qualifying) if qualifying else math.inf
+    fidelity_ok = auto.metrics[key] >= 0.99 * best
+    speed = _ratio(auto, 2)
+    speed_ok = speed is not None and speed <= 1.05 * fastest
+    verdict = "**met**" if fidelity_ok and speed_ok else "**not met**"
+    return (
+        f"auto chose `{auto.chosen_mode}`: {key} {auto.metrics[key]:.3f} vs best {best:.3f} "
+        f"(within 1%: {'yes' if fidelity_ok else 'no'}); latency ratio at 2 threads {_fmt(speed, 2)} "
+        f"vs fastest qualifying {_fmt(fastest, 2)} (within 1.05x: {'yes' if speed_ok else 'no'}): {verdict}"
+    )
+
+
+def modes_markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: float, rounds: int) -> str:
+    lines = [
+        "## quantcli's modes side by side (`make modes`, bench/compare.py --modes)",
+        "",
+        f"Measured on {machine()}, quantcli at commit {_commit()};",
+        f"the whole run took {seconds / 60:.1f} min. One row per `--mode`; `auto` builds the candidate",
+        "modes itself and keeps the fastest within its default bound (1 point of cosine/top-1).",
+        f"Latency ratio = quantized / fp32, median of {rounds} rounds.",
+    ]
+    for subject, rows in subjects_rows:
+        lines += ["", f"### {subject.name} ({subject.task['task']})", "", *model_table(subject, rows)]
+        lines += ["", auto_check(subject, rows)]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantcli vs onnxruntime quantization, side by side")
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
@@ -512,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=25, help="latency rounds per thread count")
     parser.add_argument(
         "--no-write", action="store_true", help="print the table only; leave RESULTS.md alone"
+    )
+    parser.add_argument(
+        "--modes", action="store_true", help="quantcli's modes side by side (the 'modes' section) instead"
     )
     args = parser.parse_args(argv)
     wanted = set(args.models.split(",")) if args.models else None
@@ -522,17 +581,19 @@ def main(argv: list[str] | None = None) -> int:
     work_root = Path(tempfile.mkdtemp(prefix="compare-", dir=BENCH / "_work"))
     try:
         results = [
-            (subject, compare_model(subject, args.rounds, work_root))
+            (subject, compare_model(subject, args.rounds, work_root, modes=args.modes))
             for subject in subjects(args.zoo, wanted)
         ]
     finally:
         if not args.keep:
             shutil.rmtree(work_root, ignore_errors=True)
     seconds = time.perf_counter() - start
-    text = markdown(results, seconds, args.rounds)
+    render = modes_markdown if args.modes else markdown
+    text = render(results, seconds, args.rounds)
     if not args.no_write:
         rows = [asdict(row) for _, model_rows in results for row in model_rows]
-        write_section("compare", text, {"seconds": seconds, "machine": machine(), "rows": rows})
+        section = "modes" if args.modes else "compare"
+        write_section(section, text, {"seconds": seconds, "machine": machine(), "rows": rows})
     sys.stdout.write(text)
     return 0
 
