@@ -21,6 +21,7 @@ from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
+from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import CalibrationFileError, ConfigError, OutputError, QuantizationError
 from quantcli.evaluate import (
     Fidelity,
@@ -32,6 +33,7 @@ from quantcli.evaluate import (
     load_labels,
     measure_latency,
 )
+from quantcli.fallback import FallbackResult, fall_back
 from quantcli.graph.io import (
     ModelFile,
     check_model_proto,
@@ -51,7 +53,13 @@ from quantcli.passes import (
     QuantizeMatMulDynamicallyPass,
 )
 from quantcli.plan import QuantPlan, candidate_tensors, select
-from quantcli.report import CalibrationSummary, CandidateSummary, QuantReport, SizeSummary
+from quantcli.report import (
+    CalibrationSummary,
+    CandidateSummary,
+    FallbackSummary,
+    QuantReport,
+    SizeSummary,
+)
 
 __all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
 
@@ -235,7 +243,7 @@ def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Datas
     candidates[:] = timed
     passing = [c for c in timed if c.gate is not None and c.gate.passed]
     if not passing:
-        return min(timed, key=lambda c: c.gate.drop if c.gate else float("inf"))
+        return min(timed, key=lambda c: c.gate.shortfall if c.gate else float("inf"))
     fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
     # Timings a few percent apart are noise on a shared machine: among those, the smaller model
     # wins, then the earlier mode (more integer work).
@@ -256,7 +264,7 @@ def _summaries(
         elif c is winner:
             why = "no candidate met the accuracy bound; this one lost the least"
         elif c.gate is not None and not c.gate.passed:
-            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} points"
+            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} {c.gate.unit}"
         else:
             why = "within the accuracy bound but slower"
         summaries.append(
@@ -316,7 +324,7 @@ def quantize(
             f"{model_path}: nothing to quantize in {config.mode} mode "
             "(no Conv, MatMul, Gemm or Gather on float weights)"
         )
-    observed = sorted({name for plan in plans for name in plan.observed})
+    observed = _observed(plans, loaded.model, config)
     ranges: dict[str, TensorRange] = {}
     calibration_summary = CalibrationSummary("none", 0, f"not needed in {config.mode} mode")
     if observed:
@@ -342,20 +350,16 @@ def quantize(
             logger.warning("%s mode candidate dropped: %s", plan.mode, exc)
             continue
         if reference_session is not None and datasets.evaluation is not None:
-            fidelity = compare_models(
-                reference_session,
-                candidate.session,
-                datasets.evaluation,
-                batch_size=config.batch_size,
-                source=datasets.evaluation_source,
-                labels=label_array,
-            )
-            bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
-            candidate = replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.metric, bound))
+            candidate = _measure(candidate, reference_session, datasets, label_array, config)
         candidates.append(candidate)
     if not candidates:
         raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
     winner = _choose(candidates, config, datasets.evaluation)
+    winner, diagnosis, fallback = _diagnose_and_fall_back(
+        winner,
+        _Reference(reference, reference_session, datasets, label_array, ranges, loaded.size_bytes),
+        config,
+    )
     write_atomic(winner.payload, output, force=force)
     report = QuantReport(
         model=str(model_path),
@@ -367,10 +371,84 @@ def quantize(
         int8_weight_fraction=winner.int8_weight_fraction,
         fidelity=winner.fidelity,
         fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
-        gate=winner.gate if config.max_drop is not None else None,
+        gate=winner.gate if config.has_gate else None,
         candidates=_summaries(candidates, winner, loaded.size_bytes),
+        per_layer=diagnosis,
+        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
     )
     return QuantResult(output=output, report=report)
+
+
+def _observed(plans: list[QuantPlan], model: ir.Model, config: QuantConfig) -> list[str]:
+    """The tensors to calibrate: what the plans read, and for --auto-fallback every candidate,
+    since plans with nodes excluded can take a carried chain's range from another tensor."""
+    observed = {name for plan in plans for name in plan.observed}
+    if config.auto_fallback and observed:
+        observed |= set(candidate_tensors(model))
+    return sorted(observed)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The float model and what every fallback trial is built from and measured against."""
+
+    proto: onnx.ModelProto | None  # None: nothing to measure against
+    session: ort.InferenceSession | None
+    datasets: _Data
+    labels: np.ndarray | None
+    ranges: dict[str, TensorRange]
+    input_bytes: int
+
+
+def _diagnose_and_fall_back(
+    winner: _Candidate, reference: _Reference, config: QuantConfig
+) -> tuple[_Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+    """--per-layer: rank the winner's tensors. --auto-fallback, when the winner misses the
+    bound: return the nodes behind the worst ones to float, on the winner's mode's plan."""
+    evaluation, proto, session = reference.datasets.evaluation, reference.proto, reference.session
+    missed = winner.gate is not None and not winner.gate.passed
+    wanted = config.per_layer or (config.auto_fallback and missed)
+    if evaluation is None or proto is None or session is None or not wanted:
+        return winner, None, None
+    # Fallback chooses among the tensors measured alone: more of them than the report shows.
+    top_k = max(config.top_k, 4 * config.max_trials) if config.auto_fallback else config.top_k
+    diagnosis = diagnose(proto, onnx.load_from_string(winner.payload), evaluation, top_k=top_k)
+    if not (config.auto_fallback and missed):
+        return winner, diagnosis, None
+    mode = winner.plan.mode
+
+    def build(excluded: frozenset[str]) -> _Candidate:
+        variant = replace(config, mode=mode, exclude=config.exclude | excluded)
+        model = _copy(proto)
+        built = _build(model, select(model, variant), reference.ranges, variant, reference.input_bytes)
+        return _measure(built, session, reference.datasets, reference.labels, config)
+
+    fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
+    return fallback.chosen, diagnosis, fallback
+
+
+def _measure(
+    candidate: _Candidate,
+    reference_session: ort.InferenceSession,
+    datasets: _Data,
+    labels: np.ndarray | None,
+    config: QuantConfig,
+) -> _Candidate:
+    """The candidate with its fidelity against the float model and its gate."""
+    assert datasets.evaluation is not None
+    fidelity = compare_models(
+        reference_session,
+        candidate.session,
+        datasets.evaluation,
+        batch_size=config.batch_size,
+        source=datasets.evaluation_source,
+        labels=labels,
+    )
+    if config.min_sqnr is not None:
+        bound = config.min_sqnr
+    else:
+        bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
+    return replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.gate_metric, bound))
 
 
 def _copy(proto: onnx.ModelProto | None) -> ir.Model:
