@@ -324,7 +324,7 @@ def quantize(
             f"{model_path}: nothing to quantize in {config.mode} mode "
             "(no Conv, MatMul, Gemm or Gather on float weights)"
         )
-    observed = _observed(plans, loaded.model, config)
+    observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
     calibration_summary = CalibrationSummary("none", 0, f"not needed in {config.mode} mode")
     if observed:
@@ -379,15 +379,6 @@ def quantize(
     return QuantResult(output=output, report=report)
 
 
-def _observed(plans: list[QuantPlan], model: ir.Model, config: QuantConfig) -> list[str]:
-    """The tensors to calibrate: what the plans read, and for --auto-fallback every candidate,
-    since plans with nodes excluded can take a carried chain's range from another tensor."""
-    observed = {name for plan in plans for name in plan.observed}
-    if config.auto_fallback and observed:
-        observed |= set(candidate_tensors(model))
-    return sorted(observed)
-
-
 @dataclass(frozen=True)
 class _Reference:
     """The float model and what every fallback trial is built from and measured against."""
@@ -420,7 +411,13 @@ def _diagnose_and_fall_back(
     def build(excluded: frozenset[str]) -> _Candidate:
         variant = replace(config, mode=mode, exclude=config.exclude | excluded)
         model = _copy(proto)
-        built = _build(model, select(model, variant), reference.ranges, variant, reference.input_bytes)
+        plan = select(model, variant)
+        # With nodes excluded a carried chain can take its range from a tensor not yet observed.
+        missing = [name for name in plan.observed if name not in reference.ranges]
+        calibration = reference.datasets.calibration
+        if missing and calibration is not None:
+            reference.ranges.update(collect_ranges(model, missing, calibration, batch_size=config.batch_size))
+        built = _build(model, plan, reference.ranges, variant, reference.input_bytes)
         return _measure(built, session, reference.datasets, reference.labels, config)
 
     fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
