@@ -75,6 +75,11 @@ def _stderr(quiet: bool, as_json: bool) -> Console:
     return Console(stderr=True, quiet=quiet or as_json)
 
 
+def _errors() -> Console:
+    """Errors reach stderr even under --json or --quiet: an exit code without a reason helps no one."""
+    return Console(stderr=True)
+
+
 def _progress(console: Console, description: str) -> tuple[Progress | None, ProgressCallback | None]:
     """A progress bar on stderr, only for a person watching a terminal."""
     if console.quiet or not console.is_terminal:
@@ -305,7 +310,7 @@ def convert(
         gate = result.report.gate
         return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, _errors(), debug=debug))
 
 
 @app.command("compare")
@@ -359,7 +364,7 @@ def compare_command(
         else:
             render_compare(result, console)
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, _errors(), debug=debug))
 
 
 @app.command("calibrate")
@@ -396,7 +401,7 @@ def calibrate_command(
         else:
             render_calibration(result, str(output), console)
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, _errors(), debug=debug))
 
 
 @app.command("inspect")
@@ -409,7 +414,6 @@ def inspect_command(
     debug: DebugOpt = False,
 ) -> None:
     """Show MODEL's inputs, outputs, size, ops, and what convert would quantize and why."""
-    console = Console(stderr=True)
 
     def run() -> None:
         config = _config(
@@ -434,7 +438,7 @@ def inspect_command(
         else:
             render_summary(summary, Console())  # the summary is this command's data: stdout
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, _errors(), debug=debug))
 
 
 @app.callback(invoke_without_command=True)
