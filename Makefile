@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := sample_models/digits_cnn
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-fallback samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,14 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
+## Plain convert against --auto-fallback on the zoo (ZOO=dir, MAX_DROP=points of cosine).
+ZOO ?= bench/zoo
+MAX_DROP ?= 0.5
+bench-fallback: $(STAMP)
+	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
+
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench
+bench-all: bench bench-fallback
 
 ## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:

@@ -33,7 +33,7 @@ def _num(value: Any, digits: int = 2) -> str:
 def _gate_line(gate: Mapping[str, Any] | None) -> str:
     if gate is None:
         return "no bound given"
-    verdict = "PASSED" if gate["passed"] else f"FAILED by {gate['missed_by']:.2f} {gate['unit']}"
+    verdict = "PASSED" if gate["passed"] else f"FAILED by {gate['missed_by']:.3g} {gate['unit']}"
     if gate["metric"] == "sqnr":
         return (
             f"{verdict}: worst output SQNR {_num(gate['sqnr_db'])} dB, bound {_num(gate['min_sqnr_db'])} dB"
@@ -169,7 +169,7 @@ def markdown_report(doc: Mapping[str, Any]) -> str:
 
 
 _CSS = """
-body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1100px}
+body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1b1f24}
 h1{font-size:20px;margin:0 0 12px} h2{font-size:16px;margin:24px 0 8px}
 table{border-collapse:collapse;margin:4px 0 12px}
 td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left}
@@ -181,7 +181,7 @@ svg text{font:11px system-ui,sans-serif;fill:#57606a}
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header) if any(header) else ""
     body = []
     for row in rows:
         cells = "".join(
@@ -189,7 +189,8 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
             for c in row
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    head_row = f"<tr>{head}</tr>" if head else ""
+    return f"<table>{head_row}{''.join(body)}</table>"
 
 
 def _numeric(text: str) -> bool:
@@ -209,7 +210,7 @@ def _chart(doc: Mapping[str, Any]) -> str:
     values = [t["sqnr_db"] if isinstance(t["sqnr_db"], float | int) else 99.0 for t in tensors]
     top = max(10.0, math.ceil(max(values) / 10) * 10)
     bar, gap, height, left, bottom = 14, 3, 240, 44, 24
-    width = left + len(tensors) * (bar + gap) + 10
+    width = max(420, left + len(tensors) * (bar + gap) + 10)
     worst = {t["name"] for t in per_layer["tensors"][: per_layer["top_k"]]}
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" id="sqnr-chart" width="{width}" height="{height + bottom}" '
@@ -222,7 +223,7 @@ def _chart(doc: Mapping[str, Any]) -> str:
     limit_y = height - WEAK_SQNR_DB / top * (height - 10)
     for index, (tensor, value) in enumerate(zip(tensors, values, strict=True)):
         x = left + index * (bar + gap)
-        h = max(1.0, max(0.0, value) / top * (height - 10))
+        h = max(4.0, max(0.0, value) / top * (height - 10))  # a 0 dB tensor stays visible
         color = (
             "#cf222e"
             if value < WEAK_SQNR_DB

@@ -406,6 +406,7 @@ def _diagnose_and_fall_back(
     diagnosis = diagnose(proto, onnx.load_from_string(winner.payload), evaluation, top_k=top_k)
     if not (config.auto_fallback and missed):
         return winner, diagnosis, None
+    reported = replace(diagnosis, top_k=config.top_k)
     mode = winner.plan.mode
 
     def build(excluded: frozenset[str]) -> _Candidate:
@@ -421,7 +422,7 @@ def _diagnose_and_fall_back(
         return _measure(built, session, reference.datasets, reference.labels, config)
 
     fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
-    return fallback.chosen, diagnosis, fallback
+    return fallback.chosen, reported, fallback
 
 
 def _measure(

@@ -67,7 +67,7 @@ def test_fallback_report_matches_golden(tmp_path: Path) -> None:
     document = json.loads(result.stdout)
     # The exclude list is text with rounded numbers in it; its lines that name nodes must not drift.
     listing = document["per_layer"].pop("exclude_list")
-    assert [line for line in listing.splitlines() if not line.startswith("#")][0] == "mm1"
+    assert next(line for line in listing.splitlines() if not line.startswith("#")) == "mm1"
     _check(document, GOLDEN_FALLBACK)
 
 
