@@ -137,6 +137,10 @@ for _op in (
 ):  # fmt: skip
     _RULES[_op] = _OpRule(_Kind.DATA_MOVEMENT, _op)
 
+# Constant inputs of float element-wise ops smaller than this stay float: a scale and zero point
+# would outweigh the bytes saved.
+_MIN_STORED_CONSTANT = 256
+
 # Why common float-only ops stay float, in words a user can check.
 _FLOAT_REASONS = {
     "Softmax": "float: probabilities near 1/n keep only a few of 256 levels at 8 bits",
@@ -294,6 +298,8 @@ class _Selector:
         self.nonnegative: set[str] = set()
         self.folds: dict[int, Fold] = {}
         self.dynamic: dict[int, DynamicSpec] = {}
+        # Integer-input compute nodes whose output stays float (see keep_final_outputs_float).
+        self.float_output: set[int] = set()
         self.graph_outputs = {v.name for v in self.graph.outputs}
 
     # -- eligibility ---------------------------------------------------------------------------
@@ -373,7 +379,101 @@ class _Selector:
         for node in pending:
             if id(node) not in self.decisions:
                 self.decide(node, NodeRole.FLOAT, self.undecided_reason(node))
+        self.prune_dead_ends()
+        self.keep_final_outputs_float()
         return self.build()
+
+    def keep_final_outputs_float(self) -> None:
+        """Leave float the output of a Conv that no node reads as int8.
+
+        Such an output goes on through float ops (a detector's box and class heads, a
+        segmentation map, a normalization). Quantizing it would clip every value beyond what the
+        calibration data showed, e.g. a class score stronger than any seen while calibrating,
+        and nothing downstream gains from int8. The Conv keeps int8 weights and input; only its
+        output, and so its integer kernel, is given up.
+        """
+        for node in self.nodes:
+            rule = _RULES.get(node.op_type)
+            if rule is None or not rule.output_required or rule.kind is not _Kind.COMPUTE:
+                continue
+            if id(node) not in self.integer or any(self.takes_int8(out) for out in node.outputs):
+                continue
+            self.float_output.add(id(node))
+            for out in node.outputs:
+                self.available.pop(out.name or "", None)
+                for use in out.uses():
+                    if id(use.node) in self.folds:  # a Relu folded into this output is needed again
+                        del self.folds[id(use.node)]
+                        for folded_out in use.node.outputs:
+                            self.available.pop(folded_out.name or "", None)
+                        self.decide(use.node, NodeRole.FLOAT, "float: its input is a float output")
+            self.decide(
+                node,
+                NodeRole.WEIGHT_ONLY,
+                "int8 weights and input, float output: nothing after it takes int8, and a quantized "
+                "output would clip values beyond the calibrated range",
+            )
+
+    def prune_dead_ends(self) -> None:
+        """Return to float every integer element-wise op after which no node takes int8.
+
+        Its integer kernel would only add a rounding step and a quantizer whose range is whatever
+        calibration saw: a final Sigmoid calibrated on images without confident detections
+        clips every stronger score to the calibrated maximum. Visited in reverse graph order so
+        each node's consumers are settled first.
+        """
+        for node in reversed(self.nodes):
+            rule = _RULES.get(node.op_type)
+            if rule is None or rule.kind is not _Kind.ELEMENTWISE or id(node) not in self.integer:
+                continue
+            if any(self.takes_int8(out) for out in node.outputs):
+                continue
+            self.integer.discard(id(node))
+            for out in node.outputs:
+                self.available.pop(out.name or "", None)
+            if self.large_constant_inputs(node):
+                self.decide(
+                    node,
+                    NodeRole.WEIGHT_ONLY,
+                    "int8 constant input, float compute: nothing after it takes int8",
+                )
+            else:
+                self.decide(
+                    node,
+                    NodeRole.FLOAT,
+                    "float: nothing after it takes int8, so an integer kernel saves nothing",
+                )
+
+    @staticmethod
+    def large_constant_inputs(node: ir.Node) -> list[ir.Value]:
+        """Float constants big enough that int8 storage saves more than its scale costs."""
+        return [
+            v
+            for v in node.inputs
+            if v is not None
+            and _is_float(v)
+            and (t := _constant(v)) is not None
+            and t.size >= _MIN_STORED_CONSTANT
+        ]
+
+    def takes_int8(self, value: ir.Value) -> bool:
+        """Whether some consumer of ``value`` reads it as int8 in this plan."""
+        for use in value.uses():
+            consumer = use.node
+            decision = self.decisions.get(id(consumer))
+            if decision is None:
+                continue
+            if id(consumer) in self.integer:
+                rule = _RULES[consumer.op_type]
+                if use.idx in self.activation_slots(consumer, rule):
+                    return True
+            elif (
+                decision.role in (NodeRole.CARRY, NodeRole.FOLDED)
+                and use.idx == 0
+                and any(self.takes_int8(out) for out in consumer.outputs)
+            ):
+                return True
+        return False
 
     def place_compute(self, node: ir.Node, rule: _OpRule) -> None:
         """Conv/MatMul/Gemm: integer kernel, dynamic, weight-only or float, by mode."""
@@ -490,14 +590,16 @@ class _Selector:
             role = self.decisions[id(node)].role
             if rule is None or role not in (NodeRole.INTEGER, NodeRole.DYNAMIC, NodeRole.WEIGHT_ONLY):
                 continue
-            if rule.kind is _Kind.TABLE and role is NodeRole.WEIGHT_ONLY:
+            if rule.kind is _Kind.ELEMENTWISE and role is NodeRole.WEIGHT_ONLY:
+                constants.update(v.name or "" for v in self.large_constant_inputs(node))
+            elif rule.kind is _Kind.TABLE and role is NodeRole.WEIGHT_ONLY:
                 gathered.add(node.inputs[0].name or "")  # type: ignore[union-attr]
                 weights.setdefault(node.inputs[0].name or "", set()).add(None)  # type: ignore[union-attr]
             elif rule.kind is _Kind.TABLE:
                 tables.add(node.inputs[0].name or "")  # type: ignore[union-attr]
             elif rule.weight_input is not None:
                 self.add_weight(node, rule, weights)
-            if role is NodeRole.INTEGER:
+            if id(node) in self.integer:
                 self.add_node_activations(node, rule, add_activation, constants)
         self.extend_carried(activations, add_activation)
         # A table is stored like an activation (uint8 by default) so the rows it yields feed
@@ -547,14 +649,15 @@ class _Selector:
         constants: set[str],
     ) -> None:
         """Quantize an integer node's inputs, and its output where the kernel needs it."""
-        if rule.output_required:
+        if rule.output_required and id(node) not in self.float_output:
             add_activation(self.fold_target(node.outputs[0]))
         for index in self.activation_slots(node, rule):
             value = node.inputs[index]
             assert value is not None
             if _constant(value) is not None:
                 constants.add(value.name or "")
-            else:
+            elif id(node) not in self.float_output or value.name in self.available:
+                # A float-output node reads int8 only where the tensor is int8 anyway.
                 add_activation(value)
 
     def extend_carried(

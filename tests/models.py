@@ -170,6 +170,28 @@ def single_conv(channels: int = 64) -> onnx.ModelProto:
     return _model(graph)
 
 
+def two_convs_middle_output(channels: int = 16) -> onnx.ModelProto:
+    """conv1 -> c (a graph output, also read by conv2) -> conv2 -> y."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+            helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2"),
+        ],
+        "two_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4]),
+        ],
+        [
+            _init("w1", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32)),
+            _init("w2", rng.normal(0, 0.2, (channels, channels, 3, 3)).astype(np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
 def custom_op_model() -> onnx.ModelProto:
     """A Conv followed by an op of an unknown custom domain (onnxruntime cannot run it)."""
     rng = np.random.default_rng(0)

@@ -88,13 +88,28 @@ def test_transformer_quantizes_and_runs(transformer: tuple[Path, Path], tmp_path
 
 
 def test_graph_output_keeps_its_name_when_quantized(tmp_path: Path) -> None:
-    model = models.save(models.single_conv(), tmp_path)
+    model = models.save(models.two_convs_middle_output(), tmp_path)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
     out = tmp_path / "q.onnx"
     quantize(model, out, data=data, config=QuantConfig(batch_size=1))
-    assert [o.name for o in onnx.load(out).graph.output] == ["c"]
+    assert [o.name for o in onnx.load(out).graph.output] == ["c", "y"]
+    # conv1 feeds int8 to conv2, so its output is quantized (and still the graph output "c");
+    # conv2's output goes nowhere int8, so it stays float: one integer kernel.
     assert models.optimized_op_types(out, tmp_path).get("QLinearConv") == 1
+
+
+def test_final_conv_keeps_a_float_output_and_a_float_input(tmp_path: Path) -> None:
+    model = models.save(models.single_conv(), tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data, config=QuantConfig(batch_size=1))
+    decision = result.report.plan.decisions[0]
+    assert decision.role.value == "weight-only" and "clip" in decision.reason
+    ops = Counter(n.op_type for n in onnx.load(out).graph.node)
+    # int8 weight behind a DequantizeLinear; no quantizer on an input nothing else made int8.
+    assert ops == Counter({"Conv": 1, "DequantizeLinear": 1})
 
 
 def test_shared_weight_is_stored_once(tmp_path: Path) -> None:
