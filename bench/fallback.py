@@ -23,6 +23,7 @@ from _results import machine, write_section
 from quantcli import QuantConfig, quantize
 from quantcli.calibration.data import model_inputs, open_dataset
 from quantcli.config import GateMetric
+from quantcli.errors import QuantCliError
 from quantcli.evaluate import first_sample, measure_latency
 from quantcli.graph.io import load_model, open_session, serialize
 from quantcli.report import QuantReport
@@ -87,6 +88,9 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['model']} | | skipped: {row['skipped']} | | | | | | | | |")
+            continue
         float_ms = row["latency_ms"]["float"]
         for name in ("plain", "fallback"):
             r = row[name]
@@ -100,7 +104,7 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         lines.append(f"| {row['model']} | | float | | | | | | | 1.00x | {float_ms:.2f} (1.00x) |")
     lines.append("")
     for row in rows:
-        nodes = row["fallback"]["nodes_in_float"]
+        nodes = [] if "skipped" in row else row["fallback"]["nodes_in_float"]
         if nodes:
             shown = ", ".join(f"`{n}`" for n in nodes[:12]) + (" ..." if len(nodes) > 12 else "")
             lines.append(f"- {row['model']}: fallback left in float {shown}")
@@ -122,7 +126,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for folder in folders:
-            rows.append(bench_model(folder, Path(tmp), args.max_drop, args.metric))
+            try:
+                rows.append(bench_model(folder, Path(tmp), args.max_drop, args.metric))
+            except QuantCliError as exc:  # reported, so a zoo model quantcli refuses is visible
+                print(f"{folder.name}: skipped: {exc}", file=sys.stderr)
+                rows.append({"model": folder.name, "skipped": str(exc)})
     command = f"bench/fallback.py --zoo {args.zoo.name} --metric {args.metric} --max-drop {args.max_drop:g}"
     print(write_section("auto", _markdown(rows, command), rows))
 
