@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := sample_models/digits_cnn
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all bench-fallback samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large bench-fallback samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
+## A model with > 2 GB of float weights, built on the fly (needs ~6 GB of free disk), quantized end to end.
+bench-large: $(STAMP)
+	$(PY) bench/large_model.py
+
 ## Plain convert against --auto-fallback on the zoo (ZOO=dir, MAX_DROP=points of cosine).
 ZOO ?= bench/zoo
 MAX_DROP ?= 0.5
@@ -45,7 +49,7 @@ bench-fallback: $(STAMP)
 	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-fallback
+bench-all: bench bench-large bench-fallback
 
 ## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:

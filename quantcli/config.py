@@ -108,6 +108,9 @@ class QuantConfig:
             data-movement nodes and folded activations still follow their inputs.
         per_tensor: nodes (names, globs, op types) whose weights get one scale per tensor even
             when ``per_channel`` is on (a recipe override).
+        skip_nonfinite: drop data samples holding NaN or Inf (counted in the log) instead of
+            refusing the data.
+        allow_noop: write a model with nothing to quantize unchanged instead of failing.
         mode: where int8 arithmetic happens (see :class:`QuantMode`).
         metric: what the accuracy bound measures.
         max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
@@ -128,6 +131,8 @@ class QuantConfig:
     max_samples: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
+    skip_nonfinite: bool = False
+    allow_noop: bool = False
     mode: QuantMode = QuantMode.STATIC
     metric: GateMetric = GateMetric.AUTO
     max_drop: float | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -220,16 +221,18 @@ def _measure(
     quant_model: onnx.ModelProto,
     twins: list[_Twin],
     dataset: Dataset,
+    *,
     batch_size: int,
+    data_folder: Path | None,
 ) -> dict[str, _Sums]:
     float_names = [t.float_name for t in twins]
     quant_names = [t.dq_output for t in twins] + [t.pre for t in twins if t.pre is not None]
-    reference = open_session(_with_outputs(float_model, float_names))
+    reference = open_session(_with_outputs(float_model, float_names), data_folder=data_folder)
     candidate = open_session(_with_outputs(quant_model, quant_names))
     sums = {t.dq_output: _Sums() for t in twins}
     weights = [t for t in twins if t.kind == "weight"]
     floats = {
-        i.name: numpy_helper.to_array(i)
+        i.name: numpy_helper.to_array(i, base_dir=str(data_folder or ""))
         for i in float_model.graph.initializer
         if i.name in {t.float_name for t in weights}
     }
@@ -283,6 +286,7 @@ def _alone(
     dataset: Dataset,
     batch_size: int,
     reference: ort.InferenceSession,
+    data_folder: Path | None,
 ) -> float | None:
     """Worst output SQNR of the float model with only ``twin`` quantized."""
     model = onnx.ModelProto()
@@ -297,7 +301,7 @@ def _alone(
         if twin.float_name in {o.name for o in graph.output}:
             return None  # its effect on the output is its local error
         _insert_qdq(graph, quant_model, twin)
-    session = open_session(model)
+    session = open_session(model, data_folder=data_folder)
     fidelity = compare_models(reference, session, dataset, batch_size=batch_size, source="")
     return min(o.sqnr_db for o in fidelity.outputs)
 
@@ -334,6 +338,7 @@ def diagnose(
     batch_size: int = 4,
     top_k: int = 10,
     max_samples: int = 32,
+    data_folder: Path | None = None,
 ) -> LayerDiagnosis:
     """Rank every quantized tensor of ``quant_model`` by how much it loses against ``float_model``.
 
@@ -343,7 +348,7 @@ def diagnose(
     """
     data = dataset.limit(max_samples)
     twins = _twins(float_model, quant_model)
-    sums = _measure(float_model, quant_model, twins, data, batch_size)
+    sums = _measure(float_model, quant_model, twins, data, batch_size=batch_size, data_folder=data_folder)
     ops = {n.name: n.op_type for n in float_model.graph.node}
     tensors = []
     for twin in twins:
@@ -363,10 +368,16 @@ def diagnose(
         )
     by_local = sorted(range(len(tensors)), key=lambda i: tensors[i].local_sqnr_db)[:top_k]
     if by_local:
-        reference = open_session(float_model)
+        reference = open_session(float_model, data_folder=data_folder)
         for i in by_local:
             alone = _alone(
-                float_model, quant_model, twins[i], dataset=data, batch_size=batch_size, reference=reference
+                float_model,
+                quant_model,
+                twins[i],
+                dataset=data,
+                batch_size=batch_size,
+                reference=reference,
+                data_folder=data_folder,
             )
             tensors[i] = replace(
                 tensors[i], alone_sqnr_db=alone if alone is not None else tensors[i].local_sqnr_db

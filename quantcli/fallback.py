@@ -37,7 +37,7 @@ class Measured(Protocol):
     def int8_weight_fraction(self) -> float: ...
 
     @property
-    def payload(self) -> bytes: ...
+    def size_bytes(self) -> int: ...
 
 
 M = TypeVar("M", bound=Measured)
@@ -78,7 +78,7 @@ def _step(trial: int, groups: int, excluded: tuple[str, ...], measured: Measured
         excluded=excluded,
         gate=measured.gate,
         int8_weight_fraction=measured.int8_weight_fraction,
-        output_bytes=len(measured.payload),
+        output_bytes=measured.size_bytes,
     )
 
 

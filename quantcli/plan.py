@@ -137,6 +137,10 @@ for _op in (
 ):  # fmt: skip
     _RULES[_op] = _OpRule(_Kind.DATA_MOVEMENT, _op)
 
+# Conv/MatMul/Gemm with fewer constant weights than this stay float (e.g. a detector's fixed
+# 16-tap expectation Conv): int8 would save nothing and add a rounding step.
+_MIN_COMPUTE_WEIGHTS = 64
+
 # Constant inputs of float element-wise ops smaller than this stay float: a scale and zero point
 # would outweigh the bytes saved.
 _MIN_STORED_CONSTANT = 256
@@ -322,6 +326,9 @@ class _Selector:
             weight = node.inputs[rule.weight_input] if len(node.inputs) > rule.weight_input else None
             if not _is_float(weight):
                 return "float: its weight is not a float32 tensor"
+            tensor = _constant(weight)
+            if tensor is not None and tensor.size < _MIN_COMPUTE_WEIGHTS:
+                return f"float: {tensor.size} weights are too few for int8 to gain anything"
             if rule.kind is _Kind.WEIGHT_ONLY and _constant(weight) is None:
                 return "float: its weight is computed at run time"
         return None
@@ -384,35 +391,59 @@ class _Selector:
         return self.build()
 
     def keep_final_outputs_float(self) -> None:
-        """Leave float the output of a Conv that no node reads as int8.
+        """Leave float the output of a Conv from which no int8 reader can be reached.
 
-        Such an output goes on through float ops (a detector's box and class heads, a
-        segmentation map, a normalization). Quantizing it would clip every value beyond what the
-        calibration data showed, e.g. a class score stronger than any seen while calibrating,
-        and nothing downstream gains from int8. The Conv keeps int8 weights and input; only its
-        output, and so its integer kernel, is given up.
+        Such an output flows to the model's outputs through float ops only (a detector's class
+        head, a segmentation map). Quantizing it would clip every value beyond what calibration
+        saw, e.g. a class score stronger than any seen while calibrating, and no integer kernel
+        downstream gains from it. The Conv keeps int8 weights (and its input, where that is int8
+        anyway); only its output, and so its integer kernel, is given up. A Conv whose output
+        reaches another integer kernel through float ops (a hard-swish between two Convs) keeps
+        its integer kernel. Visited in reverse graph order: each Conv's successors are settled.
         """
-        for node in self.nodes:
+        memo: dict[str, bool] = {}
+        for node in reversed(self.nodes):
             rule = _RULES.get(node.op_type)
-            if rule is None or not rule.output_required or rule.kind is not _Kind.COMPUTE:
+            if rule is None or rule.kind is not _Kind.COMPUTE or not rule.output_required:
                 continue
-            if id(node) not in self.integer or any(self.takes_int8(out) for out in node.outputs):
+            if id(node) not in self.integer or any(self.reaches_int8(out, memo) for out in node.outputs):
                 continue
             self.float_output.add(id(node))
-            for out in node.outputs:
-                self.available.pop(out.name or "", None)
-                for use in out.uses():
-                    if id(use.node) in self.folds:  # a Relu folded into this output is needed again
-                        del self.folds[id(use.node)]
-                        for folded_out in use.node.outputs:
-                            self.available.pop(folded_out.name or "", None)
-                        self.decide(use.node, NodeRole.FLOAT, "float: its input is a float output")
+            self.withdraw_output(node)
             self.decide(
                 node,
                 NodeRole.WEIGHT_ONLY,
-                "int8 weights and input, float output: nothing after it takes int8, and a quantized "
-                "output would clip values beyond the calibrated range",
+                "int8 weights, float output: no integer kernel after it, and a quantized output "
+                "would clip values beyond the calibrated range",
             )
+
+    def withdraw_output(self, node: ir.Node) -> None:
+        """``node``'s output will not be quantized after all: it is no longer int8, and a
+        Relu/Clip folded into its quantizer must run again as a node."""
+        for out in node.outputs:
+            self.available.pop(out.name or "", None)
+            for use in out.uses():
+                if id(use.node) in self.folds:
+                    del self.folds[id(use.node)]
+                    self.nonnegative.difference_update(o.name or "" for o in use.node.outputs)
+                    for folded_out in use.node.outputs:
+                        self.available.pop(folded_out.name or "", None)
+                    self.decide(use.node, NodeRole.FLOAT, "float: its input is not quantized")
+
+    def reaches_int8(self, value: ir.Value, memo: dict[str, bool]) -> bool:
+        """Whether a node downstream of ``value`` runs an integer kernel on int8 input."""
+        name = value.name or ""
+        if name not in memo:
+            memo[name] = any(
+                # A float-output Conv counts: it still reads its input as int8.
+                (
+                    id(use.node) in self.integer
+                    and use.idx in self.activation_slots(use.node, _RULES[use.node.op_type])
+                )
+                or any(self.reaches_int8(out, memo) for out in use.node.outputs)
+                for use in value.uses()
+            )
+        return memo[name]
 
     def prune_dead_ends(self) -> None:
         """Return to float every integer element-wise op after which no node takes int8.
@@ -429,8 +460,7 @@ class _Selector:
             if any(self.takes_int8(out) for out in node.outputs):
                 continue
             self.integer.discard(id(node))
-            for out in node.outputs:
-                self.available.pop(out.name or "", None)
+            self.withdraw_output(node)
             if self.large_constant_inputs(node):
                 self.decide(
                     node,

@@ -200,6 +200,7 @@ class QuantReport:
     fidelity: Fidelity | None
     fidelity_note: str = ""
     gate: GateResult | None = None  # set when the user asked for an accuracy bound
+    opset_upgraded_from: int | None = None  # the input's opset when it had to be upgraded
     candidates: tuple[CandidateSummary, ...] = ()  # what --mode auto tried
     per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
     fallback: FallbackSummary | None = None  # --auto-fallback
@@ -221,6 +222,7 @@ class QuantReport:
                 "ratio": self.size.ratio,
             },
             "mode": self.plan.mode.value,
+            "opset_upgraded_from": self.opset_upgraded_from,
             "config": {
                 "mode": self.config.mode.value,
                 "activation_type": self.config.activation_type.value,

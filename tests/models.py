@@ -157,6 +157,53 @@ def gemm_head(*, trans_b: int, alpha: float = 1.0, beta: float = 1.0) -> onnx.Mo
     return _model(graph)
 
 
+def hard_swish_conv(channels: int = 32) -> onnx.ModelProto:
+    """Conv -> hard-swish written out (x * Clip(x + 3, 0, 6) / 6), as PaddlePaddle exports it."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "three"], ["shifted"], name="add3"),
+        helper.make_node("Clip", ["shifted", "zero", "six"], ["gate"], name="clip"),
+        helper.make_node("Mul", ["c", "gate"], ["scaled"], name="mul"),
+        helper.make_node("Div", ["scaled", "six"], ["y"], name="div"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hard_swish_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels, 6, 6])],
+        [
+            _init("w", rng.normal(0, 0.5, (channels, 8, 3, 3)).astype(np.float32)),
+            _init("three", np.array(3.0, np.float32)),
+            _init("zero", np.array(0.0, np.float32)),
+            _init("six", np.array(6.0, np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
+def reduce_mean_classifier(channels: int = 32) -> onnx.ModelProto:
+    """Conv -> Relu -> ReduceMean over H, W (keepdims=0) -> Gemm, as PyTorch exports x.mean((2, 3))."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ReduceMean", ["r"], ["pooled"], name="mean", axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "fc"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reduce_mean_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [
+            _init("w", rng.normal(0, 0.5, (channels, 3, 3, 3)).astype(np.float32)),
+            _init("fc", rng.normal(0, 0.3, (10, channels)).astype(np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
 def single_conv(channels: int = 64) -> onnx.ModelProto:
     """One Conv whose output is the graph output."""
     rng = np.random.default_rng(0)

@@ -184,6 +184,22 @@ def test_installed_entry_point(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     assert done.stderr == ""  # not a terminal: no progress bar, and --json silences tables
 
 
+def test_two_convert_runs_give_byte_identical_model_and_report(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = cnn
+    files = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        args = ["convert", str(model), "-o", str(folder / "q.onnx"), "--data", str(data)]
+        result = runner.invoke(app, [*args, "--report", str(folder / "r.json"), "--quiet"])
+        assert result.exit_code == 0, result.stderr
+        report = (folder / "r.json").read_text().replace(str(folder), "<out>")
+        files.append(((folder / "q.onnx").read_bytes(), report))
+    assert files[0] == files[1]
+
+
 def test_gate_failure_is_exit_3_with_model_and_report_written(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     out, report = tmp_path / "q.onnx", tmp_path / "r.json"

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.errors import CalibrationDataError
-from quantcli.graph.io import open_session
+from quantcli.graph.io import external_folder, open_session
 
 __all__ = ["Progress", "TensorRange", "collect_ranges", "run_batches"]
 
@@ -93,7 +93,7 @@ def collect_ranges(
     names = sorted(set(tensors))
     if not names:
         return {}
-    session = open_session(_with_outputs(model, names))
+    session = open_session(_with_outputs(model, names), data_folder=external_folder(model))
     lows = np.full(len(names), np.inf, dtype=np.float64)
     highs = np.full(len(names), -np.inf, dtype=np.float64)
     done = 0

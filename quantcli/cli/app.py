@@ -35,7 +35,7 @@ from quantcli.config import (
     expand_patterns,
     load_recipe,
 )
-from quantcli.graph.io import check_writable, write_atomic
+from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pages import html_report, markdown_report
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
@@ -69,15 +69,16 @@ BatchOpt = Annotated[
 MaxSamplesOpt = Annotated[
     int | None, typer.Option("--max-samples", help="Use at most this many calibration samples.")
 ]
+SkipNonfiniteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-nonfinite", help="Skip samples holding NaN or Inf (and log how many) instead of failing."
+    ),
+]
 
 
 def _stderr(quiet: bool, as_json: bool) -> Console:
     return Console(stderr=True, quiet=quiet or as_json)
-
-
-def _errors() -> Console:
-    """Errors reach stderr even under --json or --quiet: an exit code without a reason helps no one."""
-    return Console(stderr=True)
 
 
 def _progress(console: Console, description: str) -> tuple[Progress | None, ProgressCallback | None]:
@@ -132,15 +133,20 @@ WriteExcludeOpt = Annotated[
 
 
 def _outputs(
-    document: dict[str, Any], *, report: Path | None, markdown: Path | None, page: Path | None, force: bool
+    staging: StagedOutput,
+    document: dict[str, Any],
+    *,
+    report: Path | None,
+    markdown: Path | None,
+    page: Path | None,
 ) -> None:
-    """Write the report files that were asked for: JSON, Markdown, HTML."""
+    """Stage the report files that were asked for: JSON, Markdown, HTML."""
     if report is not None:
-        write_atomic((json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), report, force=force)
+        staging.write_bytes(report, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     if markdown is not None:
-        write_atomic(markdown_report(document).encode(), markdown, force=force)
+        staging.write_bytes(markdown, markdown_report(document).encode())
     if page is not None:
-        write_atomic(html_report(document).encode(), page, force=force)
+        staging.write_bytes(page, html_report(document).encode())
 
 
 def _config(recipe: Path | None, **flags: Any) -> QuantConfig:
@@ -257,6 +263,10 @@ def convert(
     ] = None,
     report_md: ReportMdOpt = None,
     report_html: ReportHtmlOpt = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
+    allow_noop: Annotated[
+        bool, typer.Option("--allow-noop", help="Write a model with nothing to quantize unchanged (exit 0).")
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -274,6 +284,8 @@ def convert(
             max_samples=max_samples,
             exclude=expand_patterns(exclude or ()),
             include=expand_patterns(include or ()) or None,
+            skip_nonfinite=skip_nonfinite or None,
+            allow_noop=allow_noop or None,
             mode=mode,
             metric=metric,
             max_drop=max_drop,
@@ -287,22 +299,26 @@ def convert(
             if path is not None:
                 check_writable(path, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or nullcontext():
-            result = quantize(
-                model,
-                output,
-                config=config,
-                data=data,
-                calibration=calibration,
-                eval_data=eval_data,
-                labels=labels,
-                force=force,
-                progress=update,
-            )
-        document = result.report.to_dict()
-        _outputs(document, report=report, markdown=report_md, page=report_html, force=force)
-        if write_exclude is not None and result.report.per_layer is not None:
-            write_atomic(result.report.per_layer.exclude_file().encode(), write_exclude, force=force)
+        # The model and the report files are moved into place together, or none is.
+        with StagedOutput(force=force) as staging:
+            with bar or nullcontext():
+                result = quantize(
+                    model,
+                    output,
+                    config=config,
+                    data=data,
+                    calibration=calibration,
+                    eval_data=eval_data,
+                    labels=labels,
+                    force=force,
+                    progress=update,
+                    staging=staging,
+                )
+            document = result.report.to_dict()
+            _outputs(staging, document, report=report, markdown=report_md, page=report_html)
+            if write_exclude is not None and result.report.per_layer is not None:
+                staging.write_bytes(write_exclude, result.report.per_layer.exclude_file().encode())
+            staging.commit()
         if as_json:
             _print_json(document)
         else:
@@ -310,7 +326,7 @@ def convert(
         gate = result.report.gate
         return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
 
-    _finish(guarded(run, _errors(), debug=debug))
+    _finish(guarded(run, console, debug=debug))
 
 
 @app.command("compare")
@@ -356,15 +372,17 @@ def compare_command(
             top_k=top_k,
         )
         document = result.to_dict()
-        _outputs(document, report=report, markdown=report_md, page=report_html, force=force)
-        if write_exclude is not None and result.per_layer is not None:
-            write_atomic(result.per_layer.exclude_file().encode(), write_exclude, force=force)
+        with StagedOutput(force=force) as staging:
+            _outputs(staging, document, report=report, markdown=report_md, page=report_html)
+            if write_exclude is not None and result.per_layer is not None:
+                staging.write_bytes(write_exclude, result.per_layer.exclude_file().encode())
+            staging.commit()
         if as_json:
             _print_json(document)
         else:
             render_compare(result, console)
 
-    _finish(guarded(run, _errors(), debug=debug))
+    _finish(guarded(run, console, debug=debug))
 
 
 @app.command("calibrate")
@@ -374,6 +392,7 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON).")],
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -383,7 +402,7 @@ def calibrate_command(
     console = _stderr(quiet, as_json)
 
     def run() -> None:
-        config = QuantConfig(batch_size=batch_size, max_samples=max_samples)
+        config = QuantConfig(batch_size=batch_size, max_samples=max_samples, skip_nonfinite=skip_nonfinite)
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
@@ -401,7 +420,7 @@ def calibrate_command(
         else:
             render_calibration(result, str(output), console)
 
-    _finish(guarded(run, _errors(), debug=debug))
+    _finish(guarded(run, console, debug=debug))
 
 
 @app.command("inspect")
@@ -414,6 +433,7 @@ def inspect_command(
     debug: DebugOpt = False,
 ) -> None:
     """Show MODEL's inputs, outputs, size, ops, and what convert would quantize and why."""
+    console = Console(stderr=True)
 
     def run() -> None:
         config = _config(
@@ -438,7 +458,7 @@ def inspect_command(
         else:
             render_summary(summary, Console())  # the summary is this command's data: stdout
 
-    _finish(guarded(run, _errors(), debug=debug))
+    _finish(guarded(run, console, debug=debug))
 
 
 @app.callback(invoke_without_command=True)
