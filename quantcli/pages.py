@@ -38,7 +38,7 @@ def _gate_line(gate: Mapping[str, Any] | None) -> str:
         return (
             f"{verdict}: worst output SQNR {_num(gate['sqnr_db'])} dB, bound {_num(gate['min_sqnr_db'])} dB"
         )
-    return f"{verdict}: {gate['metric']} drop {_num(gate['drop'])} points, bound {_num(gate['max_drop'])}"
+    return f"{verdict}: {gate['metric']} drop {gate['drop']:.3g} points, bound {gate['max_drop']:.3g}"
 
 
 def _summary_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
