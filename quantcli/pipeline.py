@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
+from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
     ConfigError,
@@ -41,6 +42,7 @@ from quantcli.evaluate import (
     load_labels,
     measure_latency,
 )
+from quantcli.fallback import FallbackResult, fall_back
 from quantcli.graph.io import (
     ModelFile,
     check_model_file,
@@ -61,7 +63,13 @@ from quantcli.passes import (
     ReduceMeanToGlobalPoolPass,
 )
 from quantcli.plan import QuantPlan, candidate_tensors, select
-from quantcli.report import CalibrationSummary, CandidateSummary, QuantReport, SizeSummary
+from quantcli.report import (
+    CalibrationSummary,
+    CandidateSummary,
+    FallbackSummary,
+    QuantReport,
+    SizeSummary,
+)
 
 __all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
 
@@ -250,6 +258,10 @@ class _Candidate:
     gate: GateResult | None = None
     latency: Latency | None = None
 
+    @property
+    def size_bytes(self) -> int:
+        return self.staged.size_bytes
+
 
 def _plans(model: ir.Model, config: QuantConfig) -> list[QuantPlan]:
     """The plans to build: the configured mode's, or every distinct non-empty one for auto."""
@@ -312,7 +324,7 @@ def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Datas
     candidates[:] = timed
     passing = [c for c in timed if c.gate is not None and c.gate.passed]
     if not passing:
-        return min(timed, key=lambda c: c.gate.drop if c.gate else float("inf"))
+        return min(timed, key=lambda c: c.gate.shortfall if c.gate else float("inf"))
     fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
     # Timings a few percent apart are noise on a shared machine: among those, the smaller model
     # wins, then the earlier mode (more integer work).
@@ -333,7 +345,7 @@ def _summaries(
         elif c is winner:
             why = "no candidate met the accuracy bound; this one lost the least"
         elif c.gate is not None and not c.gate.passed:
-            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} points"
+            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} {c.gate.unit}"
         else:
             why = "within the accuracy bound but slower"
         summaries.append(
@@ -458,7 +470,7 @@ def _quantize_into(
     if reference is not None and datasets.evaluation:
         with _naming(model_path):
             reference_session = open_session(reference, data_folder=external_folder(loaded.model))
-    candidates, winner = _stage_candidates(
+    candidates, winner, diagnosis, fallback = _stage_candidates(
         loaded,
         plans,
         ranges,
@@ -480,9 +492,11 @@ def _quantize_into(
         int8_weight_fraction=winner.int8_weight_fraction,
         fidelity=winner.fidelity,
         fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
-        gate=winner.gate if config.max_drop is not None else None,
+        gate=winner.gate if config.has_gate else None,
         candidates=_summaries(candidates, winner, loaded.size_bytes),
         opset_upgraded_from=loaded.upgraded_from_opset,
+        per_layer=diagnosis,
+        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
     )
     return QuantResult(output=output, report=report)
 
@@ -499,8 +513,10 @@ def _stage_candidates(
     reference_session: ort.InferenceSession | None,
     datasets: _Data,
     labels: npt.NDArray[np.int64] | None,
-) -> tuple[list[_Candidate], _Candidate]:
-    """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go."""
+) -> tuple[list[_Candidate], _Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+    """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go.
+    Then --per-layer diagnoses the winner and --auto-fallback, if it misses the bound, builds
+    variants with nodes returned to float (see :func:`_diagnose_and_fall_back`)."""
     model_path = loaded.path
     label_array = labels
     data_folder = external_folder(loaded.model)
@@ -524,22 +540,95 @@ def _stage_candidates(
             if candidate is None:
                 continue
             if reference_session is not None and datasets.evaluation is not None:
-                fidelity = compare_models(
-                    reference_session,
-                    candidate.session,
-                    datasets.evaluation,
-                    batch_size=config.batch_size,
-                    source=datasets.evaluation_source,
-                    labels=label_array,
-                )
-                bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
-                candidate = replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.metric, bound))
+                candidate = _measure(candidate, reference_session, datasets, label_array, config)
             candidates.append(candidate)
         if not candidates:
             raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
         winner = _choose(candidates, config, datasets.evaluation)
+
+        def new_target() -> _Target:
+            return _Target(
+                output,
+                external,
+                loaded.size_bytes,
+                scratches.enter_context(StagedOutput(force=staging.force)),
+            )
+
+        context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
+        winner, diagnosis, fallback = _diagnose_and_fall_back(winner, context, config, new_target)
         staging.adopt(winner.scratch)
-    return candidates, winner
+    return candidates, winner, diagnosis, fallback
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The float model and what every fallback trial is built from and measured against."""
+
+    proto: onnx.ModelProto | None  # None: nothing to measure against
+    session: ort.InferenceSession | None
+    datasets: _Data
+    labels: npt.NDArray[np.int64] | None
+    ranges: dict[str, TensorRange]
+    data_folder: Path | None
+
+
+def _diagnose_and_fall_back(
+    winner: _Candidate, reference: _Reference, config: QuantConfig, new_target: Callable[[], _Target]
+) -> tuple[_Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+    """--per-layer: rank the winner's tensors. --auto-fallback, when the winner misses the
+    bound: return the nodes behind the worst ones to float, on the winner's mode's plan."""
+    evaluation, proto, session = reference.datasets.evaluation, reference.proto, reference.session
+    missed = winner.gate is not None and not winner.gate.passed
+    wanted = config.per_layer or (config.auto_fallback and missed)
+    if evaluation is None or proto is None or session is None or not wanted:
+        return winner, None, None
+    # Fallback chooses among the tensors measured alone: more of them than the report shows.
+    top_k = max(config.top_k, 4 * config.max_trials) if config.auto_fallback else config.top_k
+    quantized = onnx.load(str(winner.staged.path))
+    diagnosis = diagnose(proto, quantized, evaluation, top_k=top_k, data_folder=reference.data_folder)
+    if not (config.auto_fallback and missed):
+        return winner, diagnosis, None
+    reported = replace(diagnosis, top_k=config.top_k)
+    mode = winner.plan.mode
+
+    def build(excluded: frozenset[str]) -> _Candidate:
+        variant = replace(config, mode=mode, exclude=config.exclude | excluded)
+        model = _copy(proto, reference.data_folder)
+        plan = select(model, variant)
+        # With nodes excluded a carried chain can take its range from a tensor not yet observed.
+        missing = [name for name in plan.observed if name not in reference.ranges]
+        calibration = reference.datasets.calibration
+        if missing and calibration is not None:
+            reference.ranges.update(collect_ranges(model, missing, calibration, batch_size=config.batch_size))
+        built = _build(model, plan, reference.ranges, variant, new_target())
+        return _measure(built, session, reference.datasets, reference.labels, config)
+
+    fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
+    return fallback.chosen, reported, fallback
+
+
+def _measure(
+    candidate: _Candidate,
+    reference_session: ort.InferenceSession,
+    datasets: _Data,
+    labels: npt.NDArray[np.int64] | None,
+    config: QuantConfig,
+) -> _Candidate:
+    """The candidate with its fidelity against the float model and its gate."""
+    assert datasets.evaluation is not None
+    fidelity = compare_models(
+        reference_session,
+        candidate.session,
+        datasets.evaluation,
+        batch_size=config.batch_size,
+        source=datasets.evaluation_source,
+        labels=labels,
+    )
+    if config.min_sqnr is not None:
+        bound = config.min_sqnr
+    else:
+        bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
+    return replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.gate_metric, bound))
 
 
 def _try_build(

@@ -26,6 +26,7 @@ Everything else stays float, and every node gets a sentence saying why.
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "QuantPlan",
     "WeightSpec",
     "candidate_tensors",
+    "matches",
     "select",
 ]
 
@@ -309,8 +311,11 @@ class _Selector:
         """Why ``node`` can never be quantized, or None if it may be."""
         if node.domain not in ("", "ai.onnx"):
             return f"float: custom operator domain '{node.domain}'"
-        if node.name in self.config.exclude or node.op_type in self.config.exclude:
+        if matches(node, self.config.exclude):
             return "float: excluded by the user"
+        follows = rule is not None and rule.kind in (_Kind.DATA_MOVEMENT, _Kind.ACTIVATION_FOLD)
+        if self.config.include and not follows and not matches(node, self.config.include):
+            return "float: not in --include"
         if rule is None:
             return _FLOAT_REASONS.get(node.op_type, f"float: no integer kernel for {node.op_type}")
         if not node.outputs or not _is_float(node.outputs[0]):
@@ -658,7 +663,11 @@ class _Selector:
         if weight is None or _constant(weight) is None:
             return
         axis = None
-        if rule.weight_axis is not None and self.config.per_channel:
+        if (
+            rule.weight_axis is not None
+            and self.config.per_channel
+            and not matches(node, self.config.per_tensor)
+        ):
             axis = rule.weight_axis(node, weight)
         weights.setdefault(weight.name or "", set()).add(axis)
 
@@ -779,16 +788,35 @@ def _unit_gemm(node: ir.Node) -> bool:
     )
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matches(node: ir.Node, patterns: frozenset[str]) -> bool:
+    """``node`` is named by a pattern: its exact name, its op type, or a glob over its name."""
+    if node.name in patterns or node.op_type in patterns:
+        return True
+    return any(_is_glob(p) and fnmatch.fnmatchcase(node.name or "", p) for p in patterns)
+
+
+def _check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> None:
+    """A pattern that names nothing is a typo: refuse it rather than quantize silently."""
+    names = [n.name or "" for n in model.graph]
+    known = set(names) | {n.op_type for n in model.graph}
+    unknown = sorted(p for p in patterns if (not fnmatch.filter(names, p) if _is_glob(p) else p not in known))
+    if unknown:
+        raise ConfigError(f"{flag} names no node or op type of this model: {', '.join(unknown)}")
+
+
 def select(model: ir.Model, config: QuantConfig) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
     The model must carry value types (run shape inference first); it is not modified. Nodes
     inside subgraphs (If/Loop/Scan bodies) are not visited and stay float.
     """
-    known = {n.name for n in model.graph} | {n.op_type for n in model.graph}
-    unknown = sorted(config.exclude - known)
-    if unknown:
-        raise ConfigError(f"--exclude names no node or op type of this model: {', '.join(unknown)}")
+    _check_patterns(model, config.exclude, "--exclude")
+    _check_patterns(model, config.include, "--include")
+    _check_patterns(model, config.per_tensor, "a per_channel = false override")
     return _Selector(model, config).run()
 
 

@@ -268,3 +268,37 @@ def optimized_op_types(path: Path, folder: Path) -> dict[str, int]:
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(folder / "optimized.onnx")
     return dict(collections.Counter(n.op_type for n in optimized.graph.node))
+
+
+def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul-Relu-MatMul-Relu-MatMul; with :func:`outlier_mlp_data` the first layer's input range
+    is stretched by one huge calibration value, so quantizing that tensor ruins the output."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.2, (32, 64)).astype(np.float32)
+    w1[0] = 0.0  # the outlier feature does not reach later layers' ranges
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="mm2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outlier_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [
+            _init("w1", w1),
+            _init("w2", rng.normal(0, 0.2, (64, 64)).astype(np.float32)),
+            _init("w3", rng.normal(0, 0.2, (64, 10)).astype(np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
+def outlier_mlp_data(n: int, seed: int = 1, outlier: float = 0.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, 32)).astype(np.float32)
+    x[0, 0] = outlier or x[0, 0]
+    return {"x": x}

@@ -27,7 +27,7 @@ def test_convert_json_is_the_only_thing_on_stdout(cnn: tuple[Path, Path], tmp_pa
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["size"]["ratio"] > 2.0  # a 40 KB model: Q/DQ parameters weigh in
     assert document["nodes"]["quantized_by_op"]["Conv"] == 2
     assert document["fidelity"]["outputs"][0]["cosine_mean"] > 0.99
