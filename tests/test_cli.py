@@ -229,3 +229,11 @@ def test_dynamic_mode_needs_no_data(transformer: tuple[Path, Path], tmp_path: Pa
     document = json.loads(result.stdout)
     assert document["mode"] == "dynamic" and document["nodes"]["by_role"]["dynamic"] == 5
     assert document["fidelity"] is None and out.is_file()
+
+
+def test_inspect_shows_the_plan_of_a_mode(transformer: tuple[Path, Path]) -> None:
+    model, _ = transformer
+    result = runner.invoke(app, ["inspect", str(model), "--mode", "dynamic", "--json"])
+    assert result.exit_code == 0, result.output
+    roles = {n["name"]: n["role"] for n in json.loads(result.stdout)["nodes"]}
+    assert roles["q_proj"] == "dynamic" and roles["qk"] == "float"

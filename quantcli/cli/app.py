@@ -429,6 +429,10 @@ def inspect_command(
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="As for convert.")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="As for convert.")] = None,
     recipe: Annotated[Path | None, typer.Option("--recipe", help="As for convert.")] = None,
+    mode: Annotated[
+        QuantMode | None,
+        typer.Option("--mode", "-m", help="The plan of this mode (auto: shows the static plan)."),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -437,7 +441,10 @@ def inspect_command(
 
     def run() -> None:
         config = _config(
-            recipe, exclude=expand_patterns(exclude or ()), include=expand_patterns(include or ()) or None
+            recipe,
+            exclude=expand_patterns(exclude or ()),
+            include=expand_patterns(include or ()) or None,
+            mode=QuantMode.STATIC if mode is QuantMode.AUTO else mode,
         )
         summary = inspect_model(model, config)
         if as_json:
