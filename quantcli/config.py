@@ -15,6 +15,7 @@ __all__ = [
     "ActivationType",
     "CalibrationMethod",
     "QuantConfig",
+    "WeightMethod",
 ]
 
 
@@ -30,9 +31,35 @@ class ActivationType(StrEnum):
 
 
 class CalibrationMethod(StrEnum):
-    """How an activation's observed values become a quantization range."""
+    """How an activation's observed values become a quantization range.
+
+    minmax takes the observed range; the others clip it using a histogram of the values
+    (see :mod:`quantcli.calibration.methods`).
+    """
 
     MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+    @property
+    def needs_histogram(self) -> bool:
+        return self is not CalibrationMethod.MINMAX
+
+    def describe(self, percentile: float) -> str:
+        """The method as reports show it: ``percentile(99.99)``, ``entropy``."""
+        return f"percentile({percentile:g})" if self is CalibrationMethod.PERCENTILE else self.value
+
+
+class WeightMethod(StrEnum):
+    """How a weight channel's values become its symmetric int8 range.
+
+    minmax uses the largest magnitude; mse the clipping bound of least squared rounding and
+    clipping error over the channel's values.
+    """
+
+    MINMAX = "minmax"
+    MSE = "mse"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,18 +69,25 @@ class QuantConfig:
     Attributes:
         activation_type: integer type of quantized activations.
         method: calibration method turning observed values into ranges.
+        percentile: share of values (in percent) the percentile method keeps inside the range.
+        weight_method: how weight channels get their range.
         per_channel: quantize Conv/Gemm/MatMul weights with one scale per output channel.
         batch_size: calibration samples fed to onnxruntime at once when the batch axis is dynamic.
         max_samples: use at most this many calibration samples (None: all).
+        seed: shuffle the samples with this seed before --max-samples and sharding pick them
+            (None: file order).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
         exclude: node names or op types kept in float.
     """
 
     activation_type: ActivationType = ActivationType.UINT8
     method: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+    weight_method: WeightMethod = WeightMethod.MINMAX
     per_channel: bool = True
     batch_size: int = 16
     max_samples: int | None = None
+    seed: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
 
@@ -63,5 +97,7 @@ class QuantConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")

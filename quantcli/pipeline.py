@@ -15,9 +15,11 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
+from quantcli.calibration.collect import Progress, TensorRange, collect_stats
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
+from quantcli.calibration.methods import choose_ranges
+from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.config import QuantConfig
 from quantcli.errors import CalibrationFileError, ConfigError, OutputError, QuantizationError
 from quantcli.evaluate import Fidelity, compare_models, load_labels
@@ -93,7 +95,11 @@ class _Data:
 def _open_data(
     specs: tuple[InputSpec, ...], data: Path | None, eval_data: Path | None, config: QuantConfig
 ) -> _Data:
-    calibration = open_dataset(data, specs).limit(config.max_samples) if data is not None else None
+    calibration = (
+        select_samples(open_dataset(data, specs), max_samples=config.max_samples, seed=config.seed)
+        if data is not None
+        else None
+    )
     if eval_data is not None:
         return _Data(calibration, open_dataset(eval_data, specs), str(eval_data))
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
@@ -117,13 +123,21 @@ def _ranges(
             raise CalibrationFileError(
                 f"{calibration}: made for another model than {loaded.path}; re-run calibrate on this model"
             )
-        return cal.ranges, CalibrationSummary(cal.method, cal.num_samples, str(calibration))
+        method = config.method.describe(config.percentile)
+        return choose_ranges(cal.stats, plan.observed, config), CalibrationSummary(
+            method, cal.num_samples, str(calibration)
+        )
     assert data.calibration is not None
-    ranges = collect_ranges(
-        loaded.model, plan.observed, data.calibration, batch_size=config.batch_size, progress=progress
+    stats = collect_stats(
+        loaded.model,
+        plan.observed,
+        data.calibration,
+        batch_size=config.batch_size,
+        histograms=config.method.needs_histogram,
+        progress=progress,
     )
-    return ranges, CalibrationSummary(
-        config.method.value, data.calibration.num_samples, str(data.calibration.source)
+    return choose_ranges(stats, plan.observed, config), CalibrationSummary(
+        config.method.describe(config.percentile), data.calibration.num_samples, str(data.calibration.source)
     )
 
 
@@ -220,21 +234,32 @@ def calibrate(
     data: Path,
     *,
     config: QuantConfig | None = None,
+    shard: Shard | None = None,
     progress: Progress | None = None,
 ) -> CalibrationFile:
-    """Observe the range of every tensor any plan could quantize, for later ``convert`` runs."""
+    """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
+    runs with any method; ``shard`` observes one of N disjoint parts of the samples."""
     config = config or QuantConfig()
     loaded = _prepare(model_path)
-    dataset = open_dataset(data, model_inputs(loaded.model)).limit(config.max_samples)
+    dataset = select_samples(
+        open_dataset(data, model_inputs(loaded.model)),
+        max_samples=config.max_samples,
+        seed=config.seed,
+        shard=shard,
+    )
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
-    ranges = collect_ranges(loaded.model, tensors, dataset, batch_size=config.batch_size, progress=progress)
+    stats = collect_stats(
+        loaded.model, tensors, dataset, batch_size=config.batch_size, histograms=True, progress=progress
+    )
     return CalibrationFile(
         model_fingerprint=fingerprint(loaded.model),
-        method=config.method.value,
+        method=config.method,
+        percentile=config.percentile,
         num_samples=dataset.num_samples,
-        ranges=ranges,
+        stats=stats,
+        shards=(str(shard),) if shard is not None else (),
     )
 
 

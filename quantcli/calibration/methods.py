@@ -1,0 +1,162 @@
+"""Calibration methods: from a tensor's :class:`TensorStats` to the range it is quantized over.
+
+Pure numpy on the histogram, no data and no graph. Each method only ever narrows the observed
+``[min, max]``: values outside the chosen range saturate.
+
+- minmax: the observed range. One outlier stretches it and costs every other value resolution.
+- percentile(p): clips each tail at ``100 - p`` percent of the values (two-sided, on the signed
+  histogram; an upper edge of a bin on the right, a lower edge on the left).
+- entropy: the magnitude threshold whose 128-level quantized histogram is closest in KL
+  divergence to the float histogram with the clipped values piled into the last bin, as
+  TensorRT calibrates (its 2017 GTC talk "8-bit Inference with TensorRT" describes the method).
+- mse: the range ``alpha * [lo, hi]`` minimizing the expected squared error over the histogram:
+  uniform rounding noise ``scale**2 / 12`` inside, the distance to the bound outside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from quantcli.calibration.histogram import BINS, Histogram
+from quantcli.calibration.observers import TensorRange, TensorStats
+from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
+from quantcli.errors import CalibrationFileError
+
+__all__ = ["choose_range", "choose_ranges", "entropy_range", "mse_range", "percentile_range"]
+
+_HALF = BINS // 2
+# Levels of the magnitude of an int8 value, the target of the entropy method.
+_ENTROPY_LEVELS = 128
+# Steps between two codes of an 8-bit type.
+_STEPS = 255
+# Candidates of the mse method: alpha = k / _MSE_CANDIDATES for k = 1 .. _MSE_CANDIDATES.
+_MSE_CANDIDATES = 200
+
+
+def _clip(stats: TensorStats, lo: float, hi: float) -> TensorRange:
+    """The observed range narrowed to ``[lo, hi]``, never widened, never empty."""
+    low = max(stats.min, min(lo, stats.max))
+    high = min(stats.max, max(hi, stats.min))
+    return TensorRange(low, max(low, high))
+
+
+def _histogram(stats: TensorStats, method: CalibrationMethod) -> Histogram:
+    if stats.histogram is None:
+        raise ValueError(f"the {method} method needs a histogram; this tensor only has min and max")
+    return stats.histogram
+
+
+def percentile_range(stats: TensorStats, percentile: float) -> TensorRange:
+    """Clip ``100 - percentile`` percent of the values off each end of the range."""
+    hist = _histogram(stats, CalibrationMethod.PERCENTILE)
+    total = hist.total
+    if total == 0:
+        return stats.range
+    cumulative = np.cumsum(hist.counts)
+    share = 1.0 - percentile / 100.0
+    edges = hist.edges()
+    upper = int(np.searchsorted(cumulative, (1.0 - share) * total, side="left"))
+    lower = int(np.searchsorted(cumulative, share * total, side="right"))
+    return _clip(stats, float(edges[lower]), float(edges[min(upper, BINS - 1) + 1]))
+
+
+def _magnitudes(hist: Histogram) -> npt.NDArray[np.float64]:
+    """Counts of |x| in bins ``[k w, (k + 1) w)``, trimmed after the last non-empty bin."""
+    counts = hist.counts
+    folded = counts[_HALF:] + counts[_HALF - 1 :: -1]
+    nonzero = np.flatnonzero(folded)
+    return folded[: int(nonzero[-1]) + 1 if nonzero.size else 0].astype(np.float64)
+
+
+def _kl_divergence(magnitudes: npt.NDArray[np.float64], bins: int) -> float:
+    """KL(P || Q) for the threshold after ``bins`` bins (see the module docstring)."""
+    kept = magnitudes[:bins]
+    reference = kept.copy()
+    reference[-1] += magnitudes[bins:].sum()
+    # Split the kept bins into _ENTROPY_LEVELS groups; spread each group's count evenly over its
+    # non-empty bins (an empty bin stays empty: the value never occurs there).
+    bounds = (np.arange(_ENTROPY_LEVELS + 1) * bins) // _ENTROPY_LEVELS
+    group = np.repeat(np.arange(_ENTROPY_LEVELS), np.diff(bounds))
+    nonempty = kept > 0
+    group_sum = np.bincount(group, weights=kept, minlength=_ENTROPY_LEVELS)
+    group_nonempty = np.bincount(group, weights=nonempty, minlength=_ENTROPY_LEVELS)
+    candidate = np.where(nonempty, group_sum[group] / np.maximum(group_nonempty[group], 1), 0.0)
+    p = reference / reference.sum()
+    q = candidate / candidate.sum()
+    support = p > 0
+    if np.any(q[support] == 0):
+        return float("inf")  # clipped values piled into a bin the candidate leaves empty
+    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+
+
+def entropy_range(stats: TensorStats) -> TensorRange:
+    """The magnitude threshold of least KL divergence, applied to both ends of the range."""
+    hist = _histogram(stats, CalibrationMethod.ENTROPY)
+    magnitudes = _magnitudes(hist)
+    if magnitudes.size <= _ENTROPY_LEVELS:
+        return stats.range  # fewer bins than levels: nothing to gain by clipping
+    divergences = [_kl_divergence(magnitudes, bins) for bins in range(_ENTROPY_LEVELS, magnitudes.size + 1)]
+    best = _ENTROPY_LEVELS + int(np.argmin(divergences))
+    threshold = best * hist.width
+    return _clip(stats, -threshold, threshold)
+
+
+def mse_range(stats: TensorStats, *, symmetric: bool = False) -> TensorRange:
+    """The range ``alpha * [lo, hi]`` of least expected squared quantization error.
+
+    ``symmetric`` searches ranges centred on zero (int8 activations), otherwise the range keeps
+    the observed asymmetry (uint8).
+    """
+    hist = _histogram(stats, CalibrationMethod.MSE)
+    lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
+    if symmetric:
+        lo, hi = -max(-lo, hi), max(-lo, hi)
+    occupied = np.flatnonzero(hist.counts)
+    if occupied.size == 0 or hi == lo:
+        return stats.range
+    counts = hist.counts[occupied].astype(np.float64)
+    centres = (occupied.astype(np.float64) - _HALF + 0.5) * hist.width
+    alphas = np.arange(1, _MSE_CANDIDATES + 1, dtype=np.float64) / _MSE_CANDIDATES
+    lows, highs = alphas[:, np.newaxis] * lo, alphas[:, np.newaxis] * hi
+    clipped = np.clip(centres[np.newaxis, :], lows, highs)
+    scales = (highs - lows) / _STEPS
+    inside = (centres[np.newaxis, :] == clipped) * (scales**2 / 12.0)
+    error = ((centres[np.newaxis, :] - clipped) ** 2 + inside) @ counts
+    best = float(alphas[int(np.argmin(error))])
+    return _clip(stats, best * lo, best * hi)
+
+
+def choose_range(
+    stats: TensorStats, method: CalibrationMethod, *, percentile: float = 99.99, symmetric: bool = False
+) -> TensorRange:
+    """The range ``method`` picks for a tensor."""
+    if method is CalibrationMethod.MINMAX:
+        return stats.range
+    if method is CalibrationMethod.PERCENTILE:
+        return percentile_range(stats, percentile)
+    if method is CalibrationMethod.ENTROPY:
+        return entropy_range(stats)
+    return mse_range(stats, symmetric=symmetric)
+
+
+def choose_ranges(
+    stats: Mapping[str, TensorStats], names: Iterable[str], config: QuantConfig
+) -> dict[str, TensorRange]:
+    """The range of each of ``names`` under ``config``'s method (missing names are skipped)."""
+    symmetric = config.activation_type is ActivationType.INT8
+    ranges = {}
+    for name in names:
+        if name not in stats:
+            continue
+        if config.method.needs_histogram and stats[name].histogram is None:
+            raise CalibrationFileError(
+                f"the calibration of '{name}' has no histogram, which the {config.method} method needs; "
+                "use --method minmax or re-run calibrate"
+            )
+        ranges[name] = choose_range(
+            stats[name], config.method, percentile=config.percentile, symmetric=symmetric
+        )
+    return ranges
