@@ -25,7 +25,14 @@ from quantcli.calibration.observers import TensorRange, TensorStats
 from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
 from quantcli.errors import CalibrationFileError
 
-__all__ = ["choose_range", "choose_ranges", "entropy_range", "mse_range", "percentile_range"]
+__all__ = [
+    "choose_range",
+    "choose_ranges",
+    "entropy_range",
+    "kl_divergences",
+    "mse_range",
+    "percentile_range",
+]
 
 _HALF = BINS // 2
 # Levels of the magnitude of an int8 value, the target of the entropy method.
@@ -71,35 +78,61 @@ def _magnitudes(hist: Histogram) -> npt.NDArray[np.float64]:
     return folded[: int(nonzero[-1]) + 1 if nonzero.size else 0].astype(np.float64)
 
 
-def _kl_divergence(magnitudes: npt.NDArray[np.float64], bins: int) -> float:
-    """KL(P || Q) for the threshold after ``bins`` bins (see the module docstring)."""
-    kept = magnitudes[:bins]
-    reference = kept.copy()
-    reference[-1] += magnitudes[bins:].sum()
-    # Split the kept bins into _ENTROPY_LEVELS groups; spread each group's count evenly over its
-    # non-empty bins (an empty bin stays empty: the value never occurs there).
-    bounds = (np.arange(_ENTROPY_LEVELS + 1) * bins) // _ENTROPY_LEVELS
-    group = np.repeat(np.arange(_ENTROPY_LEVELS), np.diff(bounds))
-    nonempty = kept > 0
-    group_sum = np.bincount(group, weights=kept, minlength=_ENTROPY_LEVELS)
-    group_nonempty = np.bincount(group, weights=nonempty, minlength=_ENTROPY_LEVELS)
-    candidate = np.where(nonempty, group_sum[group] / np.maximum(group_nonempty[group], 1), 0.0)
-    p = reference / reference.sum()
-    q = candidate / candidate.sum()
-    support = p > 0
-    if np.any(q[support] == 0):
-        return float("inf")  # clipped values piled into a bin the candidate leaves empty
-    return float(np.sum(p[support] * np.log(p[support] / q[support])))
+def _xlogx(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    safe = np.where(values > 0, values, 1.0)
+    return np.where(values > 0, values * np.log(safe), 0.0)
+
+
+def kl_divergences(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """KL(P || Q) for every threshold after ``bins`` = 128 .. len(magnitudes) bins, at once.
+
+    P is the histogram cut after ``bins`` bins with the clipped values added to its last bin; Q
+    splits the kept bins into 128 groups and spreads each group's count evenly over its non-empty
+    bins (an empty bin stays empty: no value occurs there). The sums are rewritten so that every
+    candidate costs one row of 128 groups instead of a pass over its bins:
+    ``sum_j A_j log q_j = sum_groups G log(G / nonempty)``, with prefix sums for the rest.
+    """
+    a = magnitudes
+    n = a.size
+    bins = np.arange(_ENTROPY_LEVELS, n + 1)
+    prefix = np.concatenate([[0.0], np.cumsum(a)])
+    prefix_nonempty = np.concatenate([[0.0], np.cumsum(a > 0)])
+    prefix_xlogx = np.concatenate([[0.0], np.cumsum(_xlogx(a))])
+    total = prefix[-1]
+    bounds = (np.arange(_ENTROPY_LEVELS + 1)[np.newaxis, :] * bins[:, np.newaxis]) // _ENTROPY_LEVELS
+    group_sum = np.diff(prefix[bounds], axis=1)
+    group_nonempty = np.diff(prefix_nonempty[bounds], axis=1)
+    average = group_sum / np.maximum(group_nonempty, 1)
+    log_average = np.log(np.where(average > 0, average, 1.0))  # 0 where the group is empty
+    kept = prefix[bins]  # S_i: the values inside the threshold
+    last = a[bins - 1]  # the last kept bin, in the last group
+    log_last_q = log_average[:, -1]
+    log_ratio = np.log(kept) - np.log(total)  # log S_i - log N, from normalizing Q and P
+    # Bins before the last: sum A_j (log A_j - log q_j + log S_i - log N).
+    head = (
+        prefix_xlogx[bins - 1]
+        + (kept - last) * log_ratio
+        - (np.sum(group_sum * log_average, axis=1) - last * log_last_q)
+    )
+    # The last bin, with the clipped values piled in.
+    piled = last + (total - kept)
+    tail = np.where(piled > 0, _xlogx(piled) - piled * (log_last_q - log_ratio), 0.0)
+    divergence = (head + tail) / total
+    return np.where((piled > 0) & (last == 0), np.inf, divergence)
 
 
 def entropy_range(stats: TensorStats) -> TensorRange:
     """The magnitude threshold of least KL divergence, applied to both ends of the range."""
     hist = _histogram(stats, CalibrationMethod.ENTROPY)
     magnitudes = _magnitudes(hist)
+    if magnitudes.size > 1:
+        # The first bin holds the exact zeros of a Relu's output, often half of all values; left
+        # in, the best match would be the threshold whose grid keeps that bin alone, however much
+        # it clips. Counting it like its neighbour lets the rest of the distribution decide.
+        magnitudes[0] = magnitudes[1]
     if magnitudes.size <= _ENTROPY_LEVELS:
         return stats.range  # fewer bins than levels: nothing to gain by clipping
-    divergences = [_kl_divergence(magnitudes, bins) for bins in range(_ENTROPY_LEVELS, magnitudes.size + 1)]
-    best = _ENTROPY_LEVELS + int(np.argmin(divergences))
+    best = _ENTROPY_LEVELS + int(np.argmin(kl_divergences(magnitudes)))
     threshold = best * hist.width
     return _clip(stats, -threshold, threshold)
 
