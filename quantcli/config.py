@@ -12,11 +12,18 @@ from enum import StrEnum
 from quantcli.errors import ConfigError
 
 __all__ = [
+    "DEFAULT_MAX_DROP",
     "ActivationType",
     "CalibrationMethod",
+    "GateMetric",
     "QuantConfig",
+    "QuantMode",
     "WeightMethod",
 ]
+
+# The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
+# (top-1 points, or 1% of cosine similarity).
+DEFAULT_MAX_DROP = 1.0
 
 
 class ActivationType(StrEnum):
@@ -62,6 +69,42 @@ class WeightMethod(StrEnum):
     MSE = "mse"
 
 
+class QuantMode(StrEnum):
+    """Where int8 arithmetic happens.
+
+    static: activations get calibrated Q/DQ pairs and run through integer kernels (best on
+    convolutional networks). dynamic: MatMul/Gemm weights are int8 and their inputs are quantized
+    at run time (no calibration; best on transformer encoders on CPU). mixed: dynamic MatMul/Gemm,
+    static everything else. weight-only: int8 weights, float compute; smaller, never faster.
+    auto: try the candidates on the data and keep the fastest one within the accuracy bound.
+    """
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+    MIXED = "mixed"
+    WEIGHT_ONLY = "weight-only"
+    AUTO = "auto"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self in (QuantMode.STATIC, QuantMode.MIXED, QuantMode.AUTO)
+
+
+class GateMetric(StrEnum):
+    """The measure an accuracy bound is stated in; every one is a drop, in points.
+
+    accuracy: top-1 accuracy against labels, float minus quantized.
+    top1: 100 x the share of samples whose arg-max changed (class-score outputs).
+    cosine: 100 x (1 - mean cosine similarity) of the worst output.
+    auto: accuracy when labels are given, else top1 for class-score outputs, else cosine.
+    """
+
+    AUTO = "auto"
+    ACCURACY = "accuracy"
+    TOP1 = "top1"
+    COSINE = "cosine"
+
+
 @dataclass(frozen=True, kw_only=True)
 class QuantConfig:
     """Everything that decides what a conversion produces.
@@ -78,6 +121,10 @@ class QuantConfig:
             (None: file order).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
         exclude: node names or op types kept in float.
+        mode: where int8 arithmetic happens (see :class:`QuantMode`).
+        metric: what the accuracy bound measures.
+        max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
+            DEFAULT_MAX_DROP to choose, and never fails the run).
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -90,6 +137,9 @@ class QuantConfig:
     seed: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
+    mode: QuantMode = QuantMode.STATIC
+    metric: GateMetric = GateMetric.AUTO
+    max_drop: float | None = None
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.
@@ -101,3 +151,5 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")

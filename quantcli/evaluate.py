@@ -6,6 +6,9 @@ Statistics are accumulated batch by batch so evaluation memory does not grow wit
 
 from __future__ import annotations
 
+import statistics
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +17,22 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from quantcli.calibration.collect import run_batches
-from quantcli.calibration.data import Dataset
+from quantcli.calibration.data import Batch, Dataset
+from quantcli.config import GateMetric
 from quantcli.errors import CalibrationDataError
 
-__all__ = ["Accuracy", "Fidelity", "OutputFidelity", "compare_models", "load_labels"]
+__all__ = [
+    "Accuracy",
+    "Fidelity",
+    "GateResult",
+    "Latency",
+    "OutputFidelity",
+    "compare_models",
+    "first_sample",
+    "gate",
+    "load_labels",
+    "measure_latency",
+]
 
 
 @dataclass(frozen=True)
@@ -177,3 +192,103 @@ def compare_models(
             quantized_top1=100.0 * acc.top1_quant_right / done,
         )
     return Fidelity(samples=done, source=source, outputs=outputs, accuracy=accuracy)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """An accuracy bound applied to a measured fidelity: ``drop`` and ``max_drop`` in points."""
+
+    metric: GateMetric  # never AUTO: the metric actually measured
+    drop: float
+    max_drop: float
+
+    @property
+    def passed(self) -> bool:
+        return self.drop <= self.max_drop
+
+    @property
+    def missed_by(self) -> float:
+        return max(0.0, self.drop - self.max_drop)
+
+
+def _resolve_metric(fidelity: Fidelity, metric: GateMetric) -> GateMetric:
+    if metric is not GateMetric.AUTO:
+        return metric
+    if fidelity.accuracy is not None:
+        return GateMetric.ACCURACY
+    if any(o.top1_agreement is not None for o in fidelity.outputs):
+        return GateMetric.TOP1
+    return GateMetric.COSINE
+
+
+def gate(fidelity: Fidelity, metric: GateMetric, max_drop: float) -> GateResult:
+    """How many points of ``metric`` the quantized model lost, against the bound ``max_drop``."""
+    resolved = _resolve_metric(fidelity, metric)
+    if resolved is GateMetric.ACCURACY:
+        if fidelity.accuracy is None:
+            raise CalibrationDataError("--metric accuracy needs --labels for the evaluation samples")
+        drop = fidelity.accuracy.drop_points
+    elif resolved is GateMetric.TOP1:
+        agreements = [o.top1_agreement for o in fidelity.outputs if o.top1_agreement is not None]
+        if not agreements:
+            raise CalibrationDataError(
+                "--metric top1 needs an output shaped like class scores [batch, classes]"
+            )
+        drop = 100.0 * (1.0 - min(agreements))
+    else:
+        drop = 100.0 * (1.0 - min(o.cosine_mean for o in fidelity.outputs))
+    return GateResult(metric=resolved, drop=max(0.0, drop), max_drop=max_drop)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall time of one run, over repeated runs: median and 90th percentile, milliseconds."""
+
+    median_ms: float
+    p90_ms: float
+    runs: int
+
+
+def first_sample(dataset: Dataset) -> Batch:
+    """One sample as a feed: what latency is measured on."""
+    return next(iter(dataset.batches(1)))
+
+
+def measure_latency(
+    sessions: Mapping[str, ort.InferenceSession],
+    feed: Batch,
+    *,
+    runs: int = 20,
+    warmup: int = 2,
+    budget_seconds: float | None = None,
+) -> dict[str, Latency]:
+    """Time every session on ``feed``, alternating between them run by run.
+
+    Alternating means a machine that slows down or speeds up mid-measurement affects every
+    session alike, so the ratios stay meaningful on a shared machine. ``budget_seconds`` stops
+    early (after at least 3 rounds) so a slow model cannot stall a conversion.
+    """
+    names = list(sessions)
+    for name in names:
+        for _ in range(warmup):
+            sessions[name].run(None, feed)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    started = time.perf_counter()
+    for round_index in range(runs):
+        # Rotate the order so no session always runs right after the same other one.
+        offset = round_index % len(names)
+        for name in names[offset:] + names[:offset]:
+            begin = time.perf_counter()
+            sessions[name].run(None, feed)
+            times[name].append((time.perf_counter() - begin) * 1000.0)
+        if budget_seconds is not None and round_index >= 2 and time.perf_counter() - started > budget_seconds:
+            break
+    result = {}
+    for name, values in times.items():
+        ordered = sorted(values)
+        result[name] = Latency(
+            median_ms=statistics.median(ordered),
+            p90_ms=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            runs=len(ordered),
+        )
+    return result

@@ -14,6 +14,13 @@ Placement follows what onnxruntime's CPU provider fuses into integer kernels (it
   (or int8 from -128) quantizer saturating at zero is exactly a Relu;
 * Gather on a constant table reads an int8 table (the Q/DQ around Gather share the table's scale).
 
+That is the static mode. The dynamic mode instead gives MatMul/Gemm int8 weights and lets
+onnxruntime quantize their inputs at run time (DynamicQuantizeLinear + MatMulInteger, fused into
+DynamicQuantizeMatMul); mixed combines dynamic MatMul/Gemm with static everything else; and
+weight-only stores every weight in int8 behind a DequantizeLinear and computes in float. In the
+dynamic and weight-only modes a Gather table is stored in int8 and only the gathered rows are
+dequantized.
+
 Everything else stays float, and every node gets a sentence saying why.
 """
 
@@ -27,12 +34,13 @@ from enum import StrEnum
 import numpy as np
 import onnx_ir as ir
 
-from quantcli.config import QuantConfig
+from quantcli.config import QuantConfig, QuantMode
 from quantcli.errors import ConfigError
 
 __all__ = [
     "ActivationSpec",
     "BiasSpec",
+    "DynamicSpec",
     "Fold",
     "NodeDecision",
     "NodeRole",
@@ -47,6 +55,7 @@ class NodeRole(StrEnum):
     """What a node becomes in the quantized model."""
 
     INTEGER = "integer"  # runs as an integer kernel after fusion
+    DYNAMIC = "dynamic"  # int8 weights, input quantized at run time, integer kernel
     WEIGHT_ONLY = "weight-only"  # int8 weights, float compute
     CARRY = "carry"  # moves int8 data with its input's scale
     FOLDED = "folded"  # removed; its effect is the saturation of a quantizer
@@ -199,6 +208,24 @@ class Fold:
 
 
 @dataclass(frozen=True)
+class DynamicSpec:
+    """A MatMul/Gemm computed as MatMulInteger on its input quantized at run time.
+
+    The node is found by its ``output``; ``weight`` is its constant [K, N] weight (stored
+    transposed for a Gemm with transB), ``bias`` a constant added after (Gemm's C), ``alpha`` and
+    ``beta`` Gemm's factors (folded into the weight scale and the bias).
+    """
+
+    output: str
+    input: str
+    weight: str
+    transpose_weight: bool = False
+    bias: str | None = None
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass(frozen=True)
 class QuantPlan:
     """The full decision for one model; passes carry it out without deciding anything."""
 
@@ -208,11 +235,17 @@ class QuantPlan:
     biases: tuple[BiasSpec, ...]
     folds: tuple[Fold, ...]
     observed: tuple[str, ...] = field(default=())
+    mode: QuantMode = QuantMode.STATIC
+    dynamic: tuple[DynamicSpec, ...] = field(default=())
+    # Tables stored as int8 whose Gather reads the integers and dequantizes only the rows.
+    gathered_tables: tuple[str, ...] = field(default=())
 
     @property
     def quantized_op_counts(self) -> dict[str, int]:
         counts = Counter(
-            d.op_type for d in self.decisions if d.role in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY)
+            d.op_type
+            for d in self.decisions
+            if d.role in (NodeRole.INTEGER, NodeRole.DYNAMIC, NodeRole.WEIGHT_ONLY)
         )
         return dict(sorted(counts.items()))
 
@@ -258,6 +291,7 @@ class _Selector:
         self.available: dict[str, str] = {}
         self.nonnegative: set[str] = set()
         self.folds: dict[int, Fold] = {}
+        self.dynamic: dict[int, DynamicSpec] = {}
         self.graph_outputs = {v.name for v in self.graph.outputs}
 
     # -- eligibility ---------------------------------------------------------------------------
@@ -316,9 +350,11 @@ class _Selector:
             if reason is not None:
                 self.decide(node, NodeRole.FLOAT, reason)
             elif rule is not None and rule.kind is _Kind.COMPUTE:
-                self.make_integer(node, f"int8: integer kernel ({rule.kernel})")
+                self.place_compute(node, rule)
             elif rule is not None and rule.kind is _Kind.WEIGHT_ONLY:
                 self.decide(node, NodeRole.WEIGHT_ONLY, "int8 weights, float compute: no integer kernel")
+            elif rule is not None and rule.kind is _Kind.TABLE and self.rows_dequantized(node):
+                self.decide(node, NodeRole.WEIGHT_ONLY, "int8 table: only the gathered rows are dequantized")
             else:
                 pending.append(node)
         # Element-wise ops, data movement and folds depend on their inputs being int8, which may
@@ -333,6 +369,39 @@ class _Selector:
             if id(node) not in self.decisions:
                 self.decide(node, NodeRole.FLOAT, self.undecided_reason(node))
         return self.build()
+
+    def place_compute(self, node: ir.Node, rule: _OpRule) -> None:
+        """Conv/MatMul/Gemm: integer kernel, dynamic, weight-only or float, by mode."""
+        mode = self.config.mode
+        if mode in (QuantMode.DYNAMIC, QuantMode.MIXED) and node.op_type in ("MatMul", "Gemm"):
+            spec, why_not = _dynamic_spec(node)
+            if spec is not None:
+                self.dynamic[id(node)] = spec
+                self.decide(
+                    node, NodeRole.DYNAMIC, "int8: input quantized at run time (DynamicQuantizeMatMul)"
+                )
+                return
+            if mode is QuantMode.DYNAMIC:
+                self.decide(node, NodeRole.FLOAT, f"float: {why_not}")
+                return
+        if mode is QuantMode.DYNAMIC:
+            self.decide(
+                node, NodeRole.FLOAT, f"float: dynamic mode quantizes MatMul/Gemm; {node.op_type} stays float"
+            )
+        elif mode is QuantMode.WEIGHT_ONLY:
+            weight = node.inputs[rule.weight_input] if rule.weight_input is not None else None
+            if _constant(weight) is None:
+                self.decide(node, NodeRole.FLOAT, "float: its weight is computed at run time")
+            else:
+                self.decide(node, NodeRole.WEIGHT_ONLY, "int8 weights, float compute (weight-only mode)")
+        else:
+            self.make_integer(node, f"int8: integer kernel ({rule.kernel})")
+
+    def rows_dequantized(self, node: ir.Node) -> bool:
+        """A Gather on a constant table, in a mode where activations stay float."""
+        return self.config.mode in (QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY) and (
+            _constant(node.inputs[0]) is not None
+        )
 
     def try_join(self, node: ir.Node) -> bool:
         rule = _RULES[node.op_type]
@@ -410,12 +479,16 @@ class _Selector:
                 replaces_graph_output=name in self.graph_outputs and self.available.get(name) is not None,
             )
 
+        gathered: set[str] = set()
         for node in self.nodes:
             rule = _RULES.get(node.op_type)
             role = self.decisions[id(node)].role
-            if rule is None or role not in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY):
+            if rule is None or role not in (NodeRole.INTEGER, NodeRole.DYNAMIC, NodeRole.WEIGHT_ONLY):
                 continue
-            if rule.kind is _Kind.TABLE:
+            if rule.kind is _Kind.TABLE and role is NodeRole.WEIGHT_ONLY:
+                gathered.add(node.inputs[0].name or "")  # type: ignore[union-attr]
+                weights.setdefault(node.inputs[0].name or "", set()).add(None)  # type: ignore[union-attr]
+            elif rule.kind is _Kind.TABLE:
                 tables.add(node.inputs[0].name or "")  # type: ignore[union-attr]
             elif rule.weight_input is not None:
                 self.add_weight(node, rule, weights)
@@ -441,6 +514,9 @@ class _Selector:
             biases=biases,
             folds=tuple(self.folds[id(n)] for n in self.nodes if id(n) in self.folds),
             observed=tuple(sorted({a.range_of for a in activations.values() if a.table is None})),
+            mode=self.config.mode,
+            dynamic=tuple(self.dynamic[id(n)] for n in self.nodes if id(n) in self.dynamic),
+            gathered_tables=tuple(sorted(gathered)),
         )
 
     def add_weight(self, node: ir.Node, rule: _OpRule, weights: dict[str, set[int | None]]) -> None:
@@ -517,6 +593,46 @@ class _Selector:
             if data.name in activations and weight.name in weights:
                 specs.append(BiasSpec(bias.name or "", node.name or "", data.name or "", weight.name or ""))
         return tuple(specs)
+
+
+def _float_attribute(node: ir.Node, name: str, default: float) -> float:
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.as_float()
+
+
+def _int_attribute(node: ir.Node, name: str) -> int:
+    attribute = node.attributes.get(name)
+    return 0 if attribute is None else attribute.as_int()
+
+
+def _dynamic_spec(node: ir.Node) -> tuple[DynamicSpec | None, str]:
+    """How ``node`` runs as a dynamic integer MatMul, or why it cannot."""
+    inputs = list(node.inputs)
+    data, weight = inputs[0], inputs[1]
+    tensor = _constant(weight)
+    if data is None or weight is None or tensor is None:
+        return None, "both inputs are computed at run time; dynamic mode needs a constant weight"
+    if len(tensor.shape) != 2:
+        return None, "its weight is not a 2-D matrix (MatMulInteger takes a [K, N] weight)"
+    if node.op_type == "MatMul":
+        return DynamicSpec(node.outputs[0].name or "", data.name or "", weight.name or ""), ""
+    if _int_attribute(node, "transA"):
+        return None, "Gemm with transA has no dynamic integer form"
+    bias = inputs[2] if len(inputs) > 2 else None
+    if bias is not None and _constant(bias) is None:
+        return None, "its bias is computed at run time"
+    return (
+        DynamicSpec(
+            output=node.outputs[0].name or "",
+            input=data.name or "",
+            weight=weight.name or "",
+            transpose_weight=bool(_int_attribute(node, "transB")),
+            bias=bias.name if bias is not None else None,
+            alpha=_float_attribute(node, "alpha", 1.0),
+            beta=_float_attribute(node, "beta", 1.0),
+        ),
+        "",
+    )
 
 
 def _unit_gemm(node: ir.Node) -> bool:

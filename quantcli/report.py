@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from quantcli.config import QuantConfig
-from quantcli.evaluate import Fidelity
+from quantcli.evaluate import Fidelity, GateResult, Latency
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
 
-__all__ = ["SCHEMA_VERSION", "CalibrationSummary", "QuantReport", "SizeSummary"]
+__all__ = ["SCHEMA_VERSION", "CalibrationSummary", "CandidateSummary", "QuantReport", "SizeSummary"]
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +44,44 @@ class CalibrationSummary:
 
 
 @dataclass(frozen=True)
+class CandidateSummary:
+    """One mode --mode auto built and measured, and why it won or lost."""
+
+    mode: str
+    output_bytes: int
+    size_ratio: float
+    int8_weight_fraction: float
+    gate: GateResult | None
+    latency: Latency | None
+    chosen: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "output_bytes": self.output_bytes,
+            "size_ratio": self.size_ratio,
+            "int8_weight_fraction": self.int8_weight_fraction,
+            "gate": _gate_dict(self.gate),
+            "latency_ms": None if self.latency is None else asdict(self.latency),
+            "chosen": self.chosen,
+            "reason": self.reason,
+        }
+
+
+def _gate_dict(result: GateResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {
+        "metric": result.metric.value,
+        "drop": result.drop,
+        "max_drop": result.max_drop,
+        "passed": result.passed,
+        "missed_by": result.missed_by,
+    }
+
+
+@dataclass(frozen=True)
 class QuantReport:
     """The result of one conversion."""
 
@@ -56,6 +94,8 @@ class QuantReport:
     int8_weight_fraction: float
     fidelity: Fidelity | None
     fidelity_note: str = ""
+    gate: GateResult | None = None  # set when the user asked for an accuracy bound
+    candidates: tuple[CandidateSummary, ...] = ()  # what --mode auto tried
 
     @property
     def float_nodes(self) -> tuple[NodeDecision, ...]:
@@ -88,7 +128,9 @@ class QuantReport:
                 "output_bytes": self.size.output_bytes,
                 "ratio": self.size.ratio,
             },
+            "mode": self.plan.mode.value,
             "config": {
+                "mode": self.config.mode.value,
                 "activation_type": self.config.activation_type.value,
                 "method": self.config.method.value,
                 "per_channel": self.config.per_channel,
@@ -105,4 +147,6 @@ class QuantReport:
             "int8_weight_fraction": self.int8_weight_fraction,
             "fidelity": fidelity,
             "fidelity_note": self.fidelity_note,
+            "gate": _gate_dict(self.gate),
+            "candidates": [c.to_dict() for c in self.candidates],
         }

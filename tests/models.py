@@ -138,6 +138,25 @@ def shared_weight_mlp(seed: int = 0) -> onnx.ModelProto:
     return _model(graph)
 
 
+def gemm_head(*, trans_b: int, alpha: float = 1.0, beta: float = 1.0) -> onnx.ModelProto:
+    """Gemm(x, W, c) with the given transB/alpha/beta: what exporters emit for Linear layers."""
+    rng = np.random.default_rng(3)
+    k, n = 48, 24
+    weight = rng.normal(0, 0.3, (n, k) if trans_b else (k, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "Gemm", ["x", "w", "c"], ["y"], name="gemm", transB=trans_b, alpha=alpha, beta=beta
+            )
+        ],
+        "gemm_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
+        [_init("w", weight), _init("c", rng.normal(0, 0.5, (n,)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
 def single_conv(channels: int = 64) -> onnx.ModelProto:
     """One Conv whose output is the graph output."""
     rng = np.random.default_rng(0)

@@ -182,3 +182,34 @@ def test_installed_entry_point(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["output"] == str(out)
     assert done.stderr == ""  # not a terminal: no progress bar, and --json silences tables
+
+
+def test_gate_failure_is_exit_3_with_model_and_report_written(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    # A bound of 0 points of cosine cannot be met by any int8 model: the gate must fail.
+    args = ["convert", str(model), "-o", str(out), "--data", str(data), "--report", str(report)]
+    result = runner.invoke(app, [*args, "--metric", "cosine", "--max-drop", "0", "--json"])
+    assert result.exit_code == 3, result.output
+    document = json.loads(result.stdout)
+    assert document["gate"]["passed"] is False and document["gate"]["missed_by"] > 0
+    assert document["gate"]["metric"] == "cosine"
+    assert out.is_file() and json.loads(report.read_text()) == document
+
+
+def test_gate_pass_is_exit_0(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(data), "--max-drop", "5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "PASSED" in result.stderr
+
+
+def test_dynamic_mode_needs_no_data(transformer: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = transformer
+    out = tmp_path / "q.onnx"
+    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--mode", "dynamic", "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["mode"] == "dynamic" and document["nodes"]["by_role"]["dynamic"] == 5
+    assert document["fidelity"] is None and out.is_file()

@@ -21,7 +21,14 @@ from quantcli.calibration.file import merge_calibrations, read_calibration, writ
 from quantcli.calibration.sampling import Shard
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import render_calibration, render_report, render_summary
-from quantcli.config import ActivationType, CalibrationMethod, QuantConfig, WeightMethod
+from quantcli.config import (
+    ActivationType,
+    CalibrationMethod,
+    GateMetric,
+    QuantConfig,
+    QuantMode,
+    WeightMethod,
+)
 from quantcli.graph.io import check_writable, write_atomic
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
@@ -59,7 +66,6 @@ MethodOpt = Annotated[
     CalibrationMethod | None,
     typer.Option(
         "--method",
-        "-m",
         help="Activation ranges: minmax, percentile, entropy (KL) or mse. "
         "Default: the calibration file's method, else minmax.",
         show_default=False,
@@ -140,6 +146,33 @@ def convert(
     method: MethodOpt = None,
     percentile: PercentileOpt = 99.99,
     weight_method: WeightMethodOpt = WeightMethod.MINMAX,
+    mode: Annotated[
+        QuantMode,
+        typer.Option(
+            "--mode",
+            "-m",
+            help="static (calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at run "
+            "time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
+            "storage, float compute), auto (build each, keep the fastest within --max-drop, "
+            "default bound 1 point).",
+        ),
+    ] = QuantMode.STATIC,
+    metric: Annotated[
+        GateMetric,
+        typer.Option(
+            "--metric",
+            help="What --max-drop measures: accuracy (vs --labels), top1 (arg-max agreement), "
+            "cosine (100 x (1 - mean cosine)); auto picks the first that applies.",
+        ),
+    ] = GateMetric.AUTO,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            help="Accuracy gate in points of --metric: exit 3 if the quantized model loses more "
+            "(the model and report are still written).",
+        ),
+    ] = None,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
     seed: SeedOpt = None,
@@ -154,7 +187,7 @@ def convert(
     """Quantize MODEL to int8 (QDQ) and report size and fidelity."""
     console = _stderr(quiet, as_json)
 
-    def run() -> None:
+    def run() -> ExitCode | None:
         chosen = method
         if chosen is None:  # flag, then the calibration file's choice, then the default
             chosen = (
@@ -170,6 +203,9 @@ def convert(
             max_samples=max_samples,
             seed=seed,
             exclude=frozenset(exclude or ()),
+            mode=mode,
+            metric=metric,
+            max_drop=max_drop,
         )
         if report is not None:
             check_writable(report, force=force)
@@ -195,6 +231,8 @@ def convert(
             _print_json(document)
         else:
             render_report(result.report, console)
+        gate = result.report.gate
+        return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
 
     _finish(guarded(run, console, debug=debug))
 
@@ -223,7 +261,7 @@ def calibrate_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON).")],
     method: Annotated[
         CalibrationMethod,
-        typer.Option("--method", "-m", help="Method convert uses by default with this file."),
+        typer.Option("--method", help="Method convert uses by default with this file."),
     ] = CalibrationMethod.MINMAX,
     percentile: PercentileOpt = 99.99,
     batch_size: BatchOpt = 16,

@@ -55,10 +55,13 @@ def render_report(report: QuantReport, console: Console) -> None:
     summary.add_row("size after", _mib(size.output_bytes))
     summary.add_row("size ratio", f"{size.ratio:.2f}x smaller")
     summary.add_row("weights in int8", f"{100 * report.int8_weight_fraction:.1f} %")
+    summary.add_row("mode", report.plan.mode.value)
     summary.add_row("activations", report.config.activation_type.value)
     cal = report.calibration
     summary.add_row("calibration", f"{cal.method}, {cal.samples} samples from {cal.source}")
     console.print(summary)
+    if report.candidates:
+        console.print(_candidates_table(report))
     console.print(_plan_table(report.plan.decisions))
     if report.float_nodes:
         console.print(_float_table(report.float_nodes, "left in float"))
@@ -89,6 +92,34 @@ def render_report(report: QuantReport, console: Console) -> None:
             f"int8 {acc.quantized_top1:.2f} %, drop {acc.drop_points:+.2f} points",
             highlight=False,
         )
+    if report.gate is not None:
+        result = report.gate
+        verdict = (
+            "[green]PASSED[/]" if result.passed else f"[bold red]FAILED[/] by {result.missed_by:.2f} points"
+        )
+        console.print(
+            f"accuracy gate ({result.metric.value}): drop {result.drop:.2f} points, "
+            f"bound {result.max_drop:.2f}: {verdict}"
+        )
+
+
+def _candidates_table(report: QuantReport) -> Table:
+    table = Table(title="modes tried (--mode auto)", title_justify="left")
+    for column in ("mode", "size ratio", "int8 weights", "drop", "latency ms", "", "why"):
+        table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
+    for c in report.candidates:
+        drop = "-" if c.gate is None else f"{c.gate.drop:.2f} ({c.gate.metric.value})"
+        latency = "-" if c.latency is None else f"{c.latency.median_ms:.3f}"
+        table.add_row(
+            c.mode,
+            f"{c.size_ratio:.2f}",
+            f"{100 * c.int8_weight_fraction:.0f} %",
+            drop,
+            latency,
+            "[bold green]chosen[/]" if c.chosen else "",
+            c.reason,
+        )
+    return table
 
 
 def render_summary(summary: ModelSummary, console: Console) -> None:

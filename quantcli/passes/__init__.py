@@ -5,11 +5,15 @@ They modify the model in place and report whether they changed it.
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.fold import FoldActivationsPass
+from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
     "FoldActivationsPass",
+    "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
     "QuantizeInitializersPass",
+    "QuantizeMatMulDynamicallyPass",
 ]

@@ -1,0 +1,107 @@
+"""MatMul/Gemm with int8 weights whose input onnxruntime quantizes at run time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from quantcli.graph.names import NameAllocator
+from quantcli.passes._qdq import add_initializer
+from quantcli.plan import DynamicSpec
+
+__all__ = ["QuantizeMatMulDynamicallyPass"]
+
+
+def _quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(int8 weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
+    producer = value.producer()
+    assert producer is not None and producer.op_type == "DequantizeLinear", value.name
+    weight, scale, zero_point = producer.inputs
+    assert weight is not None and scale is not None and zero_point is not None
+    return weight, scale, zero_point
+
+
+def _constant_array(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None, value.name
+    return value.const_value.numpy()
+
+
+class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
+    """Rewrite each planned MatMul/Gemm as the node pattern onnxruntime fuses into
+    DynamicQuantizeMatMul (its DynamicQuantizeMatMulFusion after MatMulIntegerToFloatFusion):
+
+        DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast(float)
+            -> Mul(., Mul(x_scale, W_scale)) [-> Add(., bias)]
+
+    Runs after QuantizeInitializersPass, whose int8 weight, scale and zero point it reads from
+    the weight's DequantizeLinear (left for RemoveUnusedNodesPass when nothing else reads it).
+    Each MatMul gets its own DynamicQuantizeLinear: the fusion requires it to feed one MatMul.
+    """
+
+    def __init__(self, specs: Sequence[DynamicSpec]) -> None:
+        super().__init__()
+        self.specs = tuple(specs)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        names = NameAllocator(graph)
+        by_output = {node.outputs[0].name: node for node in graph if node.outputs}
+        for spec in self.specs:
+            self._rewrite(graph, names, by_output[spec.output], spec)
+        return ir.passes.PassResult(model, modified=bool(self.specs))
+
+    def _rewrite(self, graph: ir.Graph, names: NameAllocator, node: ir.Node, spec: DynamicSpec) -> None:
+        data, weight_value = node.inputs[0], node.inputs[1]
+        assert data is not None and weight_value is not None
+        weight, scale, zero_point = _quantized_weight(weight_value)
+        base = spec.output
+        if spec.transpose_weight:
+            weight = add_initializer(
+                graph, names, f"{spec.weight}_quantized_t", _constant_array(weight).T.copy()
+            )
+        if spec.alpha != 1.0:
+            scaled = (_constant_array(scale) * np.float32(spec.alpha)).astype(np.float32)
+            scale = add_initializer(graph, names, f"{spec.weight}_scale_alpha", scaled)
+
+        def value(suffix: str, dtype: ir.DataType) -> ir.Value:
+            return ir.Value(name=names.fresh(f"{base}_{suffix}"), type=ir.TensorType(dtype))
+
+        def make(op_type: str, inputs: list[ir.Value], outputs: list[ir.Value], **attrs: int) -> ir.Node:
+            attributes = [ir.AttrInt64(key, val) for key, val in attrs.items()]
+            return ir.Node(
+                "", op_type, inputs, attributes, outputs=outputs, name=names.fresh(f"{base}_{op_type}")
+            )
+
+        x_q, x_scale, x_zero = (
+            value("input_quantized", ir.DataType.UINT8),
+            value("input_scale", ir.DataType.FLOAT),
+            value("input_zero_point", ir.DataType.UINT8),
+        )
+        product, product_float = value("int32", ir.DataType.INT32), value("int32_float", ir.DataType.FLOAT)
+        combined, result = value("scale", ir.DataType.FLOAT), value("scaled", ir.DataType.FLOAT)
+        nodes = [
+            make("DynamicQuantizeLinear", [data], [x_q, x_scale, x_zero]),
+            make("MatMulInteger", [x_q, weight, x_zero, zero_point], [product]),
+            make("Cast", [product], [product_float], to=ir.DataType.FLOAT.value),
+            make("Mul", [x_scale, scale], [combined]),
+            make("Mul", [product_float, combined], [result]),
+        ]
+        if spec.bias is not None:
+            bias = graph.initializers[spec.bias]
+            if spec.beta != 1.0:
+                bias = add_initializer(
+                    graph,
+                    names,
+                    f"{spec.bias}_beta",
+                    (_constant_array(bias) * np.float32(spec.beta)).astype(np.float32),
+                )
+            biased = value("biased", ir.DataType.FLOAT)
+            nodes.append(make("Add", [result, bias], [biased]))
+            result = biased
+        graph.insert_before(node, nodes)
+        original = node.outputs[0]
+        original.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        result.name, result.shape = spec.output, original.shape

@@ -1,0 +1,77 @@
+"""Gather int8 rows from an int8 table and dequantize only the rows gathered."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from quantcli.graph.names import NameAllocator
+
+__all__ = ["GatherQuantizedRowsPass"]
+
+
+class GatherQuantizedRowsPass(ir.passes.InPlacePass):
+    """Move a table's DequantizeLinear from before its Gather nodes to after them.
+
+    ``table -> DequantizeLinear -> Gather`` would rebuild the whole float table at every run (an
+    embedding table is the largest tensor of a small encoder); ``Gather -> DequantizeLinear``
+    dequantizes the few rows a batch uses. Runs after QuantizeInitializersPass; the tables must
+    have per-tensor parameters, which the plan guarantees. Other readers of the table keep the
+    original DequantizeLinear.
+    """
+
+    def __init__(self, tables: Sequence[str]) -> None:
+        super().__init__()
+        self.tables = tuple(tables)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        names = NameAllocator(graph)
+        modified = False
+        for table in self.tables:
+            dequantized = self._find_output(graph, table)
+            dequantize = dequantized.producer()
+            assert dequantize is not None and dequantize.op_type == "DequantizeLinear", table
+            quantized = dequantize.inputs[0]
+            assert quantized is not None
+            for use in list(dequantized.uses()):
+                if use.node.op_type == "Gather" and use.idx == 0:
+                    self._move_after(graph, names, use.node, dequantize, quantized)
+                    modified = True
+        return ir.passes.PassResult(model, modified=modified)
+
+    @staticmethod
+    def _find_output(graph: ir.Graph, name: str) -> ir.Value:
+        for node in graph:
+            for out in node.outputs:
+                if out.name == name:
+                    return out
+        raise AssertionError(f"no value named {name}")
+
+    @staticmethod
+    def _move_after(
+        graph: ir.Graph, names: NameAllocator, gather: ir.Node, dequantize: ir.Node, quantized: ir.Value
+    ) -> None:
+        rows = gather.outputs[0]
+        gather.replace_input_with(0, quantized)
+        float_rows = ir.Value(name=names.fresh(f"{rows.name}_dequantized"), shape=rows.shape, type=rows.type)
+        node = ir.Node(
+            "",
+            "DequantizeLinear",
+            [rows, *dequantize.inputs[1:]],
+            list(dequantize.attributes.values()),
+            outputs=[float_rows],
+            name=names.fresh(f"{rows.name}_DequantizeLinear"),
+        )
+        graph.insert_after(gather, node)
+        for use in list(rows.uses()):
+            if use.node is not node:
+                use.node.replace_input_with(use.idx, float_rows)
+        for index, out in enumerate(graph.outputs):
+            if out is rows:
+                graph.outputs[index] = float_rows
+        original_name = rows.name
+        rows.name = names.fresh(f"{original_name}_int8")
+        rows.type = quantized.type
+        float_rows.name = original_name
