@@ -95,7 +95,7 @@ def activation_qparams(rmin: float, rmax: float, dtype: QuantType, *, nonnegativ
 
 
 # Clipping bounds the weight mse search tries, as fractions of a channel's largest magnitude.
-_MSE_FRACTIONS = np.linspace(0.5, 1.0, 51, dtype=np.float32)
+_MSE_FRACTIONS = np.linspace(0.2, 1.0, 81, dtype=np.float32)
 
 
 def _mse_bounds(channels: npt.NDArray[np.float32], bound: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

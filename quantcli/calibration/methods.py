@@ -9,8 +9,8 @@ Pure numpy on the histogram, no data and no graph. Each method only ever narrows
 - entropy: the magnitude threshold whose 128-level quantized histogram is closest in KL
   divergence to the float histogram with the clipped values piled into the last bin, as
   TensorRT calibrates (its 2017 GTC talk "8-bit Inference with TensorRT" describes the method).
-- mse: the range ``alpha * [lo, hi]`` minimizing the expected squared error over the histogram:
-  uniform rounding noise ``scale**2 / 12`` inside, the distance to the bound outside.
+- mse: the range minimizing the expected squared error over the histogram: uniform rounding
+  noise ``scale**2 / 12`` inside, the squared distance to the bound outside.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ _HALF = BINS // 2
 _ENTROPY_LEVELS = 128
 # Steps between two codes of an 8-bit type.
 _STEPS = 255
-# Candidates of the mse method: alpha = k / _MSE_CANDIDATES for k = 1 .. _MSE_CANDIDATES.
+# The share of an average bin Q gives a bin it would leave empty but P does not.
+_SMOOTHING = 1e-4
+# Candidates of the mse method: k / _MSE_CANDIDATES of a bound, for k = 1 .. _MSE_CANDIDATES.
 _MSE_CANDIDATES = 200
 
 
@@ -88,7 +90,8 @@ def kl_divergences(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.float6
 
     P is the histogram cut after ``bins`` bins with the clipped values added to its last bin; Q
     splits the kept bins into 128 groups and spreads each group's count evenly over its non-empty
-    bins (an empty bin stays empty: no value occurs there). The sums are rewritten so that every
+    bins (an empty bin stays empty: no value occurs there; only the last bin, where P may hold
+    clipped values, gets a small share, see below). The sums are rewritten so that every
     candidate costs one row of 128 groups instead of a pass over its bins:
     ``sum_j A_j log q_j = sum_groups G log(G / nonempty)``, with prefix sums for the rest.
     """
@@ -106,8 +109,11 @@ def kl_divergences(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.float6
     log_average = np.log(np.where(average > 0, average, 1.0))  # 0 where the group is empty
     kept = prefix[bins]  # S_i: the values inside the threshold
     last = a[bins - 1]  # the last kept bin, in the last group
-    log_last_q = log_average[:, -1]
-    log_ratio = np.log(kept) - np.log(total)  # log S_i - log N, from normalizing Q and P
+    # Q leaves the last bin empty when it held no value before clipping; a tiny share of an
+    # average bin stands in, so that such a threshold costs much instead of being impossible
+    # (otherwise one far outlier would forbid every threshold below it).
+    log_last_q = np.where(last > 0, log_average[:, -1], np.log(_SMOOTHING * np.maximum(kept, 1.0) / bins))
+    log_ratio = np.log(np.maximum(kept, 1.0)) - np.log(total)  # log S_i - log N (normalizing Q, P)
     # Bins before the last: sum A_j (log A_j - log q_j + log S_i - log N).
     head = (
         prefix_xlogx[bins - 1]
@@ -118,7 +124,7 @@ def kl_divergences(magnitudes: npt.NDArray[np.float64]) -> npt.NDArray[np.float6
     piled = last + (total - kept)
     tail = np.where(piled > 0, _xlogx(piled) - piled * (log_last_q - log_ratio), 0.0)
     divergence = (head + tail) / total
-    return np.where((piled > 0) & (last == 0), np.inf, divergence)
+    return np.where(kept == 0, np.inf, divergence)  # nothing kept: Q is empty
 
 
 def entropy_range(stats: TensorStats) -> TensorRange:
@@ -137,29 +143,52 @@ def entropy_range(stats: TensorStats) -> TensorRange:
     return _clip(stats, -threshold, threshold)
 
 
-def mse_range(stats: TensorStats, *, symmetric: bool = False) -> TensorRange:
-    """The range ``alpha * [lo, hi]`` of least expected squared quantization error.
+def _expected_errors(
+    centres: npt.NDArray[np.float64],
+    counts: npt.NDArray[np.float64],
+    lows: npt.NDArray[np.float64],
+    highs: npt.NDArray[np.float64],
+) -> npt.NDArray[np.float64]:
+    """Expected squared error of each candidate range ``[lows[k], highs[k]]`` over the histogram."""
+    clipped = np.clip(centres[np.newaxis, :], lows[:, np.newaxis], highs[:, np.newaxis])
+    rounding = ((highs - lows) / _STEPS) ** 2 / 12.0
+    inside = (centres[np.newaxis, :] == clipped) * rounding[:, np.newaxis]
+    errors: npt.NDArray[np.float64] = ((centres[np.newaxis, :] - clipped) ** 2 + inside) @ counts
+    return errors
 
-    ``symmetric`` searches ranges centred on zero (int8 activations), otherwise the range keeps
-    the observed asymmetry (uint8).
+
+def mse_range(stats: TensorStats, *, symmetric: bool = False) -> TensorRange:
+    """The range of least expected squared quantization error over the histogram.
+
+    Candidates are fractions ``k / 200`` of the observed bounds. ``symmetric`` (int8
+    activations) searches ranges centred on zero; otherwise each end is searched with the other
+    fixed, twice over, so a far outlier on one side does not drag the other side in.
     """
     hist = _histogram(stats, CalibrationMethod.MSE)
     lo, hi = min(stats.min, 0.0), max(stats.max, 0.0)
-    if symmetric:
-        lo, hi = -max(-lo, hi), max(-lo, hi)
     occupied = np.flatnonzero(hist.counts)
     if occupied.size == 0 or hi == lo:
         return stats.range
     counts = hist.counts[occupied].astype(np.float64)
     centres = (occupied.astype(np.float64) - _HALF + 0.5) * hist.width
-    alphas = np.arange(1, _MSE_CANDIDATES + 1, dtype=np.float64) / _MSE_CANDIDATES
-    lows, highs = alphas[:, np.newaxis] * lo, alphas[:, np.newaxis] * hi
-    clipped = np.clip(centres[np.newaxis, :], lows, highs)
-    scales = (highs - lows) / _STEPS
-    inside = (centres[np.newaxis, :] == clipped) * (scales**2 / 12.0)
-    error = ((centres[np.newaxis, :] - clipped) ** 2 + inside) @ counts
-    best = float(alphas[int(np.argmin(error))])
-    return _clip(stats, best * lo, best * hi)
+    fractions = np.arange(1, _MSE_CANDIDATES + 1, dtype=np.float64) / _MSE_CANDIDATES
+    if symmetric:
+        bound = max(-lo, hi)
+        best = float(
+            fractions[
+                int(np.argmin(_expected_errors(centres, counts, -fractions * bound, fractions * bound)))
+            ]
+        )
+        return _clip(stats, -best * bound, best * bound)
+    low, high = lo, hi
+    for _ in range(2):
+        highs = fractions * hi
+        high = float(
+            highs[int(np.argmin(_expected_errors(centres, counts, np.full_like(highs, low), highs)))]
+        )
+        lows = fractions * lo
+        low = float(lows[int(np.argmin(_expected_errors(centres, counts, lows, np.full_like(lows, high))))])
+    return _clip(stats, low, high)
 
 
 def choose_range(
