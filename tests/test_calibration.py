@@ -316,3 +316,12 @@ def test_convert_with_data_and_histogram_method(cnn: tuple[Path, Path], tmp_path
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["calibration"]["method"] == "entropy" and document["calibration"]["samples"] == 16
+
+
+def test_infinities_saturate_and_nan_is_reported() -> None:
+    observer = HistogramObserver()
+    observer.update(np.array([-np.inf, -1.0, 2.0], np.float32))  # an attention mask's -inf
+    result = observer.result()
+    assert (result.min, result.max, result.count) == (-1.0, 2.0, 2)
+    observer.update(np.array([np.nan, 0.0], np.float32))
+    assert not observer.finite

@@ -89,6 +89,7 @@ def _bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch)
     """
     shaped = onnx.ModelProto()
     shaped.CopyFrom(proto)
+    del shaped.graph.value_info[:]  # earlier inference's symbolic dims would be kept, not refined
     for value in shaped.graph.input:
         if value.name in feed:
             dims = value.type.tensor_type.shape.dim
@@ -108,7 +109,7 @@ def _bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch)
         if tensor_type.HasField("shape") and None not in dims:
             itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).itemsize
             known[value.name] = itemsize * math.prod(d for d in dims if d is not None)
-    fallback = max(known.values(), default=4)
+    fallback = max((known[n] for n in names if n in known), default=4)
     return {name: known.get(name, fallback) for name in names}
 
 
@@ -191,6 +192,6 @@ def collect_stats(
     for name, observer in observers.items():
         if not observer.finite:
             raise CalibrationDataError(
-                f"{dataset.source}: tensor '{name}' took non-finite values (NaN or Inf) on this data"
+                f"{dataset.source}: tensor '{name}' took NaN values (or no finite value) on this data"
             )
     return {name: observer.result() for name, observer in observers.items()}

@@ -51,6 +51,14 @@ class TensorStats:
         )
 
 
+def _finite_values(values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
+    """``values`` without infinities (an attention mask's -inf saturates whatever the range), and
+    with NaN kept, so the observer reports it."""
+    if values.size == 0 or np.isfinite(values.min()) and np.isfinite(values.max()):
+        return values
+    return values[~np.isinf(values)]
+
+
 class MinMaxObserver:
     """Smallest and largest value: two floats per tensor, the cheapest observer."""
 
@@ -58,18 +66,24 @@ class MinMaxObserver:
         self._min = np.inf
         self._max = -np.inf
         self._count = 0
+        self._nan = False
 
     def update(self, values: npt.NDArray[np.floating]) -> None:
+        values = _finite_values(values)
         if values.size == 0:
             return
-        self._min = min(self._min, float(values.min()))
-        self._max = max(self._max, float(values.max()))
+        low, high = float(values.min()), float(values.max())
+        if np.isnan(low) or np.isnan(high):
+            self._nan = True
+            return
+        self._min = min(self._min, low)
+        self._max = max(self._max, high)
         self._count += int(values.size)
 
     @property
     def finite(self) -> bool:
-        """False once a NaN or Inf was seen (or nothing at all)."""
-        return bool(np.isfinite(self._min) and np.isfinite(self._max))
+        """False while no finite value was seen, or once a NaN was."""
+        return bool(not self._nan and np.isfinite(self._min) and np.isfinite(self._max))
 
     def result(self) -> TensorStats:
         assert self.finite, "result() of an observer that saw no finite values"
@@ -86,7 +100,7 @@ class HistogramObserver(MinMaxObserver):
     def update(self, values: npt.NDArray[np.floating]) -> None:
         super().update(values)
         if values.size and self.finite:  # a NaN is reported by the caller, not binned
-            self._histogram = self._histogram.added(values)
+            self._histogram = self._histogram.added(_finite_values(values))
 
     def result(self) -> TensorStats:
         stats = super().result()
