@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := sample_models/digits_cnn
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-calibration samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
+## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
+ZOO ?= bench/zoo
+bench-calibration: $(STAMP)
+	$(PY) bench/calibration.py --zoo $(ZOO)
+
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench
+bench-all: bench bench-calibration
 
 ## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:
