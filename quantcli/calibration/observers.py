@@ -54,7 +54,7 @@ class TensorStats:
 def _finite_values(values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
     """``values`` without infinities (an attention mask's -inf saturates whatever the range), and
     with NaN kept, so the observer reports it."""
-    if values.size == 0 or np.isfinite(values.min()) and np.isfinite(values.max()):
+    if values.size == 0 or (np.isfinite(values.min()) and np.isfinite(values.max())):
         return values
     return values[~np.isinf(values)]
 
