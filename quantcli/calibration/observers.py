@@ -56,7 +56,8 @@ def _finite_values(values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]
     with NaN kept, so the observer reports it."""
     if values.size == 0 or (np.isfinite(values.min()) and np.isfinite(values.max())):
         return values
-    return values[~np.isinf(values)]
+    finite: npt.NDArray[np.floating] = values[~np.isinf(values)]
+    return finite
 
 
 class MinMaxObserver:
