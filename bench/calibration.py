@@ -92,7 +92,17 @@ def _measure(tool: str, model: Path, data: Path, method: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     stderr = child.stderr.read().decode() if child.stderr else ""
     if status != 0:
-        return {"tool": tool, "method": method, "status": "failed", "error": stderr.strip().splitlines()[-1:]}
+        reason = stderr.strip().splitlines()[-1:] or [
+            f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {status >> 8}"
+        ]
+        return {
+            "tool": tool,
+            "method": method,
+            "status": "failed",
+            "error": reason[0][:200],
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        }
     detail = json.loads(out.read_text())
     out.unlink()
     return {
@@ -122,6 +132,22 @@ def sample_folder(model_dir: Path, count: int) -> Path:
     return folder
 
 
+def at_least_opset_13(model_dir: Path) -> Path:
+    """The model, converted to opset 13 when older (quantcli needs per-axis QuantizeLinear);
+    both tools calibrate the same converted file."""
+    import onnx  # noqa: PLC0415
+    import onnx.version_converter  # noqa: PLC0415
+
+    model = onnx.load(model_dir / "model.onnx")
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 13:
+        return model_dir / "model.onnx"
+    target = WORK / f"{model_dir.name}.opset13.onnx"
+    if not target.exists():
+        onnx.save(onnx.version_converter.convert_version(model, 13), target)
+    return target
+
+
 def _task_metric(model_dir: Path) -> Any:
     """The task's metric function from bench/compare.py, when it exists."""
     task = json.loads((model_dir / "task.json").read_text())
@@ -133,14 +159,13 @@ def _task_metric(model_dir: Path) -> Any:
     return getattr(compare, by_task.get(task["task"], ""), None), task
 
 
-def quality(model_dir: Path) -> list[dict[str, Any]]:
+def quality(model_dir: Path, model: Path) -> list[dict[str, Any]]:
     import onnxruntime as ort  # noqa: PLC0415
 
     from quantcli.calibration.file import write_calibration  # noqa: PLC0415
     from quantcli.config import CalibrationMethod, QuantConfig  # noqa: PLC0415
     from quantcli.pipeline import calibrate, quantize  # noqa: PLC0415
 
-    model = model_dir / "model.onnx"
     calib_file = WORK / f"{model_dir.name}.calib.json"
     write_calibration(calibrate(model, model_dir / "calib.npz"), calib_file, force=True)
     metric, task = _task_metric(model_dir)
@@ -214,7 +239,10 @@ def markdown(results: dict[str, Any], seconds: float) -> str:
         ]
         for row in cost:
             if row["status"] != "ok":
-                lines.append(f"| {row['tool']} | {row['method']} | - | - | failed: {row['error']} | - |")
+                lines.append(
+                    f"| {row['tool']} | {row['method']} | {SMALL} | - | failed after {row['seconds']:.0f} s: "
+                    f"{row['error']} | {row['peak_rss_mb']:.0f} |"
+                )
                 continue
             lines.append(
                 f"| {row['tool']} | {row['method']} | {row['samples']} | {row['tensors']} | "
@@ -288,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (model_dir / "model.onnx").is_file():
             print(f"skipping {name}: no {model_dir / 'model.onnx'} (build the zoo first)", file=sys.stderr)
             continue
-        model = model_dir / "model.onnx"
+        model = at_least_opset_13(model_dir)
         small = sample_folder(model_dir, SMALL)
         cost = [_measure("quantcli", model, small, m) for m in QUANTCLI_METHODS]
         cost += [_measure("onnxruntime", model, small, m) for m in ORT_METHODS]
@@ -296,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             cost.append(_measure("quantcli", model, sample_folder(model_dir, LARGE), "entropy"))
         for row in cost:
             print(name, row, file=sys.stderr)
-        results[name] = {"cost": cost, "quality": quality(model_dir)}
+        results[name] = {"cost": cost, "quality": quality(model_dir, model)}
         print(name, results[name]["quality"], file=sys.stderr)
     if not results:
         return 1
