@@ -325,3 +325,10 @@ def test_infinities_saturate_and_nan_is_reported() -> None:
     assert (result.min, result.max, result.count) == (-1.0, 2.0, 2)
     observer.update(np.array([np.nan, 0.0], np.float32))
     assert not observer.finite
+
+
+def test_an_empty_tensor_gets_a_zero_range() -> None:
+    observer = HistogramObserver()
+    observer.update(np.zeros((0,), np.float32))
+    result = observer.result()
+    assert (result.min, result.max, result.count) == (0.0, 0.0, 0)

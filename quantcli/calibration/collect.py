@@ -191,7 +191,5 @@ def collect_stats(
         del session
     for name, observer in observers.items():
         if not observer.finite:
-            raise CalibrationDataError(
-                f"{dataset.source}: tensor '{name}' took NaN values (or no finite value) on this data"
-            )
+            raise CalibrationDataError(f"{dataset.source}: tensor '{name}' took NaN values on this data")
     return {name: observer.result() for name, observer in observers.items()}

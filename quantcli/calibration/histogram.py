@@ -96,12 +96,16 @@ class Histogram:
         counts = self.coarsened(exponent).counts + other.coarsened(exponent).counts
         return Histogram(exponent, counts)
 
-    def added(self, values: npt.NDArray[np.floating]) -> Histogram:
-        """This histogram with ``values`` (finite) counted in, widened first if they need it."""
+    def added(self, values: npt.NDArray[np.floating], absmax: float | None = None) -> Histogram:
+        """This histogram with ``values`` (finite) counted in, widened first if they need it.
+
+        ``absmax``, the largest magnitude of ``values``, saves a pass when the caller knows it.
+        """
         flat = np.asarray(values).reshape(-1)
         if flat.size == 0:
             return self
-        absmax = float(max(-float(flat.min()), float(flat.max())))
+        if absmax is None:
+            absmax = float(max(-float(flat.min()), float(flat.max())))
         widened = self.coarsened(max(self.exponent, exponent_for(absmax)))
         counts = widened.counts.copy()
         for start in range(0, flat.size, _CHUNK):
@@ -112,7 +116,9 @@ class Histogram:
 def _bin_counts(values: npt.NDArray[np.floating], exponent: int) -> Counts:
     x = values.astype(np.float32, copy=False)
     scaled = np.floor(x * np.float32(math.ldexp(1.0, -exponent)))
-    # A product too small for float32 rounds to -0.0 for a negative value: its floor is -1.
-    np.putmask(scaled, (scaled == 0) & (x < 0), np.float32(-1))
+    if exponent > 0:
+        # A product too small for float32 rounds to -0.0 for a negative value: its floor is -1.
+        # (Only when scaling down: multiplying by 2**-e >= 1 cannot underflow.)
+        np.putmask(scaled, (scaled == 0) & (x < 0), np.float32(-1))
     index = scaled.astype(np.intp) + _HALF
     return np.bincount(index, minlength=BINS).astype(np.int64)

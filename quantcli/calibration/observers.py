@@ -51,15 +51,6 @@ class TensorStats:
         )
 
 
-def _finite_values(values: npt.NDArray[np.floating]) -> npt.NDArray[np.floating]:
-    """``values`` without infinities (an attention mask's -inf saturates whatever the range), and
-    with NaN kept, so the observer reports it."""
-    if values.size == 0 or (np.isfinite(values.min()) and np.isfinite(values.max())):
-        return values
-    finite: npt.NDArray[np.floating] = values[~np.isinf(values)]
-    return finite
-
-
 class MinMaxObserver:
     """Smallest and largest value: two floats per tensor, the cheapest observer."""
 
@@ -70,24 +61,36 @@ class MinMaxObserver:
         self._nan = False
 
     def update(self, values: npt.NDArray[np.floating]) -> None:
-        values = _finite_values(values)
+        self._observe(values)
+
+    def _observe(self, values: npt.NDArray[np.floating]) -> tuple[npt.NDArray[np.floating], float, float]:
+        """Fold ``values`` into min and max; return the finite values with their min and max."""
         if values.size == 0:
-            return
+            return values, 0.0, 0.0
         low, high = float(values.min()), float(values.max())
+        if not (np.isfinite(low) and np.isfinite(high)):
+            # An attention mask's -inf saturates whatever the range: leave it out; keep NaN.
+            values = values[~np.isinf(values)]
+            if values.size == 0:
+                return values, 0.0, 0.0
+            low, high = float(values.min()), float(values.max())
         if np.isnan(low) or np.isnan(high):
             self._nan = True
-            return
+            return values[:0], 0.0, 0.0
         self._min = min(self._min, low)
         self._max = max(self._max, high)
         self._count += int(values.size)
+        return values, low, high
 
     @property
     def finite(self) -> bool:
-        """False while no finite value was seen, or once a NaN was."""
-        return bool(not self._nan and np.isfinite(self._min) and np.isfinite(self._max))
+        """False once a NaN was seen."""
+        return not self._nan
 
     def result(self) -> TensorStats:
-        assert self.finite, "result() of an observer that saw no finite values"
+        assert self.finite, "result() of an observer that saw NaN"
+        if self._count == 0:  # an empty tensor (a Resize's empty roi): any range will do
+            return TensorStats(0.0, 0.0, 0)
         return TensorStats(self._min, self._max, self._count)
 
 
@@ -99,9 +102,9 @@ class HistogramObserver(MinMaxObserver):
         self._histogram = Histogram.empty()
 
     def update(self, values: npt.NDArray[np.floating]) -> None:
-        super().update(values)
-        if values.size and self.finite:  # a NaN is reported by the caller, not binned
-            self._histogram = self._histogram.added(_finite_values(values))
+        finite, low, high = self._observe(values)
+        if finite.size:
+            self._histogram = self._histogram.added(finite, max(-low, high))
 
     def result(self) -> TensorStats:
         stats = super().result()
