@@ -24,6 +24,7 @@ __all__ = [
     "QuantConfig",
     "QuantMode",
     "Recipe",
+    "WeightMethod",
     "expand_patterns",
     "load_recipe",
 ]
@@ -47,9 +48,35 @@ class ActivationType(StrEnum):
 
 
 class CalibrationMethod(StrEnum):
-    """How an activation's observed values become a quantization range."""
+    """How an activation's observed values become a quantization range.
+
+    minmax takes the observed range; the others clip it using a histogram of the values
+    (see :mod:`quantcli.calibration.methods`).
+    """
 
     MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    MSE = "mse"
+
+    @property
+    def needs_histogram(self) -> bool:
+        return self is not CalibrationMethod.MINMAX
+
+    def describe(self, percentile: float) -> str:
+        """The method as reports show it: ``percentile(99.99)``, ``entropy``."""
+        return f"percentile({percentile:g})" if self is CalibrationMethod.PERCENTILE else self.value
+
+
+class WeightMethod(StrEnum):
+    """How a weight channel's values become its symmetric int8 range.
+
+    minmax uses the largest magnitude; mse the clipping bound of least squared rounding and
+    clipping error over the channel's values.
+    """
+
+    MINMAX = "minmax"
+    MSE = "mse"
 
 
 class QuantMode(StrEnum):
@@ -99,9 +126,13 @@ class QuantConfig:
     Attributes:
         activation_type: integer type of quantized activations.
         method: calibration method turning observed values into ranges.
+        percentile: share of values (in percent) the percentile method keeps inside the range.
+        weight_method: how weight channels get their range.
         per_channel: quantize Conv/Gemm/MatMul weights with one scale per output channel.
         batch_size: calibration samples fed to onnxruntime at once when the batch axis is dynamic.
         max_samples: use at most this many calibration samples (None: all).
+        seed: shuffle the samples with this seed before --max-samples and sharding pick them
+            (None: file order).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
         exclude: node names, fnmatch globs over node names, or op types kept in float.
         include: if not empty, only nodes matching these (names, globs, op types) are quantized;
@@ -126,9 +157,12 @@ class QuantConfig:
 
     activation_type: ActivationType = ActivationType.UINT8
     method: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.99
+    weight_method: WeightMethod = WeightMethod.MINMAX
     per_channel: bool = True
     batch_size: int = 16
     max_samples: int | None = None
+    seed: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
     skip_nonfinite: bool = False
@@ -155,6 +189,8 @@ class QuantConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_drop is not None and self.max_drop < 0:

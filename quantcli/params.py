@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.calibration.collect import TensorRange
-from quantcli.config import ActivationType, QuantConfig
+from quantcli.config import ActivationType, QuantConfig, WeightMethod
 from quantcli.errors import CalibrationFileError
 from quantcli.graph.io import unmap
 from quantcli.plan import QuantPlan
@@ -57,7 +57,9 @@ def compute_params(
         assert tensor is not None
         array = tensor.numpy()
         if spec.symmetric:
-            weights[spec.name] = weight_qparams(array, spec.axis)
+            weights[spec.name] = weight_qparams(
+                array, spec.axis, minimize_mse=config.weight_method is WeightMethod.MSE
+            )
         else:
             weights[spec.name] = activation_qparams(float(np.min(array)), float(np.max(array)), act_type)
         integers[spec.name] = quantize(array, weights[spec.name])

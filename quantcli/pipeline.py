@@ -20,9 +20,11 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
-from quantcli.calibration.collect import Progress, TensorRange, collect_ranges
+from quantcli.calibration.collect import Progress, TensorRange, collect_stats
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
 from quantcli.calibration.file import CalibrationFile, read_calibration
+from quantcli.calibration.methods import choose_ranges
+from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
@@ -181,7 +183,13 @@ def _open_data(
 ) -> _Data:
     skip = config.skip_nonfinite
     calibration = (
-        open_dataset(data, specs, skip_nonfinite=skip).limit(config.max_samples) if data is not None else None
+        select_samples(
+            open_dataset(data, specs, skip_nonfinite=skip),
+            max_samples=config.max_samples,
+            seed=config.seed,
+        )
+        if data is not None
+        else None
     )
     if eval_data is not None:
         return _Data(calibration, open_dataset(eval_data, specs, skip_nonfinite=skip), str(eval_data))
@@ -209,14 +217,22 @@ def _ranges(
             raise CalibrationFileError(
                 f"{calibration}: made for another model than {loaded.path}; re-run calibrate on this model"
             )
-        return cal.ranges, CalibrationSummary(cal.method, cal.num_samples, str(calibration))
+        method = config.method.describe(config.percentile)
+        return choose_ranges(cal.stats, observed, config), CalibrationSummary(
+            method, cal.num_samples, str(calibration)
+        )
     assert data.calibration is not None
     with _naming(loaded.path):
-        ranges = collect_ranges(
-            loaded.model, observed, data.calibration, batch_size=config.batch_size, progress=progress
+        stats = collect_stats(
+            loaded.model,
+            observed,
+            data.calibration,
+            batch_size=config.batch_size,
+            histograms=config.method.needs_histogram,
+            progress=progress,
         )
-    return ranges, CalibrationSummary(
-        config.method.value, data.calibration.num_samples, str(data.calibration.source)
+    return choose_ranges(stats, observed, config), CalibrationSummary(
+        config.method.describe(config.percentile), data.calibration.num_samples, str(data.calibration.source)
     )
 
 
@@ -599,7 +615,14 @@ def _diagnose_and_fall_back(
         missing = [name for name in plan.observed if name not in reference.ranges]
         calibration = reference.datasets.calibration
         if missing and calibration is not None:
-            reference.ranges.update(collect_ranges(model, missing, calibration, batch_size=config.batch_size))
+            stats = collect_stats(
+                model,
+                missing,
+                calibration,
+                batch_size=config.batch_size,
+                histograms=config.method.needs_histogram,
+            )
+            reference.ranges.update(choose_ranges(stats, missing, config))
         built = _build(model, plan, reference.ranges, variant, new_target())
         return _measure(built, session, reference.datasets, reference.labels, config)
 
@@ -689,25 +712,33 @@ def calibrate(
     data: Path,
     *,
     config: QuantConfig | None = None,
+    shard: Shard | None = None,
     progress: Progress | None = None,
 ) -> CalibrationFile:
-    """Observe the range of every tensor any plan could quantize, for later ``convert`` runs."""
+    """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
+    runs with any method; ``shard`` observes one of N disjoint parts of the samples."""
     config = config or QuantConfig()
     loaded = _prepare(model_path)
-    dataset = open_dataset(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite)
-    dataset = dataset.limit(config.max_samples)
+    dataset = select_samples(
+        open_dataset(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
+        max_samples=config.max_samples,
+        seed=config.seed,
+        shard=shard,
+    )
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
     with _naming(model_path):
-        ranges = collect_ranges(
-            loaded.model, tensors, dataset, batch_size=config.batch_size, progress=progress
+        stats = collect_stats(
+            loaded.model, tensors, dataset, batch_size=config.batch_size, histograms=True, progress=progress
         )
     return CalibrationFile(
         model_fingerprint=fingerprint(loaded.model),
-        method=config.method.value,
+        method=config.method,
+        percentile=config.percentile,
         num_samples=dataset.num_samples,
-        ranges=ranges,
+        stats=stats,
+        shards=(str(shard),) if shard is not None else (),
     )
 
 

@@ -94,22 +94,53 @@ def activation_qparams(rmin: float, rmax: float, dtype: QuantType, *, nonnegativ
     return QParams(np.array(scale, np.float32), np.array(zero_point, dtype.numpy_dtype), None, dtype)
 
 
-def weight_qparams(weight: npt.NDArray[np.floating], axis: int | None) -> QParams:
+# Clipping bounds the weight mse search tries, as fractions of a channel's largest magnitude.
+_MSE_FRACTIONS = np.linspace(0.2, 1.0, 81, dtype=np.float32)
+
+
+def _mse_bounds(channels: npt.NDArray[np.float32], bound: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """Per row of ``channels``, the bound of least squared error after int8 [-127, 127] rounding.
+
+    Clipping a few large weights can buy every other weight finer steps; the search tries
+    fractions of the largest magnitude and keeps, per channel, the first best one.
+    """
+    best = bound.copy()
+    best_error = np.full(bound.shape, np.inf, dtype=np.float64)
+    for fraction in _MSE_FRACTIONS[::-1]:
+        candidate = np.maximum(bound * fraction, _MIN_SCALE * 127).astype(np.float32)
+        scale = (candidate / np.float32(127))[:, np.newaxis]
+        codes = np.clip(np.rint(channels / scale), -127, 127)
+        error = np.sum(((codes * scale - channels).astype(np.float64)) ** 2, axis=1)
+        better = error < best_error
+        best[better], best_error[better] = candidate[better], error[better]
+    return best
+
+
+def weight_qparams(
+    weight: npt.NDArray[np.floating], axis: int | None, *, minimize_mse: bool = False
+) -> QParams:
     """Symmetric int8 parameters for a weight, per channel along ``axis`` or per tensor.
 
     Codes are restricted to [-127, 127] so that the range is symmetric around 0 and negating a
-    weight never saturates.
+    weight never saturates. ``minimize_mse`` clips each channel where the squared error of the
+    quantized weight is least, instead of at its largest magnitude.
     """
     w = np.asarray(weight, dtype=np.float32)
-    if axis is None:
-        bound = np.max(np.abs(w)) if w.size else np.float32(0)
-        scale = np.maximum(np.float32(bound) / np.float32(127), _MIN_SCALE).astype(np.float32)
-        return QParams(np.asarray(scale, np.float32), np.array(0, np.int8), None, QuantType.INT8)
-    axis = axis % w.ndim
-    reduce_axes = tuple(i for i in range(w.ndim) if i != axis)
-    bound = np.max(np.abs(w), axis=reduce_axes) if w.size else np.zeros(w.shape[axis], np.float32)
+    channel_axis = 0 if axis is None else axis % w.ndim
+    channels = (
+        w.reshape(1, -1)
+        if axis is None
+        else np.moveaxis(w, channel_axis, 0).reshape(w.shape[channel_axis], -1)
+    )
+    bound = (
+        np.max(np.abs(channels), axis=1) if channels.size else np.zeros(channels.shape[0], np.float32)
+    ).astype(np.float32)
+    if minimize_mse and channels.size:
+        bound = _mse_bounds(channels, bound)
     scale = np.maximum(bound / np.float32(127), _MIN_SCALE).astype(np.float32)
-    return QParams(scale, np.zeros(scale.shape, np.int8), axis, QuantType.INT8)
+    if axis is None:
+        return QParams(np.asarray(scale[0], np.float32), np.array(0, np.int8), None, QuantType.INT8)
+    return QParams(scale, np.zeros(scale.shape, np.int8), channel_axis, QuantType.INT8)
 
 
 def bias_qparams(input_scale: npt.NDArray[np.float32], weight: QParams) -> QParams:

@@ -1,8 +1,8 @@
 """Calibration: data sources, range collection through onnxruntime, calibration files."""
 
-from quantcli.calibration.collect import TensorRange, collect_ranges
+from quantcli.calibration.collect import TensorRange, collect_stats
 from quantcli.calibration.data import Batch, Dataset, InputSpec, model_inputs, open_dataset
-from quantcli.calibration.file import CalibrationFile, read_calibration, write_calibration
+from quantcli.calibration.file import CalibrationFile, merge_calibrations, read_calibration, write_calibration
 
 __all__ = [
     "Batch",
@@ -10,7 +10,8 @@ __all__ = [
     "Dataset",
     "InputSpec",
     "TensorRange",
-    "collect_ranges",
+    "collect_stats",
+    "merge_calibrations",
     "model_inputs",
     "open_dataset",
     "read_calibration",

@@ -202,7 +202,11 @@ class Dataset:
     """Validated samples for a model, read file by file when iterated."""
 
     def __init__(
-        self, source: Path, specs: tuple[InputSpec, ...], chunks: tuple[_Chunk, ...], selection: range
+        self,
+        source: Path,
+        specs: tuple[InputSpec, ...],
+        chunks: tuple[_Chunk, ...],
+        selection: Sequence[int],
     ) -> None:
         self.source = source
         self.specs = specs
@@ -217,9 +221,7 @@ class Dataset:
         """Split into (first part, last ``fraction``), deterministically; both keep >= 1 sample."""
         n = self.num_samples
         held = min(max(round(n * fraction), 1), n - 1) if n > 1 else 0
-        cut = self._selection.start + (n - held) * self._selection.step
-        first = range(self._selection.start, cut, self._selection.step)
-        rest = range(cut, self._selection.stop, self._selection.step)
+        first, rest = self._selection[: n - held], self._selection[n - held :]
         return (
             Dataset(self.source, self.specs, self._chunks, first),
             Dataset(self.source, self.specs, self._chunks, rest),
@@ -229,6 +231,10 @@ class Dataset:
         if max_samples is None or max_samples >= self.num_samples:
             return self
         return Dataset(self.source, self.specs, self._chunks, self._selection[:max_samples])
+
+    def subset(self, positions: Sequence[int]) -> Dataset:
+        """The samples at ``positions`` of this dataset; they are read in file order."""
+        return Dataset(self.source, self.specs, self._chunks, sorted(self._selection[p] for p in positions))
 
     @property
     def can_batch(self) -> bool:

@@ -17,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quantcli import __version__
 from quantcli.calibration.collect import Progress as ProgressCallback
-from quantcli.calibration.file import write_calibration
+from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
+from quantcli.calibration.sampling import Shard
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import (
     render_calibration,
@@ -28,10 +29,12 @@ from quantcli.cli.render import (
 from quantcli.comparison import compare
 from quantcli.config import (
     ActivationType,
+    CalibrationMethod,
     GateMetric,
     QuantConfig,
     QuantMode,
     Recipe,
+    WeightMethod,
     expand_patterns,
     load_recipe,
 )
@@ -74,6 +77,25 @@ SkipNonfiniteOpt = Annotated[
     typer.Option(
         "--skip-nonfinite", help="Skip samples holding NaN or Inf (and log how many) instead of failing."
     ),
+]
+MethodOpt = Annotated[
+    CalibrationMethod | None,
+    typer.Option(
+        "--method",
+        help="Activation ranges: minmax, percentile, entropy (KL) or mse. "
+        "Default: the calibration file's method, else minmax.",
+        show_default=False,
+    ),
+]
+PercentileOpt = Annotated[
+    float, typer.Option("--percentile", help="Percent of values the percentile method keeps in range.")
+]
+WeightMethodOpt = Annotated[
+    WeightMethod, typer.Option("--weight-method", help="Weight channel ranges: minmax or mse.")
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", help="Shuffle samples with this seed before --max-samples/--shard pick them."),
 ]
 
 
@@ -206,6 +228,9 @@ def convert(
         list[str] | None,
         typer.Option("--include", help="Quantize only these (name, glob, op type or @FILE). Repeatable."),
     ] = None,
+    method: MethodOpt = None,
+    percentile: PercentileOpt = 99.99,
+    weight_method: WeightMethodOpt = WeightMethod.MINMAX,
     mode: Annotated[
         QuantMode | None,
         typer.Option(
@@ -258,6 +283,7 @@ def convert(
         typer.Option("--batch-size", help="Samples per onnxruntime run when the batch axis is dynamic (16)."),
     ] = None,
     max_samples: MaxSamplesOpt = None,
+    seed: SeedOpt = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")
     ] = None,
@@ -276,6 +302,11 @@ def convert(
     console = _stderr(quiet, as_json)
 
     def run() -> ExitCode | None:
+        chosen = method
+        if chosen is None:  # flag, then the calibration file's choice, then the default
+            chosen = (
+                read_calibration(calibration).method if calibration is not None else CalibrationMethod.MINMAX
+            )
         config = _config(
             recipe,
             activation_type=activation_type,
@@ -286,6 +317,10 @@ def convert(
             include=expand_patterns(include or ()) or None,
             skip_nonfinite=skip_nonfinite or None,
             allow_noop=allow_noop or None,
+            method=chosen,
+            percentile=percentile,
+            weight_method=weight_method,
+            seed=seed,
             mode=mode,
             metric=metric,
             max_drop=max_drop,
@@ -385,36 +420,105 @@ def compare_command(
     _finish(guarded(run, console, debug=debug))
 
 
-@app.command("calibrate")
+class _CalibrateGroup(typer.core.TyperGroup):
+    """``quantcli calibrate MODEL ...`` runs ``calibrate run``; ``calibrate merge`` merges files."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click.Context, vendored by typer
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+calibrate_app = typer.Typer(
+    cls=_CalibrateGroup,
+    no_args_is_help=True,
+    help="Record every tensor's statistics in a calibration file (calibrate MODEL ...), or merge files.",
+)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+@calibrate_app.command("run")
 def calibrate_command(
     model: ModelArg,
     data: Annotated[Path, typer.Option("--data", "-d", help=".npz file or folder of .npz/.npy files.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON).")],
+    method: Annotated[
+        CalibrationMethod,
+        typer.Option("--method", help="Method convert uses by default with this file."),
+    ] = CalibrationMethod.MINMAX,
+    percentile: PercentileOpt = 99.99,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
     skip_nonfinite: SkipNonfiniteOpt = False,
+    seed: SeedOpt = None,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="K/N: observe only the K-th of N disjoint parts of the samples."),
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run DATA through MODEL and record every tensor's range in a calibration file."""
+    """Run DATA through MODEL and record every tensor's min, max and histogram in a file."""
     console = _stderr(quiet, as_json)
 
     def run() -> None:
-        config = QuantConfig(batch_size=batch_size, max_samples=max_samples, skip_nonfinite=skip_nonfinite)
+        config = QuantConfig(
+            method=method,
+            percentile=percentile,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            seed=seed,
+            skip_nonfinite=skip_nonfinite,
+        )
+        part = Shard.parse(shard) if shard is not None else None
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
-            result = calibrate(model, data, config=config, progress=update)
+            result = calibrate(model, data, config=config, shard=part, progress=update)
         write_calibration(result, output, force=force)
         if as_json:
             _print_json(
                 {
                     "output": str(output),
-                    "tensors": len(result.ranges),
+                    "tensors": len(result.stats),
                     "samples": result.num_samples,
-                    "method": result.method,
+                    "method": result.method.value,
+                    "shards": list(result.shards),
+                }
+            )
+        else:
+            render_calibration(result, str(output), console)
+
+    _finish(guarded(run, console, debug=debug))
+
+
+@calibrate_app.command("merge")
+def merge_command(
+    files: Annotated[
+        list[Path], typer.Argument(help="Calibration files of disjoint shards.", show_default=False)
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Merged calibration file to write.")],
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Merge calibration files of disjoint shards into the file one run over all the data gives."""
+    console = _stderr(quiet, as_json)
+
+    def run() -> None:
+        check_writable(output, force=force)
+        result = merge_calibrations([(path, read_calibration(path)) for path in files])
+        write_calibration(result, output, force=force)
+        if as_json:
+            _print_json(
+                {
+                    "output": str(output),
+                    "files": len(files),
+                    "samples": result.num_samples,
+                    "shards": list(result.shards),
                 }
             )
         else:

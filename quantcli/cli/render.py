@@ -220,7 +220,8 @@ def render_summary(summary: ModelSummary, console: Console) -> None:
 
 def render_calibration(calibration: CalibrationFile, path: str, console: Console) -> None:
     console.print(
-        f"calibrated {len(calibration.ranges)} tensors on {calibration.num_samples} samples "
-        f"({calibration.method}) -> {path}",
+        f"{len(calibration.stats)} tensors, {calibration.num_samples} samples"
+        f"{' (shards ' + ', '.join(calibration.shards) + ')' if calibration.shards else ''}, "
+        f"default method {calibration.method.describe(calibration.percentile)} -> {path}",
         highlight=False,
     )

@@ -1,0 +1,65 @@
+"""Which samples a run calibrates on: ``--max-samples``, ``--seed`` and ``--shard K/N``.
+
+Observers do not depend on the order of samples, so only the choice of samples matters: with a
+seed, the samples are shuffled before the first ``max_samples`` are taken; shard K of N then takes
+every N-th of those, starting at the K-th. The N shards of one choice are disjoint and together
+are exactly the samples one unsharded run uses, which is what makes merged shards equal one run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from quantcli.calibration.data import Dataset
+from quantcli.errors import CalibrationDataError, ConfigError
+
+__all__ = ["Shard", "select_samples"]
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (1-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.index <= self.count:
+            raise ConfigError(f"shard {self.index}/{self.count} does not exist (use K/N with 1 <= K <= N)")
+
+    @staticmethod
+    def parse(text: str) -> Shard:
+        match = _SHARD.match(text)
+        if match is None:
+            raise ConfigError(f"shard '{text}' is not K/N (e.g. --shard 2/8)")
+        return Shard(int(match.group(1)), int(match.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def select_samples(
+    dataset: Dataset, *, max_samples: int | None, seed: int | None, shard: Shard | None = None
+) -> Dataset:
+    """The samples of ``dataset`` this run uses."""
+    order = (
+        np.random.default_rng(seed).permutation(dataset.num_samples)
+        if seed is not None
+        else np.arange(dataset.num_samples)
+    )
+    chosen = order[:max_samples] if max_samples is not None else order
+    if shard is not None:
+        chosen = chosen[shard.index - 1 :: shard.count]
+        if chosen.size == 0:
+            raise CalibrationDataError(
+                f"{dataset.source}: shard {shard} gets no samples ({dataset.num_samples} in all); "
+                "use fewer shards"
+            )
+    if seed is None and shard is None:
+        return dataset.limit(max_samples)
+    return dataset.subset([int(i) for i in chosen])
