@@ -92,15 +92,22 @@ def _last_lines(log: Path, count: int = 3) -> str:
 
 
 def quantcli_command(
-    model: Path, output: Path, folder: Path, *, quiet: bool = True, mode: str = "static"
+    model: Path, output: Path, folder: Path, *, quiet: bool = True, mode: str = "static", method: str = ""
 ) -> list[str]:
     cli = str(Path(sys.executable).parent / "quantcli")
     # --eval-data: without it quantcli would hold back 20% of calib.npz and calibrate on fewer
     # samples than onnxruntime gets.
     command = [cli, "convert", str(model), "-o", str(output), "--mode", mode]
+    command += ["--method", method] if method else []
     command += ["--data", str(folder / "calib.npz")]
     command += ["--eval-data", str(folder / "eval.npz"), "--force"]
     return command + (["--json", "--quiet"] if quiet else ["--debug"])
+
+
+def _method(tool: str) -> str:
+    """'quantcli static mse' -> 'mse'; '' for quantcli's default method."""
+    words = tool.split()
+    return words[2] if len(words) > 2 else ""
 
 
 def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, bool]:
@@ -108,7 +115,7 @@ def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, b
     row = Row(model=folder.name, tool=tool)
     log = output.with_suffix(".log")
     if tool.startswith("quantcli"):
-        command = quantcli_command(model, output, folder, mode=tool.split()[1])
+        command = quantcli_command(model, output, folder, mode=tool.split()[1], method=_method(tool))
     else:
         mode = tool.rsplit(maxsplit=1)[-1]
         command = [sys.executable, str(BENCH / "_ort_quantize.py"), mode, str(model), str(output)]
@@ -119,7 +126,10 @@ def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, b
         row.error = _last_lines(log)
         if tool.startswith("quantcli") and row.error == "(no output)":
             # quantcli prints nothing at all on an error under --json/--quiet: ask again without them.
-            run_measured(quantcli_command(model, output, folder, quiet=False, mode=tool.split()[1]), log)
+            again = quantcli_command(
+                model, output, folder, quiet=False, mode=tool.split()[1], method=_method(tool)
+            )
+            run_measured(again, log)
             row.error = _last_lines(log) + " (message from a rerun without --json --quiet)"
         return row, False
     if tool.startswith("quantcli"):
@@ -337,7 +347,13 @@ def subjects(zoo: Path, wanted: set[str] | None) -> list[Subject]:
 
 
 def tools_for(model: onnx.ModelProto) -> list[str]:
-    tools = ["quantcli static", "ort static"]
+    # quantcli's default (minmax) first: the targets are checked on it. The other calibration
+    # methods follow, so each model's best method is measured, not guessed.
+    tools = [
+        "quantcli static",
+        *(f"quantcli static {m}" for m in ("percentile", "mse", "entropy")),
+        "ort static",
+    ]
     if any(node.op_type in {"MatMul", "Gemm"} for node in model.graph.node):
         tools.append("ort dynamic")
     return tools
@@ -485,7 +501,16 @@ def target_lines(subject: Subject, rows: list[Row]) -> list[str]:
             f"<= {ceiling:.2f} and < 1",
         )
     )
-    return [f"Targets for `{ours.tool}`: " + "; ".join(checks) + "."]
+    lines = [f"Targets for `{ours.tool}` (default method, minmax): " + "; ".join(checks) + "."]
+    key = PRIMARY_METRIC[task]
+    methods = [
+        r for r in rows if r.status == "ok" and r.tool.startswith("quantcli static") and key in r.metrics
+    ]
+    if methods:
+        best = max(methods, key=lambda r: r.metrics[key])
+        name = _method(best.tool) or "minmax"
+        lines.append(f"Best calibration method on {key}: `{name}` ({best.metrics[key]:.3f}).")
+    return lines
 
 
 def _commit() -> str:
