@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SAMPLE := sample_models/digits_cnn
+BENCHENV := .benchenv
+BENCHPY := $(BENCHENV)/bin/python
+BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all bench-calibration samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large bench-fallback bench-calibration zoo compare modes samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,13 +41,48 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
-## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
+## A model with > 2 GB of float weights, built on the fly (needs ~6 GB of free disk), quantized end to end.
+bench-large: $(STAMP)
+	$(PY) bench/large_model.py
+
+## Plain convert against --auto-fallback on the zoo (ZOO=dir, MAX_DROP=points of cosine).
 ZOO ?= bench/zoo
+MAX_DROP ?= 0.5
+bench-fallback: $(STAMP)
+	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
+
+## Every bench script; each rewrites its own section of bench/RESULTS.md.
+bench-all: bench bench-large zoo compare modes bench-fallback bench-calibration
+
+## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
+## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
+## the constraints keep onnx, onnxruntime and numpy at the versions quantcli is tested with.
+$(BENCHSTAMP): pyproject.toml constraints.txt
+	test -x $(BENCHPY) || $(PYTHON) -m venv $(BENCHENV)
+	$(BENCHPY) -m pip install --quiet --upgrade pip
+	$(BENCHPY) -m pip install --quiet torch==2.13.0
+	$(BENCHPY) -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BENCHPY) -c "import onnxruntime, torch; \
+		assert 'onnxruntime==' + onnxruntime.__version__ in open('constraints.txt').read().split(), onnxruntime.__version__; \
+		assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $(BENCHSTAMP)
+
+## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320) with its data into bench/zoo/, offline.
+zoo: $(BENCHSTAMP)
+	HF_HUB_OFFLINE=1 $(BENCHPY) bench/zoo.py
+
+## quantcli vs onnxruntime's quantize_static/quantize_dynamic on the zoo and sample models.
+compare: $(BENCHSTAMP)
+	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py
+
+## quantcli's modes (static, mixed, dynamic, weight-only, auto) side by side on the same models.
+modes: $(BENCHSTAMP)
+	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py --modes
+
+## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)
 	$(PY) bench/calibration.py --zoo $(ZOO)
 
-## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-calibration
 
 ## Rebuild sample_models/ in a separate venv with the pinned CPU torch (never needed by the package).
 samples:
@@ -60,4 +98,4 @@ constraints: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCHENV) out .pytest_cache .mypy_cache .ruff_cache

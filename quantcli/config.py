@@ -6,24 +6,34 @@ it whole, so there is no dict of options whose typos pass silently.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 
 from quantcli.errors import ConfigError
 
 __all__ = [
     "DEFAULT_MAX_DROP",
+    "DEFAULT_MAX_TRIALS",
     "ActivationType",
     "CalibrationMethod",
     "GateMetric",
     "QuantConfig",
     "QuantMode",
+    "Recipe",
     "WeightMethod",
+    "expand_patterns",
+    "load_recipe",
 ]
 
 # The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
 # (top-1 points, or 1% of cosine similarity).
 DEFAULT_MAX_DROP = 1.0
+# Quantize-and-measure rounds --auto-fallback may spend after the first model.
+DEFAULT_MAX_TRIALS = 8
 
 
 class ActivationType(StrEnum):
@@ -96,13 +106,17 @@ class GateMetric(StrEnum):
     accuracy: top-1 accuracy against labels, float minus quantized.
     top1: 100 x the share of samples whose arg-max changed (class-score outputs).
     cosine: 100 x (1 - mean cosine similarity) of the worst output.
-    auto: accuracy when labels are given, else top1 for class-score outputs, else cosine.
+    sqnr: not a drop: the worst output's SQNR in dB must reach ``min_sqnr`` (higher is better,
+        so it gets its own bound instead of an awkward "dB below a target" drop).
+    auto: accuracy when labels are given, else top1 for class-score outputs, else cosine
+        (sqnr when only ``min_sqnr`` is set).
     """
 
     AUTO = "auto"
     ACCURACY = "accuracy"
     TOP1 = "top1"
     COSINE = "cosine"
+    SQNR = "sqnr"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,11 +134,25 @@ class QuantConfig:
         seed: shuffle the samples with this seed before --max-samples and sharding pick them
             (None: file order).
         eval_fraction: share of --data held back for evaluation when no evaluation data is given.
-        exclude: node names or op types kept in float.
+        exclude: node names, fnmatch globs over node names, or op types kept in float.
+        include: if not empty, only nodes matching these (names, globs, op types) are quantized;
+            data-movement nodes and folded activations still follow their inputs.
+        per_tensor: nodes (names, globs, op types) whose weights get one scale per tensor even
+            when ``per_channel`` is on (a recipe override).
+        skip_nonfinite: drop data samples holding NaN or Inf (counted in the log) instead of
+            refusing the data.
+        allow_noop: write a model with nothing to quantize unchanged instead of failing.
         mode: where int8 arithmetic happens (see :class:`QuantMode`).
         metric: what the accuracy bound measures.
         max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
             DEFAULT_MAX_DROP to choose, and never fails the run).
+        min_sqnr: the bound of the ``sqnr`` metric, in dB (the worst output must reach it).
+        auto_fallback: when the model misses the bound, return the most harmful nodes to float
+            a few at a time until it passes (see :mod:`quantcli.fallback`).
+        max_trials: rounds --auto-fallback may spend after the first model.
+        per_layer: diagnose every quantized tensor against its float twin (see
+            :mod:`quantcli.diagnose`).
+        top_k: how many of the worst tensors the diagnosis measures alone and reports.
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -137,9 +165,23 @@ class QuantConfig:
     seed: int | None = None
     eval_fraction: float = 0.2
     exclude: frozenset[str] = field(default_factory=frozenset)
+    skip_nonfinite: bool = False
+    allow_noop: bool = False
     mode: QuantMode = QuantMode.STATIC
     metric: GateMetric = GateMetric.AUTO
     max_drop: float | None = None
+    include: frozenset[str] = field(default_factory=frozenset)
+    per_tensor: frozenset[str] = field(default_factory=frozenset)
+    min_sqnr: float | None = None
+    auto_fallback: bool = False
+    max_trials: int = DEFAULT_MAX_TRIALS
+    per_layer: bool = False
+    top_k: int = 10
+
+    @property
+    def has_gate(self) -> bool:
+        """The user stated a bound, so a miss fails the run (exit 3)."""
+        return self.max_drop is not None or self.min_sqnr is not None
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.
@@ -153,3 +195,162 @@ class QuantConfig:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
+        if self.max_trials < 1:
+            raise ConfigError(f"max trials must be at least 1, got {self.max_trials}")
+        if self.top_k < 1:
+            raise ConfigError(f"top k must be at least 1, got {self.top_k}")
+        self._check_gate()
+
+    def _check_gate(self) -> None:
+        sqnr = self.metric is GateMetric.SQNR
+        if sqnr and self.min_sqnr is None:
+            raise ConfigError("--metric sqnr needs its bound in dB: --min-sqnr DB (e.g. 30)")
+        if sqnr and self.max_drop is not None:
+            raise ConfigError("--metric sqnr is bounded by --min-sqnr, not --max-drop")
+        if self.min_sqnr is not None and self.metric not in (GateMetric.SQNR, GateMetric.AUTO):
+            raise ConfigError(f"--min-sqnr bounds the sqnr metric, not {self.metric}")
+        if self.min_sqnr is not None and self.max_drop is not None:
+            raise ConfigError("give one bound: --max-drop (points of a drop metric) or --min-sqnr (dB)")
+        if self.auto_fallback and not self.has_gate:
+            raise ConfigError("--auto-fallback needs a bound to reach: --max-drop X or --min-sqnr DB")
+
+    @property
+    def gate_metric(self) -> GateMetric:
+        """The metric as asked, with --min-sqnr alone meaning sqnr."""
+        return GateMetric.SQNR if self.min_sqnr is not None else self.metric
+
+
+def expand_patterns(values: Iterable[str]) -> frozenset[str]:
+    """Selection patterns with every ``@FILE`` replaced by the file's lines.
+
+    A file holds one node name, glob or op type per line; blank lines and ``#`` comments are
+    skipped. This is the format ``--write-exclude`` writes.
+    """
+    patterns: set[str] = set()
+    for value in values:
+        if not value.startswith("@"):
+            patterns.add(value)
+            continue
+        path = Path(value[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the selection file ({exc.strerror or exc})") from exc
+        for line in text.splitlines():
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                patterns.add(entry)
+    return frozenset(patterns)
+
+
+# Recipe keys: [defaults] takes these QuantConfig fields; [[override]] the keys below.
+_RECIPE_DEFAULTS: dict[str, type] = {
+    "mode": QuantMode,
+    "activation_type": ActivationType,
+    "method": CalibrationMethod,
+    "per_channel": bool,
+    "metric": GateMetric,
+    "max_drop": float,
+    "min_sqnr": float,
+    "batch_size": int,
+    "max_samples": int,
+    "max_trials": int,
+}
+_OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """A TOML recipe: defaults for QuantConfig fields and per-node or per-op overrides.
+
+    ``defaults`` holds validated values keyed by QuantConfig field; ``skip`` and ``per_tensor``
+    the node patterns the overrides name. :meth:`config` applies flags on top.
+    """
+
+    path: str
+    defaults: Mapping[str, Any]
+    skip: frozenset[str]
+    per_tensor: frozenset[str]
+
+    def config(self, **flags: Any) -> QuantConfig:
+        """A QuantConfig: each flag that is not None wins over the recipe, the recipe over the
+        defaults; ``exclude`` and ``per_tensor`` are the union of both."""
+        values: dict[str, Any] = dict(self.defaults)
+        values.update({k: v for k, v in flags.items() if v is not None})
+        values["exclude"] = frozenset(flags.get("exclude") or ()) | self.skip
+        values["per_tensor"] = frozenset(flags.get("per_tensor") or ()) | self.per_tensor
+        return QuantConfig(**values)
+
+
+def _unknown(where: str, keys: Iterable[str], valid: Iterable[str], path: Path) -> None:
+    bad = sorted(set(keys) - set(valid))
+    if bad:
+        raise ConfigError(
+            f"{path}: unknown key{'s' if len(bad) > 1 else ''} {', '.join(map(repr, bad))} in {where} "
+            f"(valid keys: {', '.join(sorted(valid))})"
+        )
+
+
+def _typed(key: str, value: Any, kind: type, path: Path) -> Any:
+    if issubclass(kind, StrEnum):
+        try:
+            return kind(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in kind)
+            raise ConfigError(f"{path}: {key} = {value!r} is not one of {choices}") from None
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
+
+
+def _override(entry: Any, index: int, path: Path) -> tuple[frozenset[str], bool | None, bool | None]:
+    where = f"[[override]] #{index + 1}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: {where} must be a table")
+    _unknown(where, entry, _OVERRIDE_KEYS, path)
+    targets = {str(entry[k]) for k in ("match", "op") if k in entry}
+    if not targets:
+        raise ConfigError(f'{path}: {where} needs match = "<node name or glob>" or op = "<op type>"')
+    skip = _typed(f"{where} skip", entry["skip"], bool, path) if "skip" in entry else None
+    per_channel = (
+        _typed(f"{where} per_channel", entry["per_channel"], bool, path) if "per_channel" in entry else None
+    )
+    if per_channel is True:
+        raise ConfigError(
+            f"{path}: {where}: per_channel = true cannot be set per node; set it in [defaults] "
+            "and use per_channel = false on the nodes that need one scale per tensor"
+        )
+    if skip is None and per_channel is None:
+        raise ConfigError(f"{path}: {where} changes nothing: set skip or per_channel")
+    return frozenset(targets), skip, per_channel
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and strictly validate a TOML recipe; unknown keys are errors listing the valid ones."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    _unknown("the recipe", document, ("defaults", "override"), path)
+    raw = document.get("defaults", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [defaults] must be a table")
+    _unknown("[defaults]", raw, _RECIPE_DEFAULTS, path)
+    defaults = {k: _typed(k, v, _RECIPE_DEFAULTS[k], path) for k, v in raw.items()}
+    overrides = document.get("override", [])
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{path}: write overrides as [[override]] tables")
+    skip: set[str] = set()
+    per_tensor: set[str] = set()
+    for index, entry in enumerate(overrides):
+        targets, skipped, per_channel = _override(entry, index, path)
+        if skipped:
+            skip |= targets
+        if per_channel is False:
+            per_tensor |= targets
+    assert set(_RECIPE_DEFAULTS) <= {f.name for f in fields(QuantConfig)}
+    return Recipe(path=str(path), defaults=defaults, skip=frozenset(skip), per_tensor=frozenset(per_tensor))

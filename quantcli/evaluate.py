@@ -32,6 +32,7 @@ __all__ = [
     "gate",
     "load_labels",
     "measure_latency",
+    "sqnr_db",
 ]
 
 
@@ -74,6 +75,15 @@ class Fidelity:
     accuracy: Accuracy | None = None
 
 
+def sqnr_db(signal: float, noise: float) -> float:
+    """10 log10(signal power / noise power); inf for an exact match, -inf for a zero signal."""
+    if noise == 0.0:
+        return float("inf")
+    if signal == 0.0:
+        return float("-inf")
+    return 10.0 * float(np.log10(signal / noise))
+
+
 @dataclass
 class _Accumulator:
     """Running sums for one output; ``float`` is the reference."""
@@ -112,17 +122,11 @@ class _Accumulator:
 
     def result(self, name: str) -> OutputFidelity:
         count = len(self.cosines)
-        if self.noise == 0.0:
-            sqnr = float("inf")
-        elif self.signal == 0.0:
-            sqnr = float("-inf")
-        else:
-            sqnr = 10.0 * float(np.log10(self.signal / self.noise))
         return OutputFidelity(
             name=name,
             cosine_mean=float(np.mean(self.cosines)) if count else 1.0,
             cosine_min=float(np.min(self.cosines)) if count else 1.0,
-            sqnr_db=sqnr,
+            sqnr_db=sqnr_db(self.signal, self.noise),
             max_abs_error=self.max_abs,
             top1_agreement=self.top1_same / count if self.classifier and count else None,
         )
@@ -196,19 +200,47 @@ def compare_models(
 
 @dataclass(frozen=True)
 class GateResult:
-    """An accuracy bound applied to a measured fidelity: ``drop`` and ``max_drop`` in points."""
+    """An accuracy bound applied to a measured fidelity.
+
+    For the drop metrics (accuracy, top1, cosine) ``value`` is the points lost and ``bound`` the
+    most that may be lost; for sqnr ``value`` is the worst output's SQNR in dB and ``bound`` the
+    least it must reach. ``missed_by`` is in the same unit, 0 when the gate passes.
+    """
 
     metric: GateMetric  # never AUTO: the metric actually measured
-    drop: float
-    max_drop: float
+    value: float
+    bound: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric is GateMetric.SQNR
 
     @property
     def passed(self) -> bool:
-        return self.drop <= self.max_drop
+        return self.value >= self.bound if self.higher_is_better else self.value <= self.bound
 
     @property
     def missed_by(self) -> float:
-        return max(0.0, self.drop - self.max_drop)
+        return max(0.0, self.shortfall)
+
+    @property
+    def shortfall(self) -> float:
+        """How far the value is on the wrong side of the bound (negative: margin to spare);
+        comparable across candidates measured with the same metric, smaller is better."""
+        return self.bound - self.value if self.higher_is_better else self.value - self.bound
+
+    @property
+    def unit(self) -> str:
+        return "dB" if self.higher_is_better else "points"
+
+    # The drop metrics' names for value and bound.
+    @property
+    def drop(self) -> float:
+        return self.value
+
+    @property
+    def max_drop(self) -> float:
+        return self.bound
 
 
 def _resolve_metric(fidelity: Fidelity, metric: GateMetric) -> GateMetric:
@@ -221,9 +253,11 @@ def _resolve_metric(fidelity: Fidelity, metric: GateMetric) -> GateMetric:
     return GateMetric.COSINE
 
 
-def gate(fidelity: Fidelity, metric: GateMetric, max_drop: float) -> GateResult:
-    """How many points of ``metric`` the quantized model lost, against the bound ``max_drop``."""
+def gate(fidelity: Fidelity, metric: GateMetric, bound: float) -> GateResult:
+    """``metric`` measured on ``fidelity`` against ``bound`` (points of drop, or dB for sqnr)."""
     resolved = _resolve_metric(fidelity, metric)
+    if resolved is GateMetric.SQNR:
+        return GateResult(metric=resolved, value=min(o.sqnr_db for o in fidelity.outputs), bound=bound)
     if resolved is GateMetric.ACCURACY:
         if fidelity.accuracy is None:
             raise CalibrationDataError("--metric accuracy needs --labels for the evaluation samples")
@@ -237,7 +271,7 @@ def gate(fidelity: Fidelity, metric: GateMetric, max_drop: float) -> GateResult:
         drop = 100.0 * (1.0 - min(agreements))
     else:
         drop = 100.0 * (1.0 - min(o.cosine_mean for o in fidelity.outputs))
-    return GateResult(metric=resolved, drop=max(0.0, drop), max_drop=max_drop)
+    return GateResult(metric=resolved, value=max(0.0, drop), bound=bound)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
@@ -11,18 +11,31 @@ import onnx_ir as ir
 from quantcli.calibration.collect import TensorRange
 from quantcli.config import ActivationType, QuantConfig, WeightMethod
 from quantcli.errors import CalibrationFileError
+from quantcli.graph.io import unmap
 from quantcli.plan import QuantPlan
-from quantcli.scheme import QParams, QuantType, activation_qparams, bias_qparams, weight_qparams
+from quantcli.scheme import (
+    QParams,
+    QuantType,
+    activation_qparams,
+    bias_qparams,
+    quantize,
+    weight_qparams,
+)
 
 __all__ = ["PlanParams", "compute_params"]
 
 
 @dataclass(frozen=True)
 class PlanParams:
-    """Parameters for the activations (Q/DQ pairs) and initializers (stored as integers)."""
+    """Parameters for the activations (Q/DQ pairs) and initializers (stored as integers).
+
+    ``integers`` holds the weights already quantized: a weight's parameters and its integer
+    tensor come from one read, so a memory-mapped weight is read once and unmapped.
+    """
 
     activations: dict[str, QParams]
     initializers: dict[str, QParams]
+    integers: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def compute_params(
@@ -38,6 +51,7 @@ def compute_params(
     act_type = QuantType.INT8 if config.activation_type is ActivationType.INT8 else QuantType.UINT8
     initializers = model.graph.initializers
     weights: dict[str, QParams] = {}
+    integers: dict[str, np.ndarray] = {}
     for spec in plan.weights:
         tensor = initializers[spec.name].const_value
         assert tensor is not None
@@ -48,6 +62,9 @@ def compute_params(
             )
         else:
             weights[spec.name] = activation_qparams(float(np.min(array)), float(np.max(array)), act_type)
+        integers[spec.name] = quantize(array, weights[spec.name])
+        del array
+        unmap(tensor)
     activations: dict[str, QParams] = {}
     for act in plan.activations:
         if act.table is not None:
@@ -58,4 +75,4 @@ def compute_params(
             observed.min, observed.max, act_type, nonnegative=act.nonnegative
         )
     biases = {b.name: bias_qparams(activations[b.activation].scale, weights[b.weight]) for b in plan.biases}
-    return PlanParams(activations=activations, initializers={**weights, **biases})
+    return PlanParams(activations=activations, initializers={**weights, **biases}, integers=integers)

@@ -6,12 +6,15 @@ atomic write -> report. Nothing is decided or computed here that a stage module 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
@@ -23,7 +26,14 @@ from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
-from quantcli.errors import CalibrationFileError, ConfigError, OutputError, QuantizationError
+from quantcli.diagnose import LayerDiagnosis, diagnose
+from quantcli.errors import (
+    CalibrationFileError,
+    ConfigError,
+    ModelLoadError,
+    OutputError,
+    QuantizationError,
+)
 from quantcli.evaluate import (
     Fidelity,
     GateResult,
@@ -34,16 +44,17 @@ from quantcli.evaluate import (
     load_labels,
     measure_latency,
 )
+from quantcli.fallback import FallbackResult, fall_back
 from quantcli.graph.io import (
     ModelFile,
-    check_model_proto,
-    check_writable,
+    check_model_file,
+    external_folder,
     fingerprint,
     load_model,
     open_session,
     serialize,
-    write_atomic,
 )
+from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
     FoldActivationsPass,
@@ -51,9 +62,16 @@ from quantcli.passes import (
     InsertActivationQDQPass,
     QuantizeInitializersPass,
     QuantizeMatMulDynamicallyPass,
+    ReduceMeanToGlobalPoolPass,
 )
 from quantcli.plan import QuantPlan, candidate_tensors, select
-from quantcli.report import CalibrationSummary, CandidateSummary, QuantReport, SizeSummary
+from quantcli.report import (
+    CalibrationSummary,
+    CandidateSummary,
+    FallbackSummary,
+    QuantReport,
+    SizeSummary,
+)
 
 __all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
 
@@ -64,8 +82,13 @@ def _prepare(path: Path) -> ModelFile:
     """Load a model and give every value a type: plan rules look at dtypes and ranks."""
     loaded = load_model(path)
     prepare = ir.passes.Sequential(
+        # Exported graphs repeat node names or leave them empty; onnxruntime refuses repeats, and
+        # the report and --exclude need one name per node.
+        common_passes.NameFixPass(),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common_passes.ShapeInferencePass(strict_mode=False),
+        # After shape inference: the rewrite needs the input's rank.
+        ReduceMeanToGlobalPoolPass(),
     )
     try:
         prepare(loaded.model)
@@ -80,6 +103,52 @@ def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
     if output.resolve() == model_path.resolve():
         raise OutputError(f"{output}: the output would overwrite the input model; choose another path")
     check_writable(output, force=force)
+
+
+def _check_data_path(loaded: ModelFile, output: Path, *, force: bool) -> None:
+    """The output's external data file must not replace one the input reads, nor exist unasked."""
+    folder = external_folder(loaded.model)
+    if folder is None:
+        return
+    data = output.with_name(data_file_name(output))
+    inputs = {
+        (folder / str(v.const_value.location)).resolve()
+        for g in loaded.model.graphs()
+        for v in g.initializers.values()
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+    if data.resolve() in inputs:
+        raise OutputError(
+            f"{output}: its data file {data.name} would overwrite the input's external data; "
+            "choose another output name"
+        )
+    check_writable(data, force=force)
+
+
+# Above this many bytes of weights, the output is written with external data even when the
+# input was one file: protobuf cannot hold 2 GiB, and the margin covers the graph itself.
+INLINE_LIMIT = 1_800_000_000
+
+
+def _needs_external_data(loaded: ModelFile) -> bool:
+    if loaded.external_data:
+        return True
+    weights = sum(
+        v.const_value.nbytes
+        for g in loaded.model.graphs()
+        for v in g.initializers.values()
+        if v.const_value is not None
+    )
+    return weights > INLINE_LIMIT
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """onnxruntime's refusals do not name the file: add it."""
+    try:
+        yield
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
 
 
 def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
@@ -112,13 +181,18 @@ class _Data:
 def _open_data(
     specs: tuple[InputSpec, ...], data: Path | None, eval_data: Path | None, config: QuantConfig
 ) -> _Data:
+    skip = config.skip_nonfinite
     calibration = (
-        select_samples(open_dataset(data, specs), max_samples=config.max_samples, seed=config.seed)
+        select_samples(
+            open_dataset(data, specs, skip_nonfinite=skip),
+            max_samples=config.max_samples,
+            seed=config.seed,
+        )
         if data is not None
         else None
     )
     if eval_data is not None:
-        return _Data(calibration, open_dataset(eval_data, specs), str(eval_data))
+        return _Data(calibration, open_dataset(eval_data, specs, skip_nonfinite=skip), str(eval_data))
     if calibration is not None and not config.mode.needs_calibration:
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
@@ -148,14 +222,15 @@ def _ranges(
             method, cal.num_samples, str(calibration)
         )
     assert data.calibration is not None
-    stats = collect_stats(
-        loaded.model,
-        observed,
-        data.calibration,
-        batch_size=config.batch_size,
-        histograms=config.method.needs_histogram,
-        progress=progress,
-    )
+    with _naming(loaded.path):
+        stats = collect_stats(
+            loaded.model,
+            observed,
+            data.calibration,
+            batch_size=config.batch_size,
+            histograms=config.method.needs_histogram,
+            progress=progress,
+        )
     return choose_ranges(stats, observed, config), CalibrationSummary(
         config.method.describe(config.percentile), data.calibration.num_samples, str(data.calibration.source)
     )
@@ -173,7 +248,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
     """Carry out ``plan`` on ``model`` in place."""
     ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
-        QuantizeInitializersPass(params.initializers),
+        QuantizeInitializersPass(params.initializers, params.integers),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
         GatherQuantizedRowsPass(plan.gathered_tables),
         InsertActivationQDQPass(
@@ -191,12 +266,17 @@ class _Candidate:
     """One quantized model built in memory, checked, and measured."""
 
     plan: QuantPlan
-    payload: bytes
+    staged: StagedModel
+    scratch: StagedOutput
     session: ort.InferenceSession
     int8_weight_fraction: float
     fidelity: Fidelity | None = None
     gate: GateResult | None = None
     latency: Latency | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return self.staged.size_bytes
 
 
 def _plans(model: ir.Model, config: QuantConfig) -> list[QuantPlan]:
@@ -214,23 +294,34 @@ def _plans(model: ir.Model, config: QuantConfig) -> list[QuantPlan]:
     return plans
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where a candidate goes: its final path, staged apart until chosen."""
+
+    output: Path
+    external_data: bool
+    input_bytes: int
+    scratch: StagedOutput
+
+
 def _build(
-    model: ir.Model, plan: QuantPlan, ranges: dict[str, TensorRange], config: QuantConfig, input_bytes: int
+    model: ir.Model, plan: QuantPlan, ranges: dict[str, TensorRange], config: QuantConfig, target: _Target
 ) -> _Candidate:
-    """Quantize ``model`` (modified in place) by ``plan``; check it and refuse it if it grew."""
+    """Quantize ``model`` (modified in place) by ``plan``; stage it, check the staged file, and
+    refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
     params = compute_params(model, plan, ranges, config)
     float_params = _parameter_count(model)
     int8_params = _parameter_count(model, [w.name for w in plan.weights])
     _rewrite(model, plan, params)
-    proto = serialize(model, keep_value_info=False)
-    session = check_model_proto(proto)
-    payload = proto.SerializeToString(deterministic=True)
-    if len(payload) >= input_bytes:
+    staged = target.scratch.write_model(model, target.output, external_data=target.external_data)
+    session = check_model_file(staged.path)
+    if staged.size_bytes >= target.input_bytes:
         raise QuantizationError(
-            f"the quantized model ({len(payload)} bytes) would not be smaller than the input "
-            f"({input_bytes} bytes); nothing written"
+            f"the quantized model ({staged.size_bytes} bytes) would not be smaller than the input "
+            f"({target.input_bytes} bytes); nothing written"
         )
-    return _Candidate(plan, payload, session, int8_params / float_params if float_params else 0.0)
+    fraction = int8_params / float_params if float_params else 0.0
+    return _Candidate(plan, staged, target.scratch, session, fraction)
 
 
 def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Dataset | None) -> _Candidate:
@@ -249,12 +340,12 @@ def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Datas
     candidates[:] = timed
     passing = [c for c in timed if c.gate is not None and c.gate.passed]
     if not passing:
-        return min(timed, key=lambda c: c.gate.drop if c.gate else float("inf"))
+        return min(timed, key=lambda c: c.gate.shortfall if c.gate else float("inf"))
     fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
     # Timings a few percent apart are noise on a shared machine: among those, the smaller model
     # wins, then the earlier mode (more integer work).
     close = [c for c in passing if c.latency is not None and c.latency.median_ms <= fastest * _LATENCY_TIE]
-    return min(close, key=lambda c: len(c.payload))
+    return min(close, key=lambda c: c.staged.size_bytes)
 
 
 def _summaries(
@@ -270,14 +361,14 @@ def _summaries(
         elif c is winner:
             why = "no candidate met the accuracy bound; this one lost the least"
         elif c.gate is not None and not c.gate.passed:
-            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} points"
+            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} {c.gate.unit}"
         else:
             why = "within the accuracy bound but slower"
         summaries.append(
             CandidateSummary(
                 mode=c.plan.mode.value,
-                output_bytes=len(c.payload),
-                size_ratio=input_bytes / len(c.payload),
+                output_bytes=c.staged.size_bytes,
+                size_ratio=input_bytes / c.staged.size_bytes,
                 int8_weight_fraction=c.int8_weight_fraction,
                 gate=c.gate,
                 latency=c.latency,
@@ -299,15 +390,59 @@ def quantize(
     labels: Path | None = None,
     force: bool = False,
     progress: Progress | None = None,
+    staging: StagedOutput | None = None,
 ) -> QuantResult:
     """Quantize ``model_path`` to int8 and write it to ``output``, checked and atomically.
 
     Ranges come from ``data`` (calibrated now) or ``calibration`` (a file from :func:`calibrate`);
     the dynamic and weight-only modes need neither. Fidelity is measured on ``eval_data``, or on
     a held-back part of ``data``. With ``mode=auto`` every candidate mode is built and measured
-    and the fastest one within the accuracy bound is written.
+    and the fastest one within the accuracy bound is written. With ``staging``, the model joins
+    files the caller commits together (a report, say); otherwise it is moved into place before
+    returning. On any error nothing new is left behind.
     """
     config = config or QuantConfig()
+    if staging is None:
+        with StagedOutput(force=force) as own:
+            result = quantize(
+                model_path,
+                output,
+                config=config,
+                data=data,
+                calibration=calibration,
+                eval_data=eval_data,
+                labels=labels,
+                force=force,
+                progress=progress,
+                staging=own,
+            )
+            own.commit()
+        return result
+    return _quantize_into(
+        staging,
+        model_path,
+        output,
+        config=config,
+        data=data,
+        calibration=calibration,
+        eval_data=eval_data,
+        labels=labels,
+        progress=progress,
+    )
+
+
+def _quantize_into(
+    staging: StagedOutput,
+    model_path: Path,
+    output: Path,
+    *,
+    config: QuantConfig,
+    data: Path | None,
+    calibration: Path | None,
+    eval_data: Path | None,
+    labels: Path | None,
+    progress: Progress | None,
+) -> QuantResult:
     if data is not None and calibration is not None:
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
     if config.mode.needs_calibration and data is None and calibration is None:
@@ -315,8 +450,9 @@ def quantize(
             f"{config.mode} mode calibrates activations: give --data or --calibration "
             "(or choose --mode dynamic or --mode weight-only, which need no data)"
         )
-    _check_output_path(model_path, output, force=force)
+    _check_output_path(model_path, output, force=staging.force)
     loaded = _prepare(model_path)
+    _check_data_path(loaded, output, force=staging.force)
     specs = model_inputs(loaded.model)
     datasets = _open_data(specs, data, eval_data, config)
     label_array = None
@@ -326,9 +462,11 @@ def quantize(
         label_array = load_labels(labels, datasets.evaluation.num_samples)
     plans = _plans(loaded.model, config)
     if not plans:
+        if config.allow_noop:
+            return _write_unchanged(loaded, output, config, staging)
         raise QuantizationError(
             f"{model_path}: nothing to quantize in {config.mode} mode "
-            "(no Conv, MatMul, Gemm or Gather on float weights)"
+            "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
         )
     observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
@@ -342,58 +480,231 @@ def quantize(
             config=config,
             progress=progress,
         )
+    # A reference to the float model's files, not a copy of its weights.
     reference = serialize(loaded.model) if datasets.evaluation is not None or len(plans) > 1 else None
-    reference_session = open_session(reference) if reference is not None and datasets.evaluation else None
-    candidates = []
-    for index, plan in enumerate(plans):
-        # Every candidate but the last rewrites a fresh copy; the last may consume the original.
-        model = loaded.model if index == len(plans) - 1 else _copy(reference)
-        try:
-            candidate = _build(model, plan, ranges, config, loaded.size_bytes)
-        except QuantizationError as exc:
-            if len(plans) == 1:
-                raise QuantizationError(f"{model_path}: {exc}") from exc
-            logger.warning("%s mode candidate dropped: %s", plan.mode, exc)
-            continue
-        if reference_session is not None and datasets.evaluation is not None:
-            fidelity = compare_models(
-                reference_session,
-                candidate.session,
-                datasets.evaluation,
-                batch_size=config.batch_size,
-                source=datasets.evaluation_source,
-                labels=label_array,
-            )
-            bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
-            candidate = replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.metric, bound))
-        candidates.append(candidate)
-    if not candidates:
-        raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
-    winner = _choose(candidates, config, datasets.evaluation)
-    write_atomic(winner.payload, output, force=force)
+    reference_session = None
+    if reference is not None and datasets.evaluation:
+        with _naming(model_path):
+            reference_session = open_session(reference, data_folder=external_folder(loaded.model))
+    candidates, winner, diagnosis, fallback = _stage_candidates(
+        loaded,
+        plans,
+        ranges,
+        config,
+        staging=staging,
+        output=output,
+        reference=reference,
+        reference_session=reference_session,
+        datasets=datasets,
+        labels=label_array,
+    )
     report = QuantReport(
         model=str(model_path),
         output=str(output),
-        size=SizeSummary(loaded.size_bytes, len(winner.payload)),
+        size=SizeSummary(loaded.size_bytes, winner.staged.size_bytes),
         config=config,
         calibration=calibration_summary,
         plan=winner.plan,
         int8_weight_fraction=winner.int8_weight_fraction,
         fidelity=winner.fidelity,
         fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
-        gate=winner.gate if config.max_drop is not None else None,
+        gate=winner.gate if config.has_gate else None,
         candidates=_summaries(candidates, winner, loaded.size_bytes),
+        opset_upgraded_from=loaded.upgraded_from_opset,
+        per_layer=diagnosis,
+        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
     )
     return QuantResult(output=output, report=report)
 
 
-def _copy(proto: onnx.ModelProto | None) -> ir.Model:
+def _stage_candidates(
+    loaded: ModelFile,
+    plans: list[QuantPlan],
+    ranges: dict[str, TensorRange],
+    config: QuantConfig,
+    *,
+    staging: StagedOutput,
+    output: Path,
+    reference: onnx.ModelProto | None,
+    reference_session: ort.InferenceSession | None,
+    datasets: _Data,
+    labels: npt.NDArray[np.int64] | None,
+) -> tuple[list[_Candidate], _Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+    """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go.
+    Then --per-layer diagnoses the winner and --auto-fallback, if it misses the bound, builds
+    variants with nodes returned to float (see :func:`_diagnose_and_fall_back`)."""
+    model_path = loaded.path
+    label_array = labels
+    data_folder = external_folder(loaded.model)
+    external = _needs_external_data(loaded)
+    candidates = []
+    with contextlib.ExitStack() as scratches:
+        for index, plan in enumerate(plans):
+            # Every candidate but the last rewrites a fresh copy; the last may consume the original.
+            model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
+            scratch = scratches.enter_context(StagedOutput(force=staging.force))
+            target = _Target(output, external, loaded.size_bytes, scratch)
+            candidate = _try_build(
+                model,
+                plan,
+                ranges=ranges,
+                config=config,
+                target=target,
+                model_path=model_path,
+                single=len(plans) == 1,
+            )
+            if candidate is None:
+                continue
+            if reference_session is not None and datasets.evaluation is not None:
+                candidate = _measure(candidate, reference_session, datasets, label_array, config)
+            candidates.append(candidate)
+        if not candidates:
+            raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
+        winner = _choose(candidates, config, datasets.evaluation)
+
+        def new_target() -> _Target:
+            return _Target(
+                output,
+                external,
+                loaded.size_bytes,
+                scratches.enter_context(StagedOutput(force=staging.force)),
+            )
+
+        context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
+        winner, diagnosis, fallback = _diagnose_and_fall_back(winner, context, config, new_target)
+        staging.adopt(winner.scratch)
+    return candidates, winner, diagnosis, fallback
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The float model and what every fallback trial is built from and measured against."""
+
+    proto: onnx.ModelProto | None  # None: nothing to measure against
+    session: ort.InferenceSession | None
+    datasets: _Data
+    labels: npt.NDArray[np.int64] | None
+    ranges: dict[str, TensorRange]
+    data_folder: Path | None
+
+
+def _diagnose_and_fall_back(
+    winner: _Candidate, reference: _Reference, config: QuantConfig, new_target: Callable[[], _Target]
+) -> tuple[_Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+    """--per-layer: rank the winner's tensors. --auto-fallback, when the winner misses the
+    bound: return the nodes behind the worst ones to float, on the winner's mode's plan."""
+    evaluation, proto, session = reference.datasets.evaluation, reference.proto, reference.session
+    missed = winner.gate is not None and not winner.gate.passed
+    wanted = config.per_layer or (config.auto_fallback and missed)
+    if evaluation is None or proto is None or session is None or not wanted:
+        return winner, None, None
+    # Fallback chooses among the tensors measured alone: more of them than the report shows.
+    top_k = max(config.top_k, 4 * config.max_trials) if config.auto_fallback else config.top_k
+    quantized = onnx.load(str(winner.staged.path))
+    diagnosis = diagnose(proto, quantized, evaluation, top_k=top_k, data_folder=reference.data_folder)
+    if not (config.auto_fallback and missed):
+        return winner, diagnosis, None
+    reported = replace(diagnosis, top_k=config.top_k)
+    mode = winner.plan.mode
+
+    def build(excluded: frozenset[str]) -> _Candidate:
+        variant = replace(config, mode=mode, exclude=config.exclude | excluded)
+        model = _copy(proto, reference.data_folder)
+        plan = select(model, variant)
+        # With nodes excluded a carried chain can take its range from a tensor not yet observed.
+        missing = [name for name in plan.observed if name not in reference.ranges]
+        calibration = reference.datasets.calibration
+        if missing and calibration is not None:
+            stats = collect_stats(
+                model,
+                missing,
+                calibration,
+                batch_size=config.batch_size,
+                histograms=config.method.needs_histogram,
+            )
+            reference.ranges.update(choose_ranges(stats, missing, config))
+        built = _build(model, plan, reference.ranges, variant, new_target())
+        return _measure(built, session, reference.datasets, reference.labels, config)
+
+    fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
+    return fallback.chosen, reported, fallback
+
+
+def _measure(
+    candidate: _Candidate,
+    reference_session: ort.InferenceSession,
+    datasets: _Data,
+    labels: npt.NDArray[np.int64] | None,
+    config: QuantConfig,
+) -> _Candidate:
+    """The candidate with its fidelity against the float model and its gate."""
+    assert datasets.evaluation is not None
+    fidelity = compare_models(
+        reference_session,
+        candidate.session,
+        datasets.evaluation,
+        batch_size=config.batch_size,
+        source=datasets.evaluation_source,
+        labels=labels,
+    )
+    if config.min_sqnr is not None:
+        bound = config.min_sqnr
+    else:
+        bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
+    return replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.gate_metric, bound))
+
+
+def _try_build(
+    model: ir.Model,
+    plan: QuantPlan,
+    *,
+    ranges: dict[str, TensorRange],
+    config: QuantConfig,
+    target: _Target,
+    model_path: Path,
+    single: bool,
+) -> _Candidate | None:
+    """Build one candidate; among several, one that fails is dropped with a warning."""
+    try:
+        return _build(model, plan, ranges, config, target)
+    except QuantizationError as exc:
+        if single:
+            raise QuantizationError(f"{model_path}: {exc}") from exc
+        logger.warning("%s mode candidate dropped: %s", plan.mode, exc)
+        return None
+
+
+def _write_unchanged(
+    loaded: ModelFile, output: Path, config: QuantConfig, staging: StagedOutput
+) -> QuantResult:
+    """``--allow-noop``: the float model, re-saved as it is, with a report saying so."""
+    staged = staging.write_model(loaded.model, output, external_data=_needs_external_data(loaded))
+    check_model_file(staged.path)
+    report = QuantReport(
+        model=str(loaded.path),
+        output=str(output),
+        size=SizeSummary(loaded.size_bytes, staged.size_bytes),
+        config=config,
+        calibration=CalibrationSummary(config.method.value, 0, "not needed: nothing to quantize"),
+        plan=select(loaded.model, config),
+        int8_weight_fraction=0.0,
+        fidelity=None,
+        fidelity_note="not measured: the model was written unchanged (nothing to quantize)",
+    )
+    return QuantResult(output=output, report=report)
+
+
+def _copy(proto: onnx.ModelProto | None, data_folder: Path | None) -> ir.Model:
     """A model independent of ``proto``: onnx_ir's tensors write renames through to the proto they
-    wrap, so deserializing ``proto`` itself would let one candidate's rewrite corrupt the next."""
+    wrap, so deserializing ``proto`` itself would let one candidate's rewrite corrupt the next.
+    External weights stay references to the input's files, resolved in ``data_folder``."""
     assert proto is not None
     fresh = onnx.ModelProto()
     fresh.CopyFrom(proto)
-    return ir.serde.deserialize_model(fresh)
+    model = ir.serde.deserialize_model(fresh)
+    if data_folder is not None:
+        ir.external_data.set_base_dir(model.graph, data_folder)
+    return model
 
 
 def calibrate(
@@ -409,7 +720,7 @@ def calibrate(
     config = config or QuantConfig()
     loaded = _prepare(model_path)
     dataset = select_samples(
-        open_dataset(data, model_inputs(loaded.model)),
+        open_dataset(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
         max_samples=config.max_samples,
         seed=config.seed,
         shard=shard,
@@ -417,9 +728,10 @@ def calibrate(
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
-    stats = collect_stats(
-        loaded.model, tensors, dataset, batch_size=config.batch_size, histograms=True, progress=progress
-    )
+    with _naming(model_path):
+        stats = collect_stats(
+            loaded.model, tensors, dataset, batch_size=config.batch_size, histograms=True, progress=progress
+        )
     return CalibrationFile(
         model_fingerprint=fingerprint(loaded.model),
         method=config.method,

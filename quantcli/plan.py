@@ -26,6 +26,7 @@ Everything else stays float, and every node gets a sentence saying why.
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "QuantPlan",
     "WeightSpec",
     "candidate_tensors",
+    "matches",
     "select",
 ]
 
@@ -134,6 +136,14 @@ for _op in (
     "MaxPool", "Resize", "Split",
 ):  # fmt: skip
     _RULES[_op] = _OpRule(_Kind.DATA_MOVEMENT, _op)
+
+# Conv/MatMul/Gemm with fewer constant weights than this stay float (e.g. a detector's fixed
+# 16-tap expectation Conv): int8 would save nothing and add a rounding step.
+_MIN_COMPUTE_WEIGHTS = 64
+
+# Constant inputs of float element-wise ops smaller than this stay float: a scale and zero point
+# would outweigh the bytes saved.
+_MIN_STORED_CONSTANT = 256
 
 # Why common float-only ops stay float, in words a user can check.
 _FLOAT_REASONS = {
@@ -292,6 +302,8 @@ class _Selector:
         self.nonnegative: set[str] = set()
         self.folds: dict[int, Fold] = {}
         self.dynamic: dict[int, DynamicSpec] = {}
+        # Integer-input compute nodes whose output stays float (see keep_final_outputs_float).
+        self.float_output: set[int] = set()
         self.graph_outputs = {v.name for v in self.graph.outputs}
 
     # -- eligibility ---------------------------------------------------------------------------
@@ -299,8 +311,11 @@ class _Selector:
         """Why ``node`` can never be quantized, or None if it may be."""
         if node.domain not in ("", "ai.onnx"):
             return f"float: custom operator domain '{node.domain}'"
-        if node.name in self.config.exclude or node.op_type in self.config.exclude:
+        if matches(node, self.config.exclude):
             return "float: excluded by the user"
+        follows = rule is not None and rule.kind in (_Kind.DATA_MOVEMENT, _Kind.ACTIVATION_FOLD)
+        if self.config.include and not follows and not matches(node, self.config.include):
+            return "float: not in --include"
         if rule is None:
             return _FLOAT_REASONS.get(node.op_type, f"float: no integer kernel for {node.op_type}")
         if not node.outputs or not _is_float(node.outputs[0]):
@@ -311,6 +326,9 @@ class _Selector:
             weight = node.inputs[rule.weight_input] if len(node.inputs) > rule.weight_input else None
             if not _is_float(weight):
                 return "float: its weight is not a float32 tensor"
+            tensor = _constant(weight)
+            if tensor is not None and tensor.size < _MIN_COMPUTE_WEIGHTS:
+                return f"float: {tensor.size} weights are too few for int8 to gain anything"
             if rule.kind is _Kind.WEIGHT_ONLY and _constant(weight) is None:
                 return "float: its weight is computed at run time"
         return None
@@ -368,7 +386,124 @@ class _Selector:
         for node in pending:
             if id(node) not in self.decisions:
                 self.decide(node, NodeRole.FLOAT, self.undecided_reason(node))
+        self.prune_dead_ends()
+        self.keep_final_outputs_float()
         return self.build()
+
+    def keep_final_outputs_float(self) -> None:
+        """Leave float the output of a Conv from which no int8 reader can be reached.
+
+        Such an output flows to the model's outputs through float ops only (a detector's class
+        head, a segmentation map). Quantizing it would clip every value beyond what calibration
+        saw, e.g. a class score stronger than any seen while calibrating, and no integer kernel
+        downstream gains from it. The Conv keeps int8 weights (and its input, where that is int8
+        anyway); only its output, and so its integer kernel, is given up. A Conv whose output
+        reaches another integer kernel through float ops (a hard-swish between two Convs) keeps
+        its integer kernel. Visited in reverse graph order: each Conv's successors are settled.
+        """
+        memo: dict[str, bool] = {}
+        for node in reversed(self.nodes):
+            rule = _RULES.get(node.op_type)
+            if rule is None or rule.kind is not _Kind.COMPUTE or not rule.output_required:
+                continue
+            if id(node) not in self.integer or any(self.reaches_int8(out, memo) for out in node.outputs):
+                continue
+            self.float_output.add(id(node))
+            self.withdraw_output(node)
+            self.decide(
+                node,
+                NodeRole.WEIGHT_ONLY,
+                "int8 weights, float output: no integer kernel after it, and a quantized output "
+                "would clip values beyond the calibrated range",
+            )
+
+    def withdraw_output(self, node: ir.Node) -> None:
+        """``node``'s output will not be quantized after all: it is no longer int8, and a
+        Relu/Clip folded into its quantizer must run again as a node."""
+        for out in node.outputs:
+            self.available.pop(out.name or "", None)
+            for use in out.uses():
+                if id(use.node) in self.folds:
+                    del self.folds[id(use.node)]
+                    self.nonnegative.difference_update(o.name or "" for o in use.node.outputs)
+                    for folded_out in use.node.outputs:
+                        self.available.pop(folded_out.name or "", None)
+                    self.decide(use.node, NodeRole.FLOAT, "float: its input is not quantized")
+
+    def reaches_int8(self, value: ir.Value, memo: dict[str, bool]) -> bool:
+        """Whether a node downstream of ``value`` runs an integer kernel on int8 input."""
+        name = value.name or ""
+        if name not in memo:
+            memo[name] = any(
+                # A float-output Conv counts: it still reads its input as int8.
+                (
+                    id(use.node) in self.integer
+                    and use.idx in self.activation_slots(use.node, _RULES[use.node.op_type])
+                )
+                or any(self.reaches_int8(out, memo) for out in use.node.outputs)
+                for use in value.uses()
+            )
+        return memo[name]
+
+    def prune_dead_ends(self) -> None:
+        """Return to float every integer element-wise op after which no node takes int8.
+
+        Its integer kernel would only add a rounding step and a quantizer whose range is whatever
+        calibration saw: a final Sigmoid calibrated on images without confident detections
+        clips every stronger score to the calibrated maximum. Visited in reverse graph order so
+        each node's consumers are settled first.
+        """
+        for node in reversed(self.nodes):
+            rule = _RULES.get(node.op_type)
+            if rule is None or rule.kind is not _Kind.ELEMENTWISE or id(node) not in self.integer:
+                continue
+            if any(self.takes_int8(out) for out in node.outputs):
+                continue
+            self.integer.discard(id(node))
+            self.withdraw_output(node)
+            if self.large_constant_inputs(node):
+                self.decide(
+                    node,
+                    NodeRole.WEIGHT_ONLY,
+                    "int8 constant input, float compute: nothing after it takes int8",
+                )
+            else:
+                self.decide(
+                    node,
+                    NodeRole.FLOAT,
+                    "float: nothing after it takes int8, so an integer kernel saves nothing",
+                )
+
+    @staticmethod
+    def large_constant_inputs(node: ir.Node) -> list[ir.Value]:
+        """Float constants big enough that int8 storage saves more than its scale costs."""
+        return [
+            v
+            for v in node.inputs
+            if v is not None
+            and _is_float(v)
+            and (t := _constant(v)) is not None
+            and t.size >= _MIN_STORED_CONSTANT
+        ]
+
+    def takes_int8(self, value: ir.Value) -> bool:
+        """Whether some consumer of ``value`` reads it as int8 in this plan."""
+        for use in value.uses():
+            consumer = use.node
+            decision = self.decisions.get(id(consumer))
+            if decision is None:
+                continue
+            if id(consumer) in self.integer:
+                rule = _RULES[consumer.op_type]
+                if use.idx in self.activation_slots(consumer, rule):
+                    return True
+            elif (
+                decision.role in (NodeRole.CARRY, NodeRole.FOLDED)
+                and use.idx == 0
+                and any(self.takes_int8(out) for out in consumer.outputs)
+            ):
+                return True
+        return False
 
     def place_compute(self, node: ir.Node, rule: _OpRule) -> None:
         """Conv/MatMul/Gemm: integer kernel, dynamic, weight-only or float, by mode."""
@@ -485,14 +620,16 @@ class _Selector:
             role = self.decisions[id(node)].role
             if rule is None or role not in (NodeRole.INTEGER, NodeRole.DYNAMIC, NodeRole.WEIGHT_ONLY):
                 continue
-            if rule.kind is _Kind.TABLE and role is NodeRole.WEIGHT_ONLY:
+            if rule.kind is _Kind.ELEMENTWISE and role is NodeRole.WEIGHT_ONLY:
+                constants.update(v.name or "" for v in self.large_constant_inputs(node))
+            elif rule.kind is _Kind.TABLE and role is NodeRole.WEIGHT_ONLY:
                 gathered.add(node.inputs[0].name or "")  # type: ignore[union-attr]
                 weights.setdefault(node.inputs[0].name or "", set()).add(None)  # type: ignore[union-attr]
             elif rule.kind is _Kind.TABLE:
                 tables.add(node.inputs[0].name or "")  # type: ignore[union-attr]
             elif rule.weight_input is not None:
                 self.add_weight(node, rule, weights)
-            if role is NodeRole.INTEGER:
+            if id(node) in self.integer:
                 self.add_node_activations(node, rule, add_activation, constants)
         self.extend_carried(activations, add_activation)
         # A table is stored like an activation (uint8 by default) so the rows it yields feed
@@ -526,7 +663,11 @@ class _Selector:
         if weight is None or _constant(weight) is None:
             return
         axis = None
-        if rule.weight_axis is not None and self.config.per_channel:
+        if (
+            rule.weight_axis is not None
+            and self.config.per_channel
+            and not matches(node, self.config.per_tensor)
+        ):
             axis = rule.weight_axis(node, weight)
         weights.setdefault(weight.name or "", set()).add(axis)
 
@@ -538,14 +679,15 @@ class _Selector:
         constants: set[str],
     ) -> None:
         """Quantize an integer node's inputs, and its output where the kernel needs it."""
-        if rule.output_required:
+        if rule.output_required and id(node) not in self.float_output:
             add_activation(self.fold_target(node.outputs[0]))
         for index in self.activation_slots(node, rule):
             value = node.inputs[index]
             assert value is not None
             if _constant(value) is not None:
                 constants.add(value.name or "")
-            else:
+            elif id(node) not in self.float_output or value.name in self.available:
+                # A float-output node reads int8 only where the tensor is int8 anyway.
                 add_activation(value)
 
     def extend_carried(
@@ -646,16 +788,35 @@ def _unit_gemm(node: ir.Node) -> bool:
     )
 
 
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def matches(node: ir.Node, patterns: frozenset[str]) -> bool:
+    """``node`` is named by a pattern: its exact name, its op type, or a glob over its name."""
+    if node.name in patterns or node.op_type in patterns:
+        return True
+    return any(_is_glob(p) and fnmatch.fnmatchcase(node.name or "", p) for p in patterns)
+
+
+def _check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> None:
+    """A pattern that names nothing is a typo: refuse it rather than quantize silently."""
+    names = [n.name or "" for n in model.graph]
+    known = set(names) | {n.op_type for n in model.graph}
+    unknown = sorted(p for p in patterns if (not fnmatch.filter(names, p) if _is_glob(p) else p not in known))
+    if unknown:
+        raise ConfigError(f"{flag} names no node or op type of this model: {', '.join(unknown)}")
+
+
 def select(model: ir.Model, config: QuantConfig) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
     The model must carry value types (run shape inference first); it is not modified. Nodes
     inside subgraphs (If/Loop/Scan bodies) are not visited and stay float.
     """
-    known = {n.name for n in model.graph} | {n.op_type for n in model.graph}
-    unknown = sorted(config.exclude - known)
-    if unknown:
-        raise ConfigError(f"--exclude names no node or op type of this model: {', '.join(unknown)}")
+    _check_patterns(model, config.exclude, "--exclude")
+    _check_patterns(model, config.include, "--include")
+    _check_patterns(model, config.per_tensor, "a per_channel = false override")
     return _Selector(model, config).run()
 
 

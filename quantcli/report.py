@@ -12,12 +12,26 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from quantcli.config import QuantConfig
+from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
+from quantcli.fallback import FallbackResult
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
 
-__all__ = ["SCHEMA_VERSION", "CalibrationSummary", "CandidateSummary", "QuantReport", "SizeSummary"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CalibrationSummary",
+    "CandidateSummary",
+    "CompareReport",
+    "FallbackSummary",
+    "QuantReport",
+    "SizeSummary",
+    "fidelity_dict",
+    "per_layer_dict",
+]
 
-SCHEMA_VERSION = 1
+# 2: gate gained "unit" and, for the sqnr metric, "sqnr_db"/"min_sqnr_db" instead of
+# "drop"/"max_drop"; reports gained "per_layer" and "fallback"; "kind" names the document.
+SCHEMA_VERSION = 2
 
 
 def _finite(value: float) -> float | str:
@@ -69,13 +83,104 @@ class CandidateSummary:
         }
 
 
+@dataclass(frozen=True)
+class FallbackSummary:
+    """What --auto-fallback tried and kept: every step with its cost."""
+
+    passed: bool
+    summary: str
+    steps: tuple[dict[str, Any], ...]
+    float_nodes: tuple[str, ...]
+
+    @classmethod
+    def of(cls, result: FallbackResult[Any], input_bytes: int) -> FallbackSummary:
+        steps = tuple(
+            {
+                "trial": s.trial,
+                "groups_in_float": s.groups,
+                "nodes_in_float": list(s.excluded),
+                "gate": _gate_dict(s.gate),
+                "int8_weight_fraction": s.int8_weight_fraction,
+                "output_bytes": s.output_bytes,
+                "size_ratio": input_bytes / s.output_bytes if s.output_bytes else 0.0,
+                "chosen": s.chosen,
+                "note": s.note,
+            }
+            for s in result.steps
+        )
+        chosen = next(s for s in result.steps if s.chosen)
+        return cls(result.passed, result.summary, steps, chosen.excluded)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "summary": self.summary,
+            "nodes_in_float": list(self.float_nodes),
+            "steps": list(self.steps),
+        }
+
+
+def per_layer_dict(diagnosis: LayerDiagnosis | None) -> dict[str, Any] | None:
+    """Every diagnosed tensor, worst first (``rank`` 1), with the exclude list of the top k."""
+    if diagnosis is None:
+        return None
+    return {
+        "samples": diagnosis.samples,
+        "top_k": diagnosis.top_k,
+        "tensors": [
+            {
+                "rank": rank,
+                "name": t.name,
+                "kind": t.kind,
+                "op_type": t.op_type,
+                "nodes": list(t.nodes),
+                "order": t.order,
+                "range": [t.range_min, t.range_max],
+                "sqnr_db": _finite(t.sqnr_db),
+                "local_sqnr_db": _finite(t.local_sqnr_db),
+                "alone_sqnr_db": None if t.alone_sqnr_db is None else _finite(t.alone_sqnr_db),
+            }
+            for rank, t in enumerate(diagnosis.tensors, start=1)
+        ],
+        "exclude_list": diagnosis.exclude_file(),
+    }
+
+
+def fidelity_dict(fidelity: Fidelity | None) -> dict[str, Any] | None:
+    if fidelity is None:
+        return None
+    outputs = []
+    for out in fidelity.outputs:
+        entry = asdict(out)
+        entry["sqnr_db"] = _finite(out.sqnr_db)
+        outputs.append(entry)
+    result: dict[str, Any] = {"samples": fidelity.samples, "source": fidelity.source, "outputs": outputs}
+    if fidelity.accuracy is not None:
+        accuracy = fidelity.accuracy
+        result["accuracy"] = {
+            "output": accuracy.output,
+            "float_top1": accuracy.float_top1,
+            "quantized_top1": accuracy.quantized_top1,
+            "drop_points": accuracy.drop_points,
+        }
+    return result
+
+
 def _gate_dict(result: GateResult | None) -> dict[str, Any] | None:
     if result is None:
         return None
+    measured = (
+        {"sqnr_db": result.value, "min_sqnr_db": result.bound}
+        if result.higher_is_better
+        else {
+            "drop": result.value,
+            "max_drop": result.bound,
+        }
+    )
     return {
         "metric": result.metric.value,
-        "drop": result.drop,
-        "max_drop": result.max_drop,
+        **{k: _finite(v) for k, v in measured.items()},
+        "unit": result.unit,
         "passed": result.passed,
         "missed_by": result.missed_by,
     }
@@ -95,7 +200,10 @@ class QuantReport:
     fidelity: Fidelity | None
     fidelity_note: str = ""
     gate: GateResult | None = None  # set when the user asked for an accuracy bound
+    opset_upgraded_from: int | None = None  # the input's opset when it had to be upgraded
     candidates: tuple[CandidateSummary, ...] = ()  # what --mode auto tried
+    per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
+    fallback: FallbackSummary | None = None  # --auto-fallback
 
     @property
     def float_nodes(self) -> tuple[NodeDecision, ...]:
@@ -103,24 +211,9 @@ class QuantReport:
 
     def to_dict(self) -> dict[str, Any]:
         roles = Counter(d.role.value for d in self.plan.decisions)
-        fidelity: dict[str, Any] | None = None
-        if self.fidelity is not None:
-            outputs = []
-            for out in self.fidelity.outputs:
-                entry = asdict(out)
-                entry["sqnr_db"] = _finite(out.sqnr_db)
-                outputs.append(entry)
-            fidelity = {"samples": self.fidelity.samples, "source": self.fidelity.source, "outputs": outputs}
-            if self.fidelity.accuracy is not None:
-                accuracy = self.fidelity.accuracy
-                fidelity["accuracy"] = {
-                    "output": accuracy.output,
-                    "float_top1": accuracy.float_top1,
-                    "quantized_top1": accuracy.quantized_top1,
-                    "drop_points": accuracy.drop_points,
-                }
         return {
             "schema_version": SCHEMA_VERSION,
+            "kind": "convert",
             "model": self.model,
             "output": self.output,
             "size": {
@@ -129,6 +222,7 @@ class QuantReport:
                 "ratio": self.size.ratio,
             },
             "mode": self.plan.mode.value,
+            "opset_upgraded_from": self.opset_upgraded_from,
             "config": {
                 "mode": self.config.mode.value,
                 "activation_type": self.config.activation_type.value,
@@ -145,8 +239,40 @@ class QuantReport:
                 ],
             },
             "int8_weight_fraction": self.int8_weight_fraction,
-            "fidelity": fidelity,
+            "fidelity": fidelity_dict(self.fidelity),
             "fidelity_note": self.fidelity_note,
             "gate": _gate_dict(self.gate),
             "candidates": [c.to_dict() for c in self.candidates],
+            "per_layer": per_layer_dict(self.per_layer),
+            "fallback": None if self.fallback is None else self.fallback.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """``quantcli compare``: two models on the same samples, side by side."""
+
+    float_model: str
+    quantized_model: str
+    size: SizeSummary
+    fidelity: Fidelity
+    latency: dict[str, Latency]  # "float" and "quantized"
+    threads: int | None
+    per_layer: LayerDiagnosis | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "compare",
+            "float_model": self.float_model,
+            "quantized_model": self.quantized_model,
+            "size": {
+                "float_bytes": self.size.input_bytes,
+                "quantized_bytes": self.size.output_bytes,
+                "ratio": self.size.ratio,
+            },
+            "fidelity": fidelity_dict(self.fidelity),
+            "latency_ms": {name: asdict(value) for name, value in sorted(self.latency.items())},
+            "threads": self.threads,
+            "per_layer": per_layer_dict(self.per_layer),
         }

@@ -157,6 +157,53 @@ def gemm_head(*, trans_b: int, alpha: float = 1.0, beta: float = 1.0) -> onnx.Mo
     return _model(graph)
 
 
+def hard_swish_conv(channels: int = 32) -> onnx.ModelProto:
+    """Conv -> hard-swish written out (x * Clip(x + 3, 0, 6) / 6), as PaddlePaddle exports it."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Add", ["c", "three"], ["shifted"], name="add3"),
+        helper.make_node("Clip", ["shifted", "zero", "six"], ["gate"], name="clip"),
+        helper.make_node("Mul", ["c", "gate"], ["scaled"], name="mul"),
+        helper.make_node("Div", ["scaled", "six"], ["y"], name="div"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hard_swish_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels, 6, 6])],
+        [
+            _init("w", rng.normal(0, 0.5, (channels, 8, 3, 3)).astype(np.float32)),
+            _init("three", np.array(3.0, np.float32)),
+            _init("zero", np.array(0.0, np.float32)),
+            _init("six", np.array(6.0, np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
+def reduce_mean_classifier(channels: int = 32) -> onnx.ModelProto:
+    """Conv -> Relu -> ReduceMean over H, W (keepdims=0) -> Gemm, as PyTorch exports x.mean((2, 3))."""
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ReduceMean", ["r"], ["pooled"], name="mean", axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "fc"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reduce_mean_classifier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 12, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [
+            _init("w", rng.normal(0, 0.5, (channels, 3, 3, 3)).astype(np.float32)),
+            _init("fc", rng.normal(0, 0.3, (10, channels)).astype(np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
 def single_conv(channels: int = 64) -> onnx.ModelProto:
     """One Conv whose output is the graph output."""
     rng = np.random.default_rng(0)
@@ -166,6 +213,28 @@ def single_conv(channels: int = 64) -> onnx.ModelProto:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6])],
         [_init("w", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
+def two_convs_middle_output(channels: int = 16) -> onnx.ModelProto:
+    """conv1 -> c (a graph output, also read by conv2) -> conv2 -> y."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+            helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2"),
+        ],
+        "two_convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [
+            helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, channels, 6, 6]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, 4, 4]),
+        ],
+        [
+            _init("w1", rng.normal(0, 1, (channels, 3, 3, 3)).astype(np.float32)),
+            _init("w2", rng.normal(0, 0.2, (channels, channels, 3, 3)).astype(np.float32)),
+        ],
     )
     return _model(graph)
 
@@ -199,3 +268,37 @@ def optimized_op_types(path: Path, folder: Path) -> dict[str, int]:
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(folder / "optimized.onnx")
     return dict(collections.Counter(n.op_type for n in optimized.graph.node))
+
+
+def outlier_mlp(seed: int = 0) -> onnx.ModelProto:
+    """MatMul-Relu-MatMul-Relu-MatMul; with :func:`outlier_mlp_data` the first layer's input range
+    is stretched by one huge calibration value, so quantizing that tensor ruins the output."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.2, (32, 64)).astype(np.float32)
+    w1[0] = 0.0  # the outlier feature does not reach later layers' ranges
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h1"], name="mm1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["h2"], name="mm2"),
+        helper.make_node("Relu", ["h2"], ["r2"], name="relu2"),
+        helper.make_node("MatMul", ["r2", "w3"], ["y"], name="mm3"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outlier_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [
+            _init("w1", w1),
+            _init("w2", rng.normal(0, 0.2, (64, 64)).astype(np.float32)),
+            _init("w3", rng.normal(0, 0.2, (64, 10)).astype(np.float32)),
+        ],
+    )
+    return _model(graph)
+
+
+def outlier_mlp_data(n: int, seed: int = 1, outlier: float = 0.0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, 32)).astype(np.float32)
+    x[0, 0] = outlier or x[0, 0]
+    return {"x": x}

@@ -27,7 +27,7 @@ def test_convert_json_is_the_only_thing_on_stdout(cnn: tuple[Path, Path], tmp_pa
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
     assert document["size"]["ratio"] > 2.0  # a 40 KB model: Q/DQ parameters weigh in
     assert document["nodes"]["quantized_by_op"]["Conv"] == 2
     assert document["fidelity"]["outputs"][0]["cosine_mean"] > 0.99
@@ -184,6 +184,22 @@ def test_installed_entry_point(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     assert done.stderr == ""  # not a terminal: no progress bar, and --json silences tables
 
 
+def test_two_convert_runs_give_byte_identical_model_and_report(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = cnn
+    files = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        args = ["convert", str(model), "-o", str(folder / "q.onnx"), "--data", str(data)]
+        result = runner.invoke(app, [*args, "--report", str(folder / "r.json"), "--quiet"])
+        assert result.exit_code == 0, result.stderr
+        report = (folder / "r.json").read_text().replace(str(folder), "<out>")
+        files.append(((folder / "q.onnx").read_bytes(), report))
+    assert files[0] == files[1]
+
+
 def test_gate_failure_is_exit_3_with_model_and_report_written(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     out, report = tmp_path / "q.onnx", tmp_path / "r.json"
@@ -213,3 +229,11 @@ def test_dynamic_mode_needs_no_data(transformer: tuple[Path, Path], tmp_path: Pa
     document = json.loads(result.stdout)
     assert document["mode"] == "dynamic" and document["nodes"]["by_role"]["dynamic"] == 5
     assert document["fidelity"] is None and out.is_file()
+
+
+def test_inspect_shows_the_plan_of_a_mode(transformer: tuple[Path, Path]) -> None:
+    model, _ = transformer
+    result = runner.invoke(app, ["inspect", str(model), "--mode", "dynamic", "--json"])
+    assert result.exit_code == 0, result.output
+    roles = {n["name"]: n["role"] for n in json.loads(result.stdout)["nodes"]}
+    assert roles["q_proj"] == "dynamic" and roles["qk"] == "float"

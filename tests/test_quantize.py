@@ -12,7 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from quantcli import ActivationType, QuantConfig, quantize
-from quantcli.errors import OutputError, QuantizationError
+from quantcli.config import QuantMode
+from quantcli.errors import ModelLoadError, OutputError, QuantizationError
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -88,13 +89,28 @@ def test_transformer_quantizes_and_runs(transformer: tuple[Path, Path], tmp_path
 
 
 def test_graph_output_keeps_its_name_when_quantized(tmp_path: Path) -> None:
-    model = models.save(models.single_conv(), tmp_path)
+    model = models.save(models.two_convs_middle_output(), tmp_path)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
     out = tmp_path / "q.onnx"
     quantize(model, out, data=data, config=QuantConfig(batch_size=1))
-    assert [o.name for o in onnx.load(out).graph.output] == ["c"]
+    assert [o.name for o in onnx.load(out).graph.output] == ["c", "y"]
+    # conv1 feeds int8 to conv2, so its output is quantized (and still the graph output "c");
+    # conv2's output goes nowhere int8, so it stays float: one integer kernel.
     assert models.optimized_op_types(out, tmp_path).get("QLinearConv") == 1
+
+
+def test_final_conv_keeps_a_float_output_and_a_float_input(tmp_path: Path) -> None:
+    model = models.save(models.single_conv(), tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data, config=QuantConfig(batch_size=1))
+    decision = result.report.plan.decisions[0]
+    assert decision.role.value == "weight-only" and "clip" in decision.reason
+    ops = Counter(n.op_type for n in onnx.load(out).graph.node)
+    # int8 weight behind a DequantizeLinear; no quantizer on an input nothing else made int8.
+    assert ops == Counter({"Conv": 1, "DequantizeLinear": 1})
 
 
 def test_shared_weight_is_stored_once(tmp_path: Path) -> None:
@@ -139,3 +155,56 @@ def test_nothing_to_quantize_writes_nothing(tmp_path: Path) -> None:
         quantize(model, out, data=data, config=QuantConfig(exclude=excluded))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q.onnx")]
+
+
+def test_old_opset_is_upgraded_then_quantized(tmp_path: Path) -> None:
+    proto = models.tiny_cnn(channels=32)
+    proto.opset_import[0].version = 11  # tiny_cnn uses only ops unchanged between 11 and 13
+    model = models.save(proto, tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, **models.tiny_cnn_data(12))
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data)
+    assert result.report.to_dict()["opset_upgraded_from"] == 11
+    assert onnx.load(out).opset_import[0].version == 13
+    assert models.optimized_op_types(out, tmp_path).get("QLinearConv", 0) >= 1
+
+
+def test_ancient_opset_is_refused(tmp_path: Path) -> None:
+    proto = models.tiny_cnn(channels=8)
+    proto.opset_import[0].version = 5
+    model = models.save(proto, tmp_path)
+    with pytest.raises(ModelLoadError, match="opset 5"):
+        quantize(model, tmp_path / "q.onnx", config=QuantConfig(mode=QuantMode.WEIGHT_ONLY))
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_clip_is_kept_when_the_op_before_it_stays_float(tmp_path: Path) -> None:
+    # Clip(0, 6) after Add(x, 3) was once folded into the Add's quantizer, and the fold kept
+    # after the Add itself returned to float: the Clip vanished with no quantizer to replace it.
+    model = models.save(models.hard_swish_conv(), tmp_path)
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.normal(0, 2, (16, 8, 8, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = quantize(model, out, data=data)
+    roles = {d.name: d.role.value for d in result.report.plan.decisions}
+    assert roles["clip"] != "folded" or roles["add3"] == "integer"
+    feed = {"x": rng.normal(0, 2, (4, 8, 8, 8)).astype(np.float32)}
+    ref, got = _run(model, feed), _run(out, feed)
+    assert _sqnr(ref, got) > 25.0  # an unclipped gate gives values up to 10x too large
+
+
+def test_spatial_reduce_mean_becomes_integer_global_pooling(tmp_path: Path) -> None:
+    model = models.save(models.reduce_mean_classifier(), tmp_path)
+    data = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.normal(0, 1, (16, 3, 12, 12)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data)
+    ops = Counter(n.op_type for n in onnx.load(out).graph.node)
+    assert "ReduceMean" not in ops and ops["GlobalAveragePool"] == 1 and ops["Flatten"] == 1
+    optimized = models.optimized_op_types(out, tmp_path)
+    assert "QLinearGlobalAveragePool" in optimized and "QLinearConv" in optimized
+    feed = {"x": rng.normal(0, 1, (4, 3, 12, 12)).astype(np.float32)}
+    assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
 from quantcli.errors import CalibrationDataError
-from quantcli.graph.io import open_session
+from quantcli.graph.io import external_folder, open_session
 
 __all__ = ["MEMORY_BUDGET", "Progress", "TensorRange", "collect_stats", "plan_groups", "run_batches"]
 
@@ -181,7 +181,7 @@ def collect_stats(
     total = dataset.num_samples * len(groups)
     done = 0
     for group in groups:
-        session = open_session(_expose(proto, group))
+        session = open_session(_expose(proto, group), data_folder=external_folder(model))
         for count, outputs in run_batches(session, list(group), dataset, batch):
             for name, array in zip(group, outputs, strict=True):
                 observers[name].update(array)

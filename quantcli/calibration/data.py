@@ -8,7 +8,7 @@ data files are often downloaded, and unpickling runs code.
 
 from __future__ import annotations
 
-import zipfile
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,8 @@ from quantcli.errors import CalibrationDataError
 __all__ = ["Batch", "Dataset", "InputSpec", "model_inputs", "open_dataset"]
 
 Batch = dict[str, npt.NDArray[np.generic]]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,15 @@ def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
             raise CalibrationDataError(
                 f"{path}: holds pickled Python objects, which quantcli never loads; save plain numeric arrays"
             ) from exc
-        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise CalibrationDataError(f"{path}: not a readable numpy file ({exc})") from exc
+        raise CalibrationDataError(f"{path}: not a readable numpy file ({_first_line(exc)})") from exc
+    except Exception as exc:  # zip, I/O, or a corrupt header reaching numpy's parser (TokenError, ...)
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,12 @@ class _Chunk:
     num_samples: int
     # Whether the file's arrays lack the sample axis (one sample per file).
     single_sample: bool
+    # The file's rows in use, when samples holding NaN or Inf were skipped (None: all).
+    rows: tuple[int, ...] | None = None
+    skipped: int = 0
+
+    def file_rows(self) -> Sequence[int]:
+        return self.rows if self.rows is not None else range(self.num_samples)
 
 
 def _check_array(path: Path, spec: InputSpec, array: npt.NDArray[np.generic], *, stacked: bool) -> int:
@@ -118,13 +132,33 @@ def _check_array(path: Path, spec: InputSpec, array: npt.NDArray[np.generic], *,
             f"{where} expects {spec.describe()}, got {_describe_array(array)} "
             f"({layout}{spec.dtype.name}[{','.join('?' if d is None else str(d) for d in sample_shape)}])"
         )
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-        raise CalibrationDataError(f"{where} contains {bad} NaN or Inf values; remove those samples")
     return int(array.shape[0]) if stacked else 1
 
 
-def _open_file(path: Path, specs: Sequence[InputSpec], *, stacked: bool | None) -> _Chunk:
+def _finite_rows(
+    path: Path, arrays: dict[str, npt.NDArray[np.generic]], count: int, *, stacked: bool, skip: bool
+) -> tuple[int, ...] | None:
+    """The rows with only finite values (None: all are); refuse non-finite ones unless ``skip``."""
+    good = np.ones(count, dtype=bool)
+    for name in sorted(arrays):
+        array = arrays[name]
+        if array.dtype.kind not in "fc":
+            continue
+        finite = np.isfinite(array) if stacked else np.isfinite(array)[np.newaxis]
+        row_ok = finite.reshape(count, -1).all(axis=1)
+        if not skip and not row_ok.all():
+            bad = int(finite.size - np.count_nonzero(finite))
+            raise CalibrationDataError(
+                f"{path}: input '{name}' contains {bad} NaN or Inf values; remove those samples "
+                "(or pass --skip-nonfinite to skip them)"
+            )
+        good &= row_ok
+    return None if good.all() else tuple(int(i) for i in np.flatnonzero(good))
+
+
+def _open_file(
+    path: Path, specs: Sequence[InputSpec], *, stacked: bool | None, skip_nonfinite: bool = False
+) -> _Chunk:
     """Read and check one file. ``stacked=None`` (files in a folder) infers from the rank whether
     the file holds a stack of samples or a single one."""
     arrays = _read_file(path)
@@ -158,7 +192,10 @@ def _open_file(path: Path, specs: Sequence[InputSpec], *, stacked: bool | None) 
     count = next(iter(counts.values()))
     if count == 0:
         raise CalibrationDataError(f"{path}: holds no samples")
-    return _Chunk(path, count, single_sample=not stacked)
+    rows = _finite_rows(path, arrays, count, stacked=stacked, skip=skip_nonfinite)
+    if rows is None:
+        return _Chunk(path, count, single_sample=not stacked)
+    return _Chunk(path, len(rows), single_sample=not stacked, rows=rows, skipped=count - len(rows))
 
 
 class Dataset:
@@ -211,7 +248,8 @@ class Dataset:
         wanted = set(self._selection)
         index = 0
         for chunk in self._chunks:
-            rows = [i for i in range(chunk.num_samples) if index + i in wanted]
+            file_rows = chunk.file_rows()
+            rows = [file_rows[i] for i in range(chunk.num_samples) if index + i in wanted]
             index += chunk.num_samples
             if not rows:
                 continue
@@ -248,14 +286,17 @@ class Dataset:
             yield feed
 
 
-def open_dataset(path: Path, specs: tuple[InputSpec, ...]) -> Dataset:
-    """Open and validate ``path`` (a .npz file, or a folder of .npz or .npy files) for ``specs``."""
+def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bool = False) -> Dataset:
+    """Open and validate ``path`` (a .npz file, or a folder of .npz or .npy files) for ``specs``.
+
+    Samples holding NaN or Inf are refused, or with ``skip_nonfinite`` left out and counted.
+    """
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such file or folder")
     if path.is_file():
         if path.suffix not in (".npz", ".npy"):
             raise CalibrationDataError(f"{path}: expected a .npz or .npy file, or a folder of them")
-        chunks: tuple[_Chunk, ...] = (_open_file(path, specs, stacked=True),)
+        chunks: tuple[_Chunk, ...] = (_open_file(path, specs, stacked=True, skip_nonfinite=skip_nonfinite),)
     else:
         files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not files:
@@ -263,6 +304,11 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...]) -> Dataset:
         kinds = {p.suffix for p in files}
         if len(kinds) > 1:
             raise CalibrationDataError(f"{path}: folder mixes .npz and .npy files; use one kind")
-        chunks = tuple(_open_file(p, specs, stacked=None) for p in files)
+        chunks = tuple(_open_file(p, specs, stacked=None, skip_nonfinite=skip_nonfinite) for p in files)
     total = sum(c.num_samples for c in chunks)
+    skipped = sum(c.skipped for c in chunks)
+    if skipped:
+        logger.warning("%s: skipped %d sample(s) holding NaN or Inf, kept %d", path, skipped, total)
+    if total == 0:
+        raise CalibrationDataError(f"{path}: no sample is free of NaN and Inf; nothing to calibrate with")
     return Dataset(path, specs, chunks, range(total))

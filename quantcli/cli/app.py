@@ -20,16 +20,26 @@ from quantcli.calibration.collect import Progress as ProgressCallback
 from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
 from quantcli.calibration.sampling import Shard
 from quantcli.cli.exits import ExitCode, guarded
-from quantcli.cli.render import render_calibration, render_report, render_summary
+from quantcli.cli.render import (
+    render_calibration,
+    render_compare,
+    render_report,
+    render_summary,
+)
+from quantcli.comparison import compare
 from quantcli.config import (
     ActivationType,
     CalibrationMethod,
     GateMetric,
     QuantConfig,
     QuantMode,
+    Recipe,
     WeightMethod,
+    expand_patterns,
+    load_recipe,
 )
-from quantcli.graph.io import check_writable, write_atomic
+from quantcli.graph.output import StagedOutput, check_writable
+from quantcli.pages import html_report, markdown_report
 from quantcli.pipeline import calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
 
@@ -61,6 +71,12 @@ BatchOpt = Annotated[
 ]
 MaxSamplesOpt = Annotated[
     int | None, typer.Option("--max-samples", help="Use at most this many calibration samples.")
+]
+SkipNonfiniteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-nonfinite", help="Skip samples holding NaN or Inf (and log how many) instead of failing."
+    ),
 ]
 MethodOpt = Annotated[
     CalibrationMethod | None,
@@ -110,6 +126,61 @@ def _print_json(document: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
+ReportMdOpt = Annotated[
+    Path | None,
+    typer.Option("--report-md", help="Also write a compact Markdown summary (CI page, PR comment)."),
+]
+ReportHtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report-html", help="Also write one self-contained HTML page with a per-layer SQNR chart."
+    ),
+]
+PerLayerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--per-layer", help="Rank every quantized tensor by SQNR against its float twin; show the worst."
+    ),
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", help="How many of the worst tensors to measure alone and show.")
+]
+WriteExcludeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--write-exclude",
+        help="With --per-layer: write the nodes behind the worst tensors, for --exclude @FILE.",
+    ),
+]
+
+
+def _outputs(
+    staging: StagedOutput,
+    document: dict[str, Any],
+    *,
+    report: Path | None,
+    markdown: Path | None,
+    page: Path | None,
+) -> None:
+    """Stage the report files that were asked for: JSON, Markdown, HTML."""
+    if report is not None:
+        staging.write_bytes(report, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    if markdown is not None:
+        staging.write_bytes(markdown, markdown_report(document).encode())
+    if page is not None:
+        staging.write_bytes(page, html_report(document).encode())
+
+
+def _config(recipe: Path | None, **flags: Any) -> QuantConfig:
+    """Flags over the recipe over the defaults; a flag left at None was not given."""
+    loaded = (
+        load_recipe(recipe)
+        if recipe is not None
+        else Recipe(path="", defaults={}, skip=frozenset(), per_tensor=frozenset())
+    )
+    return loaded.config(**flags)
+
+
 def _finish(result: Any) -> None:
     if isinstance(result, ExitCode):
         raise typer.Exit(int(result))
@@ -133,38 +204,53 @@ def convert(
     labels: Annotated[
         Path | None, typer.Option("--labels", help=".npy of integer labels for the evaluation samples.")
     ] = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option("--recipe", help="TOML recipe: [defaults] and [[override]] tables (flags win over it)."),
+    ] = None,
     activation_type: Annotated[
-        ActivationType, typer.Option("--activation-type", help="uint8 (asymmetric) or int8 (symmetric).")
-    ] = ActivationType.UINT8,
+        ActivationType | None,
+        typer.Option("--activation-type", help="uint8 (asymmetric, default) or int8 (symmetric)."),
+    ] = None,
     per_tensor: Annotated[
         bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")
     ] = False,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", "-x", help="Keep a node (by name) or an op type in float. Repeatable."),
+        typer.Option(
+            "--exclude",
+            "-x",
+            help="Keep in float: a node name, a glob over node names, an op type, or @FILE (one per "
+            "line, # comments). Repeatable.",
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option("--include", help="Quantize only these (name, glob, op type or @FILE). Repeatable."),
     ] = None,
     method: MethodOpt = None,
     percentile: PercentileOpt = 99.99,
     weight_method: WeightMethodOpt = WeightMethod.MINMAX,
     mode: Annotated[
-        QuantMode,
+        QuantMode | None,
         typer.Option(
             "--mode",
             "-m",
-            help="static (calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at run "
-            "time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
+            help="static (default: calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at "
+            "run time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
             "storage, float compute), auto (build each, keep the fastest within --max-drop, "
             "default bound 1 point).",
         ),
-    ] = QuantMode.STATIC,
+    ] = None,
     metric: Annotated[
-        GateMetric,
+        GateMetric | None,
         typer.Option(
             "--metric",
-            help="What --max-drop measures: accuracy (vs --labels), top1 (arg-max agreement), "
-            "cosine (100 x (1 - mean cosine)); auto picks the first that applies.",
+            help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
+            "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr); "
+            "auto picks the first drop metric that applies.",
         ),
-    ] = GateMetric.AUTO,
+    ] = None,
     max_drop: Annotated[
         float | None,
         typer.Option(
@@ -173,12 +259,40 @@ def convert(
             "(the model and report are still written).",
         ),
     ] = None,
-    batch_size: BatchOpt = 16,
+    min_sqnr: Annotated[
+        float | None,
+        typer.Option("--min-sqnr", help="Accuracy gate for --metric sqnr: the worst output must reach DB."),
+    ] = None,
+    auto_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--auto-fallback",
+            "--auto",
+            help="If the gate fails, return the most harmful nodes to float a few at a time until it passes.",
+        ),
+    ] = False,
+    max_trials: Annotated[
+        int | None,
+        typer.Option("--max-trials", help="Models --auto-fallback may build and measure (default 8)."),
+    ] = None,
+    per_layer: PerLayerOpt = False,
+    top_k: TopKOpt = 10,
+    write_exclude: WriteExcludeOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Samples per onnxruntime run when the batch axis is dynamic (16)."),
+    ] = None,
     max_samples: MaxSamplesOpt = None,
     seed: SeedOpt = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the report as JSON to this file.")
     ] = None,
+    report_md: ReportMdOpt = None,
+    report_html: ReportHtmlOpt = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
+    allow_noop: Annotated[
+        bool, typer.Option("--allow-noop", help="Write a model with nothing to quantize unchanged (exit 0).")
+    ] = False,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -193,46 +307,115 @@ def convert(
             chosen = (
                 read_calibration(calibration).method if calibration is not None else CalibrationMethod.MINMAX
             )
-        config = QuantConfig(
+        config = _config(
+            recipe,
             activation_type=activation_type,
+            per_channel=False if per_tensor else None,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            exclude=expand_patterns(exclude or ()),
+            include=expand_patterns(include or ()) or None,
+            skip_nonfinite=skip_nonfinite or None,
+            allow_noop=allow_noop or None,
             method=chosen,
             percentile=percentile,
             weight_method=weight_method,
-            per_channel=not per_tensor,
-            batch_size=batch_size,
-            max_samples=max_samples,
             seed=seed,
-            exclude=frozenset(exclude or ()),
             mode=mode,
             metric=metric,
             max_drop=max_drop,
+            min_sqnr=min_sqnr,
+            auto_fallback=auto_fallback or None,
+            max_trials=max_trials,
+            per_layer=per_layer or write_exclude is not None or report_html is not None or None,
+            top_k=top_k,
         )
-        if report is not None:
-            check_writable(report, force=force)
+        for path in (report, report_md, report_html, write_exclude):
+            if path is not None:
+                check_writable(path, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or nullcontext():
-            result = quantize(
-                model,
-                output,
-                config=config,
-                data=data,
-                calibration=calibration,
-                eval_data=eval_data,
-                labels=labels,
-                force=force,
-                progress=update,
-            )
-        document = result.report.to_dict()
-        if report is not None:
-            write_atomic(
-                (json.dumps(document, indent=2, sort_keys=True) + "\n").encode(), report, force=force
-            )
+        # The model and the report files are moved into place together, or none is.
+        with StagedOutput(force=force) as staging:
+            with bar or nullcontext():
+                result = quantize(
+                    model,
+                    output,
+                    config=config,
+                    data=data,
+                    calibration=calibration,
+                    eval_data=eval_data,
+                    labels=labels,
+                    force=force,
+                    progress=update,
+                    staging=staging,
+                )
+            document = result.report.to_dict()
+            _outputs(staging, document, report=report, markdown=report_md, page=report_html)
+            if write_exclude is not None and result.report.per_layer is not None:
+                staging.write_bytes(write_exclude, result.report.per_layer.exclude_file().encode())
+            staging.commit()
         if as_json:
             _print_json(document)
         else:
             render_report(result.report, console)
         gate = result.report.gate
         return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
+
+    _finish(guarded(run, console, debug=debug))
+
+
+@app.command("compare")
+def compare_command(
+    float_model: Annotated[Path, typer.Argument(help="The fp32 ONNX model.", show_default=False)],
+    quantized_model: Annotated[Path, typer.Argument(help="Its quantized version.", show_default=False)],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Evaluation samples (.npz or folder).")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help=".npy of integer labels for the samples.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option("--threads", help="onnxruntime intra-op threads for both models.")
+    ] = None,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per model, after warm-up.")] = 30,
+    per_layer: PerLayerOpt = False,
+    top_k: TopKOpt = 10,
+    write_exclude: WriteExcludeOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per onnxruntime run.")] = 16,
+    report: Annotated[Path | None, typer.Option("--report", help="Also write the JSON to this file.")] = None,
+    report_md: ReportMdOpt = None,
+    report_html: ReportHtmlOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run FLOAT_MODEL and QUANTIZED_MODEL on the same samples: fidelity, size, latency."""
+    console = _stderr(quiet, as_json)
+
+    def run() -> None:
+        for path in (report, report_md, report_html, write_exclude):
+            if path is not None:
+                check_writable(path, force=force)
+        result = compare(
+            float_model,
+            quantized_model,
+            data,
+            labels=labels,
+            threads=threads,
+            batch_size=batch_size,
+            latency_runs=runs,
+            per_layer=per_layer or write_exclude is not None or report_html is not None,
+            top_k=top_k,
+        )
+        document = result.to_dict()
+        with StagedOutput(force=force) as staging:
+            _outputs(staging, document, report=report, markdown=report_md, page=report_html)
+            if write_exclude is not None and result.per_layer is not None:
+                staging.write_bytes(write_exclude, result.per_layer.exclude_file().encode())
+            staging.commit()
+        if as_json:
+            _print_json(document)
+        else:
+            render_compare(result, console)
 
     _finish(guarded(run, console, debug=debug))
 
@@ -266,6 +449,7 @@ def calibrate_command(
     percentile: PercentileOpt = 99.99,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
+    skip_nonfinite: SkipNonfiniteOpt = False,
     seed: SeedOpt = None,
     shard: Annotated[
         str | None,
@@ -281,7 +465,12 @@ def calibrate_command(
 
     def run() -> None:
         config = QuantConfig(
-            method=method, percentile=percentile, batch_size=batch_size, max_samples=max_samples, seed=seed
+            method=method,
+            percentile=percentile,
+            batch_size=batch_size,
+            max_samples=max_samples,
+            seed=seed,
+            skip_nonfinite=skip_nonfinite,
         )
         part = Shard.parse(shard) if shard is not None else None
         check_writable(output, force=force)
@@ -342,6 +531,12 @@ def merge_command(
 def inspect_command(
     model: ModelArg,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="As for convert.")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="As for convert.")] = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="As for convert.")] = None,
+    mode: Annotated[
+        QuantMode | None,
+        typer.Option("--mode", "-m", help="The plan of this mode (auto: shows the static plan)."),
+    ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -349,7 +544,13 @@ def inspect_command(
     console = Console(stderr=True)
 
     def run() -> None:
-        summary = inspect_model(model, QuantConfig(exclude=frozenset(exclude or ())))
+        config = _config(
+            recipe,
+            exclude=expand_patterns(exclude or ()),
+            include=expand_patterns(include or ()) or None,
+            mode=QuantMode.STATIC if mode is QuantMode.AUTO else mode,
+        )
+        summary = inspect_model(model, config)
         if as_json:
             document = {
                 "path": summary.path,

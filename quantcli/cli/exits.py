@@ -28,7 +28,13 @@ class ExitCode(IntEnum):
 
 
 def guarded(action: Callable[[], T], console: Console, *, debug: bool) -> T | ExitCode:
-    """Run ``action``; turn a user error into one line and exit 1, a bug into exit 4."""
+    """Run ``action``; turn a user error into one line and exit 1, a bug into exit 4.
+
+    Errors are printed even under ``--quiet`` or ``--json`` (which silence tables and progress):
+    in a build log the one line is all there is.
+    """
+    if console.quiet:
+        console = Console(stderr=True, width=console.width)
     try:
         return action()
     except QuantCliError as exc:

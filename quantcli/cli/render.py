@@ -8,11 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from quantcli.calibration.file import CalibrationFile
+from quantcli.diagnose import LayerDiagnosis
+from quantcli.evaluate import Fidelity, GateResult
 from quantcli.pipeline import ModelSummary
 from quantcli.plan import NodeDecision, NodeRole
-from quantcli.report import QuantReport
+from quantcli.report import CompareReport, FallbackSummary, QuantReport
 
-__all__ = ["render_calibration", "render_report", "render_summary"]
+__all__ = ["render_calibration", "render_compare", "render_per_layer", "render_report", "render_summary"]
 
 
 def _mib(size: int) -> str:
@@ -65,10 +67,94 @@ def render_report(report: QuantReport, console: Console) -> None:
     console.print(_plan_table(report.plan.decisions))
     if report.float_nodes:
         console.print(_float_table(report.float_nodes, "left in float"))
-    fidelity = report.fidelity
-    if fidelity is None:
+    if report.fallback is not None:
+        console.print(_fallback_table(report.fallback))
+    if report.per_layer is not None:
+        render_per_layer(report.per_layer, console)
+    if report.fidelity is None:
         console.print(f"fidelity {report.fidelity_note}")
         return
+    _render_fidelity(report.fidelity, console)
+    if report.gate is not None:
+        console.print(f"accuracy gate {_verdict(report.gate)}")
+
+
+def _verdict(result: GateResult) -> str:
+    state = (
+        "[green]PASSED[/]"
+        if result.passed
+        else f"[bold red]FAILED[/] by {result.missed_by:.2f} {result.unit}"
+    )
+    if result.higher_is_better:
+        return f"(sqnr): worst output {result.value:.1f} dB, bound {result.bound:.1f} dB: {state}"
+    return f"({result.metric.value}): drop {result.value:.2f} points, bound {result.bound:.2f}: {state}"
+
+
+def _fallback_table(fallback: FallbackSummary) -> Table:
+    table = Table(title=f"automatic fallback: {fallback.summary}", title_justify="left")
+    for column in ("trial", "nodes in float", "gate", "int8 weights", "size ratio", ""):
+        table.add_column(column, justify="right" if column in ("trial", "nodes in float") else "left")
+    for step in fallback.steps:
+        gate = step["gate"]
+        if gate is None:
+            outcome = step["note"]
+        else:
+            value = gate.get("drop", gate.get("sqnr_db"))
+            outcome = f"{gate['metric']} {value:.2f}: " + ("passed" if gate["passed"] else "missed")
+        table.add_row(
+            str(step["trial"]),
+            str(len(step["nodes_in_float"])),
+            outcome,
+            f"{100 * step['int8_weight_fraction']:.1f} %",
+            f"{step['size_ratio']:.2f}x",
+            "[bold green]kept[/]" if step["chosen"] else "",
+        )
+    return table
+
+
+def render_per_layer(diagnosis: LayerDiagnosis, console: Console) -> None:
+    """The worst tensors: what they are, where, their range, and how much they lose."""
+    table = Table(
+        title=f"worst {min(diagnosis.top_k, len(diagnosis.tensors))} of {len(diagnosis.tensors)} quantized "
+        f"tensors on {diagnosis.samples} samples (alone: output SQNR with only this tensor quantized)",
+        title_justify="left",
+    )
+    for column in ("tensor", "kind", "op", "nodes", "range", "SQNR dB", "local dB", "alone dB"):
+        table.add_column(column, justify="right" if "dB" in column else "left", overflow="fold")
+    for t in diagnosis.worst():
+        table.add_row(
+            t.name,
+            t.kind,
+            t.op_type,
+            ", ".join(t.nodes),
+            f"[{t.range_min:.3g}, {t.range_max:.3g}]",
+            f"{t.sqnr_db:.1f}",
+            f"{t.local_sqnr_db:.1f}",
+            "-" if t.alone_sqnr_db is None else f"{t.alone_sqnr_db:.1f}",
+        )
+    console.print(table)
+
+
+def render_compare(report: CompareReport, console: Console) -> None:
+    summary = Table(
+        title=f"quantcli compare: {report.float_model} vs {report.quantized_model}", title_justify="left"
+    )
+    summary.add_column("")
+    summary.add_column("float", justify="right")
+    summary.add_column("quantized", justify="right")
+    summary.add_row("size", _mib(report.size.input_bytes), _mib(report.size.output_bytes))
+    latency = report.latency
+    summary.add_row(
+        "latency median ms", f"{latency['float'].median_ms:.3f}", f"{latency['quantized'].median_ms:.3f}"
+    )
+    summary.add_row("latency p90 ms", f"{latency['float'].p90_ms:.3f}", f"{latency['quantized'].p90_ms:.3f}")
+    console.print(summary)
+    if report.per_layer is not None:
+        render_per_layer(report.per_layer, console)
+    _render_fidelity(report.fidelity, console)
+
+
+def _render_fidelity(fidelity: Fidelity, console: Console) -> None:
     table = Table(
         title=f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", title_justify="left"
     )
@@ -91,15 +177,6 @@ def render_report(report: QuantReport, console: Console) -> None:
             f"top-1 accuracy on labels ({acc.output}): float {acc.float_top1:.2f} %, "
             f"int8 {acc.quantized_top1:.2f} %, drop {acc.drop_points:+.2f} points",
             highlight=False,
-        )
-    if report.gate is not None:
-        result = report.gate
-        verdict = (
-            "[green]PASSED[/]" if result.passed else f"[bold red]FAILED[/] by {result.missed_by:.2f} points"
-        )
-        console.print(
-            f"accuracy gate ({result.metric.value}): drop {result.drop:.2f} points, "
-            f"bound {result.max_drop:.2f}: {verdict}"
         )
 
 

@@ -2,22 +2,29 @@
 
 from quantcli.graph.io import (
     ModelFile,
-    check_model_proto,
-    check_writable,
+    check_model_file,
+    external_folder,
     fingerprint,
     load_model,
+    open_session,
     serialize,
-    write_atomic,
+    unmap,
 )
 from quantcli.graph.names import NameAllocator
+from quantcli.graph.output import StagedModel, StagedOutput, check_writable, write_atomic
 
 __all__ = [
     "ModelFile",
     "NameAllocator",
-    "check_model_proto",
+    "StagedModel",
+    "StagedOutput",
+    "check_model_file",
     "check_writable",
+    "external_folder",
     "fingerprint",
     "load_model",
+    "open_session",
     "serialize",
+    "unmap",
     "write_atomic",
 ]

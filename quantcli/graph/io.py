@@ -1,90 +1,111 @@
-"""Reading models, fingerprinting them, checking and writing them atomically.
+"""Reading models, fingerprinting them, checking them and opening onnxruntime sessions.
 
-Loading goes through onnx_ir, whose external tensors are read lazily, so weights are only in
-memory while a pass works on them.
+Loading goes through onnx_ir, whose external tensors are memory-mapped lazily: a weight is read
+only while a pass works on it, so a model larger than protobuf's 2 GiB limit, or than memory,
+can be quantized. Every external data reference is checked when the model is opened (inside the
+model's folder, present, long enough) so that a bad one fails in a second with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import tempfile
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
+import onnx.version_converter
 import onnx_ir as ir
 import onnxruntime as ort
 
-from quantcli.errors import ModelLoadError, OutputError, QuantizationError
+from quantcli.errors import ModelLoadError, QuantizationError
+from quantcli.graph.output import check_writable, write_atomic
 
 __all__ = [
     "ModelFile",
-    "check_model_proto",
+    "check_model_file",
     "check_writable",
+    "external_folder",
     "fingerprint",
     "load_model",
     "open_session",
     "serialize",
+    "unmap",
     "write_atomic",
 ]
 
+logger = logging.getLogger(__name__)
+
 # QuantizeLinear/DequantizeLinear with per-axis parameters exist from opset 13 on.
 MIN_OPSET = 13
+# The newest opset the installed onnx knows; a model beyond it cannot be checked.
+MAX_OPSET = onnx.defs.onnx_opset_version()
 # protobuf cannot serialize a message of 2 GiB or more.
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
+def _external_tensors(model: ir.Model) -> Iterator[tuple[ir.Value, ir.ExternalTensor]]:
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                yield value, value.const_value
+
+
+def external_folder(model: ir.Model) -> Path | None:
+    """The folder a model's external data locations are relative to (None: all inline)."""
+    for _, tensor in _external_tensors(model):
+        return Path(tensor.base_dir)
+    return None
+
+
 @dataclass(frozen=True)
 class ModelFile:
-    """A loaded model with where it came from."""
+    """A loaded model with where it came from; its external weights are still on disk."""
 
     path: Path
     model: ir.Model
     size_bytes: int
+    # Whether the file came with external data (the output then does too).
+    external_data: bool = False
+    upgraded_from_opset: int | None = None  # the file's opset when it had to be upgraded
 
     @property
     def opset(self) -> int:
         return self.model.opset_imports.get("", self.model.opset_imports.get("ai.onnx", 0))
 
 
-def _file_size_with_external_data(path: Path, model: ir.Model) -> int:
-    size = path.stat().st_size
-    seen: set[Path] = set()
-    for initializer in model.graph.initializers.values():
-        tensor = initializer.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            data_path = Path(tensor.base_dir) / tensor.location
-            if data_path not in seen and data_path.is_file():
-                seen.add(data_path)
-                size += data_path.stat().st_size
-    return size
+def _check_external_data(path: Path, model: ir.Model) -> int:
+    """Refuse a data location outside the model's folder, a missing or a short data file.
 
-
-def _load_external_data(path: Path, model: ir.Model) -> None:
-    """Read external weights into memory, refusing locations outside the model's folder.
-
-    onnxruntime gets the model as bytes, where relative data paths mean nothing; models this
-    release handles fit in memory (protobuf's 2 GiB limit applies to the output anyway). A
-    location like ``../../etc/passwd`` or an absolute path is refused before anything is read.
+    ``../../etc/passwd``, absolute paths and symlinks leading out are refused before anything
+    is read. Returns the size of the data files, for the report.
     """
     folder = path.resolve().parent
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
+    sizes: dict[Path, int] = {}
+    for value, tensor in _external_tensors(model):
+        where = f"{path}: external data of '{value.name}'"
         target = (Path(tensor.base_dir) / tensor.location).resolve()
         if Path(tensor.location).is_absolute() or not target.is_relative_to(folder):
             raise ModelLoadError(
-                f"{path}: external data of '{value.name}' points outside the model's folder "
-                f"({tensor.location}); refusing to read it"
+                f"{where} points outside the model's folder ({tensor.location}); refusing to read it"
             )
         if not target.is_file():
-            raise ModelLoadError(f"{path}: external data file {tensor.location} of '{value.name}' is missing")
-    try:
-        ir.external_data.load_to_model(model)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path}: external data cannot be read ({exc})") from exc
+            raise ModelLoadError(f"{where}: file {tensor.location} is missing (copy it next to the model)")
+        size = sizes.setdefault(target, target.stat().st_size)
+        length = tensor.length if tensor.length is not None else tensor.nbytes
+        if length != tensor.nbytes:
+            raise ModelLoadError(
+                f"{where} declares {length} bytes, but {tensor.dtype}{list(tensor.shape)} needs "
+                f"{tensor.nbytes} (re-export the model)"
+            )
+        if (tensor.offset or 0) + length > size:
+            raise ModelLoadError(
+                f"{where}: file {tensor.location} is too short ({size} bytes, needs "
+                f"{(tensor.offset or 0) + length}); it was truncated (copy it again)"
+            )
+    return sum(sizes.values())
 
 
 def load_model(path: Path) -> ModelFile:
@@ -96,18 +117,62 @@ def load_model(path: Path) -> ModelFile:
     try:
         model = ir.load(path)
     except Exception as exc:  # protobuf and onnx_ir raise many types; all mean "not a model"
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line})"
+        ) from exc
     if len(model.graph) == 0:
         raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes)")
-    size = _file_size_with_external_data(path, model)
-    _load_external_data(path, model)
-    loaded = ModelFile(path=path, model=model, size_bytes=size)
+    size = path.stat().st_size + _check_external_data(path, model)
+    loaded = ModelFile(
+        path=path, model=model, size_bytes=size, external_data=external_folder(model) is not None
+    )
     if loaded.opset < MIN_OPSET:
+        if not loaded.opset:
+            raise ModelLoadError(
+                f"{path}: no default-domain opset is imported; quantcli needs opset >= {MIN_OPSET} "
+                "(add one to the model's opset_import)"
+            )
+        upgraded = _upgrade_opset(path, model, loaded.opset)
+        folder = external_folder(model)
+        if folder is not None:  # the converted copy refers to the same external files
+            ir.external_data.set_base_dir(upgraded.graph, folder)
+        return ModelFile(
+            path=path,
+            model=upgraded,
+            size_bytes=size,
+            external_data=loaded.external_data,
+            upgraded_from_opset=loaded.opset,
+        )
+    if loaded.opset > MAX_OPSET:
         raise ModelLoadError(
-            f"{path}: opset {loaded.opset} is too old; quantcli needs opset >= {MIN_OPSET} "
-            "(upgrade it with onnx.version_converter.convert_version)"
+            f"{path}: opset {loaded.opset} is newer than this onnx knows ({MAX_OPSET}); "
+            f"convert the model to opset {MAX_OPSET} or older"
         )
     return loaded
+
+
+def _upgrade_opset(path: Path, model: ir.Model, opset: int) -> ir.Model:
+    """The model converted to MIN_OPSET by onnx's version converter.
+
+    Per-axis QuantizeLinear/DequantizeLinear need opset 13; many exported models (PaddlePaddle's,
+    older PyTorch exports) are at 11 or 12. onnx's converter upgrades them op by op; a model it
+    cannot convert is refused with its reason.
+    """
+    if opset < 7:
+        raise ModelLoadError(
+            f"{path}: opset {opset} is too old to upgrade automatically; quantcli needs >= {MIN_OPSET}"
+        )
+    try:
+        converted = onnx.version_converter.convert_version(ir.to_proto(model), MIN_OPSET)
+    except Exception as exc:  # the converter raises plain RuntimeErrors / ValueErrors
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"{path}: opset {opset} could not be upgraded to {MIN_OPSET} ({first_line}); "
+            "upgrade it with onnx.version_converter and retry"
+        ) from exc
+    logger.info("%s: upgraded from opset %d to %d", path, opset, MIN_OPSET)
+    return ir.from_proto(converted)
 
 
 def fingerprint(model: ir.Model) -> str:
@@ -115,7 +180,7 @@ def fingerprint(model: ir.Model) -> str:
 
     It identifies "the same model" for calibration files: any change of a node, a name or a
     weight value changes it, while re-saving the same model does not. Weights are hashed tensor by
-    tensor so a large model is never serialized whole.
+    tensor, and a memory-mapped one is unmapped right after, so a large model never sits in memory.
     """
     digest = hashlib.sha256()
     graph = model.graph
@@ -129,81 +194,75 @@ def fingerprint(model: ir.Model) -> str:
             continue
         digest.update(f"init:{name}:{tensor.dtype}:{tensor.shape}\n".encode())
         digest.update(tensor.tobytes())
+        unmap(tensor)
     return digest.hexdigest()
 
 
-def serialize(model: ir.Model, *, keep_value_info: bool = True) -> onnx.ModelProto:
-    """The model as a protobuf, refusing models protobuf cannot hold.
+def unmap(tensor: ir.TensorProtocol) -> None:
+    """Let the memory of a memory-mapped weight go once it has been read.
 
-    ``keep_value_info=False`` drops the intermediate shapes: they are a cache of shape inference,
-    which onnxruntime redoes on load, and in a small model they weigh as much as a layer.
+    Mapped pages count in the process's resident memory until unmapped; unmapping each weight
+    after use keeps a large model's footprint at about one tensor. If the array is still
+    referenced elsewhere the mapping stays, which is only a missed saving.
+    """
+    if isinstance(tensor, ir.ExternalTensor):
+        with contextlib.suppress(BufferError):
+            tensor.release()
+
+
+def serialize(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf; external weights stay references to their files.
+
+    Only models whose in-memory weights exceed protobuf's 2 GiB limit are refused; those are
+    written to files (:class:`quantcli.graph.output.StagedOutput`) instead.
     """
     proto = ir.serde.serialize_model(model)
-    if not keep_value_info:
-        del proto.graph.value_info[:]
     if proto.ByteSize() > _PROTOBUF_LIMIT:
         raise QuantizationError(
-            "the quantized model is larger than 2 GiB; writing it with external data is not supported yet"
+            "the model holds more than 2 GiB of weights in memory; it must be written with external data"
         )
     return proto
 
 
-def open_session(proto: onnx.ModelProto, threads: int | None = None) -> ort.InferenceSession:
-    """An onnxruntime CPU session for ``proto``, quiet unless something fails."""
+def open_session(
+    model: onnx.ModelProto | Path, threads: int | None = None, *, data_folder: Path | None = None
+) -> ort.InferenceSession:
+    """An onnxruntime CPU session for a protobuf or a model file, quiet unless something fails.
+
+    A protobuf's external data locations are resolved in ``data_folder`` (onnxruntime reads the
+    files itself, so weights are never copied through Python). Raises :class:`ModelLoadError`
+    with onnxruntime's first line when it refuses the model.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    if data_folder is not None:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(data_folder)
+        )
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
 
 
-def check_model_proto(proto: onnx.ModelProto) -> ort.InferenceSession:
-    """Run the ONNX checker with full shape/type checking and load it in onnxruntime.
+def check_model_file(path: Path) -> ort.InferenceSession:
+    """Run the ONNX checker with full shape/type checking and load the file in onnxruntime.
 
     Raises QuantizationError naming what failed: a model we produce that fails either is never
-    written. Returns the session, so evaluation runs the very model that was checked.
+    moved into place. Checking the file (not a protobuf in memory) works for any size and checks
+    the external data exactly as a user will load it. Returns the session, so evaluation runs the
+    very model that was checked.
     """
     try:
-        onnx.checker.check_model(proto, full_check=True)
+        onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as exc:
         first_line = str(exc).strip().splitlines()[0]
         raise QuantizationError(f"the quantized model fails the ONNX checker: {first_line}") from exc
     try:
-        return open_session(proto)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first_line = str(exc).strip().splitlines()[0]
-        raise QuantizationError(f"onnxruntime refuses the quantized model: {first_line}") from exc
-
-
-def check_writable(path: Path, *, force: bool) -> None:
-    """Refuse, before any work, an output whose folder is missing or that exists without force."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{path}: folder {folder} does not exist")
-    if path.exists() and not force:
-        raise OutputError(f"{path}: already exists (pass --force to replace it)")
-
-
-def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader never sees a half-written file, and on failure nothing new is left behind.
-    """
-    check_writable(path, force=force)
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        return open_session(path)
+    except ModelLoadError as exc:
+        raise QuantizationError(f"onnxruntime refuses the quantized model: {exc}") from exc

@@ -8,6 +8,7 @@ from quantcli.passes.activations import InsertActivationQDQPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.fold import FoldActivationsPass
 from quantcli.passes.gather import GatherQuantizedRowsPass
+from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "InsertActivationQDQPass",
     "QuantizeInitializersPass",
     "QuantizeMatMulDynamicallyPass",
+    "ReduceMeanToGlobalPoolPass",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
@@ -13,16 +14,21 @@ from quantcli.scheme import QParams, quantize
 __all__ = ["QuantizeInitializersPass"]
 
 
-def _replace_initializer(graph: ir.Graph, names: NameAllocator, name: str, qparams: QParams) -> None:
+def _replace_initializer(
+    graph: ir.Graph, names: NameAllocator, name: str, qparams: QParams, integers: np.ndarray | None
+) -> None:
     """Swap float initializer ``name`` for an integer one plus a DequantizeLinear whose output
     takes the original name, so consumers and reports keep referring to ``name``.
 
-    The float tensor is read once and dropped: no float copy is left in the model.
+    The float tensor is read once and dropped: no float copy is left in the model. ``integers``,
+    when given, is the tensor already quantized (by the step that computed its parameters).
     """
     value = graph.initializers[name]
     tensor = value.const_value
     assert tensor is not None
-    quantized = add_initializer(graph, names, f"{name}_quantized", quantize(tensor.numpy(), qparams))
+    if integers is None:
+        integers = quantize(tensor.numpy(), qparams)
+    quantized = add_initializer(graph, names, f"{name}_quantized", integers)
     uses = list(value.uses())
     graph.initializers.pop(name)
     value.name = names.fresh(f"{name}_float_removed")
@@ -44,12 +50,15 @@ class QuantizeInitializersPass(ir.passes.InPlacePass):
     before any rewrite, like every other parameter.
     """
 
-    def __init__(self, params: Mapping[str, QParams]) -> None:
+    def __init__(
+        self, params: Mapping[str, QParams], integers: Mapping[str, np.ndarray] | None = None
+    ) -> None:
         super().__init__()
         self.params = dict(params)
+        self.integers = dict(integers or {})
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = NameAllocator(model.graph)
         for name in sorted(self.params):
-            _replace_initializer(model.graph, names, name, self.params[name])
+            _replace_initializer(model.graph, names, name, self.params[name], self.integers.get(name))
         return ir.passes.PassResult(model, modified=bool(self.params))
