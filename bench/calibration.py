@@ -252,6 +252,8 @@ def markdown(results: dict[str, Any], seconds: float) -> str:
         ok = [r for r in cost if r["status"] == "ok" and r["samples"] == SMALL]
         ours = [r for r in ok if r["tool"] == "quantcli"]
         theirs = [r for r in ok if r["tool"] == "onnxruntime"]
+        if not theirs:
+            lines += ["", "onnxruntime's calibrators failed on this model: no ratio."]
         if ours and theirs:
             rss = max(r["peak_rss_mb"] for r in ours) / min(r["peak_rss_mb"] for r in theirs)
             wall = max(r["seconds"] for r in ours) / min(r["seconds"] for r in theirs)
@@ -266,6 +268,7 @@ def markdown(results: dict[str, Any], seconds: float) -> str:
         small = next((r for r in growth if r["samples"] == SMALL), None)
         large = next((r for r in growth if r["samples"] == LARGE), None)
         if small and large:
+            lines.append("")
             lines.append(
                 f"quantcli peak RSS {small['peak_rss_mb']:.0f} MB at {SMALL} samples, "
                 f"{large['peak_rss_mb']:.0f} MB at "
@@ -277,15 +280,16 @@ def markdown(results: dict[str, Any], seconds: float) -> str:
             extra = sorted({k for r in rows for k in r if k.startswith("task_")})
             lines += [
                 "",
-                "| method | cosine mean | cosine worst | " + " | ".join(extra) + " |",
+                "| method | cosine mean | cosine worst |" + "".join(f" {k} |" for k in extra),
                 "|---|---:|---:|" + "---:|" * len(extra),
             ]
             for r in rows:
                 lines.append(
-                    f"| {r['method']} | {r['cosine_mean']:.5f} | {r['cosine_min']:.5f} | "
-                    + " | ".join(f"{r[k]:.4f}" for k in extra)
-                    + " |"
+                    f"| {r['method']} | {r['cosine_mean']:.5f} | {r['cosine_min']:.5f} |"
+                    + "".join(f" {r[k]:.4f} |" for k in extra)
                 )
+            if not extra:
+                lines += ["", "Task metric not measured in this run (bench/compare.py was not importable)."]
             best = max(rows, key=lambda r: (r[key], r["cosine_mean"]))
             lines += [
                 "",

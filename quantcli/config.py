@@ -255,6 +255,9 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "batch_size": int,
     "max_samples": int,
     "max_trials": int,
+    "percentile": float,
+    "weight_method": WeightMethod,
+    "seed": int,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 

@@ -332,3 +332,15 @@ def test_an_empty_tensor_gets_a_zero_range() -> None:
     observer.update(np.zeros((0,), np.float32))
     result = observer.result()
     assert (result.min, result.max, result.count) == (0.0, 0.0, 0)
+
+
+def test_recipe_sets_the_method_and_a_flag_overrides_it(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    model, data = cnn
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[defaults]\nmethod = "percentile"\npercentile = 99.9\nweight_method = "mse"\n')
+    base = ["convert", str(model), "-d", str(data), "--recipe", str(recipe), "--json", "--force"]
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "a.onnx")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["calibration"]["method"] == "percentile(99.9)"
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "b.onnx"), "--method", "mse"])
+    assert json.loads(result.stdout)["calibration"]["method"] == "mse"

@@ -88,10 +88,14 @@ MethodOpt = Annotated[
     ),
 ]
 PercentileOpt = Annotated[
-    float, typer.Option("--percentile", help="Percent of values the percentile method keeps in range.")
+    float | None,
+    typer.Option(
+        "--percentile", help="Percent of values the percentile method keeps in range [default: 99.99]."
+    ),
 ]
 WeightMethodOpt = Annotated[
-    WeightMethod, typer.Option("--weight-method", help="Weight channel ranges: minmax or mse.")
+    WeightMethod | None,
+    typer.Option("--weight-method", help="Weight channel ranges: minmax or mse [default: minmax]."),
 ]
 SeedOpt = Annotated[
     int | None,
@@ -229,8 +233,8 @@ def convert(
         typer.Option("--include", help="Quantize only these (name, glob, op type or @FILE). Repeatable."),
     ] = None,
     method: MethodOpt = None,
-    percentile: PercentileOpt = 99.99,
-    weight_method: WeightMethodOpt = WeightMethod.MINMAX,
+    percentile: PercentileOpt = None,
+    weight_method: WeightMethodOpt = None,
     mode: Annotated[
         QuantMode | None,
         typer.Option(
@@ -303,10 +307,8 @@ def convert(
 
     def run() -> ExitCode | None:
         chosen = method
-        if chosen is None:  # flag, then the calibration file's choice, then the default
-            chosen = (
-                read_calibration(calibration).method if calibration is not None else CalibrationMethod.MINMAX
-            )
+        if chosen is None and calibration is not None:  # flag, the file's choice, the recipe, minmax
+            chosen = read_calibration(calibration).method
         config = _config(
             recipe,
             activation_type=activation_type,
@@ -446,7 +448,7 @@ def calibrate_command(
         CalibrationMethod,
         typer.Option("--method", help="Method convert uses by default with this file."),
     ] = CalibrationMethod.MINMAX,
-    percentile: PercentileOpt = 99.99,
+    percentile: PercentileOpt = None,
     batch_size: BatchOpt = 16,
     max_samples: MaxSamplesOpt = None,
     skip_nonfinite: SkipNonfiniteOpt = False,
@@ -466,7 +468,7 @@ def calibrate_command(
     def run() -> None:
         config = QuantConfig(
             method=method,
-            percentile=percentile,
+            percentile=QuantConfig().percentile if percentile is None else percentile,
             batch_size=batch_size,
             max_samples=max_samples,
             seed=seed,
