@@ -108,7 +108,8 @@ class GateMetric(StrEnum):
     cosine: 100 x (1 - mean cosine similarity) of the worst output.
     sqnr: not a drop: the worst output's SQNR in dB must reach ``min_sqnr`` (higher is better,
         so it gets its own bound instead of an awkward "dB below a target" drop).
-    auto: accuracy when labels are given, else top1 for class-score outputs, else cosine
+    auto: accuracy when labels are given, else cosine (top1 only when asked: an embedding is
+        shaped like class scores, and its arg-max means nothing)
         (sqnr when only ``min_sqnr`` is set).
     """
 

@@ -246,10 +246,10 @@ class GateResult:
 def _resolve_metric(fidelity: Fidelity, metric: GateMetric) -> GateMetric:
     if metric is not GateMetric.AUTO:
         return metric
+    # Not top1 by shape alone: a sentence embedding is [batch, dims] like class scores, and the
+    # arg-max of its dimensions means nothing (auto mode once rejected every int8 MiniLM that way).
     if fidelity.accuracy is not None:
         return GateMetric.ACCURACY
-    if any(o.top1_agreement is not None for o in fidelity.outputs):
-        return GateMetric.TOP1
     return GateMetric.COSINE
 
 

@@ -252,7 +252,7 @@ def convert(
             "--metric",
             help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
             "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr); "
-            "auto picks the first drop metric that applies.",
+            "auto: accuracy with --labels, else cosine.",
         ),
     ] = None,
     max_drop: Annotated[
