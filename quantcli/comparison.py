@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quantcli.calibration.data import model_inputs, open_dataset
+from quantcli.calibration.data import model_inputs
+from quantcli.calibration.sources import DataSource, open_source
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
 from quantcli.evaluate import compare_models, first_sample, load_labels, measure_latency
@@ -22,7 +23,7 @@ __all__ = ["compare"]
 def compare(
     float_path: Path,
     quantized_path: Path,
-    data: Path,
+    data: DataSource,
     *,
     labels: Path | None = None,
     threads: int | None = None,
@@ -48,7 +49,7 @@ def compare(
         raise ConfigError(
             f"{quantized_path}: outputs {quant_outputs} differ from {float_path}'s {float_outputs}"
         )
-    dataset = open_dataset(data, specs)
+    dataset = open_source(data, specs)
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
     reference = open_session(float_proto, threads)
     candidate = open_session(quant_proto, threads)

@@ -21,10 +21,11 @@ import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
 from quantcli.calibration.collect import Progress, TensorRange, collect_stats
-from quantcli.calibration.data import Dataset, InputSpec, model_inputs, open_dataset
+from quantcli.calibration.data import Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.sampling import Shard, select_samples
+from quantcli.calibration.sources import DataSource, open_source
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
@@ -179,12 +180,12 @@ class _Data:
 
 
 def _open_data(
-    specs: tuple[InputSpec, ...], data: Path | None, eval_data: Path | None, config: QuantConfig
+    specs: tuple[InputSpec, ...], data: DataSource | None, eval_data: DataSource | None, config: QuantConfig
 ) -> _Data:
     skip = config.skip_nonfinite
     calibration = (
         select_samples(
-            open_dataset(data, specs, skip_nonfinite=skip),
+            open_source(data, specs, skip_nonfinite=skip),
             max_samples=config.max_samples,
             seed=config.seed,
         )
@@ -192,7 +193,7 @@ def _open_data(
         else None
     )
     if eval_data is not None:
-        return _Data(calibration, open_dataset(eval_data, specs, skip_nonfinite=skip), str(eval_data))
+        return _Data(calibration, open_source(eval_data, specs, skip_nonfinite=skip), str(eval_data))
     if calibration is not None and not config.mode.needs_calibration:
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
@@ -384,9 +385,9 @@ def quantize(
     output: Path,
     *,
     config: QuantConfig | None = None,
-    data: Path | None = None,
+    data: DataSource | None = None,
     calibration: Path | None = None,
-    eval_data: Path | None = None,
+    eval_data: DataSource | None = None,
     labels: Path | None = None,
     force: bool = False,
     progress: Progress | None = None,
@@ -437,9 +438,9 @@ def _quantize_into(
     output: Path,
     *,
     config: QuantConfig,
-    data: Path | None,
+    data: DataSource | None,
     calibration: Path | None,
-    eval_data: Path | None,
+    eval_data: DataSource | None,
     labels: Path | None,
     progress: Progress | None,
 ) -> QuantResult:
@@ -709,7 +710,7 @@ def _copy(proto: onnx.ModelProto | None, data_folder: Path | None) -> ir.Model:
 
 def calibrate(
     model_path: Path,
-    data: Path,
+    data: DataSource,
     *,
     config: QuantConfig | None = None,
     shard: Shard | None = None,
@@ -720,7 +721,7 @@ def calibrate(
     config = config or QuantConfig()
     loaded = _prepare(model_path)
     dataset = select_samples(
-        open_dataset(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
+        open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
         max_samples=config.max_samples,
         seed=config.seed,
         shard=shard,

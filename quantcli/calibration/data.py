@@ -9,7 +9,7 @@ data files are often downloaded, and unpickling runs code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from quantcli.errors import CalibrationDataError
 
-__all__ = ["Batch", "Dataset", "InputSpec", "model_inputs", "open_dataset"]
+__all__ = ["Batch", "Dataset", "InputSpec", "dataset_from_samples", "model_inputs", "open_dataset"]
 
 Batch = dict[str, npt.NDArray[np.generic]]
 
@@ -109,6 +109,8 @@ class _Chunk:
     # The file's rows in use, when samples holding NaN or Inf were skipped (None: all).
     rows: tuple[int, ...] | None = None
     skipped: int = 0
+    # Samples made in memory (decoded images, a user's loader) instead of read from ``path``.
+    arrays: dict[str, npt.NDArray[np.generic]] | None = None
 
     def file_rows(self) -> Sequence[int]:
         return self.rows if self.rows is not None else range(self.num_samples)
@@ -161,7 +163,20 @@ def _open_file(
 ) -> _Chunk:
     """Read and check one file. ``stacked=None`` (files in a folder) infers from the rank whether
     the file holds a stack of samples or a single one."""
-    arrays = _read_file(path)
+    return _check_arrays(path, _read_file(path), specs, stacked=stacked, skip_nonfinite=skip_nonfinite)
+
+
+def _check_arrays(
+    path: Path,
+    arrays: dict[str, npt.NDArray[np.generic]],
+    specs: Sequence[InputSpec],
+    *,
+    stacked: bool | None,
+    skip_nonfinite: bool = False,
+    keep: bool = False,
+) -> _Chunk:
+    """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
+    holds them in the chunk instead of re-reading ``path``."""
     if "" in arrays:  # a .npy file: the model must have exactly one input
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
@@ -193,9 +208,12 @@ def _open_file(
     if count == 0:
         raise CalibrationDataError(f"{path}: holds no samples")
     rows = _finite_rows(path, arrays, count, stacked=stacked, skip=skip_nonfinite)
+    held = arrays if keep else None
     if rows is None:
-        return _Chunk(path, count, single_sample=not stacked)
-    return _Chunk(path, len(rows), single_sample=not stacked, rows=rows, skipped=count - len(rows))
+        return _Chunk(path, count, single_sample=not stacked, arrays=held)
+    return _Chunk(
+        path, len(rows), single_sample=not stacked, rows=rows, skipped=count - len(rows), arrays=held
+    )
 
 
 class Dataset:
@@ -253,7 +271,7 @@ class Dataset:
             index += chunk.num_samples
             if not rows:
                 continue
-            arrays = _read_file(chunk.path)
+            arrays = chunk.arrays if chunk.arrays is not None else _read_file(chunk.path)
             if "" in arrays:
                 arrays = {self.specs[0].name: arrays[""]}
             for start in range(0, len(rows), size):
@@ -284,6 +302,32 @@ class Dataset:
                 # The model takes one sample: without a batch axis, or with a fixed batch of 1.
                 feed = {s.name: (feed[s.name] if s.batched else feed[s.name][0]) for s in self.specs}
             yield feed
+
+
+def dataset_from_samples(
+    source: str,
+    samples: Iterable[Mapping[str, npt.NDArray[np.generic]]],
+    specs: tuple[InputSpec, ...],
+    *,
+    skip_nonfinite: bool = False,
+) -> Dataset:
+    """A dataset of samples made in memory, each a dict of arrays keyed by input name (one sample,
+    or a stack of them along axis 0), checked exactly as files are; ``source`` names them in errors."""
+    chunks = []
+    for index, sample in enumerate(samples):
+        if not isinstance(sample, Mapping):
+            raise CalibrationDataError(
+                f"{source}: item {index} is a {type(sample).__name__}, "
+                "not a dict of arrays keyed by input name"
+            )
+        arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+        where = Path(f"{source}[{index}]")
+        chunk = _check_arrays(where, arrays, specs, stacked=None, skip_nonfinite=skip_nonfinite, keep=True)
+        chunks.append(chunk)
+    total = sum(c.num_samples for c in chunks)
+    if total == 0:
+        raise CalibrationDataError(f"{source}: yielded no usable samples")
+    return Dataset(Path(source), specs, tuple(chunks), range(total))
 
 
 def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bool = False) -> Dataset:

@@ -19,6 +19,7 @@ from quantcli import __version__
 from quantcli.calibration.collect import Progress as ProgressCallback
 from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
 from quantcli.calibration.sampling import Shard
+from quantcli.calibration.sources import DataSource, ImageFolder, Preprocess, UserLoader
 from quantcli.cli.exits import ExitCode, guarded
 from quantcli.cli.render import (
     render_calibration,
@@ -38,6 +39,7 @@ from quantcli.config import (
     expand_patterns,
     load_recipe,
 )
+from quantcli.errors import ConfigError
 from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pages import html_report, markdown_report
 from quantcli.pipeline import calibrate, inspect_model, quantize
@@ -57,9 +59,42 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         "-d",
-        help=".npz file (arrays keyed by input name, axis 0 = samples), or a folder of .npz/.npy files.",
+        help=".npz file (arrays keyed by input name, axis 0 = samples), a folder of .npz/.npy files, "
+        "or a folder of images (see --preprocess).",
     ),
 ]
+PreprocessOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--preprocess",
+        help="How images in a --data folder become the input, e.g. "
+        "'resize=224,224;layout=nchw;scale=1/255;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;channels=rgb' "
+        "(resize is HEIGHT,WIDTH; defaults: the model's size, layout from its shape, scale 1/255, rgb).",
+    ),
+]
+LoaderOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data-loader",
+        help="package.module:function returning an iterable of {input name: array} dicts, instead of "
+        "--data. This runs your code.",
+    ),
+]
+
+
+def _source(data: Path | None, loader: str | None, preprocess: str | None) -> DataSource | None:
+    """The data source the flags name: files, an image folder, or the user's loader."""
+    if loader is not None:
+        if data is not None:
+            raise ConfigError("give --data or --data-loader, not both")
+        return UserLoader(loader)
+    if preprocess is not None:
+        if data is None:
+            raise ConfigError("--preprocess describes the images of a --data folder; give --data")
+        return ImageFolder(data, Preprocess.parse(preprocess))
+    return data
+
+
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON document on stdout; nothing else.")
 ]
@@ -195,6 +230,8 @@ def convert(
     model: ModelArg,
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the int8 model.")],
     data: DataOpt = None,
+    data_loader: LoaderOpt = None,
+    preprocess: PreprocessOpt = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
@@ -343,9 +380,9 @@ def convert(
                     model,
                     output,
                     config=config,
-                    data=data,
+                    data=_source(data, data_loader, preprocess),
                     calibration=calibration,
-                    eval_data=eval_data,
+                    eval_data=_source(eval_data, None, preprocess) if eval_data is not None else None,
                     labels=labels,
                     force=force,
                     progress=update,
@@ -442,8 +479,10 @@ app.add_typer(calibrate_app, name="calibrate")
 @calibrate_app.command("run")
 def calibrate_command(
     model: ModelArg,
-    data: Annotated[Path, typer.Option("--data", "-d", help=".npz file or folder of .npz/.npy files.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Calibration file to write (JSON).")],
+    data: DataOpt = None,
+    data_loader: LoaderOpt = None,
+    preprocess: PreprocessOpt = None,
     method: Annotated[
         CalibrationMethod,
         typer.Option("--method", help="Method convert uses by default with this file."),
@@ -478,7 +517,10 @@ def calibrate_command(
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
-            result = calibrate(model, data, config=config, shard=part, progress=update)
+            source = _source(data, data_loader, preprocess)
+            if source is None:
+                raise ConfigError("calibrate needs samples: give --data or --data-loader")
+            result = calibrate(model, source, config=config, shard=part, progress=update)
         write_calibration(result, output, force=force)
         if as_json:
             _print_json(
