@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large bench-fallback bench-calibration zoo compare modes samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,7 @@ bench-fallback: $(STAMP)
 	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-large zoo compare modes bench-fallback bench-calibration
+bench-all: bench bench-large zoo compare evidence modes bench-fallback bench-calibration
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
@@ -74,6 +74,10 @@ zoo: $(BENCHSTAMP)
 ## quantcli vs onnxruntime's quantize_static/quantize_dynamic on the zoo and sample models.
 compare: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py
+
+## Per-tensor evidence where the defaults miss a zoo target (reads bench/results/compare.json).
+evidence: $(BENCHSTAMP)
+	HF_HUB_OFFLINE=1 $(BENCHPY) bench/evidence.py
 
 ## quantcli's modes (static, mixed, dynamic, weight-only, auto) side by side on the same models.
 modes: $(BENCHSTAMP)

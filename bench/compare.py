@@ -579,7 +579,7 @@ def modes_markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: floa
         "",
         f"Measured on {machine()}, quantcli at commit {_commit()};",
         f"the whole run took {seconds / 60:.1f} min. One row per `--mode`; `auto` builds the candidate",
-        "modes itself and keeps the fastest within its default bound (1 point of cosine/top-1).",
+        "modes itself and keeps the fastest within its default bound (1 point of cosine: no labels here).",
         f"Latency ratio = quantized / fp32, median of {rounds} rounds.",
     ]
     for subject, rows in subjects_rows:
