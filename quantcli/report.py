@@ -237,6 +237,9 @@ class QuantReport:
                 "float": [
                     {"name": d.name, "op_type": d.op_type, "reason": d.reason} for d in self.float_nodes
                 ],
+                # Every node's fate in the mode written (integer, dynamic, weight-only, carry,
+                # folded, float), so a diff of two reports shows what a flag changed.
+                "roles": {d.name: d.role.value for d in self.plan.decisions},
             },
             "int8_weight_fraction": self.int8_weight_fraction,
             "fidelity": fidelity_dict(self.fidelity),

@@ -43,6 +43,8 @@ def test_dynamic_rewrites_every_constant_weight_matmul(
     assert "QuantizeLinear" not in ops
     roles = Counter(d.role.value for d in result.report.plan.decisions)
     assert roles["dynamic"] == 5
+    by_node = result.report.to_dict()["nodes"]["roles"]
+    assert by_node["q_proj"] == "dynamic" and by_node["qk"] == "float" and by_node["softmax"] == "float"
     assert result.report.calibration.samples == 0
 
 
