@@ -86,7 +86,8 @@ class QuantMode(StrEnum):
     convolutional networks). dynamic: MatMul/Gemm weights are int8 and their inputs are quantized
     at run time (no calibration; best on transformer encoders on CPU). mixed: dynamic MatMul/Gemm,
     static everything else. weight-only: int8 weights, float compute; smaller, never faster.
-    auto: try the candidates on the data and keep the fastest one within the accuracy bound.
+    auto (the default): try the candidates on the data and keep the fastest one within the
+    accuracy bound (see :mod:`quantcli.choice` for what it does with no data to measure on).
     """
 
     STATIC = "static"
@@ -97,7 +98,13 @@ class QuantMode(StrEnum):
 
     @property
     def needs_calibration(self) -> bool:
-        return self in (QuantMode.STATIC, QuantMode.MIXED, QuantMode.AUTO)
+        return self in (QuantMode.STATIC, QuantMode.MIXED)
+
+    @property
+    def uses_calibration(self) -> bool:
+        """Calibration data serves this mode (auto: for its static candidates), so part of it
+        is held back for evaluation rather than all of it measuring fidelity."""
+        return self.needs_calibration or self is QuantMode.AUTO
 
 
 class GateMetric(StrEnum):
@@ -168,7 +175,7 @@ class QuantConfig:
     exclude: frozenset[str] = field(default_factory=frozenset)
     skip_nonfinite: bool = False
     allow_noop: bool = False
-    mode: QuantMode = QuantMode.STATIC
+    mode: QuantMode = QuantMode.AUTO
     metric: GateMetric = GateMetric.AUTO
     max_drop: float | None = None
     include: frozenset[str] = field(default_factory=frozenset)

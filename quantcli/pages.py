@@ -65,7 +65,7 @@ def _summary_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             f"{_mib(size['input_bytes'])} -> {_mib(size['output_bytes'])} ({size['ratio']:.2f}x smaller)",
         ),
         ("weights in int8", f"{100 * doc['int8_weight_fraction']:.1f} %"),
-        ("mode", doc["mode"]),
+        ("mode", f"{doc['mode']}: {doc['mode_reason']}" if doc.get("mode_reason") else doc["mode"]),
         ("accuracy gate", _gate_line(doc.get("gate"))),
     ]
 

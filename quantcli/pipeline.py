@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -24,8 +25,10 @@ from quantcli.calibration.collect import Progress, TensorRange, collect_stats
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
+from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
+from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
@@ -182,19 +185,31 @@ class _Data:
 def _open_data(
     specs: tuple[InputSpec, ...], data: DataSource | None, eval_data: DataSource | None, config: QuantConfig
 ) -> _Data:
-    skip = config.skip_nonfinite
     calibration = (
         select_samples(
-            open_source(data, specs, skip_nonfinite=skip),
+            open_source(data, specs, skip_nonfinite=config.skip_nonfinite),
             max_samples=config.max_samples,
             seed=config.seed,
         )
         if data is not None
         else None
     )
+    return _split_data(calibration, data, specs, eval_data, config)
+
+
+def _split_data(
+    calibration: Dataset | None,
+    data: DataSource | None,
+    specs: tuple[InputSpec, ...],
+    eval_data: DataSource | None,
+    config: QuantConfig,
+) -> _Data:
+    """Which samples calibrate and which measure fidelity: ``eval_data`` when given, else the
+    last ``eval_fraction`` of ``calibration`` held back (all of it in modes that calibrate nothing)."""
     if eval_data is not None:
-        return _Data(calibration, open_source(eval_data, specs, skip_nonfinite=skip), str(eval_data))
-    if calibration is not None and not config.mode.needs_calibration:
+        evaluation = open_source(eval_data, specs, skip_nonfinite=config.skip_nonfinite)
+        return _Data(calibration, evaluation, str(eval_data))
+    if calibration is not None and not config.mode.uses_calibration:
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
@@ -208,19 +223,15 @@ def _ranges(
     loaded: ModelFile,
     observed: list[str],
     data: _Data,
-    calibration: Path | None,
+    calibration: tuple[Path, CalibrationFile] | None,
     config: QuantConfig,
     progress: Progress | None,
 ) -> tuple[dict[str, TensorRange], CalibrationSummary]:
     if calibration is not None:
-        cal = read_calibration(calibration)
-        if cal.model_fingerprint != fingerprint(loaded.model):
-            raise CalibrationFileError(
-                f"{calibration}: made for another model than {loaded.path}; re-run calibrate on this model"
-            )
+        path, cal = calibration
         method = config.method.describe(config.percentile)
         return choose_ranges(cal.stats, observed, config), CalibrationSummary(
-            method, cal.num_samples, str(calibration)
+            method, cal.num_samples, str(path)
         )
     assert data.calibration is not None
     with _naming(loaded.path):
@@ -237,12 +248,19 @@ def _ranges(
     )
 
 
-# Candidate modes --mode auto tries, in the order ties are broken (most integer work first).
+def _read_calibration_for(loaded: ModelFile, path: Path) -> CalibrationFile:
+    cal = read_calibration(path)
+    if cal.model_fingerprint != fingerprint(loaded.model):
+        raise CalibrationFileError(
+            f"{path}: made for another model than {loaded.path}; re-run calibrate on this model"
+        )
+    return cal
+
+
+# Candidate modes --mode auto tries (most integer work first).
 _AUTO_MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
 # Time auto may spend timing candidates against each other.
 _AUTO_LATENCY_BUDGET_SECONDS = 20.0
-# Latencies within this factor of the fastest count as equal.
-_LATENCY_TIE = 1.03
 
 
 def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
@@ -280,9 +298,28 @@ class _Candidate:
         return self.staged.size_bytes
 
 
-def _plans(model: ir.Model, config: QuantConfig) -> list[QuantPlan]:
-    """The plans to build: the configured mode's, or every distinct non-empty one for auto."""
-    modes = _AUTO_MODES if config.mode is QuantMode.AUTO else (config.mode,)
+def _settle_recorded_mode(
+    config: QuantConfig, recorded: tuple[Path, CalibrationFile] | None
+) -> tuple[QuantConfig, str]:
+    """Auto replays the mode decision a calibration file records; any other mode is the user's."""
+    if config.mode is not QuantMode.AUTO:
+        return config, f"{config.mode} was asked for"
+    if recorded is None or recorded[1].choice is None:
+        return config, ""  # decided later, by measuring or by rule
+    path, cal = recorded
+    assert cal.choice is not None
+    return replace(
+        config, mode=cal.choice.mode
+    ), f"auto: the decision recorded in {path} ({cal.choice.reason})"
+
+
+def _plans(model: ir.Model, config: QuantConfig, *, has_ranges: bool = True) -> list[QuantPlan]:
+    """The plans to build: the configured mode's, or every distinct non-empty one for auto
+    (without calibration ranges, only the modes that need none)."""
+    if config.mode is QuantMode.AUTO:
+        modes = tuple(m for m in _AUTO_MODES if has_ranges or not m.needs_calibration)
+    else:
+        modes = (config.mode,)
     plans: list[QuantPlan] = []
     seen: set[tuple[str, ...]] = set()
     for mode in modes:
@@ -343,10 +380,10 @@ def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Datas
     if not passing:
         return min(timed, key=lambda c: c.gate.shortfall if c.gate else float("inf"))
     fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
-    # Timings a few percent apart are noise on a shared machine: among those, the smaller model
-    # wins, then the earlier mode (more integer work).
-    close = [c for c in passing if c.latency is not None and c.latency.median_ms <= fastest * _LATENCY_TIE]
-    return min(close, key=lambda c: c.staged.size_bytes)
+    # Timings a few percent apart are noise on a shared machine: among those the most faithful
+    # wins (fidelity does not vary run to run), then the smaller model.
+    close = [c for c in passing if c.latency is not None and c.latency.median_ms <= fastest * LATENCY_TIE]
+    return min(close, key=lambda c: (c.gate.shortfall if c.gate else 0.0, c.staged.size_bytes))
 
 
 def _summaries(
@@ -354,17 +391,26 @@ def _summaries(
 ) -> tuple[CandidateSummary, ...]:
     if len(candidates) == 1:
         return ()
-    fastest_passing = [c for c in candidates if c.gate is not None and c.gate.passed]
+    passing = [c for c in candidates if c.gate is not None and c.gate.passed]
+    fastest = min((c.latency.median_ms for c in passing if c.latency is not None), default=None)
+    tie = f"{round(100 * (LATENCY_TIE - 1))}%"
     summaries = []
     for c in candidates:
-        if c is winner and fastest_passing:
-            why = "fastest within the accuracy bound (timings 3% apart tie; then the smallest)"
+        speed = None if c.latency is None or fastest is None else c.latency.median_ms / fastest
+        if c is winner and passing:
+            why = (
+                "fastest within the bound"
+                if speed is None or speed <= 1.0
+                else (f"within {tie} of the fastest (a tie) and more faithful")
+            )
         elif c is winner:
-            why = "no candidate met the accuracy bound; this one lost the least"
+            why = "no mode met the bound; this one lost the least"
         elif c.gate is not None and not c.gate.passed:
-            why = f"misses the accuracy bound by {c.gate.missed_by:.2f} {c.gate.unit}"
+            why = f"misses the bound by {c.gate.missed_by:.2f} {c.gate.unit}"
+        elif speed is not None and speed <= LATENCY_TIE:
+            why = f"within {tie} of the fastest (a tie), less faithful"
         else:
-            why = "within the accuracy bound but slower"
+            why = f"within the bound, {speed:.2f}x slower" if speed is not None else "within the bound"
         summaries.append(
             CandidateSummary(
                 mode=c.plan.mode.value,
@@ -454,6 +500,8 @@ def _quantize_into(
     _check_output_path(model_path, output, force=staging.force)
     loaded = _prepare(model_path)
     _check_data_path(loaded, output, force=staging.force)
+    recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
+    config, mode_reason = _settle_recorded_mode(config, recorded)
     specs = model_inputs(loaded.model)
     datasets = _open_data(specs, data, eval_data, config)
     label_array = None
@@ -461,7 +509,12 @@ def _quantize_into(
         if datasets.evaluation is None:
             raise ConfigError("--labels needs evaluation data (--eval-data, or --data with 2+ samples)")
         label_array = load_labels(labels, datasets.evaluation.num_samples)
-    plans = _plans(loaded.model, config)
+    has_ranges = recorded is not None or datasets.calibration is not None
+    if config.mode is QuantMode.AUTO and datasets.evaluation is None:
+        dynamic_plan = select(loaded.model, replace(config, mode=QuantMode.DYNAMIC))
+        mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=not dynamic_plan.is_noop)
+        config = replace(config, mode=mode)
+    plans = _plans(loaded.model, config, has_ranges=has_ranges)
     if not plans:
         if config.allow_noop:
             return _write_unchanged(loaded, output, config, staging)
@@ -477,7 +530,7 @@ def _quantize_into(
             loaded=loaded,
             observed=observed,
             data=datasets,
-            calibration=calibration,
+            calibration=recorded,
             config=config,
             progress=progress,
         )
@@ -499,6 +552,12 @@ def _quantize_into(
         datasets=datasets,
         labels=label_array,
     )
+    summaries = _summaries(candidates, winner, loaded.size_bytes)
+    if config.mode is QuantMode.AUTO:
+        mode_reason = next(
+            (f"auto: {s.reason}" for s in summaries if s.chosen),
+            "auto: the only mode that changes this model",
+        )
     report = QuantReport(
         model=str(model_path),
         output=str(output),
@@ -510,7 +569,8 @@ def _quantize_into(
         fidelity=winner.fidelity,
         fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
         gate=winner.gate if config.has_gate else None,
-        candidates=_summaries(candidates, winner, loaded.size_bytes),
+        candidates=summaries,
+        mode_reason=mode_reason,
         opset_upgraded_from=loaded.upgraded_from_opset,
         per_layer=diagnosis,
         fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
@@ -714,13 +774,21 @@ def calibrate(
     *,
     config: QuantConfig | None = None,
     shard: Shard | None = None,
+    eval_data: DataSource | None = None,
+    labels: Path | None = None,
     progress: Progress | None = None,
 ) -> CalibrationFile:
     """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
-    runs with any method; ``shard`` observes one of N disjoint parts of the samples."""
+    runs with any method; ``shard`` observes one of N disjoint parts of the samples.
+
+    Over all the data (no shard) the file also records the mode decision: the mode asked for, or
+    with ``mode=auto`` the one auto picks by building every candidate from the statistics of the
+    calibration part and measuring it on ``eval_data`` or a held-back part, exactly as ``convert``
+    would. The held-back part is observed too, so the statistics still cover every sample.
+    """
     config = config or QuantConfig()
     loaded = _prepare(model_path)
-    dataset = select_samples(
+    samples = select_samples(
         open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
         max_samples=config.max_samples,
         seed=config.seed,
@@ -729,17 +797,91 @@ def calibrate(
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
-    with _naming(model_path):
-        stats = collect_stats(
-            loaded.model, tensors, dataset, batch_size=config.batch_size, histograms=True, progress=progress
-        )
+
+    def observe(dataset: Dataset) -> dict[str, TensorStats]:
+        with _naming(model_path):
+            return collect_stats(
+                loaded.model,
+                tensors,
+                dataset,
+                batch_size=config.batch_size,
+                histograms=True,
+                progress=progress,
+            )
+
+    model_fingerprint = fingerprint(loaded.model)
+    choice: ModeChoice | None = None
+    if shard is not None:
+        stats = observe(samples)  # a shard cannot decide for all the data
+    elif config.mode is not QuantMode.AUTO:
+        stats = observe(samples)
+        plan = select(loaded.model, config)
+        choice = ModeChoice(config.mode, f"{config.mode} was asked for", _roles(plan))
+    else:
+        datasets = _split_data(samples, data, model_inputs(loaded.model), eval_data, config)
+        assert datasets.calibration is not None
+        stats = observe(datasets.calibration)
+        if datasets.evaluation is None:
+            mode, reason = unmeasured_mode(has_ranges=True, dynamic_applies=True)
+            choice = ModeChoice(mode, reason, _roles(select(loaded.model, replace(config, mode=mode))))
+        else:
+            held_back = eval_data is None
+            # Observed before the candidates are built: the last one rewrites the model in place.
+            held_stats = observe(datasets.evaluation) if held_back else None
+            label_array = load_labels(labels, datasets.evaluation.num_samples) if labels is not None else None
+            choice = _measured_choice(loaded, config, stats, datasets, label_array)
+            if held_stats is not None:
+                stats = {name: s.merged(held_stats[name]) for name, s in stats.items()}
     return CalibrationFile(
-        model_fingerprint=fingerprint(loaded.model),
+        model_fingerprint=model_fingerprint,
         method=config.method,
         percentile=config.percentile,
-        num_samples=dataset.num_samples,
+        num_samples=samples.num_samples,
         stats=stats,
         shards=(str(shard),) if shard is not None else (),
+        choice=choice,
+    )
+
+
+def _roles(plan: QuantPlan) -> dict[str, str]:
+    return {d.name: d.role.value for d in plan.decisions}
+
+
+def _measured_choice(
+    loaded: ModelFile,
+    config: QuantConfig,
+    stats: dict[str, TensorStats],
+    datasets: _Data,
+    labels: npt.NDArray[np.int64] | None,
+) -> ModeChoice | None:
+    """What ``convert --mode auto`` would pick with these statistics and evaluation data; the
+    candidates are built in a scratch folder and discarded. None: no mode changes the model."""
+    plans = _plans(loaded.model, config)
+    if not plans:
+        return None
+    observed = sorted({name for plan in plans for name in plan.observed})
+    ranges = choose_ranges(stats, observed, config)
+    reference = serialize(loaded.model)
+    with _naming(loaded.path):
+        reference_session = open_session(reference, data_folder=external_folder(loaded.model))
+    scratch_folder = tempfile.TemporaryDirectory(prefix="quantcli-candidates-")
+    with scratch_folder as folder, StagedOutput(force=True) as scratch:
+        candidates, winner, _, _ = _stage_candidates(
+            loaded,
+            plans,
+            ranges,
+            config,
+            staging=scratch,
+            output=Path(folder) / loaded.path.name,
+            reference=reference,
+            reference_session=reference_session,
+            datasets=datasets,
+            labels=labels,
+        )
+        summaries = _summaries(candidates, winner, loaded.size_bytes)
+    reason = next((s.reason for s in summaries if s.chosen), "the only mode that changes this model")
+    return ModeChoice(
+        winner.plan.mode, f"auto: {reason}", _roles(winner.plan), tuple(s.to_dict() for s in summaries)
     )
 
 
@@ -755,12 +897,23 @@ class ModelSummary:
     parameters: int
     op_types: dict[str, int]
     plan: QuantPlan
+    mode_reason: str = ""
 
 
-def inspect_model(model_path: Path, config: QuantConfig | None = None) -> ModelSummary:
-    """Describe a model and the plan :func:`quantize` would follow for it."""
+def inspect_model(
+    model_path: Path, config: QuantConfig | None = None, *, calibration: Path | None = None
+) -> ModelSummary:
+    """Describe a model and the plan :func:`quantize` would follow for it: in the mode asked
+    for, or the one ``calibration`` records. Auto with no recorded decision decides by measuring,
+    which inspect does not do: it shows the static plan and says so."""
+    config = config or QuantConfig()
     loaded = _prepare(model_path)
     model = loaded.model
+    recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
+    config, mode_reason = _settle_recorded_mode(config, recorded)
+    if config.mode is QuantMode.AUTO:
+        config = replace(config, mode=QuantMode.STATIC)
+        mode_reason = "auto decides by measuring every mode (convert or calibrate); this is static's plan"
     outputs = tuple(
         (
             str(v.name),
@@ -782,5 +935,6 @@ def inspect_model(model_path: Path, config: QuantConfig | None = None) -> ModelS
         outputs=outputs,
         parameters=parameters,
         op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
-        plan=select(model, config or QuantConfig()),
+        plan=select(model, config),
+        mode_reason=mode_reason,
     )

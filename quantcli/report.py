@@ -202,6 +202,7 @@ class QuantReport:
     gate: GateResult | None = None  # set when the user asked for an accuracy bound
     opset_upgraded_from: int | None = None  # the input's opset when it had to be upgraded
     candidates: tuple[CandidateSummary, ...] = ()  # what --mode auto tried
+    mode_reason: str = ""  # why the model is in the mode it is (asked for, measured, recorded, rule)
     per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
     fallback: FallbackSummary | None = None  # --auto-fallback
 
@@ -222,6 +223,7 @@ class QuantReport:
                 "ratio": self.size.ratio,
             },
             "mode": self.plan.mode.value,
+            "mode_reason": self.mode_reason,
             "opset_upgraded_from": self.opset_upgraded_from,
             "config": {
                 "mode": self.config.mode.value,

@@ -192,7 +192,7 @@ def test_two_convert_runs_give_byte_identical_model_and_report(
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
-        args = ["convert", str(model), "-o", str(folder / "q.onnx"), "--data", str(data)]
+        args = ["convert", str(model), "-o", str(folder / "q.onnx"), "--data", str(data), "--mode", "static"]
         result = runner.invoke(app, [*args, "--report", str(folder / "r.json"), "--quiet"])
         assert result.exit_code == 0, result.stderr
         report = (folder / "r.json").read_text().replace(str(folder), "<out>")
@@ -237,3 +237,28 @@ def test_inspect_shows_the_plan_of_a_mode(transformer: tuple[Path, Path]) -> Non
     assert result.exit_code == 0, result.output
     roles = {n["name"]: n["role"] for n in json.loads(result.stdout)["nodes"]}
     assert roles["q_proj"] == "dynamic" and roles["qk"] == "float"
+
+
+def test_calibrate_decides_the_mode_and_inspect_and_convert_follow_the_file(
+    transformer: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = transformer
+    calibration = tmp_path / "calib.json"
+    result = runner.invoke(app, ["calibrate", "run", str(model), "--data", str(data), "-o", str(calibration)])
+    assert result.exit_code == 0, result.output
+    assert "modes tried (--mode auto)" in result.stderr  # the candidates table, in the terminal
+    choice = json.loads(calibration.read_text())["choice"]
+    assert sum(c["chosen"] for c in choice["candidates"]) == 1
+    inspected = runner.invoke(app, ["inspect", str(model), "--calibration", str(calibration), "--json"])
+    assert inspected.exit_code == 0, inspected.output
+    document = json.loads(inspected.stdout)
+    assert document["mode"] == choice["mode"] and str(calibration) in document["mode_reason"]
+    assert {n["name"]: n["role"] for n in document["nodes"]} == choice["roles"]
+    out = tmp_path / "q.onnx"
+    converted = runner.invoke(app, ["convert", str(model), "-o", str(out), "-c", str(calibration), "--json"])
+    assert converted.exit_code == 0, converted.output
+    report = json.loads(converted.stdout)
+    assert report["mode"] == choice["mode"] and report["nodes"]["roles"] == choice["roles"]
+    # Without a file, inspect cannot measure: it shows static's plan and says why.
+    plain = json.loads(runner.invoke(app, ["inspect", str(model), "--json"]).stdout)
+    assert plain["mode"] == "static" and "auto decides by measuring" in plain["mode_reason"]

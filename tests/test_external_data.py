@@ -11,9 +11,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from quantcli import pipeline, quantize
+from quantcli import QuantConfig, pipeline, quantize
+from quantcli.config import QuantMode
 from quantcli.errors import ModelLoadError
 from quantcli.graph.io import load_model
+
+# These tests are about static mode's graphs; auto would build and time every mode.
+STATIC = QuantConfig(mode=QuantMode.STATIC)
 
 
 def _external(tmp_path: Path) -> tuple[Path, Path]:
@@ -35,7 +39,7 @@ def _external(tmp_path: Path) -> tuple[Path, Path]:
 
 def test_model_with_external_data_quantizes(tmp_path: Path) -> None:
     model, data = _external(tmp_path)
-    result = quantize(model, tmp_path / "q.onnx", data=data)
+    result = quantize(model, tmp_path / "q.onnx", data=data, config=STATIC)
     # the input size counts the data file
     assert result.report.size.input_bytes > (model.parent / "weights.bin").stat().st_size
     assert result.report.fidelity is not None and result.report.fidelity.outputs[0].cosine_mean > 0.999
@@ -46,7 +50,7 @@ def test_short_external_data_is_a_one_line_error(tmp_path: Path) -> None:
     weights = model.parent / "weights.bin"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ModelLoadError, match="too short") as info:
-        quantize(model, tmp_path / "q.onnx", data=data)
+        quantize(model, tmp_path / "q.onnx", data=data, config=STATIC)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "q.onnx").exists()
 
@@ -62,13 +66,13 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, locat
                 entry.value = location
     onnx.save(proto, model)
     with pytest.raises(ModelLoadError, match="outside the model's folder"):
-        quantize(model, tmp_path / "q.onnx", data=data)
+        quantize(model, tmp_path / "q.onnx", data=data, config=STATIC)
 
 
 def test_output_has_external_data_when_the_input_had(tmp_path: Path) -> None:
     model, data = _external(tmp_path)
     out = tmp_path / "q.onnx"
-    result = quantize(model, out, data=data)
+    result = quantize(model, out, data=data, config=STATIC)
     proto = onnx.load(out, load_external_data=False)
     locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"q.onnx.data"}
@@ -90,7 +94,7 @@ def test_large_output_switches_to_external_data(
     model, data = cnn
     monkeypatch.setattr(pipeline, "INLINE_LIMIT", 1000)
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     assert (tmp_path / "q.onnx.data").stat().st_size > 1000
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.run(None, models.tiny_cnn_data(2))[0].shape == (2, 10)
@@ -102,6 +106,6 @@ def test_external_data_output_is_byte_identical_across_runs(tmp_path: Path) -> N
     for name in ("a", "b"):
         folder = tmp_path / name
         folder.mkdir()
-        quantize(model, folder / "q.onnx", data=data)
+        quantize(model, folder / "q.onnx", data=data, config=STATIC)
         runs.append(((folder / "q.onnx").read_bytes(), (folder / "q.onnx.data").read_bytes()))
     assert runs[0] == runs[1]

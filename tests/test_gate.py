@@ -28,7 +28,9 @@ def outlier(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 
 def _convert(model: Path, out: Path, *args: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
-    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--json", *args])
+    """Convert in static mode (the gate and fallback under test), unless ``args`` name a mode."""
+    mode = () if "--mode" in args else ("--mode", "static")
+    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--json", *mode, *args])
     document = json.loads(result.stdout) if result.stdout.strip() else {}
     return result.exit_code, document, result.stderr
 

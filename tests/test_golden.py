@@ -38,7 +38,18 @@ def test_report_matches_golden(tmp_path: Path) -> None:
     data = tmp_path / "calib.npz"
     np.savez(data, **models.tiny_cnn_data(40))
     result = CliRunner().invoke(
-        app, ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(data), "--json"]
+        app,
+        [
+            "convert",
+            str(model),
+            "-o",
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(data),
+            "--mode",
+            "static",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     _check(json.loads(result.stdout), GOLDEN)
@@ -61,6 +72,7 @@ def test_fallback_report_matches_golden(tmp_path: Path) -> None:
         [
             *("convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "calib.npz")),
             *("--eval-data", str(tmp_path / "eval.npz"), "--min-sqnr", "25", "--auto-fallback", "--json"),
+            *("--mode", "static"),
         ],
     )
     assert result.exit_code == 0, result.output

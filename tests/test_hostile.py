@@ -365,7 +365,10 @@ def test_disk_full_while_the_report_is_written_after_the_model(
         return real(fd, data)
 
     monkeypatch.setattr(output, "_write_chunk", write)
-    result = runner.invoke(app, _convert(model, data, "--report", str(tmp_path / "r.json")))
+    # One mode: auto would stage a model per candidate, each with its own writes.
+    result = runner.invoke(
+        app, _convert(model, data, "--mode", "static", "--report", str(tmp_path / "r.json"))
+    )
     assert result.exit_code == 1
     assert_one_line_error(result.stderr, tmp_path / "r.json")
     assert snapshot(tmp_path) == before

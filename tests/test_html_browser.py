@@ -91,7 +91,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         [
             *("convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(tmp_path / "calib.npz")),
             *("--eval-data", str(tmp_path / "eval.npz"), "--min-sqnr", "25", "--auto-fallback"),
-            *("--report-html", str(page), "--quiet"),
+            *("--report-html", str(page), "--quiet", "--mode", "static"),
         ],
     )
     assert result.exit_code == 0, result.output

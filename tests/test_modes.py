@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import models
@@ -11,9 +13,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from quantcli import QuantConfig, quantize
+from quantcli import QuantConfig, pipeline, quantize
+from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
+from quantcli.calibration.sampling import Shard
 from quantcli.config import GateMetric, QuantMode
 from quantcli.errors import ConfigError
+from quantcli.evaluate import Latency
+from quantcli.pipeline import calibrate, inspect_model
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,3 +155,112 @@ def test_static_mode_needs_data(transformer: tuple[Path, Path], tmp_path: Path) 
     with pytest.raises(ConfigError, match="--mode dynamic"):
         quantize(model, tmp_path / "o.onnx", config=QuantConfig(mode=QuantMode.STATIC))
     assert not (tmp_path / "o.onnx").exists()
+
+
+def _fixed_latencies(monkeypatch: pytest.MonkeyPatch, by_mode: dict[str, float]) -> None:
+    """Replace the timing auto does with given medians (ms), so its rule can be tested exactly."""
+
+    def measure(sessions: dict[str, object], *_: object, **__: object) -> dict[str, Latency]:
+        return {mode: Latency(by_mode[mode], by_mode[mode], 30) for mode in sessions}
+
+    monkeypatch.setattr(pipeline, "measure_latency", measure)
+
+
+def test_auto_is_the_default_mode() -> None:
+    assert QuantConfig().mode is QuantMode.AUTO
+
+
+# A bound every candidate of the tiny transformer meets, so only latency and fidelity decide.
+LOOSE = QuantConfig(max_drop=5.0)
+
+
+def test_auto_keeps_the_clearly_fastest_passing_mode(
+    transformer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = transformer
+    _fixed_latencies(monkeypatch, {"static": 2.0, "mixed": 1.5, "dynamic": 1.0, "weight-only": 3.0})
+    report = quantize(model, tmp_path / "q.onnx", data=data, config=LOOSE).report
+    assert report.plan.mode is QuantMode.DYNAMIC
+    assert report.mode_reason == "auto: fastest within the bound"
+    assert {c.mode: c.chosen for c in report.candidates}["dynamic"]
+
+
+def test_auto_breaks_a_latency_tie_by_fidelity(
+    transformer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Timings within 5% of the fastest are noise: the most faithful of them wins."""
+    model, data = transformer
+    tied = {"static": 1.0, "mixed": 1.04, "dynamic": 1.2, "weight-only": 1.03}
+    _fixed_latencies(monkeypatch, tied)
+    report = quantize(model, tmp_path / "q.onnx", data=data, config=LOOSE).report
+    drops = {c.mode: c.gate.drop for c in report.candidates if c.gate is not None}
+    most_faithful = min(("static", "mixed", "weight-only"), key=drops.__getitem__)
+    assert drops["dynamic"] > drops[most_faithful] or most_faithful != "static"  # a real tie-break
+    assert report.plan.mode.value == most_faithful
+    _fixed_latencies(monkeypatch, {"static": 1.0, "mixed": 1.06, "dynamic": 1.2, "weight-only": 1.06})
+    report = quantize(model, tmp_path / "q2.onnx", data=data, config=LOOSE).report
+    assert report.plan.mode is QuantMode.STATIC  # 6% slower is slower
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [(models.tiny_transformer, QuantMode.DYNAMIC), (models.single_conv, QuantMode.WEIGHT_ONLY)],
+)
+def test_auto_without_data_follows_a_fixed_rule(
+    build: Callable[[], onnx.ModelProto], expected: QuantMode, tmp_path: Path
+) -> None:
+    model = models.save(build(), tmp_path)
+    report = quantize(model, tmp_path / "q.onnx").report
+    assert report.plan.mode is expected
+    assert report.candidates == () and "auto had no data" in report.mode_reason
+
+
+def test_calibrate_records_auto_decision_and_convert_replays_it_without_timing(
+    transformer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = transformer
+    _fixed_latencies(monkeypatch, {"static": 2.0, "mixed": 1.5, "dynamic": 1.0, "weight-only": 3.0})
+    calibration = calibrate(model, data, config=LOOSE)
+    choice = calibration.choice
+    assert choice is not None and choice.mode is QuantMode.DYNAMIC
+    assert {c["mode"] for c in choice.candidates} == {"static", "mixed", "dynamic", "weight-only"}
+    dynamic_plan = inspect_model(model, QuantConfig(mode=QuantMode.DYNAMIC)).plan
+    assert choice.roles == {d.name: d.role.value for d in dynamic_plan.decisions}
+    assert Counter(choice.roles.values())["dynamic"] >= 4
+    # The held-back samples are observed too: the file covers all 40.
+    assert calibration.num_samples == 40 and all(s.count % 40 == 0 for s in calibration.stats.values())
+    path = tmp_path / "calib.json"
+    write_calibration(calibration, path)
+    assert read_calibration(path).choice == choice
+
+    def no_timing(*_: object, **__: object) -> None:
+        raise AssertionError("a recorded decision must not be timed again")
+
+    monkeypatch.setattr(pipeline, "measure_latency", no_timing)
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "q.onnx"
+        out.parent.mkdir()
+        report = quantize(model, out, calibration=path).report
+        assert report.plan.mode is QuantMode.DYNAMIC and str(path) in report.mode_reason
+        assert {d.name: d.role.value for d in report.plan.decisions} == choice.roles
+        outputs.append((out.read_bytes(), json.dumps(report.to_dict()).replace(str(out.parent), "<out>")))
+    assert outputs[0] == outputs[1]
+
+
+def test_calibrate_records_a_given_mode_and_shards_record_none(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = cnn
+    static = calibrate(model, data, config=QuantConfig(mode=QuantMode.STATIC)).choice
+    assert static is not None and static.mode is QuantMode.STATIC and static.candidates == ()
+    assert Counter(static.roles.values())["integer"] >= 2
+    shards = [calibrate(model, data, shard=Shard(k, 2)) for k in (1, 2)]
+    assert all(s.choice is None for s in shards)
+    merged = merge_calibrations([(tmp_path / f"{k}.json", s) for k, s in enumerate(shards)])
+    assert merged.choice is None
+    # With no decision recorded and nothing to measure on, auto uses the file's ranges: static.
+    path = tmp_path / "merged.json"
+    write_calibration(merged, path)
+    report = quantize(model, tmp_path / "q.onnx", calibration=path).report
+    assert report.plan.mode is QuantMode.STATIC and "no evaluation data" in report.mode_reason

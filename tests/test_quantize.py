@@ -15,6 +15,9 @@ from quantcli import ActivationType, QuantConfig, quantize
 from quantcli.config import QuantMode
 from quantcli.errors import ModelLoadError, OutputError, QuantizationError
 
+# These tests are about static mode's graphs; auto would build and time every mode.
+STATIC = QuantConfig(mode=QuantMode.STATIC)
+
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -30,7 +33,7 @@ def _sqnr(ref: np.ndarray, got: np.ndarray) -> float:
 def test_cnn_structure_and_no_float_weights_left(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     proto = onnx.load(out)
     onnx.checker.check_model(proto, full_check=True)
     ops = Counter(n.op_type for n in proto.graph.node)
@@ -52,7 +55,7 @@ def test_cnn_structure_and_no_float_weights_left(cnn: tuple[Path, Path], tmp_pat
 def test_cnn_fuses_into_integer_kernels(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     ops = models.optimized_op_types(out, tmp_path)
     assert ops.get("QLinearConv") == 2
     assert ops.get("QLinearAdd") == 1
@@ -66,7 +69,9 @@ def test_cnn_fuses_into_integer_kernels(cnn: tuple[Path, Path], tmp_path: Path) 
 def test_cnn_numerics(cnn: tuple[Path, Path], tmp_path: Path, activation_type: ActivationType) -> None:
     model, data = cnn
     out = tmp_path / "q.onnx"
-    result = quantize(model, out, data=data, config=QuantConfig(activation_type=activation_type))
+    result = quantize(
+        model, out, data=data, config=QuantConfig(mode=QuantMode.STATIC, activation_type=activation_type)
+    )
     feed = models.tiny_cnn_data(16, seed=7)
     sqnr = _sqnr(_run(model, feed), _run(out, feed))
     assert sqnr > 30.0
@@ -77,7 +82,7 @@ def test_cnn_numerics(cnn: tuple[Path, Path], tmp_path: Path, activation_type: A
 def test_transformer_quantizes_and_runs(transformer: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = transformer
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     feed = models.tiny_transformer_data(16, seed=9)
     assert _sqnr(_run(model, feed), _run(out, feed)) > 20.0
     ops = models.optimized_op_types(out, tmp_path)
@@ -93,7 +98,7 @@ def test_graph_output_keeps_its_name_when_quantized(tmp_path: Path) -> None:
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data, config=QuantConfig(batch_size=1))
+    quantize(model, out, data=data, config=QuantConfig(mode=QuantMode.STATIC, batch_size=1))
     assert [o.name for o in onnx.load(out).graph.output] == ["c", "y"]
     # conv1 feeds int8 to conv2, so its output is quantized (and still the graph output "c");
     # conv2's output goes nowhere int8, so it stays float: one integer kernel.
@@ -105,7 +110,7 @@ def test_final_conv_keeps_a_float_output_and_a_float_input(tmp_path: Path) -> No
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(4, 3, 8, 8)).astype(np.float32))
     out = tmp_path / "q.onnx"
-    result = quantize(model, out, data=data, config=QuantConfig(batch_size=1))
+    result = quantize(model, out, data=data, config=QuantConfig(mode=QuantMode.STATIC, batch_size=1))
     decision = result.report.plan.decisions[0]
     assert decision.role.value == "weight-only" and "clip" in decision.reason
     ops = Counter(n.op_type for n in onnx.load(out).graph.node)
@@ -118,15 +123,15 @@ def test_shared_weight_is_stored_once(tmp_path: Path) -> None:
     data = tmp_path / "d.npz"
     np.savez(data, x=np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32))
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     inits = [i for i in onnx.load(out).graph.initializer if len(i.dims) == 2]  # matrices, not scales
     assert [(i.name, i.data_type) for i in inits] == [("w_quantized", onnx.TensorProto.INT8)]
 
 
 def test_two_runs_are_byte_identical(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
-    quantize(model, tmp_path / "a.onnx", data=data)
-    quantize(model, tmp_path / "b.onnx", data=data)
+    quantize(model, tmp_path / "a.onnx", data=data, config=STATIC)
+    quantize(model, tmp_path / "b.onnx", data=data, config=STATIC)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
 
 
@@ -134,14 +139,14 @@ def test_refuses_to_overwrite(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     before = model.read_bytes()
     with pytest.raises(OutputError, match="overwrite the input"):
-        quantize(model, model, data=data, force=True)
+        quantize(model, model, data=data, force=True, config=STATIC)
     assert model.read_bytes() == before
     out = tmp_path / "q.onnx"
     out.write_text("keep me")
     with pytest.raises(OutputError, match="--force"):
-        quantize(model, out, data=data)
+        quantize(model, out, data=data, config=STATIC)
     assert out.read_text() == "keep me"
-    quantize(model, out, data=data, force=True)
+    quantize(model, out, data=data, force=True, config=STATIC)
     assert onnx.load(out).graph.node
 
 
@@ -152,7 +157,7 @@ def test_nothing_to_quantize_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
     excluded = frozenset({"Conv", "Gemm"})
     with pytest.raises(QuantizationError, match="nothing to quantize"):
-        quantize(model, out, data=data, config=QuantConfig(exclude=excluded))
+        quantize(model, out, data=data, config=QuantConfig(mode=QuantMode.STATIC, exclude=excluded))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".q.onnx")]
 
@@ -164,7 +169,7 @@ def test_old_opset_is_upgraded_then_quantized(tmp_path: Path) -> None:
     data = tmp_path / "d.npz"
     np.savez(data, **models.tiny_cnn_data(12))
     out = tmp_path / "q.onnx"
-    result = quantize(model, out, data=data)
+    result = quantize(model, out, data=data, config=STATIC)
     assert result.report.to_dict()["opset_upgraded_from"] == 11
     assert onnx.load(out).opset_import[0].version == 13
     assert models.optimized_op_types(out, tmp_path).get("QLinearConv", 0) >= 1
@@ -187,7 +192,7 @@ def test_clip_is_kept_when_the_op_before_it_stays_float(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(0, 2, (16, 8, 8, 8)).astype(np.float32))
     out = tmp_path / "q.onnx"
-    result = quantize(model, out, data=data)
+    result = quantize(model, out, data=data, config=STATIC)
     roles = {d.name: d.role.value for d in result.report.plan.decisions}
     assert roles["clip"] != "folded" or roles["add3"] == "integer"
     feed = {"x": rng.normal(0, 2, (4, 8, 8, 8)).astype(np.float32)}
@@ -201,7 +206,7 @@ def test_spatial_reduce_mean_becomes_integer_global_pooling(tmp_path: Path) -> N
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(0, 1, (16, 3, 12, 12)).astype(np.float32))
     out = tmp_path / "q.onnx"
-    quantize(model, out, data=data)
+    quantize(model, out, data=data, config=STATIC)
     ops = Counter(n.op_type for n in onnx.load(out).graph.node)
     assert "ReduceMean" not in ops and ops["GlobalAveragePool"] == 1 and ops["Flatten"] == 1
     optimized = models.optimized_op_types(out, tmp_path)

@@ -13,8 +13,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
-from quantcli import quantize
+from quantcli import QuantConfig, quantize
 from quantcli.cli.app import app
+from quantcli.config import QuantMode
+
+# These tests are about static mode's graphs; auto would build and time every mode.
+STATIC = QuantConfig(mode=QuantMode.STATIC)
 
 runner = CliRunner()
 RNG = np.random.default_rng(0)
@@ -204,6 +208,6 @@ def test_custom_domain_op_is_named_in_the_report(tmp_path: Path) -> None:
     onnx.save(microsoft_domain_op(), model)
     data = tmp_path / "calib.npz"
     np.savez(data, x=RNG.normal(0, 1, (8, D)).astype(np.float32))
-    result = quantize(model, tmp_path / "q.onnx", data=data)
+    result = quantize(model, tmp_path / "q.onnx", data=data, config=STATIC)
     floats = {d["name"]: d["reason"] for d in result.report.to_dict()["nodes"]["float"]}
     assert "com.microsoft" in floats["ms_gelu"]

@@ -4,6 +4,9 @@ It keeps, per tensor, everything every calibration method needs (exact min and m
 of values, the histogram), so ``convert --calibration FILE --method X`` picks the method after the
 fact, and files computed on disjoint shards of the data merge into exactly the file of one run.
 Histogram counts are stored as base64 of zlib-compressed little-endian int64.
+
+A file made over all the data also records the mode decision (``choice``: the mode, why, and
+every node's role in it), which ``convert --mode auto`` replays instead of timing candidates again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from quantcli.calibration.histogram import BINS, Histogram
 from quantcli.calibration.observers import TensorRange, TensorStats
+from quantcli.choice import ModeChoice
 from quantcli.config import CalibrationMethod
 from quantcli.errors import CalibrationFileError
 from quantcli.graph.io import write_atomic
@@ -44,7 +48,8 @@ class CalibrationFile:
 
     ``method`` and ``percentile`` are what ``calibrate`` was asked for: the default of a
     ``convert`` that names no method. ``shards`` lists the ``K/N`` shards the file covers (empty:
-    all the data).
+    all the data). ``choice`` is the mode decision made with these statistics (None for a shard
+    or a merge: the decision needs all the data).
     """
 
     model_fingerprint: str
@@ -53,6 +58,7 @@ class CalibrationFile:
     num_samples: int
     stats: dict[str, TensorStats]
     shards: tuple[str, ...] = ()
+    choice: ModeChoice | None = None
 
     @property
     def ranges(self) -> dict[str, TensorRange]:
@@ -68,6 +74,7 @@ class CalibrationFile:
             "num_samples": self.num_samples,
             "shards": list(self.shards),
             "histogram_bins": BINS,
+            "choice": None if self.choice is None else self.choice.to_dict(),
             "tensors": {name: _tensor_to_dict(s) for name, s in sorted(self.stats.items())},
         }
 
@@ -116,6 +123,7 @@ def _parse(data: Any, path: Path) -> CalibrationFile:
             num_samples=int(data["num_samples"]),
             stats={str(name): _tensor_from_dict(entry) for name, entry in data["tensors"].items()},
             shards=tuple(str(s) for s in data["shards"]),
+            choice=None if data.get("choice") is None else ModeChoice.from_dict(data["choice"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, zlib.error) as exc:
         raise CalibrationFileError(

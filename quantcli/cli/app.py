@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from quantcli import __version__
 from quantcli.calibration.collect import Progress as ProgressCallback
-from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
+from quantcli.calibration.file import CalibrationFile, merge_calibrations, read_calibration, write_calibration
 from quantcli.calibration.sampling import Shard
 from quantcli.calibration.sources import DataSource, ImageFolder, Preprocess, UserLoader
 from quantcli.cli.exits import ExitCode, guarded
@@ -95,6 +95,42 @@ def _source(data: Path | None, loader: str | None, preprocess: str | None) -> Da
     return data
 
 
+EvalDataOpt = Annotated[
+    Path | None,
+    typer.Option("--eval-data", "-e", help="Evaluation data; default: hold back 20% of --data."),
+]
+LabelsOpt = Annotated[
+    Path | None, typer.Option("--labels", help=".npy of integer labels for the evaluation samples.")
+]
+ModeOpt = Annotated[
+    QuantMode | None,
+    typer.Option(
+        "--mode",
+        "-m",
+        help="auto (default: build each mode below, keep the fastest within --max-drop, default bound "
+        "1 point; with no evaluation data a fixed rule, and a calibration file's recorded decision "
+        "is replayed), static (calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at "
+        "run time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
+        "storage, float compute).",
+    ),
+]
+MetricOpt = Annotated[
+    GateMetric | None,
+    typer.Option(
+        "--metric",
+        help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
+        "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr); "
+        "auto: accuracy with --labels, else cosine.",
+    ),
+]
+MaxDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-drop",
+        help="Accuracy gate in points of --metric: exit 3 if the quantized model loses more "
+        "(the model and report are still written).",
+    ),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print exactly one JSON document on stdout; nothing else.")
 ]
@@ -238,13 +274,8 @@ def convert(
             "--calibration", "-c", help="Calibration file from 'quantcli calibrate' (instead of --data)."
         ),
     ] = None,
-    eval_data: Annotated[
-        Path | None,
-        typer.Option("--eval-data", "-e", help="Evaluation data; default: hold back 20% of --data."),
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help=".npy of integer labels for the evaluation samples.")
-    ] = None,
+    eval_data: EvalDataOpt = None,
+    labels: LabelsOpt = None,
     recipe: Annotated[
         Path | None,
         typer.Option("--recipe", help="TOML recipe: [defaults] and [[override]] tables (flags win over it)."),
@@ -272,34 +303,9 @@ def convert(
     method: MethodOpt = None,
     percentile: PercentileOpt = None,
     weight_method: WeightMethodOpt = None,
-    mode: Annotated[
-        QuantMode | None,
-        typer.Option(
-            "--mode",
-            "-m",
-            help="static (default: calibrated integer kernels), dynamic (MatMul/Gemm inputs quantized at "
-            "run time, no data needed), mixed (dynamic MatMul/Gemm + static rest), weight-only (int8 "
-            "storage, float compute), auto (build each, keep the fastest within --max-drop, "
-            "default bound 1 point).",
-        ),
-    ] = None,
-    metric: Annotated[
-        GateMetric | None,
-        typer.Option(
-            "--metric",
-            help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
-            "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr); "
-            "auto: accuracy with --labels, else cosine.",
-        ),
-    ] = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option(
-            "--max-drop",
-            help="Accuracy gate in points of --metric: exit 3 if the quantized model loses more "
-            "(the model and report are still written).",
-        ),
-    ] = None,
+    mode: ModeOpt = None,
+    metric: MetricOpt = None,
+    max_drop: MaxDropOpt = None,
     min_sqnr: Annotated[
         float | None,
         typer.Option("--min-sqnr", help="Accuracy gate for --metric sqnr: the worst output must reach DB."),
@@ -496,44 +502,54 @@ def calibrate_command(
         str | None,
         typer.Option("--shard", help="K/N: observe only the K-th of N disjoint parts of the samples."),
     ] = None,
+    mode: ModeOpt = None,
+    eval_data: EvalDataOpt = None,
+    labels: LabelsOpt = None,
+    metric: MetricOpt = None,
+    max_drop: Annotated[
+        float | None,
+        typer.Option("--max-drop", help="The bound --mode auto chooses within, in points of --metric (1)."),
+    ] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run DATA through MODEL and record every tensor's min, max and histogram in a file."""
+    """Run DATA through MODEL, record every tensor's min, max and histogram in a file, and decide
+    the mode (--mode auto measures the candidates, as convert would) so that a later
+    'convert --calibration FILE' replays the decision without timing anything."""
     console = _stderr(quiet, as_json)
 
     def run() -> None:
+        defaults = QuantConfig()
         config = QuantConfig(
             method=method,
-            percentile=QuantConfig().percentile if percentile is None else percentile,
+            percentile=defaults.percentile if percentile is None else percentile,
             batch_size=batch_size,
             max_samples=max_samples,
             seed=seed,
             skip_nonfinite=skip_nonfinite,
+            mode=defaults.mode if mode is None else mode,
+            metric=defaults.metric if metric is None else metric,
+            max_drop=max_drop,
         )
         part = Shard.parse(shard) if shard is not None else None
+        if part is not None and (eval_data is not None or labels is not None):
+            raise ConfigError(
+                "--shard observes part of the data; the mode is decided over all of it (no --eval-data)"
+            )
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
             source = _source(data, data_loader, preprocess)
             if source is None:
                 raise ConfigError("calibrate needs samples: give --data or --data-loader")
-            result = calibrate(model, source, config=config, shard=part, progress=update)
-        write_calibration(result, output, force=force)
-        if as_json:
-            _print_json(
-                {
-                    "output": str(output),
-                    "tensors": len(result.stats),
-                    "samples": result.num_samples,
-                    "method": result.method.value,
-                    "shards": list(result.shards),
-                }
+            evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
+            result = calibrate(
+                model, source, config=config, shard=part, eval_data=evaluation, labels=labels, progress=update
             )
-        else:
-            render_calibration(result, str(output), console)
+        write_calibration(result, output, force=force)
+        _show_calibration(result, output, console, as_json=as_json)
 
     _finish(guarded(run, console, debug=debug))
 
@@ -556,19 +572,29 @@ def merge_command(
         check_writable(output, force=force)
         result = merge_calibrations([(path, read_calibration(path)) for path in files])
         write_calibration(result, output, force=force)
-        if as_json:
-            _print_json(
-                {
-                    "output": str(output),
-                    "files": len(files),
-                    "samples": result.num_samples,
-                    "shards": list(result.shards),
-                }
-            )
-        else:
-            render_calibration(result, str(output), console)
+        _show_calibration(result, output, console, as_json=as_json, files=len(files))
 
     _finish(guarded(run, console, debug=debug))
+
+
+def _show_calibration(
+    result: CalibrationFile, output: Path, console: Console, *, as_json: bool, files: int | None = None
+) -> None:
+    """What calibrate run and merge print: a JSON summary, or tables."""
+    if not as_json:
+        render_calibration(result, str(output), console)
+        return
+    summary: dict[str, object] = {
+        "output": str(output),
+        "tensors": len(result.stats),
+        "samples": result.num_samples,
+        "method": result.method.value,
+        "shards": list(result.shards),
+        "choice": None if result.choice is None else result.choice.to_dict(),
+    }
+    if files is not None:
+        summary["files"] = files
+    _print_json(summary)
 
 
 @app.command("inspect")
@@ -579,7 +605,13 @@ def inspect_command(
     recipe: Annotated[Path | None, typer.Option("--recipe", help="As for convert.")] = None,
     mode: Annotated[
         QuantMode | None,
-        typer.Option("--mode", "-m", help="The plan of this mode (auto: shows the static plan)."),
+        typer.Option(
+            "--mode", "-m", help="The plan of this mode (auto: the static plan, or --calibration's)."
+        ),
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option("--calibration", "-c", help="Show the mode decision this calibration file records."),
     ] = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -592,9 +624,9 @@ def inspect_command(
             recipe,
             exclude=expand_patterns(exclude or ()),
             include=expand_patterns(include or ()) or None,
-            mode=QuantMode.STATIC if mode is QuantMode.AUTO else mode,
+            mode=mode,
         )
-        summary = inspect_model(model, config)
+        summary = inspect_model(model, config, calibration=calibration)
         if as_json:
             document = {
                 "path": summary.path,
@@ -606,6 +638,8 @@ def inspect_command(
                 ],
                 "outputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in summary.outputs],
                 "op_types": summary.op_types,
+                "mode": summary.plan.mode.value,
+                "mode_reason": summary.mode_reason,
                 "nodes": [asdict(d) | {"role": d.role.value} for d in summary.plan.decisions],
                 "quantized_nodes": sum(d.role is not NodeRole.FLOAT for d in summary.plan.decisions),
             }

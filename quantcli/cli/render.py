@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -58,12 +60,14 @@ def render_report(report: QuantReport, console: Console) -> None:
     summary.add_row("size ratio", f"{size.ratio:.2f}x smaller")
     summary.add_row("weights in int8", f"{100 * report.int8_weight_fraction:.1f} %")
     summary.add_row("mode", report.plan.mode.value)
+    if report.mode_reason:
+        summary.add_row("why this mode", report.mode_reason)
     summary.add_row("activations", report.config.activation_type.value)
     cal = report.calibration
     summary.add_row("calibration", f"{cal.method}, {cal.samples} samples from {cal.source}")
     console.print(summary)
     if report.candidates:
-        console.print(_candidates_table(report))
+        console.print(_candidates_table(c.to_dict() for c in report.candidates))
     console.print(_plan_table(report.plan.decisions))
     if report.float_nodes:
         console.print(_float_table(report.float_nodes, "left in float"))
@@ -180,21 +184,26 @@ def _render_fidelity(fidelity: Fidelity, console: Console) -> None:
         )
 
 
-def _candidates_table(report: QuantReport) -> Table:
-    table = Table(title="modes tried (--mode auto)", title_justify="left")
-    for column in ("mode", "size ratio", "int8 weights", "drop", "latency ms", "", "why"):
+def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
+    """The modes auto tried, from their report form (a report's, or a calibration file's)."""
+    rows = list(candidates)
+    gates = [c["gate"] for c in rows if c["gate"] is not None]
+    measure = "drop" if not gates or "drop" in gates[0] else "SQNR dB"
+    unit = f" ({gates[0]['metric']})" if gates else ""
+    table = Table(title=f"modes tried (--mode auto), {measure}{unit}", title_justify="left")
+    for column in ("mode", "size", "int8 w.", measure, "ms", "", "why"):
         table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
-    for c in report.candidates:
-        drop = "-" if c.gate is None else f"{c.gate.drop:.2f} ({c.gate.metric.value})"
-        latency = "-" if c.latency is None else f"{c.latency.median_ms:.3f}"
+    for c in rows:
+        gate, latency = c["gate"], c["latency_ms"]
+        value = "-" if gate is None else f"{gate.get('drop', gate.get('sqnr_db')):.2f}"
         table.add_row(
-            c.mode,
-            f"{c.size_ratio:.2f}",
-            f"{100 * c.int8_weight_fraction:.0f} %",
-            drop,
-            latency,
-            "[bold green]chosen[/]" if c.chosen else "",
-            c.reason,
+            c["mode"],
+            f"{c['size_ratio']:.2f}x",
+            f"{100 * c['int8_weight_fraction']:.0f}%",
+            value,
+            "-" if latency is None else f"{latency['median_ms']:.3f}",
+            "[bold green]chosen[/]" if c["chosen"] else "",
+            c["reason"],
         )
     return table
 
@@ -211,6 +220,7 @@ def render_summary(summary: ModelSummary, console: Console) -> None:
     for name, dtype, shape in summary.outputs:
         table.add_row("output", f"{name}: {dtype}{shape}")
     table.add_row("ops", ", ".join(f"{op} x{n}" for op, n in summary.op_types.items()))
+    table.add_row("mode", f"{summary.plan.mode.value}: {summary.mode_reason}")
     console.print(table)
     console.print(_plan_table(summary.plan.decisions))
     floats = tuple(d for d in summary.plan.decisions if d.role is NodeRole.FLOAT)
@@ -225,3 +235,17 @@ def render_calibration(calibration: CalibrationFile, path: str, console: Console
         f"default method {calibration.method.describe(calibration.percentile)} -> {path}",
         highlight=False,
     )
+    choice = calibration.choice
+    if choice is None:
+        console.print(
+            "mode: not decided (a shard or a merge; convert with --mode, or with --eval-data to measure)"
+        )
+        return
+    roles = Counter(choice.roles.values())
+    console.print(
+        f"mode {choice.mode.value} ({choice.reason}); nodes: "
+        + ", ".join(f"{n} {role}" for role, n in sorted(roles.items())),
+        highlight=False,
+    )
+    if choice.candidates:
+        console.print(_candidates_table(choice.candidates))
