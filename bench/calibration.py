@@ -46,10 +46,11 @@ SMALL, LARGE = 32, 512
 
 def _worker_quantcli(model: Path, data: Path, method: str) -> dict[str, Any]:
     from quantcli.calibration.methods import choose_ranges  # noqa: PLC0415
-    from quantcli.config import CalibrationMethod, QuantConfig  # noqa: PLC0415
+    from quantcli.config import CalibrationMethod, QuantConfig, QuantMode  # noqa: PLC0415
     from quantcli.pipeline import calibrate  # noqa: PLC0415
 
-    config = QuantConfig(method=CalibrationMethod(method))
+    # Observation only, like onnxruntime's calibrators: a named mode skips auto's candidate builds.
+    config = QuantConfig(method=CalibrationMethod(method), mode=QuantMode.STATIC)
     result = calibrate(model, data, config=config)
     ranges = choose_ranges(result.stats, result.stats.keys(), config)
     return {"tensors": len(ranges), "samples": result.num_samples}
@@ -163,11 +164,12 @@ def quality(model_dir: Path, model: Path) -> list[dict[str, Any]]:
     import onnxruntime as ort  # noqa: PLC0415
 
     from quantcli.calibration.file import write_calibration  # noqa: PLC0415
-    from quantcli.config import CalibrationMethod, QuantConfig  # noqa: PLC0415
+    from quantcli.config import CalibrationMethod, QuantConfig, QuantMode  # noqa: PLC0415
     from quantcli.pipeline import calibrate, quantize  # noqa: PLC0415
 
     calib_file = WORK / f"{model_dir.name}.calib.json"
-    write_calibration(calibrate(model, model_dir / "calib.npz"), calib_file, force=True)
+    static = QuantConfig(mode=QuantMode.STATIC)
+    write_calibration(calibrate(model, model_dir / "calib.npz", config=static), calib_file, force=True)
     metric, task = _task_metric(model_dir)
     with np.load(model_dir / "eval.npz") as archive:
         feed = {k: archive[k] for k in archive.files}

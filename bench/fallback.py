@@ -22,7 +22,7 @@ from _results import machine, write_section
 
 from quantcli import QuantConfig, quantize
 from quantcli.calibration.data import model_inputs, open_dataset
-from quantcli.config import GateMetric
+from quantcli.config import GateMetric, QuantMode
 from quantcli.errors import QuantCliError
 from quantcli.evaluate import first_sample, measure_latency
 from quantcli.graph.io import load_model, open_session, serialize
@@ -51,7 +51,8 @@ def bench_model(folder: Path, work: Path, max_drop: float, metric: GateMetric) -
     labels = folder / "eval_labels.npy"
     rows: dict[str, Any] = {"model": folder.name, "max_drop": max_drop}
     for name, fallback in (("plain", False), ("fallback", True)):
-        config = QuantConfig(metric=metric, max_drop=max_drop, auto_fallback=fallback)
+        # Static: the mode whose misses fallback repairs (auto would first pick among modes).
+        config = QuantConfig(mode=QuantMode.STATIC, metric=metric, max_drop=max_drop, auto_fallback=fallback)
         start = time.perf_counter()
         result = quantize(
             model,

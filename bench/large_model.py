@@ -2,7 +2,8 @@
 
 Builds a stack of MatMul+Relu layers whose float weights total more than 2 GB, written tensor by
 tensor to an external data file in a git-ignored folder (deleted afterwards), then runs
-``quantcli calibrate`` and ``quantcli convert`` in child processes and records each one's peak
+``quantcli calibrate`` and ``quantcli convert`` (``--mode static``: the default auto would build,
+stage and hold a model per candidate mode) in child processes and records each one's peak
 resident memory (``wait4``'s rusage) and wall time. Finally both models run in onnxruntime on
 held-out samples and their outputs are compared.
 
@@ -132,6 +133,8 @@ def main() -> None:
                     str(WORK / "calib.npz"),
                     "-o",
                     str(WORK / "calib.json"),
+                    "--mode",
+                    "static",
                     "--quiet",
                 ],
             ),
@@ -158,6 +161,8 @@ def main() -> None:
                     str(WORK / "calib.npz"),
                     "--report",
                     str(WORK / "report.json"),
+                    "--mode",
+                    "static",
                     "--quiet",
                 ],
             ),
