@@ -27,6 +27,7 @@ from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
+from quantcli.correction import CorrectBiasesPass, bias_corrections
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
@@ -303,6 +304,9 @@ class _Target:
     external_data: bool
     input_bytes: int
     scratch: StagedOutput
+    # What --bias-correction measures input means on (None: no correction).
+    calibration: Dataset | None = None
+    data_folder: Path | None = None
 
 
 def _build(
@@ -311,6 +315,11 @@ def _build(
     """Quantize ``model`` (modified in place) by ``plan``; stage it, check the staged file, and
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
     params = compute_params(model, plan, ranges, config)
+    if config.bias_correction and target.calibration is not None:
+        corrections = bias_corrections(
+            model, params, target.calibration, batch_size=config.batch_size, data_folder=target.data_folder
+        )
+        CorrectBiasesPass(corrections.biases)(model)
     float_params = _parameter_count(model)
     int8_params = _parameter_count(model, [w.name for w in plan.weights])
     _rewrite(model, plan, params)
@@ -544,7 +553,7 @@ def _stage_candidates(
             # Every candidate but the last rewrites a fresh copy; the last may consume the original.
             model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
             scratch = scratches.enter_context(StagedOutput(force=staging.force))
-            target = _Target(output, external, loaded.size_bytes, scratch)
+            target = _Target(output, external, loaded.size_bytes, scratch, datasets.calibration, data_folder)
             candidate = _try_build(
                 model,
                 plan,
@@ -569,6 +578,8 @@ def _stage_candidates(
                 external,
                 loaded.size_bytes,
                 scratches.enter_context(StagedOutput(force=staging.force)),
+                datasets.calibration,
+                data_folder,
             )
 
         context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
