@@ -136,6 +136,9 @@ class QuantConfig:
         method: calibration method turning observed values into ranges.
         percentile: share of values (in percent) the percentile method keeps inside the range.
         weight_method: how weight channels get their range.
+        bias_correction: subtract from every quantized Conv's bias the mean shift its int8 weight
+            and input quantizer add to its output, measured on the calibration data (see
+            :mod:`quantcli.correction`).
         per_channel: quantize Conv/Gemm/MatMul weights with one scale per output channel.
         batch_size: calibration samples fed to onnxruntime at once when the batch axis is dynamic.
         max_samples: use at most this many calibration samples (None: all).
@@ -167,6 +170,7 @@ class QuantConfig:
     method: CalibrationMethod = CalibrationMethod.MINMAX
     percentile: float = 99.99
     weight_method: WeightMethod = WeightMethod.MINMAX
+    bias_correction: bool = False
     per_channel: bool = True
     batch_size: int = 16
     max_samples: int | None = None
@@ -265,6 +269,7 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "max_trials": int,
     "percentile": float,
     "weight_method": WeightMethod,
+    "bias_correction": bool,
     "seed": int,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")

@@ -27,6 +27,7 @@ __all__ = [
     "GateResult",
     "Latency",
     "OutputFidelity",
+    "channel_sqnr_db",
     "compare_models",
     "first_sample",
     "gate",
@@ -44,6 +45,10 @@ class OutputFidelity:
     ``sqnr_db``: signal-to-quantization-noise ratio over all samples, in dB.
     ``top1_agreement``: share of samples whose arg-max agrees, for outputs shaped like class
     scores ([batch, classes]); None otherwise.
+    ``channel_sqnr_db``: SQNR of every channel (axis 1) on its own, averaged in dB. Unlike
+    ``sqnr_db`` and the cosine it weighs channels of any scale alike: a detector's class scores
+    (0..1) count as much as its box coordinates (hundreds of pixels), which dominate the whole
+    output's SQNR and cosine. Channels that are zero in the float model are left out.
     """
 
     name: str
@@ -52,6 +57,7 @@ class OutputFidelity:
     sqnr_db: float
     max_abs_error: float
     top1_agreement: float | None
+    channel_sqnr_db: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,26 @@ class Fidelity:
     accuracy: Accuracy | None = None
 
 
+# A channel's SQNR counts at most this much in the channel mean, so one exact channel (noise 0)
+# does not make the mean infinite.
+_CHANNEL_SQNR_CAP_DB = 100.0
+
+
+def channel_sqnr_db(signal: npt.NDArray[np.float64], noise: npt.NDArray[np.float64]) -> float | None:
+    """Mean over channels of each channel's SQNR in dB (capped); inf if every channel is exact,
+    None if no channel has a signal."""
+    live = signal > 0
+    if not np.any(live):
+        return None
+    if not np.any(noise[live] > 0):
+        return float("inf")
+    values = [
+        min(sqnr_db(float(s), float(n)), _CHANNEL_SQNR_CAP_DB)
+        for s, n in zip(signal[live], noise[live], strict=True)
+    ]
+    return float(np.mean(values))
+
+
 def sqnr_db(signal: float, noise: float) -> float:
     """10 log10(signal power / noise power); inf for an exact match, -inf for a zero signal."""
     if noise == 0.0:
@@ -96,6 +122,24 @@ class _Accumulator:
     top1_float_right: int = 0
     top1_quant_right: int = 0
     classifier: bool = True
+    channel_signal: npt.NDArray[np.float64] | None = None
+    channel_noise: npt.NDArray[np.float64] | None = None
+    channels_consistent: bool = True
+
+    def add_channels(self, ref: npt.NDArray[np.generic], got: npt.NDArray[np.generic]) -> None:
+        """Accumulate per-channel (axis 1) signal and noise; rank < 2 counts as one channel."""
+        ref64, got64 = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+        if ref64.ndim < 2:
+            ref64, got64 = ref64.reshape(1, 1, -1), got64.reshape(1, 1, -1)
+        axes = tuple(i for i in range(ref64.ndim) if i != 1)
+        signal = np.sum(ref64 * ref64, axis=axes)
+        noise = np.sum((ref64 - got64) ** 2, axis=axes)
+        if self.channel_signal is None or self.channel_noise is None:
+            self.channel_signal, self.channel_noise = signal, noise
+        elif self.channel_signal.shape == signal.shape:
+            self.channel_signal, self.channel_noise = self.channel_signal + signal, self.channel_noise + noise
+        else:  # a dynamic channel count: no channel has one meaning across batches
+            self.channels_consistent = False
 
     def add(
         self,
@@ -129,6 +173,13 @@ class _Accumulator:
             sqnr_db=sqnr_db(self.signal, self.noise),
             max_abs_error=self.max_abs,
             top1_agreement=self.top1_same / count if self.classifier and count else None,
+            channel_sqnr_db=(
+                channel_sqnr_db(self.channel_signal, self.channel_noise)
+                if self.channel_signal is not None
+                and self.channel_noise is not None
+                and self.channels_consistent
+                else None
+            ),
         )
 
 
@@ -180,6 +231,7 @@ def compare_models(
             batched = dataset.can_batch
             acc.classifier &= bool(ref.ndim == 2 and ref.shape[1] >= 2 and batched)
             acc.add(_rows(ref, batched), _rows(got, batched), batch_labels)
+            acc.add_channels(ref, got)
         done += count
     outputs = tuple(accumulators[name].result(name) for name in names)
     accuracy = None

@@ -30,6 +30,7 @@ from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
+from quantcli.correction import CorrectBiasesPass, bias_corrections
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
@@ -340,6 +341,9 @@ class _Target:
     external_data: bool
     input_bytes: int
     scratch: StagedOutput
+    # What --bias-correction measures input means on (None: no correction).
+    calibration: Dataset | None = None
+    data_folder: Path | None = None
 
 
 def _build(
@@ -348,6 +352,11 @@ def _build(
     """Quantize ``model`` (modified in place) by ``plan``; stage it, check the staged file, and
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
     params = compute_params(model, plan, ranges, config)
+    if config.bias_correction and target.calibration is not None:
+        corrections = bias_corrections(
+            model, params, target.calibration, batch_size=config.batch_size, data_folder=target.data_folder
+        )
+        CorrectBiasesPass(corrections.biases)(model)
     float_params = _parameter_count(model)
     int8_params = _parameter_count(model, [w.name for w in plan.weights])
     _rewrite(model, plan, params)
@@ -497,6 +506,8 @@ def _quantize_into(
             f"{config.mode} mode calibrates activations: give --data or --calibration "
             "(or choose --mode dynamic or --mode weight-only, which need no data)"
         )
+    if config.bias_correction and data is None:
+        raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
     _check_output_path(model_path, output, force=staging.force)
     loaded = _prepare(model_path)
     _check_data_path(loaded, output, force=staging.force)
@@ -604,7 +615,7 @@ def _stage_candidates(
             # Every candidate but the last rewrites a fresh copy; the last may consume the original.
             model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
             scratch = scratches.enter_context(StagedOutput(force=staging.force))
-            target = _Target(output, external, loaded.size_bytes, scratch)
+            target = _Target(output, external, loaded.size_bytes, scratch, datasets.calibration, data_folder)
             candidate = _try_build(
                 model,
                 plan,
@@ -629,6 +640,8 @@ def _stage_candidates(
                 external,
                 loaded.size_bytes,
                 scratches.enter_context(StagedOutput(force=staging.force)),
+                datasets.calibration,
+                data_folder,
             )
 
         context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from quantcli.cli.app import app
+from quantcli.evaluate import channel_sqnr_db, sqnr_db
 
 runner = CliRunner()
 
@@ -244,3 +245,13 @@ def test_html_report_is_self_contained(outlier: tuple[Path, Path, Path], tmp_pat
     assert text.startswith("<!DOCTYPE html>") and "<script" not in text
     assert "http://" not in text.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in text
     assert text.count('class="bar"') == len(document["per_layer"]["tensors"])
+
+
+def test_channel_sqnr_weighs_small_channels_like_large_ones() -> None:
+    # Channel 0 is large and exact to 1e-3; channel 1 is small and off by 10%.
+    signal = np.array([1e6, 1.0])
+    noise = np.array([1.0, 0.01])
+    assert sqnr_db(float(signal.sum()), float(noise.sum())) > 55.0
+    assert channel_sqnr_db(signal, noise) == pytest.approx((60.0 + 20.0) / 2)
+    assert channel_sqnr_db(np.zeros(2), np.zeros(2)) is None
+    assert channel_sqnr_db(np.ones(2), np.zeros(2)) == float("inf")

@@ -303,6 +303,13 @@ def convert(
     method: MethodOpt = None,
     percentile: PercentileOpt = None,
     weight_method: WeightMethodOpt = None,
+    bias_correction: Annotated[
+        bool,
+        typer.Option(
+            "--bias-correction",
+            help="Subtract from each int8 Conv's bias the mean shift quantization adds (measured on --data).",
+        ),
+    ] = False,
     mode: ModeOpt = None,
     metric: MetricOpt = None,
     max_drop: MaxDropOpt = None,
@@ -365,6 +372,7 @@ def convert(
             method=chosen,
             percentile=percentile,
             weight_method=weight_method,
+            bias_correction=bias_correction or None,
             seed=seed,
             mode=mode,
             metric=metric,
