@@ -265,7 +265,7 @@ class GateResult:
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric is GateMetric.SQNR
+        return self.metric.in_db
 
     @property
     def passed(self) -> bool:
@@ -310,6 +310,10 @@ def gate(fidelity: Fidelity, metric: GateMetric, bound: float) -> GateResult:
     resolved = _resolve_metric(fidelity, metric)
     if resolved is GateMetric.SQNR:
         return GateResult(metric=resolved, value=min(o.sqnr_db for o in fidelity.outputs), bound=bound)
+    if resolved is GateMetric.CHANNEL_SQNR:
+        # An output with no live channel has only its whole SQNR to go by.
+        values = [o.sqnr_db if o.channel_sqnr_db is None else o.channel_sqnr_db for o in fidelity.outputs]
+        return GateResult(metric=resolved, value=min(values), bound=bound)
     if resolved is GateMetric.ACCURACY:
         if fidelity.accuracy is None:
             raise CalibrationDataError("--metric accuracy needs --labels for the evaluation samples")

@@ -29,7 +29,7 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
-from quantcli.config import DEFAULT_MAX_DROP, QuantConfig, QuantMode
+from quantcli.config import QuantConfig, QuantMode
 from quantcli.correction import CorrectBiasesPass, bias_corrections
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
@@ -721,11 +721,8 @@ def _measure(
         source=datasets.evaluation_source,
         labels=labels,
     )
-    if config.min_sqnr is not None:
-        bound = config.min_sqnr
-    else:
-        bound = config.max_drop if config.max_drop is not None else DEFAULT_MAX_DROP
-    return replace(candidate, fidelity=fidelity, gate=gate(fidelity, config.gate_metric, bound))
+    metric, bound = config.gate(has_labels=labels is not None)
+    return replace(candidate, fidelity=fidelity, gate=gate(fidelity, metric, bound))
 
 
 def _try_build(

@@ -13,7 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from quantcli.cli.app import app
-from quantcli.evaluate import channel_sqnr_db, sqnr_db
+from quantcli.config import DEFAULT_MIN_CHANNEL_SQNR, GateMetric, QuantConfig
+from quantcli.errors import ConfigError
+from quantcli.evaluate import Fidelity, OutputFidelity, channel_sqnr_db, gate, sqnr_db
 
 runner = CliRunner()
 
@@ -255,3 +257,31 @@ def test_channel_sqnr_weighs_small_channels_like_large_ones() -> None:
     assert channel_sqnr_db(signal, noise) == pytest.approx((60.0 + 20.0) / 2)
     assert channel_sqnr_db(np.zeros(2), np.zeros(2)) is None
     assert channel_sqnr_db(np.ones(2), np.zeros(2)) == float("inf")
+
+
+def _fidelity(cosine: float, sqnr: float, channel_sqnr: float | None) -> Fidelity:
+    output = OutputFidelity("out", cosine, cosine, sqnr, 0.1, None, channel_sqnr)
+    return Fidelity(samples=8, source="test", outputs=(output,))
+
+
+def test_auto_mode_without_labels_or_bound_chooses_by_channel_sqnr() -> None:
+    """A detector whose boxes hide its class scores: cosine passes, the channels do not."""
+    metric, bound = QuantConfig().gate(has_labels=False)
+    assert (metric, bound) == (GateMetric.CHANNEL_SQNR, DEFAULT_MIN_CHANNEL_SQNR)
+    hidden_loss = _fidelity(cosine=0.9991, sqnr=27.2, channel_sqnr=10.0)
+    assert gate(hidden_loss, GateMetric.COSINE, 1.0).passed
+    result = gate(hidden_loss, metric, bound)
+    assert not result.passed and result.missed_by == pytest.approx(5.0) and result.unit == "dB"
+    assert gate(_fidelity(0.9999, 36.6, 17.4), metric, bound).passed
+    # No live channel: the whole output's SQNR stands in.
+    assert gate(_fidelity(0.99, 12.0, None), metric, bound).value == 12.0
+
+
+def test_a_stated_bound_or_labels_keep_their_metric() -> None:
+    assert QuantConfig().gate(has_labels=True) == (GateMetric.AUTO, 1.0)  # accuracy, resolved on use
+    assert QuantConfig(max_drop=0.5).gate(has_labels=False) == (GateMetric.AUTO, 0.5)  # cosine
+    assert QuantConfig(min_sqnr=30).gate(has_labels=False) == (GateMetric.SQNR, 30)
+    channel = QuantConfig(metric=GateMetric.CHANNEL_SQNR, min_sqnr=20)
+    assert channel.gate(has_labels=False) == (GateMetric.CHANNEL_SQNR, 20)
+    with pytest.raises(ConfigError, match="--min-sqnr"):
+        QuantConfig(metric=GateMetric.CHANNEL_SQNR)

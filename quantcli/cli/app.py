@@ -119,8 +119,9 @@ MetricOpt = Annotated[
     typer.Option(
         "--metric",
         help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
-        "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr); "
-        "auto: accuracy with --labels, else cosine.",
+        "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr), "
+        "channel-sqnr (per-channel SQNR averaged in dB, bounded by --min-sqnr); auto: accuracy with "
+        "--labels, else cosine under --max-drop; with no bound, auto mode chooses by channel-sqnr >= 15 dB.",
     ),
 ]
 MaxDropOpt = Annotated[
@@ -315,7 +316,10 @@ def convert(
     max_drop: MaxDropOpt = None,
     min_sqnr: Annotated[
         float | None,
-        typer.Option("--min-sqnr", help="Accuracy gate for --metric sqnr: the worst output must reach DB."),
+        typer.Option(
+            "--min-sqnr",
+            help="Accuracy gate for --metric sqnr or channel-sqnr: the worst output must reach DB.",
+        ),
     ] = None,
     auto_fallback: Annotated[
         bool,
