@@ -309,9 +309,8 @@ def _settle_recorded_mode(
         return config, ""  # decided later, by measuring or by rule
     path, cal = recorded
     assert cal.choice is not None
-    return replace(
-        config, mode=cal.choice.mode
-    ), f"auto: the decision recorded in {path} ({cal.choice.reason})"
+    reason = f"auto: the decision recorded in {path} ({cal.choice.reason})"
+    return replace(config, mode=cal.choice.mode), reason
 
 
 def _plans(model: ir.Model, config: QuantConfig, *, has_ranges: bool = True) -> list[QuantPlan]:
@@ -407,10 +406,11 @@ def _summaries(
     for c in candidates:
         speed = None if c.latency is None or fastest is None else c.latency.median_ms / fastest
         if c is winner and passing:
+            fastest_one = speed is None or speed <= 1.0
             why = (
                 "fastest within the bound"
-                if speed is None or speed <= 1.0
-                else (f"within {tie} of the fastest (a tie) and more faithful")
+                if fastest_one
+                else f"within {tie} of the fastest (a tie), more faithful"
             )
         elif c is winner:
             why = "no mode met the bound; this one lost the least"

@@ -153,6 +153,8 @@ def fidelity_dict(fidelity: Fidelity | None) -> dict[str, Any] | None:
     for out in fidelity.outputs:
         entry = asdict(out)
         entry["sqnr_db"] = _finite(out.sqnr_db)
+        if out.channel_sqnr_db is not None:
+            entry["channel_sqnr_db"] = _finite(out.channel_sqnr_db)
         outputs.append(entry)
     result: dict[str, Any] = {"samples": fidelity.samples, "source": fidelity.source, "outputs": outputs}
     if fidelity.accuracy is not None:
