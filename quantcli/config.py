@@ -172,11 +172,13 @@ class QuantConfig:
         allow_noop: write a model with nothing to quantize unchanged instead of failing.
         mode: where int8 arithmetic happens (see :class:`QuantMode`).
         metric: what the accuracy bound measures.
-        max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then uses
-            DEFAULT_MAX_DROP to choose, and never fails the run).
+        max_drop: the accuracy bound in points of ``metric``; None: no gate (auto mode then
+            chooses by the default of :meth:`gate`, and never fails the run).
         min_sqnr: the bound of the ``sqnr`` metric, in dB (the worst output must reach it).
-        auto_fallback: when the model misses the bound, return the most harmful nodes to float
-            a few at a time until it passes (see :mod:`quantcli.fallback`).
+        auto_fallback: when the model misses the bound (the one stated, else the default of
+            :meth:`gate`), return the most harmful nodes to float a few at a time until it passes
+            (see :mod:`quantcli.fallback`). In auto mode it also repairs a candidate that missed
+            the bound but ran clearly faster than the one that met it.
         max_trials: rounds --auto-fallback may spend after the first model.
         per_layer: diagnose every quantized tensor against its float twin (see
             :mod:`quantcli.diagnose`).
@@ -240,8 +242,6 @@ class QuantConfig:
             raise ConfigError(f"--min-sqnr bounds the sqnr metric, not {self.metric}")
         if self.min_sqnr is not None and self.max_drop is not None:
             raise ConfigError("give one bound: --max-drop (points of a drop metric) or --min-sqnr (dB)")
-        if self.auto_fallback and not self.has_gate:
-            raise ConfigError("--auto-fallback needs a bound to reach: --max-drop X or --min-sqnr DB")
 
     def gate(self, *, has_labels: bool) -> tuple[GateMetric, float]:
         """The metric and bound a quantized model is measured against: the user's, or with none

@@ -69,7 +69,7 @@ from quantcli.passes import (
     QuantizeMatMulDynamicallyPass,
     ReduceMeanToGlobalPoolPass,
 )
-from quantcli.plan import QuantPlan, candidate_tensors, select
+from quantcli.plan import NodeRole, QuantPlan, candidate_tensors, select
 from quantcli.report import (
     CalibrationSummary,
     CandidateSummary,
@@ -394,9 +394,10 @@ def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Datas
     return min(close, key=lambda c: (c.gate.shortfall if c.gate else 0.0, c.staged.size_bytes))
 
 
-def _summaries(
-    candidates: list[_Candidate], winner: _Candidate, input_bytes: int
-) -> tuple[CandidateSummary, ...]:
+def _summaries(staged: _Staged, input_bytes: int) -> tuple[CandidateSummary, ...]:
+    """Every candidate with why it won or lost; the chosen one is the candidate the written model
+    came from (itself, or repaired by --auto-fallback)."""
+    candidates, winner = staged.candidates, staged.origin
     if len(candidates) == 1:
         return ()
     passing = [c for c in candidates if c.gate is not None and c.gate.passed]
@@ -405,7 +406,11 @@ def _summaries(
     summaries = []
     for c in candidates:
         speed = None if c.latency is None or fastest is None else c.latency.median_ms / fastest
-        if c is winner and passing:
+        if c is winner and staged.repaired:
+            why = "missed the bound; repaired by --auto-fallback and written (see why this mode)"
+        elif staged.repaired and c.gate is not None and c.gate.passed:
+            why = f"within the bound, slower than {winner.plan.mode} repaired"
+        elif c is winner and passing:
             fastest_one = speed is None or speed <= 1.0
             why = (
                 "fastest within the bound"
@@ -551,7 +556,7 @@ def _quantize_into(
     if reference is not None and datasets.evaluation:
         with _naming(model_path):
             reference_session = open_session(reference, data_folder=external_folder(loaded.model))
-    candidates, winner, diagnosis, fallback = _stage_candidates(
+    staged = _stage_candidates(
         loaded,
         plans,
         ranges,
@@ -563,11 +568,16 @@ def _quantize_into(
         datasets=datasets,
         labels=label_array,
     )
-    summaries = _summaries(candidates, winner, loaded.size_bytes)
+    winner = staged.winner
+    summaries = _summaries(staged, loaded.size_bytes)
     if config.mode is QuantMode.AUTO:
-        mode_reason = next(
-            (f"auto: {s.reason}" for s in summaries if s.chosen),
-            "auto: the only mode that changes this model",
+        mode_reason = (
+            f"auto: {staged.note}"
+            if staged.note
+            else next(
+                (f"auto: {s.reason}" for s in summaries if s.chosen),
+                "auto: the only mode that changes this model",
+            )
         )
     report = QuantReport(
         model=str(model_path),
@@ -583,8 +593,10 @@ def _quantize_into(
         candidates=summaries,
         mode_reason=mode_reason,
         opset_upgraded_from=loaded.upgraded_from_opset,
-        per_layer=diagnosis,
-        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
+        per_layer=staged.diagnosis,
+        fallback=FallbackSummary.of(staged.fallback, loaded.size_bytes)
+        if staged.fallback is not None
+        else None,
     )
     return QuantResult(output=output, report=report)
 
@@ -601,10 +613,12 @@ def _stage_candidates(
     reference_session: ort.InferenceSession | None,
     datasets: _Data,
     labels: npt.NDArray[np.int64] | None,
-) -> tuple[list[_Candidate], _Candidate, LayerDiagnosis | None, FallbackResult[_Candidate] | None]:
+) -> _Staged:
     """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go.
     Then --per-layer diagnoses the winner and --auto-fallback, if it misses the bound, builds
-    variants with nodes returned to float (see :func:`_diagnose_and_fall_back`)."""
+    variants with nodes returned to float (see :func:`_diagnose_and_fall_back`). In auto mode,
+    --auto-fallback also repairs the fastest candidate that missed the bound when it ran clearly
+    faster than the winner, and keeps it if it then passes and is still faster."""
     model_path = loaded.path
     label_array = labels
     data_folder = external_folder(loaded.model)
@@ -645,9 +659,80 @@ def _stage_candidates(
             )
 
         context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
-        winner, diagnosis, fallback = _diagnose_and_fall_back(winner, context, config, new_target)
+        faster = _fastest_missed(candidates, winner) if config.mode is QuantMode.AUTO else None
+        start = faster if faster is not None and config.auto_fallback else winner
+        result, diagnosis, fallback = _diagnose_and_fall_back(start, context, config, new_target)
+        note, origin = "", winner
+        if start is winner:
+            winner = result
+        else:
+            assert datasets.evaluation is not None
+            kept, note = _repaired_or_winner(start, result, winner, datasets.evaluation)
+            origin = winner if kept is winner else start
+            winner = kept
         staging.adopt(winner.scratch)
-    return candidates, winner, diagnosis, fallback
+    return _Staged(candidates, winner, origin, diagnosis, fallback, note)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """What :func:`_stage_candidates` built: every candidate, the one written, and how it was
+    reached (``note``: why a repaired candidate won or lost, for the report's mode reason)."""
+
+    candidates: list[_Candidate]
+    winner: _Candidate
+    origin: _Candidate  # the candidate ``winner`` was built from: itself, or one fallback repaired
+    diagnosis: LayerDiagnosis | None
+    fallback: FallbackResult[_Candidate] | None
+    note: str = ""
+
+    @property
+    def repaired(self) -> bool:
+        return self.origin is not self.winner and self.origin.plan.mode is self.winner.plan.mode
+
+
+def _fastest_missed(candidates: list[_Candidate], winner: _Candidate) -> _Candidate | None:
+    """The fastest candidate that missed the bound while the winner met it, if it ran clearly
+    (beyond the latency tie) faster than the winner: worth repairing with --auto-fallback."""
+    if winner.gate is None or not winner.gate.passed or winner.latency is None:
+        return None
+    missed = [
+        c
+        for c in candidates
+        if c.gate is not None
+        and not c.gate.passed
+        and c.latency is not None
+        and c.latency.median_ms * LATENCY_TIE < winner.latency.median_ms
+    ]
+    return min(missed, key=lambda c: c.latency.median_ms if c.latency else 0.0, default=None)
+
+
+def _repaired_or_winner(
+    start: _Candidate, repaired: _Candidate, winner: _Candidate, evaluation: Dataset
+) -> tuple[_Candidate, str]:
+    """``repaired`` (``start`` after fallback) if it passes and, timed against the winner again,
+    is still clearly faster; else the winner. The note says which and why."""
+    mode, other = repaired.plan.mode, winner.plan.mode
+    if repaired.gate is None or not repaired.gate.passed:
+        return (
+            winner,
+            f"{other}: {mode} missed the bound and --auto-fallback did not repair it within --max-trials",
+        )
+    timed = measure_latency(
+        {"repaired": repaired.session, "winner": winner.session},
+        first_sample(evaluation),
+        runs=30,
+        budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
+    )
+    ratio = timed["winner"].median_ms / timed["repaired"].median_ms
+    was_float = {d.name for d in start.plan.decisions if d.role is NodeRole.FLOAT}
+    returned = sum(d.role is NodeRole.FLOAT and d.name not in was_float for d in repaired.plan.decisions)
+    if ratio > LATENCY_TIE:
+        return replace(repaired, latency=timed["repaired"]), (
+            f"{mode} missed the bound; with {returned} node(s) returned to float by --auto-fallback it "
+            f"passes and runs {ratio:.2f}x as fast as {other}, the fastest mode that passed as built"
+        )
+    return winner, f"{other}: {mode} repaired by --auto-fallback passes but is not faster ({ratio:.2f}x)"
 
 
 @dataclass(frozen=True)
@@ -876,7 +961,7 @@ def _measured_choice(
         reference_session = open_session(reference, data_folder=external_folder(loaded.model))
     scratch_folder = tempfile.TemporaryDirectory(prefix="quantcli-candidates-")
     with scratch_folder as folder, StagedOutput(force=True) as scratch:
-        candidates, winner, _, _ = _stage_candidates(
+        staged = _stage_candidates(
             loaded,
             plans,
             ranges,
@@ -888,8 +973,9 @@ def _measured_choice(
             datasets=datasets,
             labels=labels,
         )
-        summaries = _summaries(candidates, winner, loaded.size_bytes)
+        summaries = _summaries(staged, loaded.size_bytes)
     reason = next((s.reason for s in summaries if s.chosen), "the only mode that changes this model")
+    winner = staged.winner
     return ModeChoice(
         winner.plan.mode, f"auto: {reason}", _roles(winner.plan), tuple(s.to_dict() for s in summaries)
     )

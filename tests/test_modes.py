@@ -264,3 +264,34 @@ def test_calibrate_records_a_given_mode_and_shards_record_none(
     write_calibration(merged, path)
     report = quantize(model, tmp_path / "q.onnx", calibration=path).report
     assert report.plan.mode is QuantMode.STATIC and "no evaluation data" in report.mode_reason
+
+
+@pytest.mark.parametrize(("repaired_ms", "kept"), [(1.2, QuantMode.STATIC), (1.95, QuantMode.MIXED)])
+def test_auto_fallback_repairs_a_faster_mode_and_keeps_it_only_if_still_faster(
+    repaired_ms: float, kept: QuantMode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Static misses the default bound (an outlier in calibration), mixed meets it at twice the
+    time: --auto-fallback returns static's worst nodes to float and times it against mixed again."""
+    model = models.save(models.outlier_mlp(), tmp_path)
+    np.savez(tmp_path / "calib.npz", **models.outlier_mlp_data(32, outlier=2000.0))
+    np.savez(tmp_path / "eval.npz", **models.outlier_mlp_data(16, seed=2))
+    latencies = {"static": 1.0, "mixed": 2.0, "dynamic": 2.0, "weight-only": 3.0}
+    _fixed_latencies(monkeypatch, {**latencies, "repaired": repaired_ms, "winner": 2.0})
+    report = quantize(
+        model,
+        tmp_path / "q.onnx",
+        data=tmp_path / "calib.npz",
+        eval_data=tmp_path / "eval.npz",
+        config=QuantConfig(auto_fallback=True),
+    ).report
+    gates = {c.mode: c.gate for c in report.candidates}
+    assert gates["static"] is not None and not gates["static"].passed
+    assert report.fallback is not None and report.fallback.passed
+    assert report.plan.mode is kept
+    assert [c.mode for c in report.candidates if c.chosen] == [kept.value]
+    floats = sum(d.role.value == "float" for d in report.plan.decisions)
+    if kept is QuantMode.STATIC:
+        assert "returned to float by --auto-fallback" in report.mode_reason and floats >= 1
+        assert report.fidelity is not None and report.fidelity.outputs[0].sqnr_db > 15.0
+    else:
+        assert "not faster" in report.mode_reason
