@@ -86,6 +86,7 @@ def bench_sample(name: str, work: Path) -> dict[str, object]:
     accuracy = report.fidelity.accuracy
     return {
         "model": name,
+        "mode": report.plan.mode.value,  # the default, auto, picks it
         "size_ratio": report.size.ratio,
         "float_top1": accuracy.float_top1,
         "int8_top1": accuracy.quantized_top1,
@@ -105,12 +106,14 @@ def _markdown(rows: list[dict[str, object]]) -> str:
         f"Latency: median of {ROUNDS} alternating float/int8 rounds of {REPEATS} runs each; "
         "ratio = int8 / float (below 1 is faster).",
         "",
-        "| model | size ratio | top-1 float | top-1 int8 | drop (points) | cosine mean | quantize s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | mode (auto's pick) | size ratio | top-1 float | top-1 int8 | drop (points) | cosine mean "
+        "| quantize s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['model']} | {row['size_ratio']:.3f} | {row['float_top1']:.2f} | {row['int8_top1']:.2f} "
+            f"| {row['model']} | {row['mode']} | {row['size_ratio']:.3f} | {row['float_top1']:.2f} "
+            f"| {row['int8_top1']:.2f} "
             f"| {row['top1_drop_points']:.2f} | {row['cosine_mean']:.5f} | {row['quantize_seconds']:.1f} |"
         )
     lines += ["", "| model | batch | threads | float ms | int8 ms | ratio |", "|---|---|---|---|---|---|"]
