@@ -248,7 +248,20 @@ def test_convert_chooses_the_method_after_calibration(cnn: tuple[Path, Path], tm
     calib = tmp_path / "c.json"
     assert (
         runner.invoke(
-            app, ["calibrate", str(model), "-d", str(data), "-o", str(calib), "--method", "mse"]
+            # static: the file then records a mode that uses the ranges whatever the timings say
+            app,
+            [
+                "calibrate",
+                str(model),
+                "-d",
+                str(data),
+                "-o",
+                str(calib),
+                "--method",
+                "mse",
+                "--mode",
+                "static",
+            ],
         ).exit_code
         == 0
     )

@@ -23,7 +23,20 @@ def test_convert_json_is_the_only_thing_on_stdout(cnn: tuple[Path, Path], tmp_pa
     out = tmp_path / "q.onnx"
     report = tmp_path / "r.json"
     result = runner.invoke(
-        app, ["convert", str(model), "-o", str(out), "--data", str(data), "--json", "--report", str(report)]
+        app,
+        [
+            "convert",
+            str(model),
+            "-o",
+            str(out),
+            "--data",
+            str(data),
+            "--json",
+            "--report",
+            str(report),
+            "-m",
+            "static",
+        ],
     )
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
@@ -94,7 +107,9 @@ def test_internal_error_is_exit_4_with_traceback_only_under_debug(
 def test_calibrate_then_convert_from_the_file(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
     calib = tmp_path / "calib.json"
-    result = runner.invoke(app, ["calibrate", str(model), "--data", str(data), "-o", str(calib), "--json"])
+    # A named mode on both sides: auto's pick would depend on timings.
+    args = ["calibrate", str(model), "--data", str(data), "-o", str(calib), "--json", "--mode", "static"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["samples"] == 40 and summary["tensors"] > 0
@@ -111,7 +126,19 @@ def test_calibrate_then_convert_from_the_file(cnn: tuple[Path, Path], tmp_path: 
     # the same ranges give the same model as calibrating inside convert on all the data
     direct = tmp_path / "direct.onnx"
     runner.invoke(
-        app, ["convert", str(model), "-o", str(direct), "--data", str(data), "--eval-data", str(data)]
+        app,
+        [
+            "convert",
+            str(model),
+            "-o",
+            str(direct),
+            "--data",
+            str(data),
+            "--eval-data",
+            str(data),
+            "--mode",
+            "static",
+        ],
     )
     assert direct.read_bytes() == out.read_bytes()
 

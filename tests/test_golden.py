@@ -89,7 +89,9 @@ def test_compare_report_matches_golden(tmp_path: Path) -> None:
     np.savez(data, **models.tiny_cnn_data(40))
     quantized = tmp_path / "q.onnx"
     assert (
-        CliRunner().invoke(app, ["convert", str(model), "-o", str(quantized), "--data", str(data)]).exit_code
+        CliRunner()
+        .invoke(app, ["convert", str(model), "-o", str(quantized), "--data", str(data), "--mode", "static"])
+        .exit_code
         == 0
     )
     result = CliRunner().invoke(
