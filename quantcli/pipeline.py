@@ -26,7 +26,7 @@ from quantcli.calibration.data import Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
-from quantcli.calibration.sampling import Shard, select_samples
+from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode
@@ -78,7 +78,17 @@ from quantcli.report import (
     SizeSummary,
 )
 
-__all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
+__all__ = [
+    "Collector",
+    "ModelSummary",
+    "QuantResult",
+    "ShardResult",
+    "ShardWork",
+    "calibrate",
+    "inspect_model",
+    "observe_shard",
+    "quantize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +191,55 @@ class _Data:
     calibration: Dataset | None
     evaluation: Dataset | None
     evaluation_source: str
+    # Which samples of the run's choice ``calibration`` is (for a collector that reopens the data).
+    calibration_part: Part = Part.ALL
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    """One statistics pass described so that another process can run it: the model and the data
+    source by path (both must be readable there), the tensors, and the rule picking the samples."""
+
+    model: Path
+    source: DataSource
+    tensors: tuple[str, ...]
+    selection: Selection
+    skip_nonfinite: bool
+    batch_size: int
+    histograms: bool
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard observed, with the fingerprint of the model it loaded (to catch a worker
+    that sees another file at the same path)."""
+
+    model_fingerprint: str
+    num_samples: int
+    stats: dict[str, TensorStats]
+
+
+# Runs a statistics pass elsewhere (on Ray, see quantcli.distributed) and returns its merged stats.
+Collector = Callable[[ShardWork, Progress | None], dict[str, TensorStats]]
+
+
+def observe_shard(work: ShardWork, shard: Shard | None = None, *, threads: int | None = None) -> ShardResult:
+    """Open ``work``'s model and data afresh and observe shard ``shard`` of its samples (all of
+    them with None): what a worker runs. The same loading as a local run, so tensor names match."""
+    loaded = _prepare(work.model)
+    dataset = work.selection.apply(
+        open_source(work.source, model_inputs(loaded.model), skip_nonfinite=work.skip_nonfinite), shard
+    )
+    with _naming(work.model):
+        stats = collect_stats(
+            loaded.model,
+            work.tensors,
+            dataset,
+            batch_size=work.batch_size,
+            histograms=work.histograms,
+            threads=threads,
+        )
+    return ShardResult(fingerprint(loaded.model), dataset.num_samples, stats)
 
 
 def _open_data(
@@ -215,7 +274,9 @@ def _split_data(
         return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
         kept, held = calibration.split(config.eval_fraction)
-        return _Data(kept, held, f"last {held.num_samples} samples of {data}, held back from calibration")
+        return _Data(
+            kept, held, f"last {held.num_samples} samples of {data}, held back from calibration", Part.KEPT
+        )
     return _Data(calibration, None, "")
 
 
@@ -227,6 +288,8 @@ def _ranges(
     calibration: tuple[Path, CalibrationFile] | None,
     config: QuantConfig,
     progress: Progress | None,
+    source: DataSource | None = None,
+    collector: Collector | None = None,
 ) -> tuple[dict[str, TensorRange], CalibrationSummary]:
     if calibration is not None:
         path, cal = calibration
@@ -235,18 +298,34 @@ def _ranges(
             method, cal.num_samples, str(path)
         )
     assert data.calibration is not None
-    with _naming(loaded.path):
-        stats = collect_stats(
-            loaded.model,
-            observed,
-            data.calibration,
-            batch_size=config.batch_size,
-            histograms=config.method.needs_histogram,
-            progress=progress,
+    if collector is not None and source is not None:
+        work = ShardWork(
+            loaded.path,
+            source,
+            tuple(observed),
+            _selection(config, data.calibration_part),
+            config.skip_nonfinite,
+            config.batch_size,
+            config.method.needs_histogram,
         )
+        stats = collector(work, progress)
+    else:
+        with _naming(loaded.path):
+            stats = collect_stats(
+                loaded.model,
+                observed,
+                data.calibration,
+                batch_size=config.batch_size,
+                histograms=config.method.needs_histogram,
+                progress=progress,
+            )
     return choose_ranges(stats, observed, config), CalibrationSummary(
         config.method.describe(config.percentile), data.calibration.num_samples, str(data.calibration.source)
     )
+
+
+def _selection(config: QuantConfig, part: Part) -> Selection:
+    return Selection(config.max_samples, config.seed, part, config.eval_fraction)
 
 
 def _read_calibration_for(loaded: ModelFile, path: Path) -> CalibrationFile:
@@ -452,6 +531,7 @@ def quantize(
     force: bool = False,
     progress: Progress | None = None,
     staging: StagedOutput | None = None,
+    collector: Collector | None = None,
 ) -> QuantResult:
     """Quantize ``model_path`` to int8 and write it to ``output``, checked and atomically.
 
@@ -460,7 +540,8 @@ def quantize(
     a held-back part of ``data``. With ``mode=auto`` every candidate mode is built and measured
     and the fastest one within the accuracy bound is written. With ``staging``, the model joins
     files the caller commits together (a report, say); otherwise it is moved into place before
-    returning. On any error nothing new is left behind.
+    returning. On any error nothing new is left behind. ``collector`` runs the calibration pass
+    elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples.
     """
     config = config or QuantConfig()
     if staging is None:
@@ -476,6 +557,7 @@ def quantize(
                 force=force,
                 progress=progress,
                 staging=own,
+                collector=collector,
             )
             own.commit()
         return result
@@ -489,6 +571,7 @@ def quantize(
         eval_data=eval_data,
         labels=labels,
         progress=progress,
+        collector=collector,
     )
 
 
@@ -503,6 +586,7 @@ def _quantize_into(
     eval_data: DataSource | None,
     labels: Path | None,
     progress: Progress | None,
+    collector: Collector | None = None,
 ) -> QuantResult:
     if data is not None and calibration is not None:
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
@@ -549,6 +633,8 @@ def _quantize_into(
             calibration=recorded,
             config=config,
             progress=progress,
+            source=data,
+            collector=collector,
         )
     # A reference to the float model's files, not a copy of its weights.
     reference = serialize(loaded.model) if datasets.evaluation is not None or len(plans) > 1 else None
@@ -872,6 +958,7 @@ def calibrate(
     eval_data: DataSource | None = None,
     labels: Path | None = None,
     progress: Progress | None = None,
+    collector: Collector | None = None,
 ) -> CalibrationFile:
     """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
     runs with any method; ``shard`` observes one of N disjoint parts of the samples.
@@ -880,8 +967,11 @@ def calibrate(
     with ``mode=auto`` the one auto picks by building every candidate from the statistics of the
     calibration part and measuring it on ``eval_data`` or a held-back part, exactly as ``convert``
     would. The held-back part is observed too, so the statistics still cover every sample.
+    ``collector`` observes elsewhere (on Ray: :mod:`quantcli.distributed`), the same samples.
     """
     config = config or QuantConfig()
+    if collector is not None and shard is not None:
+        raise ConfigError("--shard observes one part here; --ray splits the samples itself: give one")
     loaded = _prepare(model_path)
     samples = select_samples(
         open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
@@ -893,7 +983,18 @@ def calibrate(
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
 
-    def observe(dataset: Dataset) -> dict[str, TensorStats]:
+    def observe(dataset: Dataset, part: Part = Part.ALL) -> dict[str, TensorStats]:
+        if collector is not None:
+            work = ShardWork(
+                model_path,
+                data,
+                tuple(tensors),
+                _selection(config, part),
+                config.skip_nonfinite,
+                config.batch_size,
+                True,
+            )
+            return collector(work, progress)
         with _naming(model_path):
             return collect_stats(
                 loaded.model,
@@ -915,14 +1016,14 @@ def calibrate(
     else:
         datasets = _split_data(samples, data, model_inputs(loaded.model), eval_data, config)
         assert datasets.calibration is not None
-        stats = observe(datasets.calibration)
+        stats = observe(datasets.calibration, datasets.calibration_part)
         if datasets.evaluation is None:
             mode, reason = unmeasured_mode(has_ranges=True, dynamic_applies=True)
             choice = ModeChoice(mode, reason, _roles(select(loaded.model, replace(config, mode=mode))))
         else:
             held_back = eval_data is None
             # Observed before the candidates are built: the last one rewrites the model in place.
-            held_stats = observe(datasets.evaluation) if held_back else None
+            held_stats = observe(datasets.evaluation, Part.HELD_BACK) if held_back else None
             label_array = load_labels(labels, datasets.evaluation.num_samples) if labels is not None else None
             choice = _measured_choice(loaded, config, stats, datasets, label_array)
             if held_stats is not None:
