@@ -207,6 +207,9 @@ class ShardWork:
     skip_nonfinite: bool
     batch_size: int
     histograms: bool
+    # What the driver saw: every shard must load this model, and the shards' samples add up to this.
+    model_fingerprint: str
+    num_samples: int
 
 
 @dataclass(frozen=True)
@@ -307,6 +310,8 @@ def _ranges(
             config.skip_nonfinite,
             config.batch_size,
             config.method.needs_histogram,
+            fingerprint(loaded.model),
+            data.calibration.num_samples,
         )
         stats = collector(work, progress)
     else:
@@ -982,6 +987,7 @@ def calibrate(
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
+    model_fingerprint = fingerprint(loaded.model)
 
     def observe(dataset: Dataset, part: Part = Part.ALL) -> dict[str, TensorStats]:
         if collector is not None:
@@ -993,6 +999,8 @@ def calibrate(
                 config.skip_nonfinite,
                 config.batch_size,
                 True,
+                model_fingerprint,
+                dataset.num_samples,
             )
             return collector(work, progress)
         with _naming(model_path):
@@ -1005,7 +1013,6 @@ def calibrate(
                 progress=progress,
             )
 
-    model_fingerprint = fingerprint(loaded.model)
     choice: ModeChoice | None = None
     if shard is not None:
         stats = observe(samples)  # a shard cannot decide for all the data

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -42,7 +43,7 @@ from quantcli.config import (
 from quantcli.errors import ConfigError
 from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pages import html_report, markdown_report
-from quantcli.pipeline import calibrate, inspect_model, quantize
+from quantcli.pipeline import Collector, calibrate, inspect_model, quantize
 from quantcli.plan import NodeRole
 
 app = typer.Typer(
@@ -173,6 +174,58 @@ SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", help="Shuffle samples with this seed before --max-samples/--shard pick them."),
 ]
+
+
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run the calibration pass as Ray tasks, one per shard of the samples (needs "
+        "'quantcli[ray]'; the model and data must be at the same path on every node).",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --ray: the cluster (default: $RAY_ADDRESS, else a local Ray started for this run).",
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", help="With --ray: Ray tasks the samples are split into [default: the cluster's CPUs]."
+    ),
+]
+WorkerCpusOpt = Annotated[
+    int,
+    typer.Option("--worker-cpus", help="With --ray: CPUs per task, and onnxruntime's threads in it."),
+]
+
+
+@contextmanager
+def _on_ray(enabled: bool, address: str | None, workers: int | None, cpus: int) -> Iterator[Any]:
+    """Ray's options for the run, connected for its duration (None without --ray). quantcli's
+    Ray code, and ray itself, are imported only here."""
+    if not enabled:
+        if address is not None or workers is not None or cpus != 1:
+            raise ConfigError("--ray-address, --workers and --worker-cpus go with --ray")
+        yield None
+        return
+    from quantcli import distributed  # noqa: PLC0415 (ray is optional: only --ray imports it)
+
+    options = distributed.RayOptions(address=address, workers=workers, cpus_per_task=cpus)
+    with distributed.ray_session(options):
+        yield options
+
+
+def _collector(options: Any) -> Collector | None:
+    if options is None:
+        return None
+    from quantcli import distributed  # noqa: PLC0415
+
+    return distributed.RayCollector(options)
 
 
 def _stderr(quiet: bool, as_json: bool) -> Console:
@@ -351,6 +404,10 @@ def convert(
     allow_noop: Annotated[
         bool, typer.Option("--allow-noop", help="Write a model with nothing to quantize unchanged (exit 0).")
     ] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -392,7 +449,10 @@ def convert(
                 check_writable(path, force=force)
         bar, update = _progress(console, "calibrating")
         # The model and the report files are moved into place together, or none is.
-        with StagedOutput(force=force) as staging:
+        with (
+            _on_ray(ray, ray_address, workers, worker_cpus) as on_ray,
+            StagedOutput(force=force) as staging,
+        ):
             with bar or nullcontext():
                 result = quantize(
                     model,
@@ -405,6 +465,7 @@ def convert(
                     force=force,
                     progress=update,
                     staging=staging,
+                    collector=_collector(on_ray),
                 )
             document = result.report.to_dict()
             _outputs(staging, document, report=report, markdown=report_md, page=report_html)
@@ -522,6 +583,10 @@ def calibrate_command(
         float | None,
         typer.Option("--max-drop", help="The bound --mode auto chooses within, in points of --metric (1)."),
     ] = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -552,13 +617,20 @@ def calibrate_command(
             )
         check_writable(output, force=force)
         bar, update = _progress(console, "calibrating")
-        with bar or nullcontext():
+        with _on_ray(ray, ray_address, workers, worker_cpus) as on_ray, bar or nullcontext():
             source = _source(data, data_loader, preprocess)
             if source is None:
                 raise ConfigError("calibrate needs samples: give --data or --data-loader")
             evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
             result = calibrate(
-                model, source, config=config, shard=part, eval_data=evaluation, labels=labels, progress=update
+                model,
+                source,
+                config=config,
+                shard=part,
+                eval_data=evaluation,
+                labels=labels,
+                progress=update,
+                collector=_collector(on_ray),
             )
         write_calibration(result, output, force=force)
         _show_calibration(result, output, console, as_json=as_json)

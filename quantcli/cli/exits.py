@@ -12,9 +12,10 @@ from typing import TypeVar
 
 from rich.console import Console
 
+from quantcli.batch import Outcome
 from quantcli.errors import QuantCliError
 
-__all__ = ["ExitCode", "guarded"]
+__all__ = ["ExitCode", "exit_code", "guarded"]
 
 T = TypeVar("T")
 
@@ -25,6 +26,19 @@ class ExitCode(IntEnum):
     USAGE = 2
     GATE_FAILED = 3
     INTERNAL = 4
+
+
+# What each outcome of a batch's model would have exited with, had it been converted alone.
+_OUTCOMES = {
+    Outcome.OK: ExitCode.OK,
+    Outcome.GATE_FAILED: ExitCode.GATE_FAILED,
+    Outcome.ERROR: ExitCode.USER_ERROR,
+    Outcome.INTERNAL: ExitCode.INTERNAL,
+}
+
+
+def exit_code(outcome: Outcome) -> ExitCode:
+    return _OUTCOMES[outcome]
 
 
 def guarded(action: Callable[[], T], console: Console, *, debug: bool) -> T | ExitCode:
