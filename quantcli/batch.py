@@ -283,7 +283,7 @@ def _entry(raw: Any, where: str, path: Path) -> dict[str, Any]:
             typed = None
         if typed is None or (kind is str and not isinstance(value, str)) or isinstance(value, bool):
             raise ConfigError(f"{path}: {where}: {key} = {value!r} is not a valid {key}")
-        entry[key] = (path.parent / typed) if key in ("path", *_PATH_KEYS) else typed
+        entry[key] = (path.parent / typed).resolve() if key in ("path", *_PATH_KEYS) else typed
     return entry
 
 

@@ -15,14 +15,17 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 from quantcli import __version__
+from quantcli.batch import JobResult, Settings, jobs_from_manifest, jobs_from_paths, run_local
 from quantcli.calibration.collect import Progress as ProgressCallback
 from quantcli.calibration.file import CalibrationFile, merge_calibrations, read_calibration, write_calibration
 from quantcli.calibration.sampling import Shard
 from quantcli.calibration.sources import DataSource, ImageFolder, Preprocess, UserLoader
-from quantcli.cli.exits import ExitCode, guarded
+from quantcli.cli.exits import ExitCode, exit_code, guarded
 from quantcli.cli.render import (
+    render_batch,
     render_calibration,
     render_compare,
     render_report,
@@ -478,6 +481,107 @@ def convert(
             render_report(result.report, console)
         gate = result.report.gate
         return ExitCode.GATE_FAILED if gate is not None and not gate.passed else None
+
+    _finish(guarded(run, console, debug=debug))
+
+
+@app.command("convert-many")
+def convert_many_command(
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Model files, folders of them, or one TOML manifest with per-model data, recipe and gate.",
+            show_default=False,
+        ),
+    ],
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Folder for NAME.int8.onnx and NAME.report.json.")
+    ],
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Calibration data for every model (as for convert).")
+    ] = None,
+    data_loader: LoaderOpt = None,
+    preprocess: PreprocessOpt = None,
+    eval_data: EvalDataOpt = None,
+    labels: LabelsOpt = None,
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="TOML recipe for every model.")] = None,
+    mode: ModeOpt = None,
+    metric: MetricOpt = None,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option("--min-sqnr", help="Gate for --metric sqnr or channel-sqnr, in dB.")
+    ] = None,
+    method: MethodOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    seed: SeedOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", help="Models converted at once here [default: one per CPU; 1: in turn]."),
+    ] = None,
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Convert each model as a Ray task (needs 'quantcli[ray]').")
+    ] = False,
+    ray_address: RayAddressOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert every model with its own settings; one failure never stops the others. Ends with a
+    summary table (and one JSON document with --json) and exits with the worst model's code."""
+    console = _stderr(quiet, as_json)
+
+    def run() -> ExitCode:
+        settings = Settings(
+            out_dir=output_dir,
+            data=_source(data, data_loader, preprocess),
+            eval_data=eval_data,
+            labels=labels,
+            recipe=recipe,
+            flags={
+                "mode": mode,
+                "metric": metric,
+                "max_drop": max_drop,
+                "min_sqnr": min_sqnr,
+                "method": method,
+                "max_samples": max_samples,
+                "seed": seed,
+            },
+            force=force,
+        )
+        manifests = [m for m in models if m.suffix == ".toml"]
+        if manifests and len(models) > 1:
+            raise ConfigError(f"{manifests[0]}: a manifest lists every model; give it alone")
+        jobs = jobs_from_manifest(manifests[0], settings) if manifests else jobs_from_paths(models, settings)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ConfigError(f"{output_dir}: not a folder")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        results: list[JobResult] = []
+
+        def finished(result: JobResult) -> None:
+            results.append(result)
+            console.print(Text(f"[{len(results)}/{len(jobs)}] {result.name}: {result.outcome}"))
+
+        if ray and workers is not None:
+            raise ConfigError("--workers sizes the local pool; with --ray the cluster decides")
+        with _on_ray(ray, ray_address, None, worker_cpus) as on_ray:
+            if on_ray is None:
+                run_local(jobs, workers=workers, on_result=finished)
+            else:
+                from quantcli import distributed  # noqa: PLC0415 (ray is optional)
+
+                distributed.convert_on_ray(jobs, on_ray, finished)
+        order = {job.name: index for index, job in enumerate(jobs)}
+        results.sort(key=lambda r: order[r.name])
+        codes = [exit_code(r.outcome) for r in results]
+        worst = max(codes, default=ExitCode.OK)
+        rows = [r.to_dict() | {"exit_code": int(code)} for r, code in zip(results, codes, strict=True)]
+        if as_json:
+            _print_json({"exit_code": int(worst), "models": rows})
+        else:
+            render_batch(rows, console)
+        return worst
 
     _finish(guarded(run, console, debug=debug))
 
