@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -100,6 +101,7 @@ def ray_session(options: RayOptions) -> Iterator[None]:
                 address="local", include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
             )
         else:
+            _check_reachable(address)
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise DistributedError(f"Ray at {address}: cannot connect ({_first_line(exc)})") from exc
@@ -107,6 +109,24 @@ def ray_session(options: RayOptions) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+# Ray retries an unreachable head for minutes; a plain connection answers in seconds.
+_CONNECT_SECONDS = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, with one line, when nothing listens at ``host:port`` (or ``ray://host:port``)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise DistributedError(
+            f"Ray at {address}: cannot connect ({exc.strerror or exc}); is the cluster up, and is "
+            "this its head's address (--ray-address, or RAY_ADDRESS)?"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -71,6 +71,18 @@ def data_module(loaders: Path) -> Iterator[Path]:
     sys.path.remove(str(loaders))
 
 
+def test_an_unreachable_cluster_fails_in_one_line(cnn: tuple[Path, Path], tmp_path: Path) -> None:
+    # First in the file: Ray is not running yet (a running Ray is used as it is).
+    model, data = cnn
+    base = ["calibrate", str(model), "--data", str(data), "-o", str(tmp_path / "c.json")]
+    result = runner.invoke(app, [*base, "--ray", "--ray-address", "127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: Ray at 127.0.0.1:1: cannot connect")
+    assert not (tmp_path / "c.json").exists()
+    alone = runner.invoke(app, [*base, "--workers", "2"])
+    assert alone.exit_code == 1 and "go with --ray" in alone.stderr
+
+
 def test_distributed_calibration_equals_the_local_file_byte_for_byte(
     loaders: Path, cnn: tuple[Path, Path], tmp_path: Path
 ) -> None:
