@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import threading
@@ -38,10 +39,16 @@ BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "_work" / "scale"
 TARGET_SAMPLES = 100_000
 ESTIMATE_WORKERS = (1, 8, 64)
+CORES = len(os.sched_getaffinity(0))
 
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_mb(pid: int | str = "self") -> float:
@@ -132,8 +139,10 @@ def run(model: Path, data: Path, workers: int, name: str) -> dict[str, Any]:
         str(out),
         str(report),
     ]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = subprocess.Popen(command, stderr=subprocess.PIPE)
     peaks: dict[int, float] = {}
+    cpu: dict[int, float] = {}
     done = threading.Event()
 
     def poll() -> None:
@@ -142,6 +151,7 @@ def run(model: Path, data: Path, workers: int, name: str) -> dict[str, Any]:
                 try:
                     if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
                         peaks[pid] = max(peaks.get(pid, 0.0), _hwm_mb(pid))
+                        cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
                 except OSError:
                     continue
             done.wait(0.5)
@@ -154,8 +164,14 @@ def run(model: Path, data: Path, workers: int, name: str) -> dict[str, Any]:
     if child.returncode != 0:
         raise SystemExit(f"{name}: failed\n{stderr.decode()[-2000:]}")
     row = json.loads(report.read_text())
-    # Ray's worker processes that ran tasks (an idle pool worker stays small).
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    process_cpu = (after.ru_utime + after.ru_stime) - (children_before.ru_utime + children_before.ru_stime)
+    # Ray's worker processes that ran tasks (an idle pool worker stays small); without Ray, the run's own.
+    busy = sum(cpu.values()) if workers else process_cpu
     row.update(
+        cpu_seconds=round(busy, 1),
+        # Of the CPU time the run could have had (observing: W CPUs; local: every core) how much it got.
+        cpu_share=round(busy / ((row["observe_seconds"] or row["seconds"]) * (workers or CORES)), 2),
         name=name,
         workers=workers,
         worker_peak_rss_mb=round(max(peaks.values()), 1) if peaks else None,
@@ -256,11 +272,14 @@ def _markdown(
         f"`{args.model}`, {args.samples} samples (one .npz each), `calibrate --mode static` (min, max and "
         "histogram of every candidate tensor). Local: the plain run (onnxruntime's default threads). "
         "Ray W: a local Ray of W CPUs started in the run, W shards of 1 CPU and 1 onnxruntime thread each. "
-        f"{machine()}; the load average (1, 5, 15 min) is the machine's, shared with other work.",
+        f"{machine()}; the load average (1, 5, 15 min) is the machine's, shared with other work. "
+        "CPU s: CPU time the Ray workers (local: the run) used; share: that over the CPU time they "
+        "had room for (observe wall x W; local: wall x cores): below 1, they waited for CPUs held by "
+        "other work.",
         "",
-        "| run | samples | wall s | Ray start s | observe s | speedup vs Ray 1 | driver peak MB "
-        "| worker peak MB | file = local | load before -> after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| run | samples | wall s | Ray start s | observe s | speedup vs Ray 1 | CPU s (share) "
+        "| driver peak MB | worker peak MB | file = local | load before -> after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     one = next((r for r in rows if r["workers"] == 1 and r["samples"] == args.samples), None)
     for r in rows:
@@ -271,7 +290,8 @@ def _markdown(
         )
         lines.append(
             f"| {r['name']} | {r['samples']} | {r['seconds']:.1f} | {r['startup_seconds']:.1f} | "
-            f"{r['observe_seconds'] or 0:.1f} | {speed} | {r['driver_peak_rss_mb']:.0f} | "
+            f"{r['observe_seconds'] or 0:.1f} | {speed} | {r['cpu_seconds']:.0f} ({r['cpu_share']:.2f}) | "
+            f"{r['driver_peak_rss_mb']:.0f} | "
             f"{r['worker_peak_rss_mb'] or '-'} | {r.get('identical', '-')} | "
             f"{r['load_before']} -> {r['load_after']} |"
         )
