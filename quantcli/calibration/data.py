@@ -465,7 +465,8 @@ class Dataset:
 
 def _stack(pieces: list[Batch]) -> Batch:
     if len(pieces) == 1:
-        return {name: np.ascontiguousarray(a) for name, a in pieces[0].items()}
+        # Not ascontiguousarray: it turns a scalar input into shape [1].
+        return {name: np.asarray(a, order="C") for name, a in pieces[0].items()}
     return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
 
 
