@@ -237,11 +237,9 @@ def test_sentence_encoder_under_the_default_mode_and_compare(tmp_path: Path) -> 
     # Auto's output: calibrated on 10 sentences and measured on 2, or (dynamic) measured on all.
     assert document["fidelity"]["samples"] == (12 if document["mode"] == "dynamic" else 2)
     assert document["fidelity"]["outputs"][0]["cosine_mean"] > 0.9
-    result = runner.invoke(
-        app,
-        ["compare", str(tmp_path / "model.onnx"), str(tmp_path / "q.onnx"), "--data", str(tmp_path / "calib")]
-        + ["--per-layer", "--json", "--runs", "3"],
-    )
+    model, quantized, calib = (str(tmp_path / n) for n in ("model.onnx", "q.onnx", "calib"))
+    args = ["compare", model, quantized, "--data", calib, "--per-layer", "--json", "--runs", "3"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.stderr
     compared = json.loads(result.stdout)
     assert compared["fidelity"]["samples"] == 12
@@ -478,7 +476,8 @@ def test_a_loader_yields_samples_of_many_lengths(tmp_path: Path, monkeypatch: py
         "import numpy as np\n"
         "def load():\n"
         "    for n in (3, 9, 3, 12, 9):\n"
-        "        yield {'input_ids': np.ones((1, n), np.int64), 'attention_mask': np.ones((1, n), np.int64)}\n"
+        "        ones = np.ones((1, n), np.int64)\n"
+        "        yield {'input_ids': ones, 'attention_mask': ones}\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     dataset = open_source(UserLoader("sentences:load"), _specs(sentence_encoder(), tmp_path))
