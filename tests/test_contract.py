@@ -483,3 +483,44 @@ def test_a_loader_yields_samples_of_many_lengths(tmp_path: Path, monkeypatch: py
     dataset = open_source(UserLoader("sentences:load"), _specs(sentence_encoder(), tmp_path))
     assert dataset.num_samples == 5
     assert [f.positions for f in dataset.batches(4)] == [(0, 2), (1, 4), (3,)]
+
+
+def test_a_batch_axis_the_model_does_not_keep_runs_one_sample_at_a_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """x is float32[batch, seq, 16] but a Squeeze bakes in a batch of one: a feed of several
+    same-shaped samples fails, and every feed runs alone from then on, with the same statistics."""
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("Squeeze", ["x", "zero"], ["s"], name="squeeze"),
+        helper.make_node("MatMul", ["s", "w"], ["h"], name="mm"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["m"], name="mm2"),
+        helper.make_node("Unsqueeze", ["m", "zero"], ["y"], name="unsqueeze"),
+    ]
+    inits = [
+        _w(rng, "w", 16, 64),
+        _w(rng, "w2", 64, 16),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+    ]
+    x = _value("x", TensorProto.FLOAT, ["batch", "seq", 16])
+    model = _model(nodes, [x], [_value("y", TensorProto.FLOAT, [1, "seq", 16])], inits)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i, length in enumerate([3, 3, 5, 5, 3, 5, 3, 5, 3, 3]):
+        np.savez(folder / f"{i:03d}.npz", x=rng.normal(0, 1, (1, length, 16)).astype(np.float32))
+    path = models.save(model, tmp_path)
+    dataset = open_dataset(folder, _specs(model, tmp_path))
+    assert max(len(f.positions) for f in dataset.batches(4)) == 4
+    loaded = load_model(path).model
+    with caplog.at_level("INFO", logger="quantcli.calibration.collect"):
+        one, many = (
+            collect_stats(loaded, ["h", "m"], dataset, batch_size=b, histograms=False) for b in (1, 4)
+        )
+    assert "rejects batches of 4 samples" in caplog.text
+    assert {n: (s.min, s.max, s.count) for n, s in one.items()} == {
+        n: (s.min, s.max, s.count) for n, s in many.items()
+    }
+    code, document, stderr = _convert(model, tmp_path, folder, "--mode", "static", "--batch-size", "4")
+    assert code == 0, stderr
+    _sane(document, calib=8, held=2)
