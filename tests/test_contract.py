@@ -524,3 +524,32 @@ def test_a_batch_axis_the_model_does_not_keep_runs_one_sample_at_a_time(
     code, document, stderr = _convert(model, tmp_path, folder, "--mode", "static", "--batch-size", "4")
     assert code == 0, stderr
     _sane(document, calib=8, held=2)
+
+
+def test_bias_correction_pools_input_means_over_samples_of_many_sizes(tmp_path: Path) -> None:
+    from test_correction import _mean_error, pointwise_conv  # noqa: PLC0415
+
+    from quantcli import QuantConfig, quantize  # noqa: PLC0415
+    from quantcli.config import QuantMode  # noqa: PLC0415
+
+    model = pointwise_conv()
+    for value in (*model.graph.input, *model.graph.output):  # spatial dims that vary per sample
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "h", "w"
+    path = models.save(model, tmp_path)
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    for i in range(40):
+        h, w = (int(d) for d in rng.integers(3, 10, 2))
+        np.savez(folder / f"{i:03d}.npz", x=(3.0 + rng.normal(0, 1, (1, 8, h, w))).astype(np.float32))
+    evaluation = {"x": (3.0 + rng.normal(0, 1, (16, 8, 6, 6))).astype(np.float32)}
+    np.savez(tmp_path / "eval.npz", **evaluation)
+    errors = {}
+    for corrected in (False, True):
+        out = tmp_path / f"q_{corrected}.onnx"
+        config = QuantConfig(mode=QuantMode.WEIGHT_ONLY, bias_correction=corrected)
+        quantize(path, out, config=config, data=folder, eval_data=tmp_path / "eval.npz")
+        errors[corrected] = _mean_error(path, out, evaluation)
+    assert errors[False] > 1e-3
+    assert errors[True] < errors[False] / 4
