@@ -553,3 +553,28 @@ def test_bias_correction_pools_input_means_over_samples_of_many_sizes(tmp_path: 
         errors[corrected] = _mean_error(path, out, evaluation)
     assert errors[False] > 1e-3
     assert errors[True] < errors[False] / 4
+
+
+def test_an_output_without_a_batch_axis_is_compared_sample_by_sample(tmp_path: Path) -> None:
+    """A second output sums over everything (the batch too): batched, it would mix samples."""
+    rng = np.random.default_rng(9)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+        helper.make_node("ReduceSum", ["y"], ["total"], name="total", keepdims=0),
+    ]
+    x = _value("x", TensorProto.FLOAT, ["batch", D])
+    outputs = [_value("y", TensorProto.FLOAT, ["batch", D]), _value("total", TensorProto.FLOAT, [])]
+    model = _model(nodes, [x], outputs, [_w(rng, "w", D, D)])
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    other.graph.initializer[0].CopyFrom(_w(rng, "w", D, D, scale=0.3))
+    np.savez(tmp_path / "d.npz", x=rng.normal(0, 1, (8, D)).astype(np.float32))
+    dataset = open_dataset(tmp_path / "d.npz", _specs(model, tmp_path))
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    candidate = ort.InferenceSession(other.SerializeToString(), providers=["CPUExecutionProvider"])
+    one, four = (compare_models(reference, candidate, dataset, batch_size=b, source="d") for b in (1, 4))
+    assert one.samples == four.samples == 8
+    for a, b in zip(one.outputs, four.outputs, strict=True):
+        assert a.cosine_min == pytest.approx(b.cosine_min, abs=1e-9)
+        assert a.sqnr_db == pytest.approx(b.sqnr_db, abs=1e-4)
+        assert a.max_abs_error == pytest.approx(b.max_abs_error, rel=1e-5)

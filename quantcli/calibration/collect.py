@@ -78,44 +78,49 @@ def run_batches(
     size baked in): if a feed of several samples fails, it and every later one run one sample at
     a time; a failure then is the data's or the model's.
     """
-    source = str(dataset.source)
-    alone = False
-    for feed in dataset.batches(batch_size):
-        outputs = None
-        if not alone or len(feed.positions) == 1:
-            try:
-                outputs = _run(session, names, feed.arrays, source)
-            except CalibrationDataError:
-                if len(feed.positions) == 1:
-                    raise
-                count = len(feed.positions)
-                logger.info("the model rejects batches of %d samples; running one sample at a time", count)
-                alone = True
-        if outputs is not None:
-            yield feed, outputs
-            continue
-        for single in feed.split():
-            yield single, _run(session, names, single.arrays, source)
+    return _run_feeds(session, names, dataset, batch_size, per_sample=False)
 
 
 def run_samples(
     session: object, names: list[str], dataset: Dataset, batch_size: int
 ) -> Iterator[tuple[int, list[np.ndarray]]]:
     """Run every sample; yield (its position in ``dataset``, its requested outputs), in the order
-    :meth:`Dataset.batches` gives. Outputs of a batch are cut along their first axis; a batch
-    with an output that has no such axis (not one row per sample) is run again sample by sample.
+    :meth:`Dataset.batches` gives. Outputs of a batch are cut along their first axis; when an
+    output has no such axis (not one row per sample), that batch and every later one run one
+    sample at a time.
     """
+    for feed, outputs in _run_feeds(session, names, dataset, batch_size, per_sample=True):
+        for row, position in enumerate(feed.positions):
+            yield position, outputs if len(feed.positions) == 1 else [o[row : row + 1] for o in outputs]
+
+
+def _run_feeds(
+    session: object, names: list[str], dataset: Dataset, batch_size: int, *, per_sample: bool
+) -> Iterator[tuple[Feed, list[np.ndarray]]]:
+    """Feeds and their outputs; with ``per_sample`` every output of a feed of several samples
+    has one row per sample."""
     source = str(dataset.source)
-    for feed, outputs in run_batches(session, names, dataset, batch_size):
+    alone = False
+    for feed in dataset.batches(batch_size):
         count = len(feed.positions)
-        if count == 1:
-            yield feed.positions[0], outputs
-        elif all(o.ndim > 0 and o.shape[0] == count for o in outputs):
-            for row, position in enumerate(feed.positions):
-                yield position, [o[row : row + 1] for o in outputs]
-        else:
-            for single in feed.split():
-                yield single.positions[0], _run(session, names, single.arrays, source)
+        outputs = None
+        if not alone or count == 1:
+            try:
+                outputs = _run(session, names, feed.arrays, source)
+            except CalibrationDataError:
+                if count == 1:
+                    raise
+                logger.info("the model rejects batches of %d samples; running one sample at a time", count)
+                alone = True
+        rows_ok = outputs is None or all(o.ndim > 0 and o.shape[0] == count for o in outputs)
+        if per_sample and count > 1 and not rows_ok:
+            logger.info("an output has no batch axis; running one sample at a time")
+            alone, outputs = True, None
+        if outputs is not None:
+            yield feed, outputs
+            continue
+        for single in feed.split():
+            yield single, _run(session, names, single.arrays, source)
 
 
 def _bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch) -> dict[str, int]:
