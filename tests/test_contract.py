@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import models
 import numpy as np
@@ -200,7 +201,9 @@ def _states(folder: Path, count: int, seed: int = 0) -> None:
         )
 
 
-def _convert(model: onnx.ModelProto, tmp_path: Path, data: Path, *flags: str) -> tuple[int, dict, str]:  # type: ignore[type-arg]
+def _convert(
+    model: onnx.ModelProto, tmp_path: Path, data: Path, *flags: str
+) -> tuple[int, dict[str, Any], str]:
     path = models.save(model, tmp_path)
     out = tmp_path / "q.onnx"
     result = runner.invoke(app, ["convert", str(path), "-o", str(out), "--data", str(data), "--json", *flags])
@@ -210,7 +213,7 @@ def _convert(model: onnx.ModelProto, tmp_path: Path, data: Path, *flags: str) ->
     return result.exit_code, document, result.stderr
 
 
-def _sane(document: dict, calib: int, held: int) -> None:  # type: ignore[type-arg]
+def _sane(document: dict[str, Any], calib: int, held: int) -> None:
     assert document["calibration"]["samples"] == calib
     assert document["fidelity"]["samples"] == held
     for output in document["fidelity"]["outputs"]:
@@ -318,8 +321,8 @@ def test_mismatched_file_is_one_line_exit_1_and_writes_nothing(tmp_path: Path) -
     _states(tmp_path / "calib", 3)
     rng = np.random.default_rng(6)
     bad = tmp_path / "calib" / "001.npz"
-    np.savez(bad, x=rng.normal(0, 1, (1, 16)).astype(np.float32), state=np.zeros((1, 2, H), np.float32),
-             sr=np.array(16000, np.int64))  # fmt: skip
+    x = rng.normal(0, 1, (1, 16)).astype(np.float32)
+    np.savez(bad, x=x, state=np.zeros((1, 2, H), np.float32), sr=np.array(16000, np.int64))
     code, document, stderr = _convert(recurrent_state(), tmp_path, tmp_path / "calib")
     assert code == 1 and document == {}
     lines = stderr.strip().splitlines()
