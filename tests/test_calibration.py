@@ -369,7 +369,7 @@ def test_a_selection_splits_each_part_into_disjoint_shards_that_cover_it(
     selection = Selection(max_samples=33, seed=5, part=part, eval_fraction=0.2)
 
     def rows(chosen: Dataset) -> list[bytes]:
-        return [row.tobytes() for feed in chosen.batches(64) for row in feed["image"]]
+        return [row.tobytes() for feed in chosen.batches(64) for row in feed.arrays["image"]]
 
     whole = rows(selection.apply(dataset))
     shards = [rows(selection.apply(dataset, Shard(k, 3))) for k in (1, 2, 3)]
