@@ -104,6 +104,11 @@ def test_distributed_calibration_equals_the_local_file_byte_for_byte(
     result = runner.invoke(app, [*base, "-o", str(distributed), "--ray", "--workers", "3"])
     assert result.exit_code == 0, result.output
     assert distributed.read_bytes() == local.read_bytes()
+    # Auto mode: its two parts (calibrate, held back) observed on Ray, its choice made here.
+    auto = [arg for arg in base if arg not in ("--mode", "static")]
+    assert runner.invoke(app, [*auto, "-o", str(local), "-f"]).exit_code == 0
+    assert runner.invoke(app, [*auto, "-o", str(distributed), "-f", "--ray", "--workers", "2"]).exit_code == 0
+    assert distributed.read_bytes() == local.read_bytes()
     # Another worker count, the library API, and the hold-back split auto mode makes.
     config = QuantConfig(mode=QuantMode.STATIC, seed=7, batch_size=3, max_samples=33)
     one = calibrate(model, data, config=config)
