@@ -143,13 +143,17 @@ def run(model: Path, data: Path, workers: int, name: str) -> dict[str, Any]:
     child = subprocess.Popen(command, stderr=subprocess.PIPE)
     peaks: dict[int, float] = {}
     cpu: dict[int, float] = {}
+    observing: set[int] = set()  # workers seen running a shard: more than W means some were restarted
     done = threading.Event()
 
     def poll() -> None:
         while not done.is_set():
             for pid in _descendants(child.pid):
                 try:
-                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if title.startswith(b"ray::_observe"):
+                        observing.add(pid)
+                    if title.startswith(b"ray::"):
                         peaks[pid] = max(peaks.get(pid, 0.0), _hwm_mb(pid))
                         cpu[pid] = max(cpu.get(pid, 0.0), _cpu_seconds(pid))
                 except OSError:
@@ -170,6 +174,7 @@ def run(model: Path, data: Path, workers: int, name: str) -> dict[str, Any]:
     busy = sum(cpu.values()) if workers else process_cpu
     row.update(
         cpu_seconds=round(busy, 1),
+        worker_restarts=max(0, len(observing) - workers),
         # Of the CPU time the run could have had (observing: W CPUs; local: every core) how much it got.
         cpu_share=round(busy / ((row["observe_seconds"] or row["seconds"]) * (workers or CORES)), 2),
         name=name,
@@ -275,11 +280,12 @@ def _markdown(
         f"{machine()}; the load average (1, 5, 15 min) is the machine's, shared with other work. "
         "CPU s: CPU time the Ray workers (local: the run) used; share: that over the CPU time they "
         "had room for (observe wall x W; local: wall x cores): below 1, they waited for CPUs held by "
-        "other work.",
+        "other work. Workers restarted: workers seen running a shard beyond W (Ray reruns the shard of a "
+        "worker that died; here its memory monitor kills one when the machine nears its memory limit).",
         "",
         "| run | samples | wall s | Ray start s | observe s | speedup vs Ray 1 | CPU s (share) "
-        "| driver peak MB | worker peak MB | file = local | load before -> after |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| driver peak MB | worker peak MB | workers restarted | file = local | load before -> after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     one = next((r for r in rows if r["workers"] == 1 and r["samples"] == args.samples), None)
     for r in rows:
@@ -292,7 +298,8 @@ def _markdown(
             f"| {r['name']} | {r['samples']} | {r['seconds']:.1f} | {r['startup_seconds']:.1f} | "
             f"{r['observe_seconds'] or 0:.1f} | {speed} | {r['cpu_seconds']:.0f} ({r['cpu_share']:.2f}) | "
             f"{r['driver_peak_rss_mb']:.0f} | "
-            f"{r['worker_peak_rss_mb'] or '-'} | {r.get('identical', '-')} | "
+            f"{r['worker_peak_rss_mb'] or '-'} | {r['worker_restarts'] if r['workers'] else '-'} | "
+            f"{r.get('identical', '-')} | "
             f"{r['load_before']} -> {r['load_after']} |"
         )
     lines += [
