@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -249,6 +249,9 @@ class QuantPlan:
     dynamic: tuple[DynamicSpec, ...] = field(default=())
     # Tables stored as int8 whose Gather reads the integers and dequantizes only the rows.
     gathered_tables: tuple[str, ...] = field(default=())
+    # Nodes select() was told to leave float (a stage after the rules: the cost model, a recorded
+    # decision), with their reasons, so a plan built from this one can keep them float too.
+    kept_float: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def quantized_op_counts(self) -> dict[str, int]:
@@ -290,9 +293,10 @@ def _foldable_activation(node: ir.Node) -> bool:
 class _Selector:
     """The state of one :func:`select` run; not part of the API."""
 
-    def __init__(self, model: ir.Model, config: QuantConfig) -> None:
+    def __init__(self, model: ir.Model, config: QuantConfig, keep_float: Mapping[str, str]) -> None:
         self.graph = model.graph
         self.config = config
+        self.keep_float = keep_float
         self.nodes = list(self.graph)
         self.decisions: dict[int, NodeDecision] = {}
         self.integer: set[int] = set()  # ids of nodes that run as integer kernels
@@ -313,6 +317,8 @@ class _Selector:
             return f"float: custom operator domain '{node.domain}'"
         if matches(node, self.config.exclude):
             return "float: excluded by the user"
+        if (node.name or "") in self.keep_float:
+            return self.keep_float[node.name or ""]
         follows = rule is not None and rule.kind in (_Kind.DATA_MOVEMENT, _Kind.ACTIVATION_FOLD)
         if self.config.include and not follows and not matches(node, self.config.include):
             return "float: not in --include"
@@ -660,6 +666,7 @@ class _Selector:
             mode=self.config.mode,
             dynamic=tuple(self.dynamic[id(n)] for n in self.nodes if id(n) in self.dynamic),
             gathered_tables=tuple(sorted(gathered)),
+            kept_float=tuple(sorted(self.keep_float.items())),
         )
 
     def add_weight(self, node: ir.Node, rule: _OpRule, weights: dict[str, set[int | None]]) -> None:
@@ -814,16 +821,18 @@ def _check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> Non
         raise ConfigError(f"{flag} names no node or op type of this model: {', '.join(unknown)}")
 
 
-def select(model: ir.Model, config: QuantConfig) -> QuantPlan:
+def select(model: ir.Model, config: QuantConfig, keep_float: Mapping[str, str] | None = None) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
     The model must carry value types (run shape inference first); it is not modified. Nodes
-    inside subgraphs (If/Loop/Scan bodies) are not visited and stay float.
+    inside subgraphs (If/Loop/Scan bodies) are not visited and stay float. ``keep_float`` names
+    nodes a later stage decided to leave float (by node name), each with the sentence the plan
+    gives as its reason: a measured decision rather than a rule of the op.
     """
     _check_patterns(model, config.exclude, "--exclude")
     _check_patterns(model, config.include, "--include")
     _check_patterns(model, config.per_tensor, "a per_channel = false override")
-    return _Selector(model, config).run()
+    return _Selector(model, config, keep_float or {}).run()
 
 
 def candidate_tensors(model: ir.Model) -> tuple[str, ...]:
