@@ -66,6 +66,7 @@ from quantcli.passes import (
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
     QuantizeInitializersPass,
+    QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
     ReduceMeanToGlobalPoolPass,
 )
@@ -270,6 +271,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
+        QuantizeLSTMDynamicallyPass(plan.lstm),
         GatherQuantizedRowsPass(plan.gathered_tables),
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)

@@ -302,3 +302,116 @@ def outlier_mlp_data(n: int, seed: int = 1, outlier: float = 0.0) -> dict[str, n
     x = rng.normal(0, 1, (n, 32)).astype(np.float32)
     x[0, 0] = outlier or x[0, 0]
     return {"x": x}
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent(
+    op: str,
+    *,
+    directions: int = 1,
+    size: int = 8,
+    hidden: int = 16,
+    seq: int = 6,
+    hidden_only: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """One LSTM, GRU or RNN over x [seq, batch, size] with constant W, R and B; output Y, or only
+    Y_h (Y omitted) with ``hidden_only``."""
+    rng = np.random.default_rng(seed)
+    gates = _GATES[op]
+    d = directions
+    inits = [
+        _init("rnn.W", rng.normal(0, 0.3, (d, gates * hidden, size)).astype(np.float32)),
+        _init("rnn.R", rng.normal(0, 0.3, (d, gates * hidden, hidden)).astype(np.float32)),
+        _init("rnn.B", rng.normal(0, 0.1, (d, 2 * gates * hidden)).astype(np.float32)),
+    ]
+    direction = "bidirectional" if d == 2 else "forward"
+    outputs = ["", "y_h"] if hidden_only else ["y"]
+    node = helper.make_node(
+        op, ["x", "rnn.W", "rnn.R", "rnn.B"], outputs, name="rnn", hidden_size=hidden, direction=direction
+    )
+    shape = [d, "batch", hidden] if hidden_only else [seq, d, "batch", hidden]
+    graph = helper.make_graph(
+        [node],
+        f"tiny_{op.lower()}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info(outputs[-1], TensorProto.FLOAT, shape)],
+        inits,
+    )
+    return _model(graph)
+
+
+def stacked_lstms(size: int = 16, seq: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """Two LSTMs in a row sharing one W and one R (hidden = size), the second reading the
+    first's Y squeezed to [seq, batch, hidden]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("lstm.W", rng.normal(0, 0.3, (1, 4 * size, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.3, (1, 4 * size, size)).astype(np.float32)),
+        _init("axis1", np.array([1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("LSTM", ["x", "lstm.W", "lstm.R"], ["y1"], name="lstm1", hidden_size=size),
+        helper.make_node("Squeeze", ["y1", "axis1"], ["h1"], name="squeeze"),
+        helper.make_node("LSTM", ["h1", "lstm.W", "lstm.R"], ["y2"], name="lstm2", hidden_size=size),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stacked_lstms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [seq, 1, "batch", size])],
+        inits,
+    )
+    return _model(graph)
+
+
+def conv_transpose_upsampler(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """ConvTranspose (stride 2) doubling an 8x8 map, then a Conv: a decoder's upsampling step."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [
+        _init("up.w", rng.normal(0, 0.2, (c, c // 2, 4, 4)).astype(np.float32)),
+        _init("up.b", rng.normal(0, 0.1, (c // 2,)).astype(np.float32)),
+        _init("conv.w", rng.normal(0, 0.2, (4, c // 2, 3, 3)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node(
+            "ConvTranspose", ["x", "up.w", "up.b"], ["up"], name="up", strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["up"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "conv.w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "upsampler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 16, 16])],
+        inits,
+    )
+    return _model(graph)
+
+
+def einsum_constant(d: int = 32, k: int = 48, seq: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """Einsum("bsd,dk->bsk") of the input with a constant, then Einsum with a tiny constant
+    (8 values: stays float)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("proj", rng.normal(0, 0.3, (d, k)).astype(np.float32)),
+        _init("tiny", rng.normal(0, 0.3, (k // 6, 1)).astype(np.float32)[:8]),
+    ]
+    nodes = [
+        helper.make_node("Einsum", ["x", "proj"], ["p"], name="proj", equation="bsd,dk->bsk"),
+        helper.make_node("Reshape", ["p", "shape"], ["p8"], name="reshape"),
+        helper.make_node("Einsum", ["p8", "tiny"], ["y"], name="tiny", equation="...k,kj->...j"),
+    ]
+    inits.append(_init("shape", np.array([0, 0, k // 8, 8], np.int64)))
+    graph = helper.make_graph(
+        nodes,
+        "einsum_constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, k // 8, 1])],
+        inits,
+    )
+    return _model(graph)

@@ -9,6 +9,7 @@ from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.fold import FoldActivationsPass
 from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
+from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
     "QuantizeInitializersPass",
+    "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
 ]
