@@ -62,6 +62,7 @@ from quantcli.graph.io import (
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
+    EinsumToMatMulPass,
     FoldActivationsPass,
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
@@ -95,6 +96,7 @@ def _prepare(path: Path) -> ModelFile:
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),
+        EinsumToMatMulPass(),
     )
     try:
         prepare(loaded.model)

@@ -119,11 +119,11 @@ def _einsum_letters(equation: str, index: int, rank: int) -> list[str | None]:
 
 
 def _einsum_axis(node: ir.Node, weight: ir.Value) -> int | None:
-    """The first axis of a constant Einsum operand that the output keeps (an output channel).
-
-    A contracted axis would give every channel of the result a mix of scales; with none kept,
-    one scale for the whole operand. Without an explicit output, Einsum keeps the subscripts
-    that occur once.
+    """The last axis of a constant Einsum operand that the output keeps: its output channel
+    (``hde`` in ``bshd,hde->bshe``: e). One scale per channel of the result; a contracted axis
+    would mix scales in every output value. With none kept, one scale for the operand. Without
+    an explicit output, Einsum keeps the subscripts that occur once. (An Einsum that is a plain
+    matrix product was rewritten as MatMul before planning: EinsumToMatMulPass.)
     """
     attribute = node.attributes.get("equation")
     shape = weight.shape
@@ -137,10 +137,10 @@ def _einsum_axis(node: ir.Node, weight: ir.Value) -> int | None:
     else:
         letters = [c for c in inputs if c.isalpha()]
         kept = {c for c in letters if letters.count(c) == 1}
-    for axis, letter in enumerate(_einsum_letters(equation, index, len(shape))):
-        if letter is not None and letter in kept:
-            return axis
-    return None
+    axes = [
+        a for a, c in enumerate(_einsum_letters(equation, index, len(shape))) if c is not None and c in kept
+    ]
+    return axes[-1] if axes else None
 
 
 def _gemm_axis(node: ir.Node, _weight: ir.Value) -> int | None:

@@ -394,24 +394,28 @@ def conv_transpose_upsampler(channels: int = 16, seed: int = 0) -> onnx.ModelPro
 
 
 def einsum_constant(d: int = 32, k: int = 48, seq: int = 5, seed: int = 0) -> onnx.ModelProto:
-    """Einsum("bsd,dk->bsk") of the input with a constant, then Einsum with a tiny constant
-    (8 values: stays float)."""
+    """Einsum with constants: two projections (``bsd,dk->bsk``; ``bsk,jk->bsj``, transposed), a
+    per-head one (``bshd,hde->bshe``, not a matrix product) and a tiny one (16 values)."""
     rng = np.random.default_rng(seed)
     inits = [
         _init("proj", rng.normal(0, 0.3, (d, k)).astype(np.float32)),
-        _init("tiny", rng.normal(0, 0.3, (k // 6, 1)).astype(np.float32)[:8]),
+        _init("proj_t", rng.normal(0, 0.3, (24, k)).astype(np.float32)),
+        _init("heads.shape", np.array([0, 0, 4, 6], np.int64)),
+        _init("heads", rng.normal(0, 0.3, (4, 6, 16)).astype(np.float32)),
+        _init("tiny", rng.normal(0, 0.3, (16, 1)).astype(np.float32)),
     ]
     nodes = [
         helper.make_node("Einsum", ["x", "proj"], ["p"], name="proj", equation="bsd,dk->bsk"),
-        helper.make_node("Reshape", ["p", "shape"], ["p8"], name="reshape"),
-        helper.make_node("Einsum", ["p8", "tiny"], ["y"], name="tiny", equation="...k,kj->...j"),
+        helper.make_node("Einsum", ["p", "proj_t"], ["q"], name="proj_t", equation="bsk, jk -> bsj"),
+        helper.make_node("Reshape", ["q", "heads.shape"], ["q4"], name="split_heads"),
+        helper.make_node("Einsum", ["q4", "heads"], ["h"], name="heads", equation="bshd,hde->bshe"),
+        helper.make_node("Einsum", ["h", "tiny"], ["y"], name="tiny", equation="...e,ej->...j"),
     ]
-    inits.append(_init("shape", np.array([0, 0, k // 8, 8], np.int64)))
     graph = helper.make_graph(
         nodes,
         "einsum_constant",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq, d])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, k // 8, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, 4, 1])],
         inits,
     )
     return _model(graph)

@@ -12,11 +12,13 @@ from pathlib import Path
 import models
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
 from quantcli import QuantConfig, quantize
 from quantcli.config import QuantMode
+from quantcli.passes import EinsumToMatMulPass
 from quantcli.pipeline import inspect_model
 
 _MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
@@ -44,7 +46,7 @@ _CASES = {
     "rnn": _Case(lambda: models.recurrent("RNN", hidden=32), "RNN", ("rnn.W", "rnn.R"), (6, 1, 8)),
     "shared_lstm_weights": _Case(models.stacked_lstms, "LSTM", ("lstm.W", "lstm.R"), (6, 1, 16)),
     "conv_transpose": _Case(models.conv_transpose_upsampler, "ConvTranspose", ("up.w",), (1, 16, 8, 8)),
-    "einsum": _Case(models.einsum_constant, "Einsum", ("proj",), (1, 5, 32)),
+    "einsum": _Case(models.einsum_constant, "Einsum", ("heads",), (1, 5, 32)),
 }
 
 
@@ -84,6 +86,19 @@ def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in graph.node for out in node.output}
 
 
+def _assert_einsum_products_are_matmuls(graph: onnx.GraphProto, mode: QuantMode) -> None:
+    """proj and proj_t became MatMuls (integer in static, dynamic in dynamic and mixed); the tiny
+    product stays a float MatMul; the per-head Einsum stays an Einsum."""
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["Einsum"] == 1
+    integer = {"static": "QuantizeLinear", "mixed": "MatMulInteger", "dynamic": "MatMulInteger"}
+    if mode.value in integer:
+        assert ops[integer[mode.value]] >= 2
+    initializers = {i.name for i in graph.initializer}
+    assert not {"proj", "proj_t"} & initializers  # no float copy, transposed or not
+    assert "proj_t_transposed" not in initializers
+
+
 def _assert_int8_behind_dequantize(graph: onnx.GraphProto, case: _Case) -> None:
     """Each weight is the output of a DequantizeLinear reading an int8 initializer; no float copy."""
     initializers = {i.name: i for i in graph.initializer}
@@ -121,6 +136,8 @@ def test_large_weights_are_int8_in_every_mode(name: str, mode: QuantMode, tmp_pa
         _assert_dynamic_lstm(quantized.graph, case)
     else:
         _assert_int8_behind_dequantize(quantized.graph, case)
+    if case.op == "Einsum":
+        _assert_einsum_products_are_matmuls(quantized.graph, mode)
     feed = {"x": _data(case, 1, seed=7).reshape(case.sample)}
     assert _sqnr(_run(model, feed), _run(out, feed)) > 30.0
 
@@ -147,8 +164,8 @@ def test_reasons_say_which_form_and_why(tmp_path: Path) -> None:
     role, reason = reasons(gru, QuantMode.DYNAMIC)["rnn"]
     assert role == "weight-only" and "no integer GRU kernel" in reason
     by_node = reasons(einsum, QuantMode.STATIC)
-    assert by_node["proj"][0] == "weight-only"
-    assert by_node["tiny"] == ("float", "float: 8 weights are too few for int8 to gain anything")
+    assert by_node["heads"][0] == "weight-only" and "no integer Einsum kernel" in by_node["heads"][1]
+    assert by_node["tiny"] == ("float", "float: 16 weights are too few for int8 to gain anything")
 
 
 def test_lstm_with_a_computed_w_stores_only_r_and_runs_float(tmp_path: Path) -> None:
@@ -192,3 +209,43 @@ def test_small_recurrent_weights_stay_float(tmp_path: Path) -> None:
     (decision,) = summary.plan.decisions
     assert decision.role.value == "float" and "too few" in decision.reason
     assert not summary.plan.weights
+
+
+@pytest.mark.parametrize(
+    ("equation", "weight_shape", "becomes"),
+    [
+        ("bsd,dk->bsk", (4, 5), "MatMul"),
+        ("bsd,kd->bsk", (5, 4), "MatMul"),
+        ("...d,dk->...k", (4, 5), "MatMul"),
+        ("bsd,dk->bks", (4, 5), "Einsum"),  # output axes reordered
+        ("bsd,sk->bdk", (3, 5), "Einsum"),  # contracts a middle axis
+        ("bsd,dd->bsd", (4, 4), "Einsum"),  # a diagonal, not a product
+        ("bsd,dk", (4, 5), "Einsum"),  # implicit output: left alone
+    ],
+)
+def test_einsum_matrix_products_become_matmul(
+    equation: str, weight_shape: tuple[int, int], becomes: str, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    weight = onnx.numpy_helper.from_array(rng.normal(0, 1, weight_shape).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Einsum", ["x", "w"], ["y"], name="e", equation=equation)],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 3, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model = ir.serde.deserialize_model(proto)
+    EinsumToMatMulPass()(model)
+    rewritten = ir.serde.serialize_model(model)
+    assert [n.op_type for n in rewritten.graph.node] == [becomes]
+    assert [n.name for n in rewritten.graph.node] == ["e"]
+    assert len(rewritten.graph.initializer) == 1
+    feed = {"x": rng.normal(0, 1, (2, 3, 4)).astype(np.float32)}
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, feed)[0]  # type: ignore[no-any-return]
+
+    np.testing.assert_allclose(run(rewritten), run(proto), rtol=1e-5, atol=1e-5)

@@ -195,7 +195,9 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
     for c in rows:
         gate, latency = c["gate"], c["latency_ms"]
-        value = "-" if gate is None else f"{gate.get('drop', gate.get('sqnr_db')):.2f}"
+        number = None if gate is None else gate.get("drop", gate.get("sqnr_db"))
+        # An exact match has SQNR "inf" (a string: JSON has no infinities).
+        value = "-" if number is None else number if isinstance(number, str) else f"{number:.2f}"
         table.add_row(
             c["mode"],
             f"{c['size_ratio']:.2f}x",

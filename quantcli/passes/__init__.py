@@ -6,6 +6,7 @@ They modify the model in place and report whether they changed it.
 
 from quantcli.passes.activations import InsertActivationQDQPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
+from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
 from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
@@ -13,6 +14,7 @@ from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
+    "EinsumToMatMulPass",
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
