@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from quantcli import QuantConfig, quantize
 from quantcli.config import QuantMode
 
-ROUNDS = 20  # interleaved timing rounds
+ROUNDS = 40  # interleaved timing rounds
 REPEATS = 5  # runs per round; a round's time is their mean
 SAMPLES = 8  # inputs the SQNR and cosine are measured on
 MODES = (QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)

@@ -12,7 +12,10 @@ Placement follows what onnxruntime's CPU provider fuses into integer kernels (it
   onnxruntime drops the Q/DQ pair around them and moves int8 data;
 * Relu and Clip(0, x) after a quantized output are folded into that output's range: a uint8
   (or int8 from -128) quantizer saturating at zero is exactly a Relu;
-* Gather on a constant table reads an int8 table (the Q/DQ around Gather share the table's scale).
+* Gather on a constant table reads an int8 table (the Q/DQ around Gather share the table's scale);
+* ops that carry a large weight but have no integer kernel (GRU, RNN, ConvTranspose, Einsum with a
+  constant operand) store it int8 behind a DequantizeLinear in every mode; LSTM runs as
+  DynamicQuantizeLSTM (outside weight-only mode), which is faster than the float LSTM.
 
 That is the static mode. The dynamic mode instead gives MatMul/Gemm int8 weights and lets
 onnxruntime quantize their inputs at run time (DynamicQuantizeLinear + MatMulInteger, fused into
@@ -170,8 +173,12 @@ _RULES: dict[str, _OpRule] = {
     # provider (its kernel registry lists no QLinearConvTranspose, no quantized GRU/RNN/Einsum,
     # and its QDQ selectors fuse none of them): the weight is stored int8 behind a
     # DequantizeLinear, per output channel (axis 1 of [C_in, C_out/group, k...] and of
-    # [directions, gates x hidden, size]). LSTM alone has an integer form, DynamicQuantizeLSTM:
-    # see _lstm_spec for when it is used.
+    # [directions, gates x hidden, size]), in every mode. It is the only way to make them smaller,
+    # and it costs time at every run (the weight is dequantized and, no longer a constant, not
+    # pre-packed by the kernel): measured in bench/large_weight_ops.py, 1 thread, GRU and RNN
+    # h256 x40 about 1.1x their float time (0.9-1.4x across runs on a shared machine), a 128->64
+    # ConvTranspose 1.2-1.3x, against 3.9-4.0x smaller. LSTM alone has an integer form, DynamicQuantizeLSTM (see _lstm_spec); an
+    # Einsum that is a matrix product is a MatMul by now (EinsumToMatMulPass).
     "ConvTranspose": _OpRule(
         _Kind.WEIGHT_ONLY, "", activation_inputs=(), weight_axis=_axis(1), weight_slots=_slots(1)
     ),
@@ -659,7 +666,7 @@ class _Selector:
                     node,
                     NodeRole.DYNAMIC,
                     "int8: W and R int8, input and hidden state quantized at run time "
-                    "(DynamicQuantizeLSTM, about 2x faster than the float LSTM in bench/large_weight_ops.py)",
+                    "(DynamicQuantizeLSTM, 2-4x faster than the float LSTM in bench/large_weight_ops.py)",
                 )
                 return
             self.decide(
@@ -934,11 +941,12 @@ def _lstm_spec(node: ir.Node) -> tuple[LstmSpec | None, str]:
     int8 behind a DequantizeLinear and the float LSTM runs).
 
     Measured on onnxruntime 1.32, 1 thread (bench/large_weight_ops.py): hidden 256 over 40
-    steps, DynamicQuantizeLSTM runs in about half the float LSTM's time, while DequantizeLinear
-    in front of the float LSTM costs about a third more than float (the weights are dequantized
-    at every run and can no longer be pre-packed). Its output SQNR is a few dB lower than the
-    DequantizeLinear form's (the input is quantized too), well above what int8 weights alone cost
-    a Conv. So every LSTM that can, runs as DynamicQuantizeLSTM outside weight-only mode.
+    steps, DynamicQuantizeLSTM runs in 0.3-0.5x the float LSTM's time (one or two directions),
+    while DequantizeLinear in front of the float LSTM takes 1.3-1.8x (the weights are
+    dequantized at every run and can no longer be pre-packed); both are 3.9x smaller. Its output
+    SQNR, 39 dB, is 8 dB below the DequantizeLinear form's (the input and hidden state are
+    quantized too) and cosine 0.9999. So every LSTM that can, runs as DynamicQuantizeLSTM
+    outside weight-only mode, whose contract is float compute.
     """
     inputs = list(node.inputs)
     weight, recurrence = inputs[1], inputs[2]
