@@ -177,8 +177,9 @@ _RULES: dict[str, _OpRule] = {
     # and it costs time at every run (the weight is dequantized and, no longer a constant, not
     # pre-packed by the kernel): measured in bench/large_weight_ops.py, 1 thread, GRU and RNN
     # h256 x40 about 1.1x their float time (0.9-1.4x across runs on a shared machine), a 128->64
-    # ConvTranspose 1.2-1.3x, against 3.9-4.0x smaller. LSTM alone has an integer form, DynamicQuantizeLSTM (see _lstm_spec); an
-    # Einsum that is a matrix product is a MatMul by now (EinsumToMatMulPass).
+    # ConvTranspose 1.2-1.3x, against 3.9-4.0x smaller. LSTM alone has an integer form,
+    # DynamicQuantizeLSTM (see _lstm_spec); an Einsum that is a matrix product is a MatMul by
+    # now (EinsumToMatMulPass).
     "ConvTranspose": _OpRule(
         _Kind.WEIGHT_ONLY, "", activation_inputs=(), weight_axis=_axis(1), weight_slots=_slots(1)
     ),
