@@ -419,3 +419,46 @@ def einsum_constant(d: int = 32, k: int = 48, seq: int = 5, seed: int = 0) -> on
         inits,
     )
     return _model(graph)
+
+
+def crnn(channels: int = 16, hidden: int = 16, classes: int = 40, seed: int = 0) -> onnx.ModelProto:
+    """A text recognizer in miniature: Conv-Relu over a 1x8x24 image, the 24 columns as a
+    sequence (Transpose/Reshape), a bidirectional LSTM, and a per-step MatMul class head."""
+    rng = np.random.default_rng(seed)
+    c, h = channels, hidden
+    size = c * 8
+    inits = [
+        _init("conv.w", rng.normal(0, 0.3, (c, 1, 3, 3)).astype(np.float32)),
+        _init("conv.b", rng.normal(0, 0.1, (c,)).astype(np.float32)),
+        _init("seq.shape", np.array([24, -1, size], np.int64)),
+        _init("lstm.W", rng.normal(0, 0.2, (2, 4 * h, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.2, (2, 4 * h, h)).astype(np.float32)),
+        _init("lstm.B", rng.normal(0, 0.1, (2, 8 * h)).astype(np.float32)),
+        _init("steps.shape", np.array([24, -1, 2 * h], np.int64)),
+        _init("head.w", rng.normal(0, 0.3, (2 * h, classes)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.w", "conv.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["cols"], name="columns", perm=[3, 0, 1, 2]),
+        helper.make_node("Reshape", ["cols", "seq.shape"], ["seq"], name="sequence"),
+        helper.make_node(
+            "LSTM",
+            ["seq", "lstm.W", "lstm.R", "lstm.B"],
+            ["y"],
+            name="lstm",
+            hidden_size=h,
+            direction="bidirectional",
+        ),
+        helper.make_node("Transpose", ["y"], ["yt"], name="steps_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["yt", "steps.shape"], ["steps"], name="steps"),
+        helper.make_node("MatMul", ["steps", "head.w"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "crnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 24])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [24, "batch", classes])],
+        inits,
+    )
+    return _model(graph)

@@ -249,3 +249,26 @@ def test_einsum_matrix_products_become_matmul(
         return session.run(None, feed)[0]  # type: ignore[no-any-return]
 
     np.testing.assert_allclose(run(rewritten), run(proto), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", _MODES, ids=lambda m: m.value)
+def test_recognizer_with_cnn_lstm_and_head(mode: QuantMode, tmp_path: Path) -> None:
+    """The captcha-recognizer shape: no LSTM weight is left in float in any mode."""
+    model = models.save(models.crnn(), tmp_path)
+    rng = np.random.default_rng(1)
+    data = tmp_path / "calib.npz"
+    np.savez(data, image=rng.uniform(0, 1, (16, 1, 8, 24)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    result = quantize(
+        model, out, config=QuantConfig(mode=mode), data=data if mode.needs_calibration else None
+    )
+    graph = onnx.load(out).graph
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) > 1}
+    assert not floats & {"lstm.W", "lstm.R", "head.w"}
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["DynamicQuantizeLSTM" if mode is not QuantMode.WEIGHT_ONLY else "LSTM"] == 1
+    if mode is QuantMode.STATIC:
+        assert models.optimized_op_types(out, tmp_path).get("QLinearConv") == 1
+    assert result.report.size.ratio > 3.0
+    feed = {"image": rng.uniform(0, 1, (2, 1, 8, 24)).astype(np.float32)}
+    assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0
