@@ -1,11 +1,12 @@
 """Ops that carry a large weight outside Conv/MatMul/Gemm: what each quantized form costs and saves.
 
 Run: `make bench-large-weights` (or `.venv/bin/python bench/large_weight_ops.py`). Builds tiny but
-realistically sized models in memory (an LSTM with hidden 256 over 40 steps, one and two directions;
-a GRU and an RNN alike; a ConvTranspose upsampler; an Einsum projection with a constant; an
-embedding Gather), converts each with quantcli in static, dynamic and weight-only mode, and measures
-size ratio (float bytes / quantized bytes), output SQNR and cosine against float, and onnxruntime
-latency on 1 thread, float and every quantized form timed in interleaved rounds in one process.
+realistically sized models in memory (an LSTM with hidden 256 over 40 steps, one and two
+directions, and one with 1,024 input features, a recognizer's 2.1M-value W; a GRU and an RNN
+alike; a ConvTranspose upsampler; an Einsum projection with a constant; an embedding Gather),
+converts each with quantcli in static, dynamic and weight-only mode, and measures size ratio
+(float bytes / quantized bytes), output SQNR and cosine against float, and onnxruntime latency on
+1 thread, float and every quantized form timed in interleaved rounds in one process.
 Writes the `large_weight_ops` section of bench/RESULTS.md.
 
 These figures decide the op rules in quantcli/plan.py: an LSTM runs as DynamicQuantizeLSTM (the
@@ -55,19 +56,21 @@ def _model(
     return onnx.shape_inference.infer_shapes(model)
 
 
-def recurrent(op: str, directions: int) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
+def recurrent(
+    op: str, directions: int, features: int = FEATURES
+) -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
     rng = np.random.default_rng(0)
     g, d = GATES[op], directions
     scale = 1 / np.sqrt(HIDDEN)
     inits = {
-        "W": rng.uniform(-scale, scale, (d, g * HIDDEN, FEATURES)).astype(np.float32),
+        "W": rng.uniform(-scale, scale, (d, g * HIDDEN, features)).astype(np.float32),
         "R": rng.uniform(-scale, scale, (d, g * HIDDEN, HIDDEN)).astype(np.float32),
         "B": rng.uniform(-scale, scale, (d, 2 * g * HIDDEN)).astype(np.float32),
     }
     direction = "bidirectional" if d == 2 else "forward"
     node = helper.make_node(op, ["x", "W", "R", "B"], ["y"], hidden_size=HIDDEN, direction=direction)
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [SEQ, 1, FEATURES])
-    return _model(f"{op}_{d}", [node], [x], inits), {"x": (SEQ, 1, FEATURES)}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [SEQ, 1, features])
+    return _model(f"{op}_{d}", [node], [x], inits), {"x": (SEQ, 1, features)}
 
 
 def upsampler() -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
@@ -106,6 +109,8 @@ def embedding() -> tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]:
 MODELS: dict[str, Callable[[], tuple[onnx.ModelProto, dict[str, tuple[int, ...]]]]] = {
     "LSTM h256 x40": lambda: recurrent("LSTM", 1),
     "LSTM bidirectional h256 x40": lambda: recurrent("LSTM", 2),
+    # A recognizer's: 1,024 features per column, W of 2.1M values.
+    "LSTM bidirectional in1024 h256 x40": lambda: recurrent("LSTM", 2, features=1024),
     "GRU h256 x40": lambda: recurrent("GRU", 1),
     "RNN h256 x40": lambda: recurrent("RNN", 1),
     "ConvTranspose 128->64 4x4/2": upsampler,
