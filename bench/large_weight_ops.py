@@ -163,8 +163,15 @@ def _latencies(sessions: dict[str, ort.InferenceSession], feed: dict[str, np.nda
 
 
 def _form(path: Path) -> str:
-    """What the model runs, e.g. 'DynamicQuantizeLSTM' or 'DequantizeLinear x2 -> LSTM'."""
-    ops = Counter(n.op_type for n in onnx.load(path).graph.node)
+    """The ops onnxruntime runs after its graph optimizations (QDQ and dynamic-MatMul fusions;
+    extended level, so no hardware-specific layout ops), e.g. 'DynamicQuantizeLSTM' or
+    'DequantizeLinear x2 + LSTM'."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    optimized = path.with_suffix(".optimized.onnx")
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(optimized).graph.node)
     dq = ops.pop("DequantizeLinear", 0)
     body = ", ".join(sorted(ops))
     return f"DequantizeLinear x{dq} + {body}" if dq else body
