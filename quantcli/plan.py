@@ -138,11 +138,12 @@ def _einsum_axis(node: ir.Node, weight: ir.Value) -> int | None:
     if "->" in equation:
         kept = set(equation.split("->")[1])
     else:
-        letters = [c for c in inputs if c.isalpha()]
-        kept = {c for c in letters if letters.count(c) == 1}
-    axes = [
-        a for a, c in enumerate(_einsum_letters(equation, index, len(shape))) if c is not None and c in kept
-    ]
+        subscripts = [c for c in inputs if c.isalpha()]
+        kept = {c for c in subscripts if subscripts.count(c) == 1}
+    letters = _einsum_letters(equation, index, len(shape))
+    if len(letters) != len(shape):
+        return None  # an equation that does not fit the operand: one scale, nothing assumed
+    axes = [a for a, c in enumerate(letters) if c is not None and c in kept]
     return axes[-1] if axes else None
 
 

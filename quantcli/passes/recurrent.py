@@ -50,6 +50,10 @@ class QuantizeLSTMDynamicallyPass(ir.passes.InPlacePass):
         converted: dict[str, tuple[ir.Value, ir.Value, ir.Value]] = {}
         for spec in self.specs:
             node = by_output[spec.output]
+            assert [v.name if v is not None else None for v in node.inputs[1:3]] == [
+                spec.weight,
+                spec.recurrence,
+            ]
             weights = [self._kernel_weight(graph, names, node.inputs[i], converted) for i in (1, 2)]
             self._rewrite(graph, names, node, weights)
         if self.specs and MICROSOFT_DOMAIN not in model.opset_imports:
