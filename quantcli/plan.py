@@ -180,9 +180,9 @@ _RULES: dict[str, _OpRule] = {
     # runs on a loaded machine, RNN h256 x40 1.1x its float time, GRU 1.1-1.6x, a 128->64
     # ConvTranspose 1.2-1.5x, against 3.9-4.0x smaller. Kept in the speed modes too: without it
     # these weights have no smaller form at all (the issue's size target), and auto's cost model
-    # prices the dequantized weight (its "/dq-weight" kernels) when it compares modes. LSTM alone has an integer form,
-    # DynamicQuantizeLSTM (see _lstm_spec); an Einsum that is a matrix product is a MatMul by
-    # now (EinsumToMatMulPass).
+    # prices the dequantized weight (its "/dq-weight" kernels) when it compares modes. LSTM
+    # alone has an integer form, DynamicQuantizeLSTM (see _lstm_spec); an Einsum that is a
+    # matrix product is a MatMul by now (EinsumToMatMulPass).
     "ConvTranspose": _OpRule(
         _Kind.WEIGHT_ONLY, "", activation_inputs=(), weight_axis=_axis(1), weight_slots=_slots(1)
     ),
@@ -955,8 +955,8 @@ def _lstm_spec(node: ir.Node) -> tuple[LstmSpec | None, str]:
     256 or 1,024 features), while DequantizeLinear in front of the float LSTM takes 1.1-1.8x
     (the weights are dequantized at every run and can no longer be pre-packed); both are about
     3.9x smaller. Its output SQNR, 38-40 dB, is 8 dB below the DequantizeLinear form's (the
-    input and hidden state are quantized too), cosine 0.9999. So every LSTM that can, runs as DynamicQuantizeLSTM
-    outside weight-only mode, whose contract is float compute.
+    input and hidden state are quantized too), cosine 0.9999. So every LSTM that can, runs as
+    DynamicQuantizeLSTM outside weight-only mode, whose contract is float compute.
     """
     inputs = list(node.inputs)
     weight, recurrence = inputs[1], inputs[2]
