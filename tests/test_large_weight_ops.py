@@ -272,3 +272,38 @@ def test_recognizer_with_cnn_lstm_and_head(mode: QuantMode, tmp_path: Path) -> N
     assert result.report.size.ratio > 3.0
     feed = {"image": rng.uniform(0, 1, (2, 1, 8, 24)).astype(np.float32)}
     assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0
+
+
+def test_lstm_keeps_sequence_lengths_initial_state_and_every_output(tmp_path: Path) -> None:
+    proto = models.recurrent("LSTM", directions=2)
+    node = proto.graph.node[0]
+    node.input.extend(["lens", "h0", "c0"])
+    del node.output[:]
+    node.output.extend(["y", "y_h", "y_c"])
+    make = onnx.helper.make_tensor_value_info
+    proto.graph.input.extend(
+        [
+            make("lens", onnx.TensorProto.INT32, ["batch"]),
+            make("h0", onnx.TensorProto.FLOAT, [2, "batch", 16]),
+            make("c0", onnx.TensorProto.FLOAT, [2, "batch", 16]),
+        ]
+    )
+    proto.graph.output.extend(
+        [make("y_h", onnx.TensorProto.FLOAT, None), make("y_c", onnx.TensorProto.FLOAT, None)]
+    )
+    model = models.save(proto, tmp_path)
+    out = tmp_path / "q.onnx"
+    quantize(model, out, config=QuantConfig(mode=QuantMode.DYNAMIC))
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["DynamicQuantizeLSTM"]
+    rng = np.random.default_rng(5)
+    feed = {
+        "x": rng.normal(0, 1, (6, 3, 8)).astype(np.float32),
+        "lens": np.array([6, 2, 4], np.int32),
+        "h0": rng.normal(0, 0.5, (2, 3, 16)).astype(np.float32),
+        "c0": rng.normal(0, 0.5, (2, 3, 16)).astype(np.float32),
+    }
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feed)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert len(got) == 3
+    for a, b in zip(ref, got, strict=True):
+        assert a.shape == b.shape and _sqnr(a, b) > 30.0
