@@ -63,10 +63,12 @@ from quantcli.graph.io import (
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
+    EinsumToMatMulPass,
     FoldActivationsPass,
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
     QuantizeInitializersPass,
+    QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
     ReduceMeanToGlobalPoolPass,
 )
@@ -96,6 +98,7 @@ def _prepare(path: Path) -> ModelFile:
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),
+        EinsumToMatMulPass(),
     )
     try:
         prepare(loaded.model)
@@ -272,6 +275,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
+        QuantizeLSTMDynamicallyPass(plan.lstm),
         GatherQuantizedRowsPass(plan.gathered_tables),
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
