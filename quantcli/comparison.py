@@ -11,9 +11,10 @@ from pathlib import Path
 
 from quantcli.calibration.data import model_inputs
 from quantcli.calibration.sources import DataSource, open_source
+from quantcli.config import GateMetric, QuantConfig
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
-from quantcli.evaluate import compare_models, first_sample, load_labels, measure_latency
+from quantcli.evaluate import compare_models, first_sample, gate, load_labels, measure_latency
 from quantcli.graph.io import load_model, open_session, serialize
 from quantcli.report import CompareReport, SizeSummary
 
@@ -31,10 +32,16 @@ def compare(
     latency_runs: int = 30,
     per_layer: bool = False,
     top_k: int = 10,
+    metric: GateMetric = GateMetric.AUTO,
+    max_drop: float | None = None,
+    min_sqnr: float | None = None,
 ) -> CompareReport:
-    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``."""
+    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``; with a
+    bound (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate says whether
+    the quantized model meets it, exactly as ``quantize`` judges its own output."""
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    bounds = QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)  # checks the combination
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
@@ -61,6 +68,10 @@ def compare(
         {"float": reference, "quantized": candidate}, first_sample(dataset), runs=latency_runs
     )
     diagnosis = diagnose(float_proto, quant_proto, dataset, top_k=top_k) if per_layer else None
+    verdict = None
+    if bounds.has_gate:
+        measured, bound = bounds.gate(has_labels=label_array is not None)
+        verdict = gate(fidelity, measured, bound)
     return CompareReport(
         float_model=str(float_path),
         quantized_model=str(quantized_path),
@@ -69,4 +80,5 @@ def compare(
         latency=latency,
         threads=threads,
         per_layer=diagnosis,
+        gate=verdict,
     )

@@ -11,13 +11,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from quantcli.config import QuantConfig
+from quantcli.config import QuantConfig, config_settings
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
 from quantcli.fallback import FallbackResult
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
 
 __all__ = [
+    "BARELY_INT8",
+    "BARELY_SMALLER",
     "SCHEMA_VERSION",
     "CalibrationSummary",
     "CandidateSummary",
@@ -188,6 +190,11 @@ def _gate_dict(result: GateResult | None) -> dict[str, Any] | None:
     }
 
 
+# A conversion below both of these barely changed the model, and the report says so.
+BARELY_SMALLER = 1.2  # size ratio
+BARELY_INT8 = 0.1  # share of weights in int8
+
+
 @dataclass(frozen=True)
 class QuantReport:
     """The result of one conversion."""
@@ -209,6 +216,23 @@ class QuantReport:
     fallback: FallbackSummary | None = None  # --auto-fallback
 
     @property
+    def warnings(self) -> tuple[str, ...]:
+        """What a user should know before relying on the model: it barely changed (forgetting
+        --data on a CNN writes a dynamic model with 1% of its weights in int8, exit 0)."""
+        if self.plan.is_noop or self.size.ratio >= BARELY_SMALLER or self.int8_weight_fraction >= BARELY_INT8:
+            return ()
+        mode = self.plan.mode
+        remedy = (
+            "give --data so that static mode can quantize Conv and activations"
+            if self.calibration.samples == 0 and not mode.needs_calibration
+            else "try --mode weight-only (every weight in int8), or fewer --exclude patterns"
+        )
+        return (
+            f"the model barely changed ({self.size.ratio:.2f}x smaller, "
+            f"{100 * self.int8_weight_fraction:.1f}% of weights in int8, {mode} mode): {remedy}",
+        )
+
+    @property
     def float_nodes(self) -> tuple[NodeDecision, ...]:
         return tuple(d for d in self.plan.decisions if d.role is NodeRole.FLOAT)
 
@@ -227,12 +251,8 @@ class QuantReport:
             "mode": self.plan.mode.value,
             "mode_reason": self.mode_reason,
             "opset_upgraded_from": self.opset_upgraded_from,
-            "config": {
-                "mode": self.config.mode.value,
-                "activation_type": self.config.activation_type.value,
-                "method": self.config.method.value,
-                "per_channel": self.config.per_channel,
-            },
+            # Every setting that changed the result: `convert --from-report` reruns from it.
+            "config": config_settings(self.config),
             "calibration": asdict(self.calibration),
             "nodes": {
                 "total": len(self.plan.decisions),
@@ -252,6 +272,7 @@ class QuantReport:
             "candidates": [c.to_dict() for c in self.candidates],
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
+            "warnings": list(self.warnings),
         }
 
 
@@ -266,6 +287,7 @@ class CompareReport:
     latency: dict[str, Latency]  # "float" and "quantized"
     threads: int | None
     per_layer: LayerDiagnosis | None = None
+    gate: GateResult | None = None  # set when a bound was given
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -282,4 +304,5 @@ class CompareReport:
             "latency_ms": {name: asdict(value) for name, value in sorted(self.latency.items())},
             "threads": self.threads,
             "per_layer": per_layer_dict(self.per_layer),
+            "gate": _gate_dict(self.gate),
         }
