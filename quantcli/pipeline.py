@@ -60,6 +60,7 @@ from quantcli.graph.io import (
     serialize,
 )
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
+from quantcli.graph.quantized import refuse_quantized
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
     FoldActivationsPass,
@@ -521,6 +522,7 @@ def _quantize_into(
     _check_output_path(model_path, output, force=staging.force)
     stage("load")
     loaded = _prepare(model_path)
+    refuse_quantized(loaded.model, model_path)
     _check_data_path(loaded, output, force=staging.force)
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
     config, mode_reason = _settle_recorded_mode(config, recorded)
@@ -917,6 +919,7 @@ def _calibrate(
     stage("load")
     config = config or QuantConfig()
     loaded = _prepare(model_path)
+    refuse_quantized(loaded.model, model_path)
     samples = select_samples(
         open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
         max_samples=config.max_samples,

@@ -216,6 +216,18 @@ class QuantReport:
     fallback: FallbackSummary | None = None  # --auto-fallback
 
     @property
+    def calibration_line(self) -> str:
+        """How the written model's activation ranges were found: none when its mode uses none
+        (auto may have calibrated for candidates that lost)."""
+        cal = self.calibration
+        if not self.plan.observed:
+            used = f"none ({self.plan.mode} mode uses no activation ranges"
+            return used + (
+                f"; {cal.samples} samples calibrated the other candidates)" if cal.samples else ")"
+            )
+        return f"{cal.method}, {cal.samples} samples from {cal.source}"
+
+    @property
     def warnings(self) -> tuple[str, ...]:
         """What a user should know before relying on the model: it barely changed (forgetting
         --data on a CNN writes a dynamic model with 1% of its weights in int8, exit 0)."""
@@ -253,7 +265,7 @@ class QuantReport:
             "opset_upgraded_from": self.opset_upgraded_from,
             # Every setting that changed the result: `convert --from-report` reruns from it.
             "config": config_settings(self.config),
-            "calibration": asdict(self.calibration),
+            "calibration": asdict(self.calibration) | {"summary": self.calibration_line},
             "nodes": {
                 "total": len(self.plan.decisions),
                 "by_role": dict(sorted(roles.items())),

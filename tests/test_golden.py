@@ -26,7 +26,7 @@ def _normalize(value: Any) -> Any:
     if isinstance(value, dict):
         skipped = (
             *("model", "output", "source", "float_model", "quantized_model", "latency_ms"),
-            *("command", "versions"),
+            *("command", "versions", "summary"),
         )
         return {k: _normalize(v) for k, v in sorted(value.items()) if k not in skipped}
     if isinstance(value, list):

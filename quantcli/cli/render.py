@@ -75,7 +75,7 @@ def render_report(report: QuantReport, console: Console) -> None:
     if report.mode_reason:
         summary.add_row("why this mode", text(report.mode_reason))
     summary.add_row("activations", report.config.activation_type.value)
-    summary.add_row("calibration", text(_calibration_line(report)))
+    summary.add_row("calibration", text(report.calibration_line))
     console.print(summary)
     if report.candidates:
         console.print(_candidates_table(c.to_dict() for c in report.candidates))
@@ -118,16 +118,6 @@ def gate_line(result: GateResult) -> str:
         return f"{verdict}: {result.metric.value} {result.value:.1f} {sign} {result.bound:.1f} dB"
     sign = "<=" if result.passed else ">"
     return f"{verdict}: {result.metric.value} drop {result.value:.2f} {sign} {result.bound:.2f} points"
-
-
-def _calibration_line(report: QuantReport) -> str:
-    """How the written model's activation ranges were found; none when its mode uses none
-    (auto may have calibrated for a candidate that lost)."""
-    cal = report.calibration
-    if not report.plan.observed:
-        used = f"none ({report.plan.mode} mode uses no activation ranges"
-        return used + (f"; {cal.samples} samples calibrated the other candidates)" if cal.samples else ")")
-    return f"{cal.method}, {cal.samples} samples from {cal.source}"
 
 
 def _fallback_table(fallback: FallbackSummary) -> Table:
