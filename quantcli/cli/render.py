@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+def _heading(line: str, console: Console) -> None:
+    """A line above a table naming what it is about: printed whole, never wrapped to the
+    table's width (a title would cut a long path into pieces)."""
+    console.print(text(line, style="italic"), soft_wrap=True, highlight=False)
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:.2f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
 
@@ -64,7 +70,8 @@ def _plan_table(decisions: tuple[NodeDecision, ...]) -> Table:
 
 def render_report(report: QuantReport, console: Console) -> None:
     size = report.size
-    summary = Table(title=text(f"quantcli convert: {report.model} -> {report.output}"), title_justify="left")
+    _heading(f"quantcli convert: {report.model} -> {report.output}", console)
+    summary = Table()
     summary.add_column("")
     summary.add_column("", justify="right")
     summary.add_row("size before", _mib(size.input_bytes))
@@ -185,10 +192,8 @@ def render_per_layer(diagnosis: LayerDiagnosis, console: Console) -> None:
 
 
 def render_compare(report: CompareReport, console: Console) -> None:
-    summary = Table(
-        title=text(f"quantcli compare: {report.float_model} vs {report.quantized_model}"),
-        title_justify="left",
-    )
+    _heading(f"quantcli compare: {report.float_model} vs {report.quantized_model}", console)
+    summary = Table()
     summary.add_column("")
     summary.add_column("float", justify="right")
     summary.add_column("quantized", justify="right")
@@ -205,10 +210,8 @@ def render_compare(report: CompareReport, console: Console) -> None:
 
 
 def _render_fidelity(fidelity: Fidelity, console: Console) -> None:
-    table = Table(
-        title=text(f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})"),
-        title_justify="left",
-    )
+    _heading(f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", console)
+    table = Table()
     for column in ("output", "cosine mean", "cosine min", "SQNR dB", "max |err|", "top-1 agree"):
         table.add_column(column, justify="right" if column != "output" else "left")
     for out in fidelity.outputs:
@@ -258,7 +261,8 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
 
 
 def render_summary(summary: ModelSummary, console: Console) -> None:
-    table = Table(title=text(f"quantcli inspect: {summary.path}"), title_justify="left")
+    _heading(f"quantcli inspect: {summary.path}", console)
+    table = Table()
     table.add_column("")
     table.add_column("")
     table.add_row("size", _mib(summary.size_bytes))
