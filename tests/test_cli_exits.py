@@ -40,7 +40,7 @@ def _invoke(*args: str) -> tuple[int, str, str]:
 def test_bad_option_values_are_usage_errors(
     flags: tuple[str, ...], cnn: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    model, data = cnn
+    model, _ = cnn
     out = tmp_path / "q.onnx"
     code, stdout, stderr = _invoke("convert", str(model), "-o", str(out), *flags)
     assert code == 2, stderr
