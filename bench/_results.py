@@ -20,7 +20,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 
 # The order sections appear in RESULTS.md; unknown sections follow, sorted by name.
-ORDER = ["compare", "evidence", "modes", "auto", "calibration", "sample_speed", "large_model"]
+ORDER = ["compare", "evidence", "modes", "auto", "calibration", "sample_speed", "startup", "large_model"]
 
 HEADER = """# quantcli benchmark results
 

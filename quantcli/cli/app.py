@@ -15,7 +15,6 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -398,6 +397,8 @@ def _print_json(document: dict[str, Any]) -> None:
 
 def _versions() -> dict[str, str]:
     """What made a report, for a reviewer: quantcli and the libraries that did the work."""
+    from importlib import metadata
+
     found = {"quantcli": __version__}
     for package in ("onnx", "onnxruntime", "onnx-ir", "numpy"):
         try:
