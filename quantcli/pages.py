@@ -12,7 +12,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["html_report", "markdown_report"]
+__all__ = ["NOTHING_TO_DIAGNOSE", "html_report", "markdown_report"]
+
+# What a per-layer diagnosis that found no tensor to measure says.
+NOTHING_TO_DIAGNOSE = (
+    "nothing to diagnose: no tensor of this model passes through a QuantizeLinear/DequantizeLinear pair "
+    "(dynamic mode quantizes inside its kernels)"
+)
 
 # Below this SQNR (dB) a tensor is drawn as weak in the chart.
 WEAK_SQNR_DB = 20.0
@@ -255,7 +261,8 @@ def _chart(doc: Mapping[str, Any]) -> str:
     per_layer = doc.get("per_layer")
     if not per_layer or not per_layer["tensors"]:
         if per_layer is not None:
-            return "<p>Nothing to diagnose: no tensor of this model is quantized.</p>"
+            sentence = NOTHING_TO_DIAGNOSE[0].upper() + NOTHING_TO_DIAGNOSE[1:]
+            return f"<p>{html.escape(sentence)}.</p>"
         return "<p>No per-layer diagnosis in this report (run with --per-layer).</p>"
     tensors = sorted(per_layer["tensors"], key=lambda t: t["order"])
     values = [t["sqnr_db"] if isinstance(t["sqnr_db"], float | int) else 99.0 for t in tensors]

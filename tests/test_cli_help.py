@@ -160,4 +160,4 @@ def test_tables_in_a_log_keep_names_whole(cnn: tuple[Path, Path], tmp_path: Path
 def test_per_layer_with_nothing_to_diagnose_says_so() -> None:
     console = Console(record=True, width=100)
     render_per_layer(LayerDiagnosis(samples=4, tensors=(), top_k=10), console)
-    assert "no quantized tensor to diagnose" in console.export_text()
+    assert "nothing to diagnose" in console.export_text()

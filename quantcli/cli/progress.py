@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -52,27 +52,7 @@ class StageDisplay:
 
     def __enter__(self) -> StageDisplay:
         if self.kind == "rich":
-            # Imported here: --version and --help never need it.
-            from rich.progress import (  # noqa: PLC0415
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._live = Progress(
-                SpinnerColumn(finished_text="[green]✓[/]"),
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self._console,
-            )
+            self._live = _live_display(self._console)
             self._live.start()
         return self
 
@@ -92,7 +72,7 @@ class StageDisplay:
         self._started = self._clock()
         self._done = (0, total) if total is not None else None
         if self._live is not None:
-            self._task = self._live.add_task(markup(self._label), total=total)
+            self._task = self._live.add_task(markup(self._label), total=total, counted=total is not None)
 
     def __call__(self, done: int, total: int) -> None:
         """``done`` of ``total`` units of the current stage."""
@@ -106,7 +86,7 @@ class StageDisplay:
         if self._live is not None and self._task is not None:
             task = next(t for t in self._live.tasks if t.id == self._task)
             if task.total is None:
-                self._live.update(self._task, total=1, completed=1)
+                self._live.update(self._task, total=1, completed=1)  # done: the spinner turns into a tick
             self._live.stop_task(self._task)
         elif self.kind == "plain":
             seconds = self._clock() - self._started
@@ -116,3 +96,41 @@ class StageDisplay:
                     f"{shown(self._label)}{counted}: {seconds:.1f} s", markup=False, highlight=False
                 )
         self._label, self._task = "", None
+
+
+def _live_display(console: Console) -> Progress:
+    """A row per stage: tick or spinner, name, then for a counted stage (calibration samples)
+    its bar, count and time left; every stage shows how long it took."""
+    # Imported here: --version and --help never need it.
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text  # noqa: PLC0415
+
+    class Counted(ProgressColumn):
+        """``column`` for a stage that counts units; blank for one that does not."""
+
+        def __init__(self, column: ProgressColumn) -> None:
+            super().__init__()
+            self.column = column
+
+        def render(self, task: Task) -> Any:
+            return self.column.render(task) if task.fields.get("counted") else Text("")
+
+    return Progress(
+        SpinnerColumn(finished_text="[green]✓[/]"),
+        TextColumn("{task.description}"),
+        Counted(BarColumn()),
+        Counted(MofNCompleteColumn()),
+        TimeElapsedColumn(),
+        Counted(TimeRemainingColumn()),
+        console=console,
+    )

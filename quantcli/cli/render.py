@@ -15,6 +15,7 @@ from quantcli.cli.text import text
 from quantcli.config import GateMetric
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult
+from quantcli.pages import NOTHING_TO_DIAGNOSE
 from quantcli.pipeline import ModelSummary
 from quantcli.plan import NodeDecision, NodeRole
 from quantcli.report import CompareReport, FallbackSummary, QuantReport
@@ -73,7 +74,7 @@ def render_report(report: QuantReport, console: Console) -> None:
     _heading(f"quantcli convert: {report.model} -> {report.output}", console)
     summary = Table()
     summary.add_column("")
-    summary.add_column("", justify="right")
+    summary.add_column("")
     summary.add_row("size before", _mib(size.input_bytes))
     summary.add_row("size after", _mib(size.output_bytes))
     summary.add_row("size ratio", f"{size.ratio:.2f}x smaller")
@@ -158,7 +159,7 @@ def _name_width(names: Iterable[str], cap: int = 48) -> int:
 def render_per_layer(diagnosis: LayerDiagnosis, console: Console) -> None:
     """The worst tensors: what they are, where, their range, and how much they lose."""
     if not diagnosis.tensors:
-        console.print("per-layer: no quantized tensor to diagnose (nothing in this model is int8)")
+        console.print(f"per-layer: {NOTHING_TO_DIAGNOSE}")
         return
     worst = diagnosis.worst()
     table = Table(
