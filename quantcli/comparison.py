@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantcli.calibration.collect import Progress, reporting, stage
 from quantcli.calibration.data import model_inputs
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.config import GateMetric, QuantConfig
@@ -35,6 +36,7 @@ def compare(
     metric: GateMetric = GateMetric.AUTO,
     max_drop: float | None = None,
     min_sqnr: float | None = None,
+    progress: Progress | None = None,
 ) -> CompareReport:
     """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``; with a
     bound (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate says whether
@@ -42,6 +44,35 @@ def compare(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     bounds = QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)  # checks the combination
+    with reporting(progress):
+        return _compare(
+            float_path,
+            quantized_path,
+            data,
+            labels=labels,
+            threads=threads,
+            batch_size=batch_size,
+            latency_runs=latency_runs,
+            per_layer=per_layer,
+            top_k=top_k,
+            bounds=bounds,
+        )
+
+
+def _compare(
+    float_path: Path,
+    quantized_path: Path,
+    data: DataSource,
+    *,
+    labels: Path | None,
+    threads: int | None,
+    batch_size: int,
+    latency_runs: int,
+    per_layer: bool,
+    top_k: int,
+    bounds: QuantConfig,
+) -> CompareReport:
+    stage("load")
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
@@ -61,12 +92,16 @@ def compare(
     reference = open_session(float_proto, threads)
     candidate = open_session(quant_proto, threads)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
+    stage("evaluate")
     fidelity = compare_models(
         reference, candidate, dataset, batch_size=batch_size, source=str(data), labels=label_array
     )
+    stage("time")
     latency = measure_latency(
         {"float": reference, "quantized": candidate}, first_sample(dataset), runs=latency_runs
     )
+    if per_layer:
+        stage("diagnose")
     diagnosis = diagnose(float_proto, quant_proto, dataset, top_k=top_k) if per_layer else None
     verdict = None
     if bounds.has_gate:

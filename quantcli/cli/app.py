@@ -761,7 +761,6 @@ def compare_command(
             if path is not None:
                 check_writable(path, force=force)
         with StageDisplay(console) as progress:
-            progress.stage("compare")
             result = compare(
                 float_model,
                 quantized_model,
@@ -775,6 +774,7 @@ def compare_command(
                 metric=metric,
                 max_drop=max_drop,
                 min_sqnr=min_sqnr,
+                progress=progress,
             )
             progress.stage("write")
             document = result.to_dict() | {"versions": _versions(), "command": command}
