@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from quantcli.config import QuantConfig, config_settings
+from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
 from quantcli.fallback import FallbackResult
@@ -27,6 +28,7 @@ __all__ = [
     "FallbackSummary",
     "QuantReport",
     "SizeSummary",
+    "SpeedSummary",
     "fidelity_dict",
     "per_layer_dict",
 ]
@@ -71,6 +73,7 @@ class CandidateSummary:
     latency: Latency | None
     chosen: bool
     reason: str
+    predicted: Prediction | None = None  # the cost model's (auto's default way to compare speed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,8 +83,30 @@ class CandidateSummary:
             "int8_weight_fraction": self.int8_weight_fraction,
             "gate": _gate_dict(self.gate),
             "latency_ms": None if self.latency is None else asdict(self.latency),
+            "predicted": None if self.predicted is None else self.predicted.to_dict(),
             "chosen": self.chosen,
             "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class SpeedSummary:
+    """The cost model's prediction for the float model and the one written (1 thread)."""
+
+    float_model: Prediction
+    quantized: Prediction
+
+    @property
+    def ratio(self) -> float:
+        """Predicted quantized time over float time: below 1 is faster."""
+        return self.quantized.ms / self.float_model.ms if self.float_model.ms else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": "predicted",
+            "float": self.float_model.to_dict(),
+            "quantized": self.quantized.to_dict(),
+            "ratio": round(self.ratio, 4),
         }
 
 
@@ -214,6 +239,8 @@ class QuantReport:
     mode_reason: str = ""  # why the model is in the mode it is (asked for, measured, recorded, rule)
     per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
     fallback: FallbackSummary | None = None  # --auto-fallback
+    speed: SpeedSummary | None = None  # auto mode's predicted speed of the model written
+    warnings: tuple[str, ...] = ()  # one line each, also logged (the report adds barely_changed's)
 
     @property
     def calibration_line(self) -> str:
@@ -228,7 +255,7 @@ class QuantReport:
         return f"{cal.method}, {cal.samples} samples from {cal.source}"
 
     @property
-    def warnings(self) -> tuple[str, ...]:
+    def barely_changed(self) -> tuple[str, ...]:
         """What a user should know before relying on the model: it barely changed (forgetting
         --data on a CNN writes a dynamic model with 1% of its weights in int8, exit 0)."""
         if self.plan.is_noop or self.size.ratio >= BARELY_SMALLER or self.int8_weight_fraction >= BARELY_INT8:
@@ -284,7 +311,8 @@ class QuantReport:
             "candidates": [c.to_dict() for c in self.candidates],
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
-            "warnings": list(self.warnings),
+            "speed": None if self.speed is None else self.speed.to_dict(),
+            "warnings": [*self.warnings, *self.barely_changed],
         }
 
 

@@ -64,7 +64,7 @@ def test_convert_names_its_stages(cnn: tuple[Path, Path], tmp_path: Path) -> Non
     names = seen.names
     assert names[:2] == ["load", "calibrate"]
     assert "build candidate static" in names and "check" in names and "evaluate static" in names
-    assert "time candidates" in names and "diagnose" in names
+    assert "predict speed" in names and "diagnose" in names  # auto compares by the cost model
     calibrated = [c for c in seen.counts if c[0] == "calibrate"][-1]
     assert calibrated[1:] == (result.report.calibration.samples,) * 2
 

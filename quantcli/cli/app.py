@@ -32,6 +32,7 @@ from quantcli.config import (
     QuantConfig,
     QuantMode,
     Recipe,
+    SpeedSource,
     WeightMethod,
     expand_patterns,
     load_recipe,
@@ -602,6 +603,16 @@ def convert(
             show_default=False,
         ),
     ] = None,
+    speed: Annotated[
+        SpeedSource | None,
+        typer.Option(
+            "--speed",
+            help="How auto compares candidates' speed: predicted (cost model, reproducible) "
+            "or measured (timed on this machine; can change with machine load)." + _default("predicted"),
+            rich_help_panel=MODE,
+            show_default=False,
+        ),
+    ] = None,
     per_layer: PerLayerOpt = False,
     top_k: TopKOpt = None,
     write_exclude: WriteExcludeOpt = None,
@@ -649,6 +660,7 @@ def convert(
             min_sqnr=min_sqnr,
             auto_fallback=auto_fallback or auto_alias or None,
             max_trials=max_trials,
+            speed=speed,
             per_layer=per_layer or write_exclude is not None or report_html is not None or None,
             top_k=top_k,
         )
@@ -681,7 +693,7 @@ def convert(
             _print_json(document)
         else:
             render_report(result.report, console)
-        _warn(result.report.warnings, quiet)
+        _warn(result.report.barely_changed, quiet)  # the library logs its own warnings
         return _gate_outcome(result.report.gate, quiet)
 
     _finish(guarded(run, console, debug=debug))
