@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["NOTHING_TO_DIAGNOSE", "html_report", "markdown_report"]
+__all__ = ["NOTHING_TO_DIAGNOSE", "candidate_ms", "html_report", "markdown_report"]
 
 # What a per-layer diagnosis that found no tensor to measure says.
 NOTHING_TO_DIAGNOSE = (
@@ -88,16 +88,25 @@ def _accuracy_line(doc: Mapping[str, Any]) -> str:
     )
 
 
+def candidate_ms(candidate: Mapping[str, Any]) -> str:
+    """A candidate's speed as compared: its measured median, else the cost model's prediction."""
+    if candidate.get("latency_ms"):
+        return f"{candidate['latency_ms']['median_ms']:.3f}"
+    if candidate.get("predicted"):
+        return f"{candidate['predicted']['ms']:.3f} predicted"
+    return "-"
+
+
 def _candidate_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The modes --mode auto built and measured, and why each won or lost."""
-    header = ["mode", "size ratio", "int8 weights", "gate", "median ms", "", "why"]
+    header = ["mode", "size ratio", "int8 weights", "gate", "ms", "", "why"]
     rows = [
         [
             c["mode"],
             f"{c['size_ratio']:.2f}x",
             f"{100 * c['int8_weight_fraction']:.1f} %",
             _gate_line(c["gate"]) if c["gate"] else "-",
-            "-" if c["latency_ms"] is None else f"{c['latency_ms']['median_ms']:.3f}",
+            candidate_ms(c),
             "chosen" if c["chosen"] else "",
             c["reason"],
         ]

@@ -1072,8 +1072,17 @@ def main_callback(
         raise typer.Exit(0)
 
 
+class _ShownFormatter(logging.Formatter):
+    """Log lines quote node names and paths too: their control characters are shown, not sent."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown(super().format(record))
+
+
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_ShownFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     app()
 
 

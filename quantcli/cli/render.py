@@ -15,7 +15,7 @@ from quantcli.cli.text import text
 from quantcli.config import GateMetric
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult
-from quantcli.pages import NOTHING_TO_DIAGNOSE
+from quantcli.pages import NOTHING_TO_DIAGNOSE, candidate_ms
 from quantcli.pipeline import ModelSummary
 from quantcli.plan import NodeDecision, NodeRole
 from quantcli.report import CompareReport, FallbackSummary, QuantReport
@@ -247,14 +247,14 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
     for column in ("mode", "size", "int8 w.", measure, "ms", "", "why"):
         table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
     for c in rows:
-        gate, latency = c["gate"], c["latency_ms"]
+        gate = c["gate"]
         value = "-" if gate is None else f"{gate.get('drop', gate.get('sqnr_db')):.2f}"
         table.add_row(
             text(c["mode"]),
             f"{c['size_ratio']:.2f}x",
             f"{100 * c['int8_weight_fraction']:.0f}%",
             value,
-            "-" if latency is None else f"{latency['median_ms']:.3f}",
+            candidate_ms(c),
             Text("chosen", style="bold green") if c["chosen"] else "",
             text(c["reason"]),
         )
