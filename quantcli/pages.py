@@ -126,7 +126,7 @@ def _provenance_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _fidelity_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["output", "cosine mean", "cosine min", "SQNR dB", "max abs err", "top-1 agree"]
+    header = ["output", "cosine mean", "cosine min", "output SQNR dB", "max abs err", "top-1 agree"]
     fidelity = doc.get("fidelity")
     if not fidelity:
         return header, []

@@ -213,7 +213,7 @@ def render_compare(report: CompareReport, console: Console) -> None:
 def _render_fidelity(fidelity: Fidelity, console: Console) -> None:
     _heading(f"fidelity vs float on {fidelity.samples} samples ({fidelity.source})", console)
     table = Table()
-    for column in ("output", "cosine mean", "cosine min", "SQNR dB", "max |err|", "top-1 agree"):
+    for column in ("output", "cosine mean", "cosine min", "output SQNR dB", "max |err|", "top-1 agree"):
         table.add_column(column, justify="right" if column != "output" else "left")
     for out in fidelity.outputs:
         agree = "-" if out.top1_agreement is None else f"{100 * out.top1_agreement:.1f} %"
@@ -241,7 +241,12 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
     """The modes auto tried, from their report form (a report's, or a calibration file's)."""
     rows = list(candidates)
     gates = [c["gate"] for c in rows if c["gate"] is not None]
-    measure = "drop" if not gates or "drop" in gates[0] else "SQNR dB"
+    # Named after the metric: a channel SQNR is not the fidelity table's whole-output SQNR.
+    measure = (
+        "drop"
+        if not gates or "drop" in gates[0]
+        else ("channel SQNR dB" if gates[0]["metric"] == "channel-sqnr" else "SQNR dB")
+    )
     unit = f" ({gates[0]['metric']})" if gates else ""
     table = Table(title=text(f"modes tried (--mode auto), {measure}{unit}"), title_justify="left")
     for column in ("mode", "size", "int8 w.", measure, "ms", "", "why"):
