@@ -45,6 +45,8 @@ def test_help_has_panels_one_default_style_and_an_h_alias() -> None:
 def test_completion_is_on() -> None:
     text = _help()
     assert "--install-completion" in text and "--show-completion" in text
+    script = runner.invoke(app, ["--show-completion", "bash"])
+    assert script.exit_code == 0 and "_quantcli_completion" in script.stdout
 
 
 def test_version_imports_no_numerical_library() -> None:

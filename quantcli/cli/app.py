@@ -1079,8 +1079,19 @@ class _ShownFormatter(logging.Formatter):
         return shown(super().format(record))
 
 
+class _CurrentStderr:
+    """sys.stderr as it is when a line is logged: the live progress display swaps it for a
+    proxy that prints above the display, and a handler holding the original would break it."""
+
+    def write(self, line: str) -> int:
+        return sys.stderr.write(line)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def main() -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler.setFormatter(_ShownFormatter("%(levelname)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     app()
