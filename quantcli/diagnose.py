@@ -245,10 +245,11 @@ def _measure(
     activations = [t for t in twins if t.kind == "activation"]
     if not activations:
         return sums
+    # Sums pool over feeds, each of samples of one shape: nothing of two shapes is concatenated.
     for feed in dataset.batches(batch_size):
-        ref_values = _fetch(reference, [t.float_name for t in activations], feed)
+        ref_values = _fetch(reference, [t.float_name for t in activations], feed.arrays)
         got_values = _fetch(
-            candidate, [t.dq_output for t in activations] + [t.pre or "" for t in activations], feed
+            candidate, [t.dq_output for t in activations] + [t.pre or "" for t in activations], feed.arrays
         )
         for twin in activations:
             ref = ref_values[twin.float_name].astype(np.float64)

@@ -576,8 +576,9 @@ def _quantize_into(
         if config.allow_noop:
             return _write_unchanged(loaded, output, config, staging)
         raise QuantizationError(
-            f"{model_path}: nothing to quantize in {config.mode} mode "
-            "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
+            f"{model_path}: nothing to quantize in {config.mode} mode (no Conv, MatMul, Gemm or Gather "
+            "on float weights that would gain from it; `quantcli inspect` says why for each node); "
+            "try --mode weight-only, or pass --allow-noop to write it unchanged"
         )
     observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
