@@ -174,6 +174,7 @@ ModeOpt = Annotated[
     typer.Option(
         "--mode",
         "-m",
+        metavar="MODE",
         help="auto: build each mode below, keep the fastest within the accuracy bound (1 point unless "
         "given); with no evaluation data a fixed rule; a calibration file's recorded decision is "
         "replayed. static: calibrated integer kernels. dynamic: MatMul/Gemm inputs quantized at run "
@@ -187,6 +188,7 @@ MethodOpt = Annotated[
     CalibrationMethod | None,
     typer.Option(
         "--method",
+        metavar="METHOD",
         help="Activation ranges: minmax, percentile, entropy (KL) or mse."
         + _default("the calibration file's, else minmax"),
         rich_help_panel=MODE,
@@ -207,6 +209,7 @@ WeightMethodOpt = Annotated[
     WeightMethod | None,
     typer.Option(
         "--weight-method",
+        metavar="METHOD",
         help="Weight channel ranges: minmax or mse." + _default("minmax"),
         rich_help_panel=MODE,
         show_default=False,
@@ -216,6 +219,7 @@ MetricOpt = Annotated[
     GateMetric | None,
     typer.Option(
         "--metric",
+        metavar="METRIC",
         help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
         "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr), "
         "channel-sqnr (per-channel SQNR averaged in dB, bounded by --min-sqnr). auto: accuracy with "
@@ -534,6 +538,7 @@ def convert(
         ActivationType | None,
         typer.Option(
             "--activation-type",
+            metavar="TYPE",
             help="uint8 (asymmetric) or int8 (symmetric)." + _default("uint8"),
             rich_help_panel=MODE,
             show_default=False,
@@ -607,6 +612,7 @@ def convert(
         SpeedSource | None,
         typer.Option(
             "--speed",
+            metavar="HOW",
             help="How auto compares candidates' speed: predicted (cost model, reproducible) "
             "or measured (timed on this machine; can change with machine load)." + _default("predicted"),
             rich_help_panel=MODE,
@@ -737,7 +743,9 @@ def compare_command(
         GateMetric,
         typer.Option(
             "--metric",
-            help="What the gate measures, as for convert." + _default("auto"),
+            metavar="METRIC",
+            help="What the gate measures: auto, accuracy, top1, cosine, sqnr or channel-sqnr, as for convert."
+            + _default("auto"),
             rich_help_panel=GATE,
             show_default=False,
         ),
@@ -862,7 +870,9 @@ def calibrate_command(
         CalibrationMethod,
         typer.Option(
             "--method",
-            help="Method convert uses by default with this file." + _default("minmax"),
+            metavar="METHOD",
+            help="Method convert uses by default with this file: minmax, percentile, entropy or mse."
+            + _default("minmax"),
             rich_help_panel=MODE,
             show_default=False,
         ),
@@ -1006,7 +1016,9 @@ def inspect_command(
         typer.Option(
             "--mode",
             "-m",
-            help="The plan of this mode (auto: the static plan, or --calibration's)." + _default("auto"),
+            metavar="MODE",
+            help="The plan of this mode: static, dynamic, mixed, weight-only, or auto (the static plan, or "
+            "--calibration's)." + _default("auto"),
             show_default=False,
         ),
     ] = None,
