@@ -161,6 +161,8 @@ def test_a_model_that_barely_changes_warns_in_one_line(tmp_path: Path) -> None:
     assert lines == [f"warning: {warning}"]
     assert "none (dynamic mode uses no activation ranges)" in stderr
     assert document["calibration"]["summary"] == "none (dynamic mode uses no activation ranges)"
+    quiet = _invoke("convert", str(model), "-o", str(tmp_path / "q2.onnx"), "-q")
+    assert quiet == (0, "", "")  # --quiet: nothing on success, the warning included (it is in the report)
     np.savez(tmp_path / "d.npz", **models.tiny_cnn_data(20))
     code, _, stderr = _invoke(
         "convert",

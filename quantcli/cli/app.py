@@ -388,6 +388,8 @@ def _source(data: Path | None, loader: str | None, preprocess: str | None) -> Da
 def _stderr(quiet: bool, as_json: bool) -> Console:
     """Tables and progress for people. A log (not a terminal) gets COLUMNS, or the terminal's
     width, or 160: wide tables stay whole instead of wrapping names into fragments."""
+    # --quiet prints nothing on success: the library's warnings too (errors still print).
+    logging.getLogger("quantcli").setLevel(logging.ERROR if quiet else logging.NOTSET)
     console = Console(stderr=True, quiet=quiet or as_json)
     if not console.is_terminal:
         console = Console(
