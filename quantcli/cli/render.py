@@ -72,7 +72,7 @@ def _plan_table(decisions: tuple[NodeDecision, ...]) -> Table:
 def render_report(report: QuantReport, console: Console) -> None:
     size = report.size
     _heading(f"quantcli convert: {report.model} -> {report.output}", console)
-    summary = Table()
+    summary = Table(show_header=False)
     summary.add_column("")
     summary.add_column("")
     summary.add_row("size before", _mib(size.input_bytes))
@@ -268,7 +268,7 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
 
 def render_summary(summary: ModelSummary, console: Console) -> None:
     _heading(f"quantcli inspect: {summary.path}", console)
-    table = Table()
+    table = Table(show_header=False)
     table.add_column("")
     table.add_column("")
     table.add_row("size", _mib(summary.size_bytes))
