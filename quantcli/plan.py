@@ -532,14 +532,20 @@ class _Selector:
         saw, e.g. a class score stronger than any seen while calibrating, and no integer kernel
         downstream gains from it. The Conv stays float, weights included (see below). A Conv whose output
         reaches another integer kernel through float ops (a hard-swish between two Convs) keeps
-        its integer kernel. Visited in reverse graph order: each Conv's successors are settled.
+        its integer kernel, and so does one whose output reaches another layer with quantized
+        weights (PP-OCR's last Conv feeds two weight-only ConvTransposes): its values are features
+        on their way to more layers, not the model's scores. Visited in reverse graph order: each
+        Conv's successors are settled.
         """
         memo: dict[str, bool] = {}
+        layers: dict[str, bool] = {}
         for node in reversed(self.nodes):
             rule = _RULES.get(node.op_type)
             if rule is None or rule.kind is not _Kind.COMPUTE or not rule.output_required:
                 continue
-            if id(node) not in self.integer or any(self.reaches_int8(out, memo) for out in node.outputs):
+            if id(node) not in self.integer or any(
+                self.reaches_int8(out, memo) or self.reaches_layer(out, layers) for out in node.outputs
+            ):
                 continue
             # It stays among the integer nodes for this pass: a Conv before it keeps its integer
             # kernel (and a DequantizeLinear feeds this one) instead of every Conv up the chain
@@ -569,6 +575,26 @@ class _Selector:
                     for folded_out in use.node.outputs:
                         self.available.pop(folded_out.name or "", None)
                     self.decide(use.node, NodeRole.FLOAT, "float: its input is not quantized")
+
+    def reaches_layer(self, value: ir.Value, memo: dict[str, bool]) -> bool:
+        """Whether a node downstream of ``value`` is a layer whose weights are quantized (a Conv,
+        ConvTranspose, recurrent or matrix op not left float), whatever its compute."""
+        name = value.name or ""
+        if name not in memo:
+            memo[name] = False  # a cycle cannot occur in a graph; guards re-entry all the same
+            memo[name] = any(
+                (
+                    (rule := _RULES.get(use.node.op_type)) is not None
+                    and rule.kind in (_Kind.COMPUTE, _Kind.WEIGHT_ONLY)
+                    and self.decisions.get(id(use.node)) is not None
+                    and self.decisions[id(use.node)].role
+                    in (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY, NodeRole.DYNAMIC)
+                    and id(use.node) not in self.float_output
+                )
+                or any(self.reaches_layer(out, memo) for out in use.node.outputs)
+                for use in value.uses()
+            )
+        return memo[name]
 
     def reaches_int8(self, value: ir.Value, memo: dict[str, bool]) -> bool:
         """Whether a node downstream of ``value`` runs an integer kernel on int8 input."""

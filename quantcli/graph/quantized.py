@@ -38,7 +38,9 @@ def quantized_ops(model: ir.Model) -> Counter[str]:
     return Counter(
         node.op_type
         for node in model.graph
-        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear")
+        # A model from the wild can name an op in bytes that are not UTF-8: no quantized op then.
+        if isinstance(node.op_type, str)
+        and (node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"))
     )
 
 
