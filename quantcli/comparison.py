@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantcli.calibration.data import model_inputs
-from quantcli.calibration.sources import DataSource, open_source
+from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
 from quantcli.evaluate import compare_models, first_sample, load_labels, measure_latency
-from quantcli.graph.io import load_model, open_session, serialize
+from quantcli.graph.guard import PathGuard
+from quantcli.graph.io import external_files, external_folder, load_model, open_session, serialize
 from quantcli.report import CompareReport, SizeSummary
 
 __all__ = ["compare"]
@@ -31,11 +32,27 @@ def compare(
     latency_runs: int = 30,
     per_layer: bool = False,
     top_k: int = 10,
+    guard: PathGuard | None = None,
 ) -> CompareReport:
-    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``."""
+    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``.
+
+    Each model's external data is read from its own folder, never the current one. ``guard``
+    holds the files the caller will write (see :mod:`quantcli.graph.guard`).
+    """
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    guard = guard if guard is not None else PathGuard()
+    guard.reads(float_path, "the float model")
+    guard.reads(quantized_path, "the quantized model")
+    for path in source_paths(data):
+        guard.reads(path, "--data")
+    if labels is not None:
+        guard.reads(labels, "--labels")
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
+    for loaded in (reference_file, candidate_file):
+        for path in external_files(loaded.model):
+            guard.reads(path, f"{loaded.path}'s external data")
+    float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
     if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in theirs]:
@@ -51,8 +68,8 @@ def compare(
         )
     dataset = open_source(data, specs)
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, threads)
-    candidate = open_session(quant_proto, threads)
+    reference = open_session(float_proto, threads, data_folder=float_folder)
+    candidate = open_session(quant_proto, threads, data_folder=quant_folder)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     fidelity = compare_models(
         reference, candidate, dataset, batch_size=batch_size, source=str(data), labels=label_array
@@ -60,7 +77,18 @@ def compare(
     latency = measure_latency(
         {"float": reference, "quantized": candidate}, first_sample(dataset), runs=latency_runs
     )
-    diagnosis = diagnose(float_proto, quant_proto, dataset, top_k=top_k) if per_layer else None
+    diagnosis = (
+        diagnose(
+            float_proto,
+            quant_proto,
+            dataset,
+            top_k=top_k,
+            data_folder=float_folder,
+            quant_folder=quant_folder,
+        )
+        if per_layer
+        else None
+    )
     return CompareReport(
         float_model=str(float_path),
         quantized_model=str(quantized_path),

@@ -28,6 +28,7 @@ __all__ = [
     "WeightMethod",
     "expand_patterns",
     "load_recipe",
+    "pattern_files",
 ]
 
 # The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
@@ -255,6 +256,11 @@ class QuantConfig:
         if self.metric is GateMetric.AUTO and not has_labels:
             return GateMetric.CHANNEL_SQNR, DEFAULT_MIN_CHANNEL_SQNR
         return self.metric, DEFAULT_MAX_DROP
+
+
+def pattern_files(values: Iterable[str]) -> list[Path]:
+    """The ``@FILE`` selection files among ``values`` (read by :func:`expand_patterns`)."""
+    return [Path(value[1:]) for value in values if value.startswith("@")]
 
 
 def expand_patterns(values: Iterable[str]) -> frozenset[str]:

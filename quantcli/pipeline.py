@@ -27,7 +27,7 @@ from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard, select_samples
-from quantcli.calibration.sources import DataSource, open_source
+from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.correction import CorrectBiasesPass, bias_corrections
@@ -36,7 +36,6 @@ from quantcli.errors import (
     CalibrationFileError,
     ConfigError,
     ModelLoadError,
-    OutputError,
     QuantizationError,
 )
 from quantcli.evaluate import (
@@ -50,9 +49,11 @@ from quantcli.evaluate import (
     measure_latency,
 )
 from quantcli.fallback import FallbackResult, fall_back
+from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import (
     ModelFile,
     check_model_file,
+    external_files,
     external_folder,
     fingerprint,
     load_model,
@@ -103,31 +104,35 @@ def _prepare(path: Path) -> ModelFile:
     return loaded
 
 
-def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
-    """Refuse a bad output before any work is done."""
-    if output.resolve() == model_path.resolve():
-        raise OutputError(f"{output}: the output would overwrite the input model; choose another path")
-    check_writable(output, force=force)
+def _guard_inputs(
+    guard: PathGuard,
+    model_path: Path,
+    *,
+    sources: tuple[tuple[DataSource | None, str], ...] = (),
+    files: tuple[tuple[Path | None, str], ...] = (),
+) -> None:
+    """Declare what this run reads to the output guard, before any work."""
+    guard.reads(model_path, "the input model")
+    for source, what in sources:
+        for path in source_paths(source) if source is not None else ():
+            guard.reads(path, what)
+    for file, what in files:
+        if file is not None:
+            guard.reads(file, what)
 
 
-def _check_data_path(loaded: ModelFile, output: Path, *, force: bool) -> None:
+def _guard_model_files(guard: PathGuard, loaded: ModelFile) -> None:
+    for path in external_files(loaded.model):
+        guard.reads(path, "the model's external data")
+
+
+def _check_data_path(loaded: ModelFile, output: Path, staging: StagedOutput) -> None:
     """The output's external data file must not replace one the input reads, nor exist unasked."""
-    folder = external_folder(loaded.model)
-    if folder is None:
+    if not _needs_external_data(loaded):
         return
     data = output.with_name(data_file_name(output))
-    inputs = {
-        (folder / str(v.const_value.location)).resolve()
-        for g in loaded.model.graphs()
-        for v in g.initializers.values()
-        if isinstance(v.const_value, ir.ExternalTensor)
-    }
-    if data.resolve() in inputs:
-        raise OutputError(
-            f"{output}: its data file {data.name} would overwrite the input's external data; "
-            "choose another output name"
-        )
-    check_writable(data, force=force)
+    staging.guard.writes(data, "the output's data file")
+    check_writable(data, force=staging.force)
 
 
 # Above this many bytes of weights, the output is written with external data even when the
@@ -513,9 +518,17 @@ def _quantize_into(
         )
     if config.bias_correction and data is None:
         raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
-    _check_output_path(model_path, output, force=staging.force)
+    _guard_inputs(
+        staging.guard,
+        model_path,
+        sources=((data, "--data"), (eval_data, "--eval-data")),
+        files=((calibration, "--calibration"), (labels, "--labels")),
+    )
+    staging.guard.writes(output, "the output model")
+    check_writable(output, force=staging.force)
     loaded = _prepare(model_path)
-    _check_data_path(loaded, output, force=staging.force)
+    _guard_model_files(staging.guard, loaded)
+    _check_data_path(loaded, output, staging)
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
     config, mode_reason = _settle_recorded_mode(config, recorded)
     specs = model_inputs(loaded.model)
@@ -872,6 +885,7 @@ def calibrate(
     eval_data: DataSource | None = None,
     labels: Path | None = None,
     progress: Progress | None = None,
+    guard: PathGuard | None = None,
 ) -> CalibrationFile:
     """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
     runs with any method; ``shard`` observes one of N disjoint parts of the samples.
@@ -880,9 +894,18 @@ def calibrate(
     with ``mode=auto`` the one auto picks by building every candidate from the statistics of the
     calibration part and measuring it on ``eval_data`` or a held-back part, exactly as ``convert``
     would. The held-back part is observed too, so the statistics still cover every sample.
+    ``guard`` holds the file the caller will write (see :mod:`quantcli.graph.guard`).
     """
     config = config or QuantConfig()
+    guard = guard if guard is not None else PathGuard()
+    _guard_inputs(
+        guard,
+        model_path,
+        sources=((data, "--data"), (eval_data, "--eval-data")),
+        files=((labels, "--labels"),),
+    )
     loaded = _prepare(model_path)
+    _guard_model_files(guard, loaded)
     samples = select_samples(
         open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
         max_samples=config.max_samples,

@@ -27,6 +27,7 @@ from quantcli.calibration.observers import TensorRange, TensorStats
 from quantcli.choice import ModeChoice
 from quantcli.config import CalibrationMethod
 from quantcli.errors import CalibrationFileError
+from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import write_atomic
 
 __all__ = [
@@ -98,9 +99,11 @@ def _tensor_from_dict(entry: dict[str, Any]) -> TensorStats:
     return TensorStats(float(entry["min"]), float(entry["max"]), int(entry["count"]), histogram)
 
 
-def write_calibration(calibration: CalibrationFile, path: Path, *, force: bool = False) -> None:
+def write_calibration(
+    calibration: CalibrationFile, path: Path, *, force: bool = False, guard: PathGuard | None = None
+) -> None:
     text = json.dumps(calibration.to_dict(), indent=1, sort_keys=True) + "\n"
-    write_atomic(text.encode(), path, force=force)
+    write_atomic(text.encode(), path, force=force, guard=guard)
 
 
 def _parse(data: Any, path: Path) -> CalibrationFile:

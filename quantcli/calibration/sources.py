@@ -21,7 +21,16 @@ import numpy.typing as npt
 from quantcli.calibration.data import Dataset, InputSpec, dataset_from_samples, open_dataset
 from quantcli.errors import CalibrationDataError, ConfigError
 
-__all__ = ["IMAGE_SUFFIXES", "DataSource", "ImageFolder", "Preprocess", "UserLoader", "open_source"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DataSource",
+    "ImageFolder",
+    "Preprocess",
+    "UserLoader",
+    "loader_file",
+    "open_source",
+    "source_paths",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _PREPROCESS_KEYS = ("resize", "layout", "scale", "mean", "std", "channels")
@@ -148,6 +157,29 @@ def _read_images(source: ImageFolder, spec: InputSpec) -> Iterator[dict[str, npt
         if layout == "nchw":
             pixels = pixels.transpose(2, 0, 1)
         yield {spec.name: np.ascontiguousarray(pixels, dtype=np.float32)}
+
+
+def loader_file(reference: str) -> Path | None:
+    """The file ``package.module:function`` would be imported from, found without importing
+    anything (None: not found on the path, or built in)."""
+    module_name = reference.partition(":")[0]
+    parts = module_name.split(".")
+    if not module_name or not all(part.isidentifier() for part in parts):
+        return None
+    for entry in ["", *sys.path]:
+        base = Path(entry or ".").joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def source_paths(source: DataSource) -> list[Path]:
+    """The files and folders reading ``source`` touches (for the output guard)."""
+    if isinstance(source, UserLoader):
+        found = loader_file(source.reference)
+        return [found] if found is not None else []
+    return [source.path if isinstance(source, ImageFolder) else source]
 
 
 def _call_loader(reference: str) -> Any:

@@ -38,8 +38,10 @@ from quantcli.config import (
     WeightMethod,
     expand_patterns,
     load_recipe,
+    pattern_files,
 )
 from quantcli.errors import ConfigError
+from quantcli.graph.guard import PathGuard
 from quantcli.graph.output import StagedOutput, check_writable
 from quantcli.pages import html_report, markdown_report
 from quantcli.pipeline import calibrate, inspect_model, quantize
@@ -247,6 +249,12 @@ def _outputs(
         staging.write_bytes(page, html_report(document).encode())
 
 
+def _report_flags(
+    report: Path | None, markdown: Path | None, page: Path | None, exclude: Path | None
+) -> dict[str, Path | None]:
+    return {"--report": report, "--report-md": markdown, "--report-html": page, "--write-exclude": exclude}
+
+
 def _config(recipe: Path | None, **flags: Any) -> QuantConfig:
     """Flags over the recipe over the defaults; a flag left at None was not given."""
     loaded = (
@@ -393,6 +401,10 @@ def convert(
         bar, update = _progress(console, "calibrating")
         # The model and the report files are moved into place together, or none is.
         with StagedOutput(force=force) as staging:
+            staging.guard.declare(
+                reads={"--recipe": [recipe], "@FILE": pattern_files([*(exclude or ()), *(include or ())])},
+                writes=_report_flags(report, report_md, report_html, write_exclude),
+            )
             with bar or nullcontext():
                 result = quantize(
                     model,
@@ -452,6 +464,8 @@ def compare_command(
         for path in (report, report_md, report_html, write_exclude):
             if path is not None:
                 check_writable(path, force=force)
+        guard = PathGuard()
+        guard.declare(reads={}, writes=_report_flags(report, report_md, report_html, write_exclude))
         result = compare(
             float_model,
             quantized_model,
@@ -462,9 +476,10 @@ def compare_command(
             latency_runs=runs,
             per_layer=per_layer or write_exclude is not None or report_html is not None,
             top_k=top_k,
+            guard=guard,
         )
         document = result.to_dict()
-        with StagedOutput(force=force) as staging:
+        with StagedOutput(force=force, guard=guard) as staging:
             _outputs(staging, document, report=report, markdown=report_md, page=report_html)
             if write_exclude is not None and result.per_layer is not None:
                 staging.write_bytes(write_exclude, result.per_layer.exclude_file().encode())
@@ -551,6 +566,8 @@ def calibrate_command(
                 "--shard observes part of the data; the mode is decided over all of it (no --eval-data)"
             )
         check_writable(output, force=force)
+        guard = PathGuard()
+        guard.writes(output, "-o")
         bar, update = _progress(console, "calibrating")
         with bar or nullcontext():
             source = _source(data, data_loader, preprocess)
@@ -558,9 +575,16 @@ def calibrate_command(
                 raise ConfigError("calibrate needs samples: give --data or --data-loader")
             evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
             result = calibrate(
-                model, source, config=config, shard=part, eval_data=evaluation, labels=labels, progress=update
+                model,
+                source,
+                config=config,
+                shard=part,
+                eval_data=evaluation,
+                labels=labels,
+                progress=update,
+                guard=guard,
             )
-        write_calibration(result, output, force=force)
+        write_calibration(result, output, force=force, guard=guard)
         _show_calibration(result, output, console, as_json=as_json)
 
     _finish(guarded(run, console, debug=debug))
@@ -582,8 +606,10 @@ def merge_command(
 
     def run() -> None:
         check_writable(output, force=force)
+        guard = PathGuard()
+        guard.declare(reads={"a merged file": files}, writes={"-o": output})
         result = merge_calibrations([(path, read_calibration(path)) for path in files])
-        write_calibration(result, output, force=force)
+        write_calibration(result, output, force=force, guard=guard)
         _show_calibration(result, output, console, as_json=as_json, files=len(files))
 
     _finish(guarded(run, console, debug=debug))

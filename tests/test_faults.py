@@ -1,0 +1,361 @@
+"""Fault injection: outputs aimed at inputs, signals, concurrent runs, bombs, dishonest exits.
+
+Every case asserts the exit code, one line on stderr, nothing partial left behind (hidden
+staging folders included) and every input byte-identical. Bombs run in a subprocess under
+RLIMIT_AS, so a budget that does not hold fails the test by running out of memory, not by time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import models
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from quantcli.cli.app import app
+from quantcli.graph import output
+
+runner = CliRunner()
+PYTHON = sys.executable
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, hidden ones included, with its content."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else b"<dir>")
+        for p in sorted(folder.rglob("*"))
+        if "__pycache__" not in p.parts
+    }
+
+
+def assert_one_line(stderr: str, *names: object) -> None:
+    assert stderr.startswith("error: "), stderr
+    assert stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stderr
+    for name in names:
+        assert str(name) in stderr, stderr
+
+
+def refused(args: list[str], folder: Path, *names: object) -> str:
+    """Run ``args``: exit 1, one line naming ``names``, ``folder`` unchanged."""
+    before = snapshot(folder)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert_one_line(result.stderr, *names)
+    assert result.stdout == ""
+    assert snapshot(folder) == before
+    return result.stderr
+
+
+# --- one output guard --------------------------------------------------------------------------
+
+LOADER = """\
+import numpy as np
+
+def load():
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        yield {"image": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}
+"""
+
+
+@pytest.fixture(scope="module")
+def calibration_json(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    folder = tmp_path_factory.mktemp("cal")
+    model = folder / "m.onnx"
+    onnx.save(models.tiny_cnn(), model)
+    np.savez(folder / "d.npz", **models.tiny_cnn_data(6))
+    out = folder / "c.json"
+    result = runner.invoke(app, ["calibrate", str(model), "--data", str(folder / "d.npz"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return out.read_bytes()
+
+
+def _inputs(d: Path, calibration: bytes) -> dict[str, Path]:
+    """Every kind of file convert reads, in ``d``."""
+    model = d / "m.onnx"
+    onnx.save(models.tiny_cnn(), model, save_as_external_data=True, location="w.bin", size_threshold=0)
+    np.savez(d / "d.npz", **models.tiny_cnn_data(6))
+    np.savez(d / "e.npz", **models.tiny_cnn_data(3, seed=4))
+    np.save(d / "l.npy", np.array([1, 2, 3]))
+    (d / "r.toml").write_text("[defaults]\nmethod = 'minmax'\n")
+    (d / "x.txt").write_text("fc\n")
+    (d / "c.json").write_bytes(calibration)
+    (d / "samples").mkdir()
+    np.savez(d / "samples" / "0.npz", **models.tiny_cnn_data(4))
+    (d / "loadermod.py").write_text(LOADER)
+    return {
+        "model": model,
+        "external data": d / "w.bin",
+        "--data": d / "d.npz",
+        "--eval-data": d / "e.npz",
+        "--labels": d / "l.npy",
+        "--recipe": d / "r.toml",
+        "@FILE": d / "x.txt",
+        "--calibration": d / "c.json",
+        "--data folder member": d / "samples" / "0.npz",
+        "--data-loader module": d / "loadermod.py",
+    }
+
+
+def _convert_reading(d: Path, reads: str) -> list[str]:
+    """A convert command line that reads the input ``reads`` (among others)."""
+    base = ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--force"]
+    if reads == "--calibration":
+        return [*base, "--calibration", str(d / "c.json"), "--mode", "static"]
+    if reads == "--data folder member":
+        return [*base, "--data", str(d / "samples")]
+    if reads == "--data-loader module":
+        return [*base, "--data-loader", "loadermod:load"]
+    return [
+        *base,
+        *("--data", str(d / "d.npz"), "--eval-data", str(d / "e.npz"), "--labels", str(d / "l.npy")),
+        *("--recipe", str(d / "r.toml"), "-x", f"@{d / 'x.txt'}"),
+    ]
+
+
+def _aimed(args: list[str], flag: str, target: Path) -> list[str]:
+    if flag == "-o":
+        args = list(args)
+        args[args.index("-o") + 1] = str(target)
+        return args
+    return [*args, flag, str(target)]
+
+
+OUTPUT_FLAGS = ["-o", "--report", "--report-md", "--report-html", "--write-exclude"]
+INPUTS = [
+    "model",
+    "external data",
+    "--data",
+    "--eval-data",
+    "--labels",
+    "--recipe",
+    "@FILE",
+    "--calibration",
+    "--data folder member",
+    "--data-loader module",
+]
+
+
+@pytest.mark.parametrize("what", INPUTS)
+def test_every_output_flag_aimed_at_every_input_is_refused_even_with_force(
+    tmp_path: Path, calibration_json: bytes, what: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the loader module is found on the current folder
+    monkeypatch.syspath_prepend(str(tmp_path))
+    target = _inputs(tmp_path, calibration_json)[what]
+    for flag in OUTPUT_FLAGS:
+        refused(_aimed(_convert_reading(tmp_path, what), flag, target), tmp_path, target.name)
+
+
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_an_output_that_is_another_name_of_an_input_is_refused(
+    tmp_path: Path, calibration_json: bytes, link: str
+) -> None:
+    inputs = _inputs(tmp_path, calibration_json)
+    alias = tmp_path / "alias.json"
+    if link == "hard":
+        os.link(inputs["--data"], alias)
+    else:
+        alias.symlink_to(inputs["--data"])
+    stderr = refused([*_convert_reading(tmp_path, "--data"), "--report", str(alias)], tmp_path, "alias.json")
+    assert "d.npz" in stderr
+
+
+def test_an_output_inside_a_data_folder_is_refused(tmp_path: Path, calibration_json: bytes) -> None:
+    _inputs(tmp_path, calibration_json)
+    inside = tmp_path / "samples" / "r.json"
+    refused([*_convert_reading(tmp_path, "--data folder member"), "--report", str(inside)], tmp_path, inside)
+
+
+def test_the_output_data_file_cannot_replace_the_input_data_file(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(models.tiny_cnn(), model, save_as_external_data=True, location="q.onnx.data", size_threshold=0)
+    np.savez(tmp_path / "d.npz", **models.tiny_cnn_data(6))
+    args = [
+        "convert",
+        str(model),
+        "-o",
+        str(tmp_path / "q.onnx"),
+        "--data",
+        str(tmp_path / "d.npz"),
+        "--force",
+    ]
+    refused(args, tmp_path, "q.onnx.data")
+
+
+@pytest.mark.parametrize("target", ["m.onnx", "w.bin", "d.npz", "loadermod.py"])
+def test_calibrate_output_aimed_at_an_input_is_refused(
+    tmp_path: Path, calibration_json: bytes, target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _inputs(tmp_path, calibration_json)
+    source = ["--data-loader", "loadermod:load"] if target == "loadermod.py" else ["--data", "d.npz"]
+    refused(["calibrate", "m.onnx", *source, "-o", target, "--force"], tmp_path, target)
+
+
+def test_merge_output_aimed_at_a_merged_file_is_refused(tmp_path: Path, calibration_json: bytes) -> None:
+    (tmp_path / "a.json").write_bytes(calibration_json)
+    (tmp_path / "b.json").write_bytes(calibration_json)
+    args = ["calibrate", "merge", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    refused([*args, "-o", str(tmp_path / "b.json"), "--force"], tmp_path, "b.json")
+
+
+def test_compare_report_aimed_at_either_model_is_refused(tmp_path: Path) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(models.tiny_cnn(), model)
+    np.savez(tmp_path / "d.npz", **models.tiny_cnn_data(4))
+    assert (
+        runner.invoke(
+            app, ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--mode", "weight-only"]
+        ).exit_code
+        == 0
+    )
+    for target in ("m.onnx", "q.onnx", "d.npz"):
+        args = [
+            "compare",
+            str(model),
+            str(tmp_path / "q.onnx"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--runs",
+            "1",
+        ]
+        refused([*args, "--report-md", str(tmp_path / target), "--force"], tmp_path, target)
+
+
+# --- signals -----------------------------------------------------------------------------------
+
+# Runs quantcli in a subprocess whose first write of a staged file sends the process ``SIGNAL``:
+# the signal arrives mid-write, with a staging folder holding a partial file.
+SIGNAL_AT_WRITE = """\
+import os, signal, sys
+from quantcli.graph import output
+real = output._write_chunk
+number = getattr(signal, sys.argv[1])
+def write(fd, data):
+    os.kill(os.getpid(), number)
+    return real(fd, data)
+output._write_chunk = write
+sys.argv = ["quantcli", *sys.argv[2:]]
+from quantcli.cli.app import main
+main()
+"""
+
+SIGNALLING_LOADER = """\
+import os, signal
+import numpy as np
+
+def load():
+    rng = np.random.default_rng(0)
+    for index in range(6):
+        if index == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        yield {"image": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}
+"""
+
+
+def _run(
+    args: list[str], cwd: Path, *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def _cnn_folder(d: Path) -> tuple[Path, Path]:
+    model = d / "m.onnx"
+    onnx.save(models.tiny_cnn(), model, save_as_external_data=True, location="w.bin", size_threshold=0)
+    data = d / "d.npz"
+    np.savez(data, **models.tiny_cnn_data(6))
+    return model, data
+
+
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGHUP", 129), ("SIGINT", 130)])
+def test_a_signal_during_the_write_leaves_nothing_and_exits_128_plus_its_number(
+    tmp_path: Path, name: str, code: int
+) -> None:
+    _cnn_folder(tmp_path)
+    (tmp_path / "run.py").write_text(SIGNAL_AT_WRITE)
+    before = snapshot(tmp_path)
+    args = ["convert", "m.onnx", "-o", "q.onnx", "--data", "d.npz", "--mode", "static", "--report", "r.json"]
+    result = _run([PYTHON, "run.py", name, *args], tmp_path)
+    assert result.returncode == code, result.stderr
+    assert result.stderr == f"error: stopped by {name}; anything not yet written in full was removed\n"
+    assert snapshot(tmp_path) == before  # no model, no data file, no report, no hidden staging folder
+
+
+def test_sigterm_during_calibration_leaves_nothing(tmp_path: Path) -> None:
+    _cnn_folder(tmp_path)
+    (tmp_path / "sigloader.py").write_text(SIGNALLING_LOADER)
+    before = snapshot(tmp_path)
+    args = ["-m", "quantcli", "calibrate", "m.onnx", "--data-loader", "sigloader:load", "-o", "c.json"]
+    result = _run([PYTHON, *args], tmp_path)
+    assert result.returncode == 143, result.stderr
+    assert_one_line(result.stderr, "SIGTERM")
+    after = {k: v for k, v in snapshot(tmp_path).items() if "__pycache__" not in k}
+    assert after == before
+
+
+# --- concurrent runs ---------------------------------------------------------------------------
+
+
+def test_two_concurrent_converts_one_wins_the_other_says_already_exists(tmp_path: Path) -> None:
+    _cnn_folder(tmp_path)
+    args = [
+        PYTHON,
+        "-m",
+        "quantcli",
+        "convert",
+        "m.onnx",
+        "-o",
+        "q.onnx",
+        "--data",
+        "d.npz",
+        "--mode",
+        "static",
+    ]
+    runs = [
+        subprocess.Popen([*args, "--seed", str(seed)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]
+    results = [(run.wait(timeout=120), run.stderr.read() if run.stderr else "") for run in runs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for code, err in results if code == 1)
+    assert_one_line(loser, "q.onnx", "already exists")
+    onnx.checker.check_model(str(tmp_path / "q.onnx"), full_check=True)  # the winner's, whole
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-")]
+
+
+def test_an_output_appearing_between_check_and_commit_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = _cnn_folder(tmp_path)
+    real = output.StagedOutput.commit
+
+    def commit(self: output.StagedOutput) -> None:
+        (tmp_path / "q.onnx").write_bytes(b"the other run's model")  # it finished first
+        real(self)
+
+    monkeypatch.setattr(output.StagedOutput, "commit", commit)
+    args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(data), "--mode", "static"]
+    result = runner.invoke(app, [*args, "--report", str(tmp_path / "r.json")])
+    assert result.exit_code == 1
+    assert_one_line(result.stderr, "q.onnx", "already exists")
+    assert (tmp_path / "q.onnx").read_bytes() == b"the other run's model"
+    assert not (tmp_path / "q.onnx.data").exists() and not (tmp_path / "r.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-")]
