@@ -20,6 +20,7 @@ from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.config import GateMetric
 from quantcli.errors import CalibrationDataError
+from quantcli.files import check_regular
 
 __all__ = [
     "Accuracy",
@@ -185,6 +186,7 @@ class _Accumulator:
 
 def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
     """Integer class labels, one per evaluation sample."""
+    check_regular(path, "label file", CalibrationDataError)
     try:
         labels = np.load(path, allow_pickle=False)
     except FileNotFoundError as exc:

@@ -193,7 +193,7 @@ def _open_data(
 ) -> _Data:
     calibration = (
         select_samples(
-            open_source(data, specs, skip_nonfinite=config.skip_nonfinite),
+            open_source(data, specs, skip_nonfinite=config.skip_nonfinite, max_samples=config.max_samples),
             max_samples=config.max_samples,
             seed=config.seed,
         )
@@ -907,7 +907,12 @@ def calibrate(
     loaded = _prepare(model_path)
     _guard_model_files(guard, loaded)
     samples = select_samples(
-        open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
+        open_source(
+            data,
+            model_inputs(loaded.model),
+            skip_nonfinite=config.skip_nonfinite,
+            max_samples=config.max_samples,
+        ),
         max_samples=config.max_samples,
         seed=config.seed,
         shard=shard,

@@ -9,9 +9,12 @@ data files are often downloaded, and unpickling runs code.
 from __future__ import annotations
 
 import logging
+import math
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
@@ -66,9 +69,14 @@ def _describe_array(array: npt.NDArray[np.generic]) -> str:
 
 
 _MAGIC = {".npz": b"PK", ".npy": b"\x93NUMPY"}
+# Budgets on what a data file may inflate to: all its arrays (held in memory while its samples
+# are fed), one sample of them, and how many arrays an .npz may hold.
+MAX_FILE_BYTES = 2 * 2**30
+MAX_SAMPLE_BYTES = 256 * 2**20
+MAX_MEMBERS = 4096
 
 
-def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+def _check_magic(path: Path) -> None:
     # numpy treats a file without its magic as a pickle; say what the file really is instead.
     try:
         with path.open("rb") as handle:
@@ -77,6 +85,10 @@ def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
         raise CalibrationDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not head.startswith(_MAGIC[path.suffix]):
         raise CalibrationDataError(f"{path}: not a readable numpy {path.suffix} file")
+
+
+def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    _check_magic(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -158,25 +170,80 @@ def _finite_rows(
     return None if good.all() else tuple(int(i) for i in np.flatnonzero(good))
 
 
+def _header(stream: IO[bytes], path: Path) -> npt.NDArray[np.generic]:
+    """An array of the dtype and shape a .npy header declares, taking no memory (all its
+    elements are one element, repeated by zero strides): what the file will inflate to, known
+    before a byte of it is inflated."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, TokenError... on bad headers
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if dtype.hasobject:
+        raise CalibrationDataError(
+            f"{path}: holds pickled Python objects, which quantcli never loads; save plain numeric arrays"
+        )
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_FILE_BYTES:
+        raise CalibrationDataError(
+            f"{path}: an array of {dtype.name}{list(shape)} is {size} bytes, more than one data file may "
+            f"hold ({MAX_FILE_BYTES}); split the samples into a folder of smaller files"
+        )
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+
+
+def _headers(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays of a .npz or .npy file as :func:`_header` declares them, read from the headers."""
+    _check_magic(path)
+    try:
+        if path.suffix == ".npy":
+            with path.open("rb") as handle:
+                return {"": _header(handle, path)}
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+            if len(members) > MAX_MEMBERS:
+                raise CalibrationDataError(f"{path}: holds {len(members)} arrays, more than {MAX_MEMBERS}")
+            headers = {}
+            for member in members:
+                with archive.open(member) as stream:
+                    headers[member.filename[: -len(".npy")]] = _header(stream, path)
+            return headers
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
 def _open_file(
     path: Path, specs: Sequence[InputSpec], *, stacked: bool | None, skip_nonfinite: bool = False
 ) -> _Chunk:
     """Read and check one file. ``stacked=None`` (files in a folder) infers from the rank whether
-    the file holds a stack of samples or a single one."""
+    the file holds a stack of samples or a single one. Names, dtypes, shapes and sizes are checked
+    from the array headers first, so a small file declaring gigabytes is refused uninflated."""
+    declared, _, count = _check_layout(path, _headers(path), specs, stacked=stacked)
+    per_sample = sum(a.dtype.itemsize * math.prod(a.shape) for a in declared.values()) // count
+    if per_sample > MAX_SAMPLE_BYTES:
+        raise CalibrationDataError(
+            f"{path}: one sample is {per_sample} bytes, more than quantcli feeds at once "
+            f"({MAX_SAMPLE_BYTES}); check the array shapes"
+        )
     return _check_arrays(path, _read_file(path), specs, stacked=stacked, skip_nonfinite=skip_nonfinite)
 
 
-def _check_arrays(
+def _check_layout(
     path: Path,
     arrays: dict[str, npt.NDArray[np.generic]],
     specs: Sequence[InputSpec],
     *,
     stacked: bool | None,
-    skip_nonfinite: bool = False,
-    keep: bool = False,
-) -> _Chunk:
-    """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
-    holds them in the chunk instead of re-reading ``path``."""
+) -> tuple[dict[str, npt.NDArray[np.generic]], bool, int]:
+    """Names, dtypes and shapes of one file's arrays against the model's inputs: the arrays keyed
+    by input name, whether they are stacks of samples, and how many samples they hold."""
     if "" in arrays:  # a .npy file: the model must have exactly one input
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
@@ -207,6 +274,21 @@ def _check_arrays(
     count = next(iter(counts.values()))
     if count == 0:
         raise CalibrationDataError(f"{path}: holds no samples")
+    return arrays, stacked, count
+
+
+def _check_arrays(
+    path: Path,
+    arrays: dict[str, npt.NDArray[np.generic]],
+    specs: Sequence[InputSpec],
+    *,
+    stacked: bool | None,
+    skip_nonfinite: bool = False,
+    keep: bool = False,
+) -> _Chunk:
+    """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
+    holds them in the chunk instead of re-reading ``path``."""
+    arrays, stacked, count = _check_layout(path, arrays, specs, stacked=stacked)
     rows = _finite_rows(path, arrays, count, stacked=stacked, skip=skip_nonfinite)
     held = arrays if keep else None
     if rows is None:
@@ -310,21 +392,40 @@ def dataset_from_samples(
     specs: tuple[InputSpec, ...],
     *,
     skip_nonfinite: bool = False,
+    max_samples: int | None = None,
+    max_bytes: int | None = None,
 ) -> Dataset:
     """A dataset of samples made in memory, each a dict of arrays keyed by input name (one sample,
-    or a stack of them along axis 0), checked exactly as files are; ``source`` names them in errors."""
+    or a stack of them along axis 0), checked exactly as files are; ``source`` names them in errors.
+
+    ``samples`` is consumed lazily: no item is taken once ``max_samples`` samples are held, and
+    holding more than ``max_bytes`` of arrays is refused."""
     chunks = []
+    total = held = 0
     for index, sample in enumerate(samples):
         if not isinstance(sample, Mapping):
             raise CalibrationDataError(
                 f"{source}: item {index} is a {type(sample).__name__}, "
                 "not a dict of arrays keyed by input name"
             )
-        arrays = {str(k): np.asarray(v) for k, v in sample.items()}
         where = Path(f"{source}[{index}]")
+        try:
+            arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+        except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot convert
+            raise CalibrationDataError(
+                f"{where}: not an array ({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+        held += sum(a.nbytes for a in arrays.values())
+        if max_bytes is not None and held > max_bytes:
+            raise CalibrationDataError(
+                f"{source}: yielded more than {max_bytes} bytes of samples by item {index}; "
+                "pass --max-samples N to read only the first N"
+            )
         chunk = _check_arrays(where, arrays, specs, stacked=None, skip_nonfinite=skip_nonfinite, keep=True)
         chunks.append(chunk)
-    total = sum(c.num_samples for c in chunks)
+        total += chunk.num_samples
+        if max_samples is not None and total >= max_samples:
+            break
     if total == 0:
         raise CalibrationDataError(f"{source}: yielded no usable samples")
     return Dataset(Path(source), specs, tuple(chunks), range(total))
@@ -335,8 +436,14 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bo
 
     Samples holding NaN or Inf are refused, or with ``skip_nonfinite`` left out and counted.
     """
+    if "\x00" in str(path):
+        raise CalibrationDataError(f"{str(path)!r}: the path holds a NUL byte")
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such file or folder")
+    if not path.is_file() and not path.is_dir():
+        raise CalibrationDataError(
+            f"{path}: not a regular file or a folder (a FIFO or device cannot be data)"
+        )
     if path.is_file():
         if path.suffix not in (".npz", ".npy"):
             raise CalibrationDataError(f"{path}: expected a .npz or .npy file, or a folder of them")

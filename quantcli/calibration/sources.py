@@ -7,9 +7,10 @@ loader runs the user's code, which is theirs to trust.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,10 +20,11 @@ import numpy as np
 import numpy.typing as npt
 
 from quantcli.calibration.data import Dataset, InputSpec, dataset_from_samples, open_dataset
-from quantcli.errors import CalibrationDataError, ConfigError
+from quantcli.errors import CalibrationDataError, ConfigError, QuantCliError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_LOADER_BYTES",
     "DataSource",
     "ImageFolder",
     "Preprocess",
@@ -32,6 +34,8 @@ __all__ = [
     "source_paths",
 ]
 
+# A --data-loader's samples are kept in memory; past this many bytes of them it is refused.
+MAX_LOADER_BYTES = 2 * 2**30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _PREPROCESS_KEYS = ("resize", "layout", "scale", "mean", "std", "channels")
 
@@ -189,25 +193,78 @@ def _call_loader(reference: str) -> Any:
     # The current folder is importable, as for `python -m`: a loader next to the data just works.
     if "" not in sys.path:
         sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"--data-loader: cannot import module '{module_name}' ({exc})") from exc
+    with _loader_errors(reference, f"importing module '{module_name}'"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(f"--data-loader: cannot import module '{module_name}' ({exc})") from exc
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"--data-loader: module '{module_name}' has no function '{function_name}'")
-    return function()
+    with _loader_errors(reference, f"calling {function_name}()"):
+        return function()
 
 
-def open_source(source: DataSource, specs: tuple[InputSpec, ...], *, skip_nonfinite: bool = False) -> Dataset:
-    """Open any data source as a checked :class:`Dataset`."""
+@contextlib.contextmanager
+def _loader_errors(reference: str, doing: str) -> Iterator[None]:
+    """The user's code failing is the user's error (exit 1, named), not a bug in quantcli; a
+    loader calling sys.exit() must not end the run with its exit code (0 would be a false success)."""
+    try:
+        yield
+    except QuantCliError:
+        raise
+    except SystemExit as exc:
+        raise CalibrationDataError(
+            f"--data-loader {reference}: {doing} called sys.exit({exc.code!r}); a loader must return samples"
+        ) from exc
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise CalibrationDataError(
+            f"--data-loader {reference}: {doing} raised {type(exc).__name__}: {first}"
+        ) from exc
+
+
+def _guarded_items(reference: str, samples: Iterable[Any]) -> Iterator[Any]:
+    """The loader's items, each ``next()`` under :func:`_loader_errors`."""
+    with _loader_errors(reference, "iterating its samples"):
+        iterator = iter(samples)
+    index = 0
+    while True:
+        with _loader_errors(reference, f"producing item {index}"):
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+        yield item
+        index += 1
+
+
+def open_source(
+    source: DataSource,
+    specs: tuple[InputSpec, ...],
+    *,
+    skip_nonfinite: bool = False,
+    max_samples: int | None = None,
+) -> Dataset:
+    """Open any data source as a checked :class:`Dataset`.
+
+    A loader's items are held in memory, so it is read lazily: no further than ``max_samples``
+    samples, and never past :data:`MAX_LOADER_BYTES` (an endless generator is refused, not drained).
+    """
     if isinstance(source, UserLoader):
         samples = _call_loader(source.reference)
         if isinstance(samples, Mapping) or not hasattr(samples, "__iter__"):
             raise CalibrationDataError(
                 f"{source}: must return an iterable of dicts, got {type(samples).__name__}"
             )
-        return dataset_from_samples(str(source), samples, specs, skip_nonfinite=skip_nonfinite)
+        return dataset_from_samples(
+            str(source),
+            _guarded_items(source.reference, samples),
+            specs,
+            skip_nonfinite=skip_nonfinite,
+            max_samples=max_samples,
+            max_bytes=MAX_LOADER_BYTES,
+        )
     if (
         isinstance(source, Path)
         and source.is_dir()

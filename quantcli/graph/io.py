@@ -374,7 +374,9 @@ def open_session(
     with onnxruntime's first line when it refuses the model.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # onnxruntime's own log lines (coloured, multi-line) must not precede quantcli's one-line
+    # error: its refusals arrive as exceptions, which carry the same text.
+    options.log_severity_level = 4
     if threads is not None:
         options.intra_op_num_threads = threads
     if data_folder is not None:
