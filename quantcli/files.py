@@ -28,40 +28,34 @@ def _refuse(error: type[QuantCliError], path: Path, problem: str) -> QuantCliErr
     return error(f"{path}: {problem}")
 
 
-def check_regular(path: Path, what: str, error: type[QuantCliError]) -> None:
-    """Refuse a path that names no regular file: a FIFO, a device, a socket, a folder."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise _refuse(error, path, "no such file") from None
-    except (OSError, ValueError) as exc:
-        raise _refuse(
-            error, path, f"cannot read the {what} ({getattr(exc, 'strerror', None) or exc})"
-        ) from exc
-    if not stat.S_ISREG(mode):
-        raise _refuse(error, path, f"is not a regular file (a FIFO, device or folder cannot be the {what})")
-
-
-def read_bounded(path: Path, limit: int, what: str, error: type[QuantCliError]) -> bytes:
-    """The bytes of the regular file ``path``, refused past ``limit`` bytes."""
+def _open(path: Path, what: str, error: type[QuantCliError]) -> int:
+    """A descriptor of ``path`` opened for reading, refused unless it is a regular file."""
     try:
         # O_NONBLOCK: opening a FIFO waits for a writer otherwise; the mode check below refuses it.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise _refuse(error, path, "no such file") from None
-    except (OSError, ValueError) as exc:
-        raise _refuse(
-            error, path, f"cannot read the {what} ({getattr(exc, 'strerror', None) or exc})"
-        ) from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise _refuse(
-                error, path, f"is not a regular file (a FIFO, device or folder cannot be the {what})"
-            )
-        if info.st_size > limit:
-            raise _refuse(error, path, f"{info.st_size} bytes is larger than a {what} may be ({limit} bytes)")
-        data = handle.read(limit + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or exc
+        raise _refuse(error, path, f"cannot read the {what} ({reason})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _refuse(error, path, f"is not a regular file (a FIFO, device or folder cannot be the {what})")
+    return fd
+
+
+def check_regular(path: Path, what: str, error: type[QuantCliError]) -> None:
+    """Refuse a path that names no regular file: a FIFO, a device, a socket, a folder."""
+    os.close(_open(path, what, error))
+
+
+def read_bounded(path: Path, limit: int, what: str, error: type[QuantCliError]) -> bytes:
+    """The bytes of the regular file ``path``, refused past ``limit`` bytes."""
+    with os.fdopen(_open(path, what, error), "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > limit:
+            raise _refuse(error, path, f"{size} bytes is larger than a {what} may be ({limit} bytes)")
+        data = handle.read(size + 1)  # not limit + 1: that buffer would be allocated up front
     if len(data) > limit:  # grew while being read
         raise _refuse(error, path, f"larger than a {what} may be ({limit} bytes)")
     return data

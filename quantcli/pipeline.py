@@ -59,6 +59,7 @@ from quantcli.graph.io import (
     load_model,
     open_session,
     serialize,
+    unmap,
 )
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import PlanParams, compute_params
@@ -119,6 +120,27 @@ def _guard_inputs(
     for file, what in files:
         if file is not None:
             guard.reads(file, what)
+
+
+def _check_weights(loaded: ModelFile, plans: list[QuantPlan]) -> None:
+    """Refuse NaN or Inf in a weight that would be quantized: its scale would be meaningless,
+    and the failure would otherwise surface as NaN activations blamed on the data. (Non-finite
+    constants left in float, such as attention masks of -inf, are fine.)"""
+    names = sorted({w.name for plan in plans for w in plan.weights})
+    initializers = loaded.model.graph.initializers
+    for name in names:
+        value = initializers.get(name)
+        tensor = value.const_value if value is not None else None
+        if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            continue
+        bad = int(tensor.size - np.count_nonzero(np.isfinite(tensor.numpy())))
+        unmap(tensor)
+        if bad:
+            raise QuantizationError(
+                f"{loaded.path}: weight '{name}' holds {bad} NaN or Inf value(s); the model itself is "
+                "broken (--skip-nonfinite skips data samples, not weights): fix the model, or keep its "
+                "node in float with --exclude"
+            )
 
 
 def _guard_model_files(guard: PathGuard, loaded: ModelFile) -> None:
@@ -551,6 +573,7 @@ def _quantize_into(
             f"{model_path}: nothing to quantize in {config.mode} mode "
             "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
         )
+    _check_weights(loaded, plans)
     observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
     calibration_summary = CalibrationSummary("none", 0, f"not needed in {config.mode} mode")

@@ -7,11 +7,14 @@ RLIMIT_AS, so a budget that does not hold fails the test by running out of memor
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import bombs
 import models
 import numpy as np
 import onnx
@@ -359,3 +362,129 @@ def test_an_output_appearing_between_check_and_commit_is_not_replaced(
     assert (tmp_path / "q.onnx").read_bytes() == b"the other run's model"
     assert not (tmp_path / "q.onnx.data").exists() and not (tmp_path / "r.json").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".quantcli-")]
+
+
+# --- bombs: small on disk, huge once read ------------------------------------------------------
+
+# Runs each case in one child process whose address space is capped a little above what quantcli
+# needs once imported: a budget that does not hold runs out of memory (a MemoryError, exit 4)
+# instead of printing its one line. Budgets are tightened per case so the bombs stay small.
+BOMB_HARNESS = """\
+import contextlib, json, resource, sys
+from typer.testing import CliRunner
+from quantcli.cli.app import app
+from quantcli.calibration import data, sources
+from quantcli.graph import io
+
+size = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+limit = size + int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+modules = {"data": data, "sources": sources, "io": io}
+results = {}
+for name, case in json.loads(sys.argv[2]).items():
+    with contextlib.ExitStack() as stack:
+        for key, value in case["budgets"].items():
+            module, attribute = key.split(".")
+            old = getattr(modules[module], attribute)
+            setattr(modules[module], attribute, value)
+            stack.callback(setattr, modules[module], attribute, old)
+        result = CliRunner().invoke(app, case["args"])
+    results[name] = {"code": result.exit_code, "stderr": result.stderr}
+print(json.dumps(results))
+"""
+HEADROOM = 192 * 2**20  # address space beyond the imported process's: each bomb inflates past it
+BOMB = 512 * 2**20
+
+
+def _bomb_cases(d: Path, calibration: bytes) -> dict[str, dict[str, Any]]:
+    model, _ = _cnn_folder(d)
+    (d / "c.json").write_bytes(calibration)
+    bombs.npz_bomb(d / "bomb.npz", BOMB)
+    bombs.counts_bomb(d / "c.json", d / "counts.json", BOMB)
+    bombs.declared_initializer_model(d / "declared.onnx", 5 * 10**8)
+    bombs.wide_graph(d / "wide.onnx", 5000)
+    (d / "endless.py").write_text(bombs.ENDLESS_LOADER)
+    convert = ["convert", str(model), "-o", str(d / "q.onnx"), "--mode", "static"]
+    return {
+        "npz member inflating past the file budget": {
+            "args": [*convert, "--data", str(d / "bomb.npz")],
+            "budgets": {"data.MAX_FILE_BYTES": 32 * 2**20},
+            "expect": (1, "bomb.npz", "more than one data file may hold"),
+        },
+        "histogram counts inflating past 4096 int64": {
+            "args": [*convert, "--calibration", str(d / "counts.json")],
+            "budgets": {},
+            "expect": (1, "counts.json", "4096 int64"),
+        },
+        "endless loader without --max-samples": {
+            "args": [*convert, "--data-loader", "endless:load"],
+            "budgets": {"sources.MAX_LOADER_BYTES": 16 * 2**20},
+            "expect": (1, "endless:load", "pass --max-samples"),
+        },
+        "endless loader with --max-samples": {
+            "args": [
+                *("calibrate", str(model), "--data-loader", "endless:load", "--max-samples", "20"),
+                *("-o", str(d / "lazy.json"), "--mode", "static"),
+            ],
+            "budgets": {},
+            "expect": (0,),
+        },
+        "initializer declaring 2 GB it does not hold": {
+            "args": ["convert", str(d / "declared.onnx"), "-o", str(d / "q.onnx"), "--mode", "weight-only"],
+            "budgets": {},
+            "expect": (1, "declared.onnx", "declares 500000000 elements"),
+        },
+        "graph past the node limit": {
+            "args": ["inspect", str(d / "wide.onnx")],
+            "budgets": {"io.MAX_NODES": 1000},
+            "expect": (1, "wide.onnx", "5000 nodes"),
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def bomb_runs(tmp_path_factory: pytest.TempPathFactory, calibration_json: bytes) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("bombs")
+    cases = _bomb_cases(folder, calibration_json)
+    before = snapshot(folder)
+    plain = {name: {"args": c["args"], "budgets": c["budgets"]} for name, c in cases.items()}
+    result = _run([PYTHON, "-c", BOMB_HARNESS, str(HEADROOM), json.dumps(plain)], folder)
+    assert result.returncode == 0, result.stderr
+    after = snapshot(folder)
+    after.pop("lazy.json", None)  # the one case that succeeds
+    return {
+        "cases": cases,
+        "results": json.loads(result.stdout),
+        "unchanged": after == before,
+        "folder": folder,
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "npz member inflating past the file budget",
+        "histogram counts inflating past 4096 int64",
+        "endless loader without --max-samples",
+        "initializer declaring 2 GB it does not hold",
+        "graph past the node limit",
+    ],
+)
+def test_a_bomb_is_refused_in_one_line_within_its_memory_budget(bomb_runs: dict[str, Any], name: str) -> None:
+    code, *names = bomb_runs["cases"][name]["expect"]
+    got = bomb_runs["results"][name]
+    assert got["code"] == code, got
+    assert_one_line(got["stderr"], *names)
+    assert bomb_runs["unchanged"]
+
+
+def test_an_endless_loader_is_read_lazily_up_to_max_samples(bomb_runs: dict[str, Any]) -> None:
+    got = bomb_runs["results"]["endless loader with --max-samples"]
+    assert got["code"] == 0, got
+    assert json.loads((bomb_runs["folder"] / "lazy.json").read_text())["num_samples"] == 20
+
+
+def test_calibration_from_dev_zero_is_refused_unread(tmp_path: Path) -> None:
+    model, _ = _cnn_folder(tmp_path)
+    args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", "/dev/zero"]
+    refused(args, tmp_path, "/dev/zero", "not a regular file")

@@ -34,8 +34,9 @@ __all__ = [
     "source_paths",
 ]
 
-# A --data-loader's samples are kept in memory; past this many bytes of them it is refused.
-MAX_LOADER_BYTES = 2 * 2**30
+# A --data-loader's samples are kept in memory: without --max-samples, a loader yielding more than
+# this many bytes of them is refused (with it, the user has said how many to hold).
+MAX_LOADER_BYTES = 256 * 2**20
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _PREPROCESS_KEYS = ("resize", "layout", "scale", "mean", "std", "channels")
 
@@ -249,7 +250,8 @@ def open_source(
     """Open any data source as a checked :class:`Dataset`.
 
     A loader's items are held in memory, so it is read lazily: no further than ``max_samples``
-    samples, and never past :data:`MAX_LOADER_BYTES` (an endless generator is refused, not drained).
+    samples, and without ``max_samples`` never past :data:`MAX_LOADER_BYTES` (an endless
+    generator is refused, not drained).
     """
     if isinstance(source, UserLoader):
         samples = _call_loader(source.reference)
@@ -263,7 +265,7 @@ def open_source(
             specs,
             skip_nonfinite=skip_nonfinite,
             max_samples=max_samples,
-            max_bytes=MAX_LOADER_BYTES,
+            max_bytes=MAX_LOADER_BYTES if max_samples is None else None,
         )
     if (
         isinstance(source, Path)
