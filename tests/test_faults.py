@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -488,3 +490,283 @@ def test_calibration_from_dev_zero_is_refused_unread(tmp_path: Path) -> None:
     model, _ = _cnn_folder(tmp_path)
     args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration", "/dev/zero"]
     refused(args, tmp_path, "/dev/zero", "not a regular file")
+
+
+# --- honest exits: every failure caused by input is exit 1 with one line ----------------------
+
+
+def _with_external(model: Path, **entries: str) -> None:
+    """Set (or add) external_data entries of every external initializer of ``model``."""
+    proto = onnx.load(model, load_external_data=False)
+    for tensor in proto.graph.initializer:
+        for key, value in entries.items():
+            found = [e for e in tensor.external_data if e.key == key]
+            if found:
+                found[0].value = value
+            else:
+                tensor.external_data.add(key=key, value=value)
+    onnx.save(proto, model)
+
+
+def _calibration_edit(d: Path, calibration: bytes, edit: Callable[[dict[str, Any]], None]) -> Path:
+    document = json.loads(calibration)
+    edit(document)
+    path = d / "c.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _first_tensor(document: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = document["tensors"][sorted(document["tensors"])[0]]
+    return entry
+
+
+def _loader(d: Path, name: str, text: str) -> list[str]:
+    (d / f"{name}.py").write_text(textwrap.dedent(text))
+    return ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--data-loader", f"{name}:load"]
+
+
+def _convert_args(d: Path, *extra: str) -> list[str]:
+    return ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--data", str(d / "d.npz"), *extra]
+
+
+def _bad_weight(d: Path, value: float) -> list[str]:
+    proto = models.tiny_cnn()
+    weight = onnx.numpy_helper.to_array(proto.graph.initializer[0]).copy()
+    weight[0, 0, 0, 0] = value
+    proto.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(weight, "conv1.w"))
+    onnx.save(proto, d / "m.onnx")
+    return _convert_args(d, "--mode", "static")
+
+
+def _constant_outside(d: Path) -> list[str]:
+    """A Constant node's tensor kept in external data outside the model's folder."""
+    (d / "outside.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    sub = d / "model"
+    sub.mkdir()
+    value = onnx.TensorProto(name="c", data_type=onnx.TensorProto.FLOAT, dims=[4])
+    value.data_location = onnx.TensorProto.EXTERNAL
+    value.external_data.add(key="location", value="../outside.bin")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Constant", [], ["c"], name="const", value=value),
+            onnx.helper.make_node("Add", ["x", "c"], ["y"], name="add"),
+        ],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    (sub / "m.onnx").write_bytes(model.SerializeToString())
+    return ["inspect", str(sub / "m.onnx")]
+
+
+def _fifo(d: Path, name: str) -> Path:
+    path = d / name
+    os.mkfifo(path)
+    return path
+
+
+def _shards(d: Path, calibration: bytes, first: str, second: str) -> list[str]:
+    for name, shard in (("a.json", first), ("b.json", second)):
+        document = json.loads(calibration)
+        document["shards"], document["choice"] = [shard], None
+        (d / name).write_text(json.dumps(document))
+    return ["calibrate", "merge", str(d / "a.json"), str(d / "b.json"), "-o", str(d / "m.json")]
+
+
+def _nested_toml(d: Path) -> list[str]:
+    (d / "r.toml").write_text("[defaults]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    return _convert_args(d, "--recipe", str(d / "r.toml"))
+
+
+def _hard_linked_data(d: Path) -> list[str]:
+    os.link(d / "w.bin", d / "w-copy.bin")
+    return _convert_args(d)
+
+
+def _nested_json(d: Path, calibration: bytes) -> list[str]:
+    (d / "c.json").write_text("[" * 100000 + "]" * 100000)
+    return ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--calibration", str(d / "c.json")]
+
+
+def _deep_json(d: Path, calibration: bytes) -> list[str]:
+    def deepen(document: dict[str, Any]) -> None:
+        document["choice"] = {"a": json.loads("[" * 40 + "]" * 40)}
+
+    path = _calibration_edit(d, calibration, deepen)
+    return ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--calibration", str(path)]
+
+
+def _calibration_case(edit: Callable[[dict[str, Any]], None]) -> Callable[[Path, bytes], list[str]]:
+    def build(d: Path, calibration: bytes) -> list[str]:
+        path = _calibration_edit(d, calibration, edit)
+        return ["convert", str(d / "m.onnx"), "-o", str(d / "q.onnx"), "--calibration", str(path)]
+
+    return build
+
+
+def _set(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(document: dict[str, Any]) -> None:
+        _first_tensor(document)[key] = value
+
+    return edit
+
+
+NAN_BYTES = b"[defaults]\nmethod = 'minmax' # \xff\xfe\n"
+HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = {
+    "external data is a hard link": (lambda d, c: _hard_linked_data(d), ("m.onnx", "hard links")),
+    "NUL byte in a location": (
+        lambda d, c: (_with_external(d / "m.onnx", location="w\x00.bin"), _convert_args(d))[1],
+        ("m.onnx", "NUL byte"),
+    ),
+    "5,000-character location": (
+        lambda d, c: (_with_external(d / "m.onnx", location="w" * 5000), _convert_args(d))[1],
+        ("m.onnx", "too long"),
+    ),
+    "unknown external_data key": (
+        lambda d, c: (_with_external(d / "m.onnx", basepath="/etc"), _convert_args(d))[1],
+        ("m.onnx", "'basepath'"),
+    ),
+    "negative external data offset": (
+        lambda d, c: (_with_external(d / "m.onnx", offset="-4096"), _convert_args(d))[1],
+        ("m.onnx", "not a size"),
+    ),
+    "Constant tensor in external data outside the folder": (
+        lambda d, c: _constant_outside(d),
+        ("m.onnx", "outside the model's folder"),
+    ),
+    "300-character -o": (
+        lambda d, c: ["convert", str(d / "m.onnx"), "-o", str(d / ("q" * 300)), "--data", str(d / "d.npz")],
+        ("longer than",),
+    ),
+    "calibration nested 100,000 deep": (_nested_json, ("c.json", "nests deeper")),
+    "calibration nested 40 deep": (_deep_json, ("c.json", "nests deeper")),
+    "recipe nested 5,000 deep": (lambda d, c: _nested_toml(d), ("r.toml", "nests deeper")),
+    "recipe not UTF-8": (
+        lambda d, c: ((d / "r.toml").write_bytes(NAN_BYTES), _convert_args(d, "--recipe", str(d / "r.toml")))[
+            1
+        ],
+        ("r.toml", "not UTF-8"),
+    ),
+    "--seed -1": (lambda d, c: _convert_args(d, "--seed", "-1"), ("seed", "-1")),
+    "--max-drop nan": (lambda d, c: _convert_args(d, "--max-drop", "nan"), ("max drop", "nan")),
+    "loader raises on import": (
+        lambda d, c: _loader(d, "raising_import", "raise RuntimeError('no GPU here')\n"),
+        ("raising_import:load", "RuntimeError: no GPU here"),
+    ),
+    "loader calls sys.exit(0) on import": (
+        lambda d, c: _loader(d, "exiting_import", "import sys\nsys.exit(0)\n"),
+        ("exiting_import:load", "sys.exit(0)"),
+    ),
+    "loader raises while iterating": (
+        lambda d, c: _loader(
+            d,
+            "raising_iter",
+            """
+            import numpy as np
+            def load():
+                yield {"image": np.zeros((1, 3, 16, 16), np.float32)}
+                raise OSError("dataset server went away")
+            """,
+        ),
+        ("raising_iter:load", "item 1", "dataset server went away"),
+    ),
+    "loader yields a ragged list": (
+        lambda d, c: _loader(d, "ragged", "def load():\n    return [{'image': [[1.0, 2.0], [3.0]]}]\n"),
+        ("ragged:load[0]", "not an array"),
+    ),
+    "loader calls sys.exit(0) while iterating": (
+        lambda d, c: _loader(d, "exiting_iter", "import sys\ndef load():\n    sys.exit(0)\n    yield {}\n"),
+        ("exiting_iter:load", "sys.exit(0)"),
+    ),
+    "calibration range NaN": (_calibration_case(_set("min", float("nan"))), ("c.json", "finite range")),
+    "calibration range Inf": (_calibration_case(_set("max", float("inf"))), ("c.json", "finite range")),
+    "calibration exponent 10**6": (_calibration_case(_set("exponent", 10**6)), ("c.json", "exponent")),
+    "calibration count 1e400": (_calibration_case(_set("count", 1e400)), ("c.json", "malformed")),
+    "--data is a FIFO": (
+        lambda d, c: [*_convert_args(d)[:-1], str(_fifo(d, "f.npz"))],
+        ("f.npz", "FIFO"),
+    ),
+    "--data is a device": (lambda d, c: [*_convert_args(d)[:-1], "/dev/null"], ("/dev/null", "device")),
+    "--labels is a FIFO": (
+        lambda d, c: _convert_args(d, "--labels", str(_fifo(d, "l.npy"))),
+        ("l.npy", "not a regular file"),
+    ),
+    "--recipe is a FIFO": (
+        lambda d, c: _convert_args(d, "--recipe", str(_fifo(d, "r.toml"))),
+        ("r.toml", "not a regular file"),
+    ),
+    "@FILE is a FIFO": (
+        lambda d, c: _convert_args(d, "-x", f"@{_fifo(d, 'x.txt')}"),
+        ("x.txt", "not a regular file"),
+    ),
+    "merge one file twice": (
+        lambda d, c: (
+            (d / "a.json").write_bytes(c),
+            ["calibrate", "merge", str(d / "a.json"), str(d / "a.json"), "-o", str(d / "m.json")],
+        )[1],
+        ("a.json", "merged once"),
+    ),
+    "merge shards 1/2 and 1/3": (lambda d, c: _shards(d, c, "1/2", "1/3"), ("b.json", "shares samples")),
+    "NaN in a weight": (lambda d, c: _bad_weight(d, float("nan")), ("m.onnx", "weight 'conv1.w'")),
+    "Inf in a weight": (lambda d, c: _bad_weight(d, float("inf")), ("m.onnx", "weight 'conv1.w'")),
+}
+
+
+@pytest.mark.parametrize("name", HONEST, ids=HONEST)
+def test_input_faults_exit_1_with_one_line(
+    tmp_path: Path, calibration_json: bytes, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _cnn_folder(tmp_path)
+    build, names = HONEST[name]
+    args = build(tmp_path, calibration_json)
+    refused(args, tmp_path, *names)
+
+
+def test_merge_of_disjoint_shards_of_different_splits_is_allowed(
+    tmp_path: Path, calibration_json: bytes
+) -> None:
+    """1/2 holds the even samples, 2/4 the samples 1, 5, 9...: disjoint, so they may merge."""
+    result = runner.invoke(app, _shards(tmp_path, calibration_json, "1/2", "2/4"))
+    assert result.exit_code == 0, result.output
+
+
+# --- every model read from its own folder -------------------------------------------------------
+
+
+def test_compare_reads_external_data_from_each_models_folder_not_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = tmp_path / "models"
+    sub.mkdir()
+    model, data = _cnn_folder(sub)
+    converted = runner.invoke(
+        app, ["convert", str(model), "-o", str(sub / "q.onnx"), "--mode", "weight-only"]
+    )
+    assert converted.exit_code == 0, converted.output
+    args = [
+        "compare",
+        str(model),
+        str(sub / "q.onnx"),
+        "--data",
+        str(data),
+        "--runs",
+        "1",
+        "--per-layer",
+        "--json",
+    ]
+    monkeypatch.chdir(sub)
+    at_home = runner.invoke(app, args)
+    assert at_home.exit_code == 0, at_home.output
+    # Elsewhere, with decoys named like both data files in the current folder.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.bin").write_bytes(bytes(len((sub / "w.bin").read_bytes())))
+    (tmp_path / "q.onnx.data").write_bytes(bytes(len((sub / "q.onnx.data").read_bytes())))
+    away = runner.invoke(app, args)
+    assert away.exit_code == 0, away.output
+    fidelity = [json.loads(r.stdout)["fidelity"] for r in (at_home, away)]
+    assert fidelity[0] == fidelity[1]
+    assert json.loads(away.stdout)["per_layer"] == json.loads(at_home.stdout)["per_layer"]

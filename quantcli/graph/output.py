@@ -218,6 +218,12 @@ class StagedOutput:
                     name=str(value.name),
                     base_dir=staged_data.parent,
                 )
+        placed = {value for value, _ in layout} if external_data else set()
+        for value, tensor in saved.items():
+            # An input's external tensor left out of the data file (too small for it, or no data
+            # file written) is copied inline: its location names the input's file, not ours.
+            if value not in placed and isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy().copy(), name=str(value.name))
         try:
             proto = ir.serde.serialize_model(model)
         finally:
