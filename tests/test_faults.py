@@ -406,8 +406,17 @@ def _bomb_cases(d: Path, calibration: bytes) -> dict[str, dict[str, Any]]:
     bombs.declared_initializer_model(d / "declared.onnx", 5 * 10**8)
     bombs.wide_graph(d / "wide.onnx", 5000)
     (d / "endless.py").write_text(bombs.ENDLESS_LOADER)
+    _mismatched_conv(d / "badconv.onnx")
+    np.savez(d / "x.npz", x=np.zeros((2, 3, 8, 8), np.float32))
     convert = ["convert", str(model), "-o", str(d / "q.onnx"), "--mode", "static"]
     return {
+        # Not a bomb: run here because onnxruntime logs to the process's own stderr, which only
+        # a child process shows (the fixture asserts none of its lines appear).
+        "onnxruntime fails running the model": {
+            "args": ["convert", str(d / "badconv.onnx"), "-o", str(d / "q.onnx"), "--data", str(d / "x.npz")],
+            "budgets": {},
+            "expect": (1, "x.npz", "kernel channels"),
+        },
         "npz member inflating past the file budget": {
             "args": [*convert, "--data", str(d / "bomb.npz")],
             "budgets": {"data.MAX_FILE_BYTES": 32 * 2**20},
@@ -444,6 +453,20 @@ def _bomb_cases(d: Path, calibration: bytes) -> dict[str, dict[str, Any]]:
     }
 
 
+def _mismatched_conv(path: Path) -> None:
+    """A Conv whose weight expects 4 channels of a 3-channel input: onnxruntime fails at run time."""
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv")],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.ones((2, 4, 3, 3), np.float32), "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
 @pytest.fixture(scope="module")
 def bomb_runs(tmp_path_factory: pytest.TempPathFactory, calibration_json: bytes) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("bombs")
@@ -452,6 +475,7 @@ def bomb_runs(tmp_path_factory: pytest.TempPathFactory, calibration_json: bytes)
     plain = {name: {"args": c["args"], "budgets": c["budgets"]} for name, c in cases.items()}
     result = _run([PYTHON, "-c", BOMB_HARNESS, str(HEADROOM), json.dumps(plain)], folder)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # nothing but the one lines CliRunner captured: no onnxruntime log
     after = snapshot(folder)
     after.pop("lazy.json", None)  # the one case that succeeds
     return {
@@ -465,6 +489,7 @@ def bomb_runs(tmp_path_factory: pytest.TempPathFactory, calibration_json: bytes)
 @pytest.mark.parametrize(
     "name",
     [
+        "onnxruntime fails running the model",
         "npz member inflating past the file budget",
         "histogram counts inflating past 4096 int64",
         "endless loader without --max-samples",

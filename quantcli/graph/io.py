@@ -176,6 +176,8 @@ def _node_count(graph: onnx.GraphProto) -> int:
     while stack:
         current = stack.pop()
         count += len(current.node)
+        if count > MAX_NODES:  # enough to refuse; no need to walk a million nodes' attributes
+            return count
         for node in current.node:
             for attr in node.attribute:
                 if attr.HasField("g"):
@@ -191,7 +193,8 @@ def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
     nodes = _node_count(proto.graph)
     if nodes > MAX_NODES:
         raise ModelLoadError(
-            f"{path}: the graph has {nodes} nodes, more than quantcli handles ({MAX_NODES}); split the model"
+            f"{path}: the graph has {nodes} nodes or more, past quantcli's limit of {MAX_NODES}; "
+            "split the model"
         )
     for name, tensor in _proto_tensors(proto.graph):
         where = f"{path}: tensor '{name}'"
