@@ -940,6 +940,7 @@ def calibrate(
         seed=config.seed,
         shard=shard,
     )
+    _check_weights(loaded, _plans(loaded.model, config))
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")

@@ -736,6 +736,10 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
     "merge shards 1/2 and 1/3": (lambda d, c: _shards(d, c, "1/2", "1/3"), ("b.json", "shares samples")),
     "NaN in a weight": (lambda d, c: _bad_weight(d, float("nan")), ("m.onnx", "weight 'conv1.w'")),
     "Inf in a weight": (lambda d, c: _bad_weight(d, float("inf")), ("m.onnx", "weight 'conv1.w'")),
+    "NaN in a weight, calibrate": (
+        lambda d, c: ["calibrate", *_bad_weight(d, float("nan"))[1:2], "--data", "d.npz", "-o", "c2.json"],
+        ("m.onnx", "weight 'conv1.w'"),
+    ),
 }
 
 
@@ -795,3 +799,21 @@ def test_compare_reads_external_data_from_each_models_folder_not_the_cwd(
     fidelity = [json.loads(r.stdout)["fidelity"] for r in (at_home, away)]
     assert fidelity[0] == fidelity[1]
     assert json.loads(away.stdout)["per_layer"] == json.loads(at_home.stdout)["per_layer"]
+
+
+@pytest.mark.parametrize("mode", ["weight-only", "dynamic"])
+def test_small_external_tensors_are_written_inline_not_pointing_at_the_input(
+    tmp_path: Path, mode: str
+) -> None:
+    model = tmp_path / "m.onnx"
+    onnx.save(
+        models.tiny_transformer(), model, save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    out = tmp_path / "out" / "q.onnx"
+    out.parent.mkdir()
+    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--mode", mode])
+    assert result.exit_code == 0, result.output
+    proto = onnx.load(out, load_external_data=False)
+    locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"q.onnx.data"}
+    onnx.checker.check_model(str(out), full_check=True)
