@@ -415,7 +415,7 @@ def _bomb_cases(d: Path, calibration: bytes) -> dict[str, dict[str, Any]]:
         "onnxruntime fails running the model": {
             "args": ["convert", str(d / "badconv.onnx"), "-o", str(d / "q.onnx"), "--data", str(d / "x.npz")],
             "budgets": {},
-            "expect": (1, "x.npz", "kernel channels"),
+            "expect": (1, "badconv.onnx", "kernel channels"),
         },
         "npz member inflating past the file budget": {
             "args": [*convert, "--data", str(d / "bomb.npz")],

@@ -195,7 +195,8 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
         table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
     for c in rows:
         gate, latency = c["gate"], c["latency_ms"]
-        value = "-" if gate is None else f"{gate.get('drop', gate.get('sqnr_db')):.2f}"
+        # float(): the report writes an infinite SQNR (identical outputs) as the string "inf".
+        value = "-" if gate is None else f"{float(gate.get('drop', gate.get('sqnr_db'))):.2f}"
         table.add_row(
             c["mode"],
             f"{c['size_ratio']:.2f}x",

@@ -200,14 +200,18 @@ def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
         where = f"{path}: tensor '{name}'"
         if any(d < 0 for d in tensor.dims):
             raise ModelLoadError(f"{where} has a negative dimension {list(tensor.dims)}")
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            bits = ir.DataType(tensor.data_type).bitwidth
+        except (ValueError, TypeError):  # not a data type onnx defines, or UNDEFINED
+            raise ModelLoadError(f"{where} has no valid data type ({tensor.data_type})") from None
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             _check_external_entry(where, tensor)
             continue
-        if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
-            continue
         elements = math.prod(tensor.dims)
         if tensor.raw_data:
-            held = len(tensor.raw_data) * 8 // max(ir.DataType(tensor.data_type).bitwidth, 1)
+            held = len(tensor.raw_data) * 8 // max(bits, 1)
         else:  # one typed entry per element (two 4-bit elements share one, at most)
             held = 2 * sum(
                 len(field)
