@@ -23,6 +23,7 @@ __all__ = [
     "ENDLESS_LOADER",
     "counts_bomb",
     "declared_initializer_model",
+    "npy_header",
     "npz_bomb",
     "wide_graph",
 ]
@@ -46,7 +47,7 @@ def npz_bomb(path: Path, inflated: int, name: str = "image", sample: tuple[int, 
     bytes of zeros: the shape matches the input, only its size is hostile."""
     per_sample = 4 * int(np.prod(sample))
     count = max(1, inflated // per_sample)
-    header = _npy_header(np.dtype("<f4"), (count, *sample))
+    header = npy_header(np.dtype("<f4"), (count, *sample))
     data, size = _repeated_deflate(header, count * per_sample, wbits=-15)
     # The CRC covers the real content (header and zeros), computed block by block.
     crc = zlib.crc32(header)
@@ -56,7 +57,7 @@ def npz_bomb(path: Path, inflated: int, name: str = "image", sample: tuple[int, 
     path.write_bytes(_zip(f"{name}.npy".encode(), data, size, crc))
 
 
-def _npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
+def npy_header(dtype: np.dtype[Any], shape: tuple[int, ...]) -> bytes:
     text = repr({"descr": dtype.str, "fortran_order": False, "shape": shape}).encode("latin1")
     pad = 64 - (10 + len(text) + 1) % 64
     body = text + b" " * pad + b"\n"

@@ -726,6 +726,13 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
         lambda d, c: _convert_args(d, "-x", f"@{_fifo(d, 'x.txt')}"),
         ("x.txt", "not a regular file"),
     ),
+    ".npy declaring more than it holds": (
+        lambda d, c: (
+            (d / "short.npy").write_bytes(bombs.npy_header(np.dtype("<f4"), (1000, 3, 16, 16)) + bytes(100)),
+            [*_convert_args(d)[:-1], str(d / "short.npy")],
+        )[1],
+        ("short.npy", "truncated or corrupt"),
+    ),
     "merge one file twice": (
         lambda d, c: (
             (d / "a.json").write_bytes(c),

@@ -150,13 +150,25 @@ def _header(stream: IO[bytes], path: Path) -> npt.NDArray[np.generic]:
     return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
 
 
+def _check_held(path: Path, declared: npt.NDArray[np.generic], held: int) -> None:
+    """Refuse an array header declaring more bytes than the file (or zip member) holds: numpy
+    would allocate the declared size before finding out."""
+    if declared.nbytes > held:
+        raise CalibrationDataError(
+            f"{path}: an array declares {declared.dtype.name}{list(declared.shape)} "
+            f"({declared.nbytes} bytes) but holds {held} bytes; the file is truncated or corrupt"
+        )
+
+
 def _headers(path: Path) -> dict[str, npt.NDArray[np.generic]]:
     """The arrays of a .npz or .npy file as :func:`_header` declares them, read from the headers."""
     _check_magic(path)
     try:
         if path.suffix == ".npy":
             with path.open("rb") as handle:
-                return {"": _header(handle, path)}
+                array = _header(handle, path)
+                _check_held(path, array, path.stat().st_size - handle.tell())
+                return {"": array}
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
             if len(members) > MAX_MEMBERS:
@@ -164,7 +176,9 @@ def _headers(path: Path) -> dict[str, npt.NDArray[np.generic]]:
             headers = {}
             for member in members:
                 with archive.open(member) as stream:
-                    headers[member.filename[: -len(".npy")]] = _header(stream, path)
+                    array = _header(stream, path)
+                    _check_held(path, array, member.file_size - stream.tell())
+                    headers[member.filename[: -len(".npy")]] = array
             return headers
     except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
         raise CalibrationDataError(
