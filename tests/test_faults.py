@@ -733,6 +733,13 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
         )[1],
         ("short.npy", "truncated or corrupt"),
     ),
+    "labels declaring 10**6 of them, holding 10": (
+        lambda d, c: (
+            (d / "l.npy").write_bytes(bombs.npy_header(np.dtype("<i8"), (10**6,)) + bytes(80)),
+            _convert_args(d, "--labels", str(d / "l.npy")),
+        )[1],
+        ("l.npy", "truncated or corrupt"),
+    ),
     "merge one file twice": (
         lambda d, c: (
             (d / "a.json").write_bytes(c),

@@ -39,6 +39,7 @@ __all__ = [
     "dataset_from_samples",
     "has_batch_axis",
     "model_inputs",
+    "npy_header",
     "open_dataset",
 ]
 
@@ -160,15 +161,26 @@ def _check_held(path: Path, declared: npt.NDArray[np.generic], held: int) -> Non
         )
 
 
+def npy_header(path: Path) -> npt.NDArray[np.generic]:
+    """What a .npy file declares (see :func:`_header`), checked against what it holds."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(6) != _MAGIC[".npy"]:
+                raise CalibrationDataError(f"{path}: not a readable numpy .npy file")
+            handle.seek(0)
+            array = _header(handle, path)
+            _check_held(path, array, path.stat().st_size - handle.tell())
+            return array
+    except OSError as exc:
+        raise CalibrationDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
 def _headers(path: Path) -> dict[str, npt.NDArray[np.generic]]:
     """The arrays of a .npz or .npy file as :func:`_header` declares them, read from the headers."""
     _check_magic(path)
     try:
         if path.suffix == ".npy":
-            with path.open("rb") as handle:
-                array = _header(handle, path)
-                _check_held(path, array, path.stat().st_size - handle.tell())
-                return {"": array}
+            return {"": npy_header(path)}
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
             if len(members) > MAX_MEMBERS:
