@@ -25,6 +25,7 @@ __all__ = [
     "declared_initializer_model",
     "npy_header",
     "npz_bomb",
+    "png_header",
     "wide_graph",
 ]
 
@@ -98,6 +99,17 @@ def _zip(name: bytes, data: bytes, size: int, crc: int) -> bytes:
     locator = struct.pack("<IIQI", 0x07064B50, 0, offset + len(directory), 1)
     end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(directory), 0xFFFFFFFF, 0)
     return body + directory + end64 + locator + end
+
+
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG of a few dozen bytes whose header declares ``width`` x ``height`` RGB pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
 
 
 def counts_bomb(calibration: Path, out: Path, inflated: int) -> None:

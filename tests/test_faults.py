@@ -586,6 +586,12 @@ def _constant_outside(d: Path) -> list[str]:
     return ["inspect", str(sub / "m.onnx")]
 
 
+def _image_folder(d: Path, width: int, height: int) -> list[str]:
+    (d / "images").mkdir()
+    bombs.png_header(d / "images" / "big.png", width, height)
+    return [*_convert_args(d)[:-1], str(d / "images")]
+
+
 def _fifo(d: Path, name: str) -> Path:
     path = d / name
     os.mkfifo(path)
@@ -739,6 +745,18 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
             _convert_args(d, "--labels", str(d / "l.npy")),
         )[1],
         ("l.npy", "truncated or corrupt"),
+    ),
+    "image declaring 12000x12000 pixels": (
+        lambda d, c: _image_folder(d, 12000, 12000),
+        ("big.png", "larger than quantcli decodes"),
+    ),
+    "image declaring 60000x60000 pixels": (
+        lambda d, c: _image_folder(d, 60000, 60000),
+        ("big.png", "not a readable image"),
+    ),
+    "--preprocess resize=100000,100000": (
+        lambda d, c: [*_image_folder(d, 16, 16), "--preprocess", "resize=100000,100000"],
+        ("images", "resize them smaller"),
     ),
     "merge one file twice": (
         lambda d, c: (

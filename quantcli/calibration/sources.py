@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,11 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from quantcli.calibration.data import Dataset, InputSpec, dataset_from_samples, open_dataset
+from quantcli.calibration.data import MAX_SAMPLE_BYTES, Dataset, InputSpec, dataset_from_samples, open_dataset
 from quantcli.errors import CalibrationDataError, ConfigError, QuantCliError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_BYTES",
     "MAX_LOADER_BYTES",
     "DataSource",
     "ImageFolder",
@@ -37,6 +39,8 @@ __all__ = [
 # A --data-loader's samples are kept in memory: without --max-samples, a loader yielding more than
 # this many bytes of them is refused (with it, the user has said how many to hold).
 MAX_LOADER_BYTES = 256 * 2**20
+# Decoded images are held in memory too; a folder decoding to more than this needs --max-samples.
+MAX_IMAGE_BYTES = 2 * 2**30
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _PREPROCESS_KEYS = ("resize", "layout", "scale", "mean", "std", "channels")
 
@@ -129,13 +133,34 @@ def _image_geometry(spec: InputSpec, preprocess: Preprocess, folder: Path) -> tu
     layout = preprocess.layout or ("nhwc" if spec.shape[3] == 3 and spec.shape[1] != 3 else "nchw")
     height, width = (spec.shape[2], spec.shape[3]) if layout == "nchw" else (spec.shape[1], spec.shape[2])
     if preprocess.resize is not None:
-        return layout, preprocess.resize
+        height, width = preprocess.resize
     if height is None or width is None:
         raise CalibrationDataError(
             f"{folder}: input '{spec.name}' is {spec.describe()}, of no fixed size; "
             "give --preprocess resize=HEIGHT,WIDTH"
         )
+    if height * width * 3 * 4 > MAX_SAMPLE_BYTES:
+        raise CalibrationDataError(
+            f"{folder}: images of {height}x{width} make samples larger than {MAX_SAMPLE_BYTES} bytes; "
+            "resize them smaller (--preprocess resize=HEIGHT,WIDTH)"
+        )
     return layout, (height, width)
+
+
+def _decode(image_module: Any, path: Path, width: int, height: int) -> npt.NDArray[np.float32]:
+    """One image as float32 RGB pixels at ``height`` x ``width``. Its size is checked from the
+    header, before a pixel is decoded: a small file can declare gigapixels."""
+    with warnings.catch_warnings():
+        # Pillow's own bomb warning is moot: the size is checked here, in one line.
+        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+        with image_module.open(path) as image:
+            if image.width * image.height * 3 > MAX_SAMPLE_BYTES:
+                raise CalibrationDataError(
+                    f"{path}: a {image.width}x{image.height} image is larger than quantcli decodes "
+                    f"({MAX_SAMPLE_BYTES} bytes); shrink it"
+                )
+            rgb = image.convert("RGB").resize((width, height), image_module.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.float32)
 
 
 def _read_images(source: ImageFolder, spec: InputSpec) -> Iterator[dict[str, npt.NDArray[np.float32]]]:
@@ -151,10 +176,8 @@ def _read_images(source: ImageFolder, spec: InputSpec) -> Iterator[dict[str, npt
     std = np.asarray(pre.std, np.float32)
     for path in sorted(p for p in source.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-                pixels = np.asarray(rgb, dtype=np.float32)
-        except (OSError, UnidentifiedImageError) as exc:
+            pixels = _decode(Image, path, width, height)
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise CalibrationDataError(f"{path}: not a readable image ({exc})") from exc
         if pre.channels == "bgr":
             pixels = pixels[..., ::-1]
@@ -278,6 +301,11 @@ def open_source(
             names = ", ".join(s.name for s in specs)
             raise CalibrationDataError(f"{source}: images feed a single-input model; this one has {names}")
         return dataset_from_samples(
-            str(source), _read_images(source, specs[0]), specs, skip_nonfinite=skip_nonfinite
+            str(source),
+            _read_images(source, specs[0]),
+            specs,
+            skip_nonfinite=skip_nonfinite,
+            max_samples=max_samples,
+            max_bytes=MAX_IMAGE_BYTES if max_samples is None else None,
         )
     return open_dataset(source, specs, skip_nonfinite=skip_nonfinite)
