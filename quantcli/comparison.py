@@ -39,8 +39,11 @@ def compare(
     Each model's external data is read from its own folder, never the current one. ``guard``
     holds the files the caller will write (see :mod:`quantcli.graph.guard`).
     """
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    for flag, value in (("--threads", threads), ("--runs", latency_runs), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if per_layer and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
     guard = guard if guard is not None else PathGuard()
     guard.reads(float_path, "the float model")
     guard.reads(quantized_path, "the quantized model")

@@ -775,6 +775,13 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
 }
 
 
+@pytest.mark.parametrize("flag", [["--runs", "0"], ["--batch-size", "-3"], ["--top-k", "0", "--per-layer"]])
+def test_compare_refuses_counts_below_one(tmp_path: Path, flag: list[str]) -> None:
+    model, data = _cnn_folder(tmp_path)
+    args = ["compare", str(model), str(model), "--data", str(data), *flag]
+    refused(args, tmp_path, flag[0])
+
+
 @pytest.mark.parametrize("name", HONEST, ids=HONEST)
 def test_input_faults_exit_1_with_one_line(
     tmp_path: Path, calibration_json: bytes, name: str, monkeypatch: pytest.MonkeyPatch
