@@ -43,7 +43,7 @@ MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_
 SMALL_WORK = 2048
 DISAGREE_BELOW = 1.10  # pairs measured closer than this are not judged
 # Work below which a cost key's coefficient is not trusted (tiny kernels are all overhead).
-TRUSTED_WORK = {"float": 20_000_000, "integer": 20_000_000, "element": 200_000}
+TRUSTED_WORK = {"float": 20_000_000, "integer": 20_000_000, "dq-weight": 20_000_000, "element": 200_000}
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,16 @@ def fit(kernels: list[Kernel], runtime: str = "onnxruntime CPU, 1 thread") -> Co
         key = k.cost_key
         spent[key] += max(k.duration_us - overhead, 0.0) * 1000.0
         work[key] += units
-        family[key] = ("integer" if k.op_type in INTEGER_KERNELS else "float") if mac else "element"
+        if not mac:
+            family[key] = "element"
+        elif k.op_type in INTEGER_KERNELS:
+            family[key] = "integer"
+        else:
+            family[key] = "dq-weight" if k.dequantized_weight else "float"
     trusted = [key for key in spent if work[key] >= TRUSTED_WORK[family[key]]]
 
     def family_rate(name: str, fallback: float) -> float:
-        keys = [k for k in trusted if family[k] == name and not k.endswith("/dq-weight")]
+        keys = [k for k in trusted if family[k] == name]
         total = sum(work[k] for k in keys)
         return round(sum(spent[k] for k in keys) / total, 6) if total else fallback
 
@@ -130,6 +135,7 @@ def fit(kernels: list[Kernel], runtime: str = "onnxruntime CPU, 1 thread") -> Co
         default_ns_per_element=family_rate("element", 0.3),
         default_ns_per_mac=family_rate("float", 0.02),
         default_ns_per_integer_mac=family_rate("integer", 0.01),
+        default_ns_per_dq_weight_mac=family_rate("dq-weight", 0.05),
     )
 
 
@@ -138,12 +144,17 @@ def measured(variants: list[Variant], feed: dict[str, np.ndarray], rounds: int) 
     return {k: v.median_ms for k, v in measure_latency(sessions, feed, runs=rounds).items()}
 
 
-def agreement(measured_ms: dict[str, float], predicted_ms: dict[str, float]) -> tuple[int, int, list[str]]:
+def agreement(
+    measured_ms: dict[str, float], predicted_ms: dict[str, float], same: set[frozenset[str]]
+) -> tuple[int, int, list[str]]:
+    """Pairs judged, pairs the prediction orders as measured, and the others. Pairs measured
+    within 10% of each other, or that are the same model (mixed is static on a model without
+    MatMul), are not judged: their measured difference is the machine's noise."""
     judged = agree = 0
     wrong = []
     for a, b in itertools.combinations(sorted(measured_ms), 2):
         ma, mb = measured_ms[a], measured_ms[b]
-        if max(ma, mb) / min(ma, mb) < DISAGREE_BELOW:
+        if max(ma, mb) / min(ma, mb) < DISAGREE_BELOW or frozenset((a, b)) in same:
             continue
         judged += 1
         if (ma < mb) == (predicted_ms[a] < predicted_ms[b]):
@@ -208,8 +219,13 @@ def main() -> int:
                 f"| {name} | {v.name} | {times[v.name]:.3f} | {full[v.name].ms:.3f} | {out[v.name].ms:.3f} | "
                 f"{full[v.name].integer_mac_share:.2f} |"
             )
-        judged, agree, wrong = agreement(times, {k: p.ms for k, p in full.items()})
-        judged_out, agree_out, wrong_out = agreement(times, {k: p.ms for k, p in out.items()})
+        same = {
+            frozenset((a.name, b.name))
+            for a, b in itertools.combinations(variants, 2)
+            if a.path.read_bytes() == b.path.read_bytes()
+        }
+        judged, agree, wrong = agreement(times, {k: p.ms for k, p in full.items()}, same)
+        judged_out, agree_out, wrong_out = agreement(times, {k: p.ms for k, p in out.items()}, same)
         summary.append(
             f"- {name}: {agree}/{judged} pairs ordered as measured"
             + (f" (wrong: {', '.join(wrong)})" if wrong else "")

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import CorrectBiasesPass, bias_corrections
-from quantcli.cost import Prediction, default_cost_model, profile_kernels
+from quantcli.cost import Kernel, Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
@@ -65,10 +65,12 @@ from quantcli.graph.io import (
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
+    EinsumToMatMulPass,
     FoldActivationsPass,
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
     QuantizeInitializersPass,
+    QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
     ReduceMeanToGlobalPoolPass,
 )
@@ -98,6 +100,7 @@ def _prepare(path: Path) -> ModelFile:
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),
+        EinsumToMatMulPass(),
     )
     try:
         prepare(loaded.model)
@@ -308,6 +311,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
+        QuantizeLSTMDynamicallyPass(plan.lstm),
         GatherQuantizedRowsPass(plan.gathered_tables),
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
@@ -332,6 +336,7 @@ class _Candidate:
     gate: GateResult | None = None
     latency: Latency | None = None
     predicted: Prediction | None = None
+    kernels: tuple[Kernel, ...] = ()  # what onnxruntime ran when it was profiled
 
     @property
     def size_bytes(self) -> int:
@@ -345,20 +350,38 @@ class _Candidate:
 
 
 def _settle_recorded_mode(
-    config: QuantConfig, recorded: tuple[Path, CalibrationFile] | None
-) -> tuple[QuantConfig, str]:
-    """Auto replays the mode decision a calibration file records; any other mode is the user's."""
+    model: ir.Model, config: QuantConfig, recorded: tuple[Path, CalibrationFile] | None
+) -> tuple[QuantConfig, str, dict[str, str]]:
+    """Auto replays the mode decision a calibration file records; any other mode is the user's.
+
+    A replay also leaves float the nodes the decision left float beyond the plan's rules (the
+    cost model's unprofitable Convs, fallback's returns), by their recorded roles, so it writes the
+    model the decision measured. Returns the config, the mode's reason and those nodes.
+    """
     if config.mode is not QuantMode.AUTO:
-        return config, f"{config.mode} was asked for"
+        return config, f"{config.mode} was asked for", {}
     if recorded is None or recorded[1].choice is None:
-        return config, ""  # decided later, by measuring or by rule
+        return config, "", {}  # decided later, by measuring or by rule
     path, cal = recorded
-    assert cal.choice is not None
-    reason = f"auto: the decision recorded in {path} ({cal.choice.reason})"
-    return replace(config, mode=cal.choice.mode), reason
+    choice = cal.choice
+    assert choice is not None
+    config = replace(config, mode=choice.mode)
+    ruled = {d.name: d.role for d in select(model, config).decisions}
+    kept = {
+        name: f"float: left float by the decision recorded in {path}"
+        for name, role in sorted(choice.roles.items())
+        if role == NodeRole.FLOAT.value and ruled.get(name, NodeRole.FLOAT) is not NodeRole.FLOAT
+    }
+    return config, f"auto: the decision recorded in {path} ({choice.reason})", kept
 
 
-def _plans(model: ir.Model, config: QuantConfig, *, has_ranges: bool = True) -> list[QuantPlan]:
+def _plans(
+    model: ir.Model,
+    config: QuantConfig,
+    *,
+    has_ranges: bool = True,
+    kept_float: Mapping[str, str] | None = None,
+) -> list[QuantPlan]:
     """The plans to build: the configured mode's, or every distinct non-empty one for auto
     (without calibration ranges, only the modes that need none)."""
     if config.mode is QuantMode.AUTO:
@@ -368,7 +391,7 @@ def _plans(model: ir.Model, config: QuantConfig, *, has_ranges: bool = True) -> 
     plans: list[QuantPlan] = []
     seen: set[tuple[str, ...]] = set()
     for mode in modes:
-        plan = select(model, replace(config, mode=mode))
+        plan = select(model, replace(config, mode=mode), kept_float)
         signature = tuple(d.role.value for d in plan.decisions)
         if plan.is_noop or signature in seen:
             continue  # e.g. mixed is static again on a model without MatMul
@@ -393,7 +416,11 @@ class _Target:
 
 
 def _build(
-    model: ir.Model, plan: QuantPlan, ranges: dict[str, TensorRange], config: QuantConfig, target: _Target
+    model: ir.Model,
+    plan: QuantPlan,
+    ranges: dict[str, TensorRange],
+    config: QuantConfig,
+    target: _Target,
 ) -> _Candidate:
     """Quantize ``model`` (modified in place) by ``plan``; stage it, check the staged file, and
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
@@ -414,10 +441,20 @@ def _build(
             f"({target.input_bytes} bytes); nothing written"
         )
     fraction = int8_params / float_params if float_params else 0.0
-    predicted = None
+    predicted: Prediction | None = None
+    kernels: tuple[Kernel, ...] = ()
     if target.feed is not None:
-        predicted = default_cost_model().predict(profile_kernels(staged.path, target.feed))
-    return _Candidate(plan, staged, target.scratch, session, fraction, predicted=predicted)
+        kernels = profile_kernels(staged.path, target.feed)
+        predicted = default_cost_model().predict(kernels)
+    return _Candidate(
+        plan,
+        staged,
+        target.scratch,
+        session,
+        fraction,
+        predicted=predicted,
+        kernels=kernels,
+    )
 
 
 def _choose(
@@ -441,6 +478,9 @@ def _choose(
     passing = [c for c in candidates if c.gate is not None and c.gate.passed]
     if not passing:
         return min(candidates, key=lambda c: c.gate.shortfall if c.gate else float("inf")), candidates
+    # A mode that leaves the heavy compute in float (weight-only; dynamic on a convolutional
+    # network) wins only when no mode that runs it in integer kernels meets the bound.
+    passing = [c for c in passing if _integer_heavy(c)] or passing
     speed = _speed_key(config.speed)
     fastest = min(speed(c) for c in passing)
     # Speeds a few percent apart are within the error of a prediction (or the noise of a shared
@@ -448,6 +488,12 @@ def _choose(
     close = [c for c in passing if speed(c) <= fastest * LATENCY_TIE]
     winner = min(close, key=lambda c: (c.gate.shortfall if c.gate else 0.0, c.staged.size_bytes))
     return winner, candidates
+
+
+def _integer_heavy(candidate: _Candidate) -> bool:
+    """Most of its multiply-accumulates run in integer kernels (by the profile auto predicts
+    from; a timed candidate has none, and counts as such)."""
+    return candidate.predicted is None or candidate.predicted.integer_mac_share >= 0.5
 
 
 def _speed_key(source: SpeedSource) -> Callable[[_Candidate], float]:
@@ -593,7 +639,7 @@ def _quantize_into(
     _guard_model_files(staging.guard, loaded)
     _check_data_path(loaded, output, staging)
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
-    config, mode_reason = _settle_recorded_mode(config, recorded)
+    config, mode_reason, kept_float = _settle_recorded_mode(loaded.model, config, recorded)
     specs = model_inputs(loaded.model)
     datasets = _open_data(specs, data, eval_data, config)
     label_array = None
@@ -606,13 +652,14 @@ def _quantize_into(
         dynamic_plan = select(loaded.model, replace(config, mode=QuantMode.DYNAMIC))
         mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=not dynamic_plan.is_noop)
         config = replace(config, mode=mode)
-    plans = _plans(loaded.model, config, has_ranges=has_ranges)
+    plans = _plans(loaded.model, config, has_ranges=has_ranges, kept_float=kept_float)
     if not plans:
         if config.allow_noop:
             return _write_unchanged(loaded, output, config, staging)
         raise QuantizationError(
-            f"{model_path}: nothing to quantize in {config.mode} mode "
-            "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
+            f"{model_path}: nothing to quantize in {config.mode} mode (no Conv, MatMul, Gemm or Gather "
+            "on float weights that would gain from it; `quantcli inspect` says why for each node); "
+            "try --mode weight-only, or pass --allow-noop to write it unchanged"
         )
     _check_weights(loaded, plans)
     observed = sorted({name for plan in plans for name in plan.observed})
@@ -690,10 +737,20 @@ def _predicted_speed(staged: _Staged, output: Path) -> tuple[SpeedSummary | None
     speed = SpeedSummary(staged.float_prediction, winner.predicted)
     if speed.ratio < 1.0:
         return speed, ()
+    faster = [
+        c
+        for c in staged.candidates
+        if c.predicted is not None and c.predicted.ms < staged.float_prediction.ms
+    ]
+    why = (
+        f"the faster {'/'.join(str(c.plan.mode) for c in faster)} missed the accuracy bound"
+        if faster
+        else "no mode is predicted to run faster than float"
+    )
     warning = (
         f"the {winner.plan.mode} model is predicted to run {speed.ratio:.2f}x as long as the float "
         f"model ({100 * speed.quantized.integer_mac_share:.0f}% of its multiply-adds in integer "
-        "kernels): no faster mode met the accuracy bound"
+        f"kernels): {why}"
     )
     logger.warning("%s: %s", output, warning)
     return speed, (warning,)
@@ -735,6 +792,7 @@ def _stage_candidates(
                 profile_kernels(reference, feed, data_folder=data_folder)
             )
     candidates = []
+    context = _Reference(reference, reference_session, datasets, labels, ranges, data_folder)
     with contextlib.ExitStack() as scratches:
 
         def new_target() -> _Target:
@@ -763,7 +821,6 @@ def _stage_candidates(
         if not candidates:
             raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
         winner, candidates = _choose(candidates, config, datasets.evaluation)
-        context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
         # Auto never settles for a slow mode that passed while a faster one might be repaired.
         repair = replace(config, auto_fallback=True) if auto else config
         faster = _fastest_missed(candidates, winner, config.speed) if auto else None
@@ -802,18 +859,19 @@ class _Staged:
 def _fastest_missed(
     candidates: list[_Candidate], winner: _Candidate, source: SpeedSource
 ) -> _Candidate | None:
-    """The fastest candidate that missed the bound while the winner met it, if it is clearly
-    (beyond the tie) faster than the winner: worth repairing by fallback."""
+    """The candidate worth repairing by fallback when the winner met the bound: the fastest that
+    missed it, if clearly (beyond the tie) faster than the winner; or, when the winner leaves the
+    heavy compute in float, the fastest that missed it and runs that compute in integer kernels."""
     winner_speed = winner.speed_ms(source)
     if winner.gate is None or not winner.gate.passed or winner_speed is None:
         return None
     speed = _speed_key(source)
-    missed = [
-        c
-        for c in candidates
-        if c.gate is not None and not c.gate.passed and speed(c) * LATENCY_TIE < winner_speed
-    ]
-    return min(missed, key=speed, default=None)
+    missed = [c for c in candidates if c.gate is not None and not c.gate.passed]
+    if not _integer_heavy(winner):  # any mode with integer kernels is worth repairing
+        heavy = [c for c in missed if _integer_heavy(c)]
+        return min(heavy, key=speed, default=None)
+    faster = [c for c in missed if speed(c) * LATENCY_TIE < winner_speed]
+    return min(faster, key=speed, default=None)
 
 
 def _repaired_or_winner(
@@ -842,7 +900,7 @@ def _repaired_or_winner(
     was_float = {d.name for d in start.plan.decisions if d.role is NodeRole.FLOAT}
     returned = sum(d.role is NodeRole.FLOAT and d.name not in was_float for d in repaired.plan.decisions)
     runs = "is predicted to run" if source is SpeedSource.PREDICTED else "runs"
-    if ratio > LATENCY_TIE:
+    if ratio > LATENCY_TIE or (ratio > 1.0 and _integer_heavy(repaired) and not _integer_heavy(winner)):
         return repaired, (
             f"{mode} missed the bound; with {returned} node(s) returned to float by fallback it "
             f"passes and {runs} {ratio:.2f}x as fast as {other}, the fastest mode that passed as built"
@@ -879,29 +937,50 @@ def _diagnose_and_fall_back(
     if not (config.auto_fallback and missed):
         return winner, diagnosis, None
     reported = replace(diagnosis, top_k=config.top_k)
-    mode = winner.plan.mode
 
     def build(excluded: frozenset[str]) -> _Candidate:
-        variant = replace(config, mode=mode, exclude=config.exclude | excluded)
-        model = _copy(proto, reference.data_folder)
-        plan = select(model, variant)
-        # With nodes excluded a carried chain can take its range from a tensor not yet observed.
-        missing = [name for name in plan.observed if name not in reference.ranges]
-        calibration = reference.datasets.calibration
-        if missing and calibration is not None:
-            stats = collect_stats(
-                model,
-                missing,
-                calibration,
-                batch_size=config.batch_size,
-                histograms=config.method.needs_histogram,
-            )
-            reference.ranges.update(choose_ranges(stats, missing, config))
-        built = _build(model, plan, reference.ranges, variant, new_target())
-        return _measure(built, session, reference.datasets, reference.labels, config)
+        return _build_variant(
+            winner.plan.mode,
+            reference,
+            config,
+            new_target,
+            excluded=excluded,
+            kept_float=dict(winner.plan.kept_float),
+        )
 
     fallback = fall_back(winner, diagnosis.node_groups(), build, max_trials=config.max_trials)
     return fallback.chosen, reported, fallback
+
+
+def _build_variant(
+    mode: QuantMode,
+    reference: _Reference,
+    config: QuantConfig,
+    new_target: Callable[[], _Target],
+    *,
+    excluded: frozenset[str] = frozenset(),
+    kept_float: Mapping[str, str],
+) -> _Candidate:
+    """A candidate of ``mode`` with more nodes float than the plan's rules leave (``excluded``
+    by fallback, ``kept_float`` by the cost model), built from the float model and measured."""
+    assert reference.proto is not None and reference.session is not None
+    variant = replace(config, mode=mode, exclude=config.exclude | excluded)
+    model = _copy(reference.proto, reference.data_folder)
+    plan = select(model, variant, kept_float)
+    # With nodes float a carried chain can take its range from a tensor not yet observed.
+    missing = [name for name in plan.observed if name not in reference.ranges]
+    calibration = reference.datasets.calibration
+    if missing and calibration is not None:
+        stats = collect_stats(
+            model,
+            missing,
+            calibration,
+            batch_size=config.batch_size,
+            histograms=config.method.needs_histogram,
+        )
+        reference.ranges.update(choose_ranges(stats, missing, config))
+    built = _build(model, plan, reference.ranges, variant, new_target())
+    return _measure(built, reference.session, reference.datasets, reference.labels, config)
 
 
 def _measure(
@@ -1137,7 +1216,7 @@ def inspect_model(
     loaded = _prepare(model_path)
     model = loaded.model
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
-    config, mode_reason = _settle_recorded_mode(config, recorded)
+    config, mode_reason, kept_float = _settle_recorded_mode(model, config, recorded)
     if config.mode is QuantMode.AUTO:
         config = replace(config, mode=QuantMode.STATIC)
         mode_reason = "auto decides by measuring every mode (convert or calibrate); this is static's plan"
@@ -1162,6 +1241,6 @@ def inspect_model(
         outputs=outputs,
         parameters=parameters,
         op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
-        plan=select(model, config),
+        plan=select(model, config, kept_float),
         mode_reason=mode_reason,
     )

@@ -545,8 +545,8 @@ def test_bias_correction_pools_input_means_over_samples_of_many_sizes(tmp_path: 
     rng = np.random.default_rng(8)
     for i in range(40):
         h, w = (int(d) for d in rng.integers(3, 10, 2))
-        np.savez(folder / f"{i:03d}.npz", x=(3.0 + rng.normal(0, 1, (1, 8, h, w))).astype(np.float32))
-    evaluation = {"x": (3.0 + rng.normal(0, 1, (16, 8, 6, 6))).astype(np.float32)}
+        np.savez(folder / f"{i:03d}.npz", x=(3.0 + rng.normal(0, 1, (1, 16, h, w))).astype(np.float32))
+    evaluation = {"x": (3.0 + rng.normal(0, 1, (16, 16, 6, 6))).astype(np.float32)}
     np.savez(tmp_path / "eval.npz", **evaluation)
     errors = {}
     for corrected in (False, True):

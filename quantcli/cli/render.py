@@ -104,7 +104,7 @@ def _fallback_table(fallback: FallbackSummary) -> Table:
             outcome = step["note"]
         else:
             value = gate.get("drop", gate.get("sqnr_db"))
-            outcome = f"{gate['metric']} {value:.2f}: " + ("passed" if gate["passed"] else "missed")
+            outcome = f"{gate['metric']} {_number(value)}: " + ("passed" if gate["passed"] else "missed")
         table.add_row(
             str(step["trial"]),
             str(len(step["nodes_in_float"])),
@@ -184,6 +184,11 @@ def _render_fidelity(fidelity: Fidelity, console: Console) -> None:
         )
 
 
+def _number(value: float | str) -> str:
+    """A report figure: reports write an infinite SQNR (an exact match) as the string "inf"."""
+    return value if isinstance(value, str) else f"{value:.2f}"
+
+
 def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
     """The modes auto tried, from their report form (a report's, or a calibration file's)."""
     rows = list(candidates)
@@ -191,18 +196,20 @@ def _candidates_table(candidates: Iterable[Mapping[str, Any]]) -> Table:
     measure = "drop" if not gates or "drop" in gates[0] else "SQNR dB"
     unit = f" ({gates[0]['metric']})" if gates else ""
     table = Table(title=f"modes tried (--mode auto), {measure}{unit}", title_justify="left")
-    for column in ("mode", "size", "int8 w.", measure, "ms", "", "why"):
+    # Auto compares speed by the cost model's prediction unless --speed measured timed them.
+    timed = any(c.get("latency_ms") is not None for c in rows)
+    for column in ("mode", "size", "int8 w.", measure, "ms" if timed else "predicted ms", "", "why"):
         table.add_column(column, justify="left" if column in ("mode", "why", "") else "right")
     for c in rows:
-        gate, latency = c["gate"], c["latency_ms"]
-        # float(): the report writes an infinite SQNR (identical outputs) as the string "inf".
-        value = "-" if gate is None else f"{float(gate.get('drop', gate.get('sqnr_db'))):.2f}"
+        gate, latency, predicted = c["gate"], c.get("latency_ms"), c.get("predicted")
+        value = "-" if gate is None else _number(gate.get("drop", gate.get("sqnr_db")))
+        speed = latency["median_ms"] if timed and latency else (predicted or {}).get("ms")
         table.add_row(
             c["mode"],
             f"{c['size_ratio']:.2f}x",
             f"{100 * c['int8_weight_fraction']:.0f}%",
             value,
-            "-" if latency is None else f"{latency['median_ms']:.3f}",
+            "-" if speed is None else f"{speed:.3f}",
             "[bold green]chosen[/]" if c["chosen"] else "",
             c["reason"],
         )
