@@ -272,6 +272,9 @@ class StagedOutput:
             for staged, final in self._staged:
                 self._place(staged, final)
                 done.append(final)
+                # A linked file loses its staged name at once: left behind, it would be a
+                # second hard link to the output (which quantcli refuses as external data).
+                staged.unlink(missing_ok=True)
         except BaseException as exc:
             for moved in done:
                 moved.unlink(missing_ok=True)
@@ -300,8 +303,6 @@ class StagedOutput:
             if final.exists():
                 raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from exc
             os.replace(staged, final)
-            return
-        staged.unlink()
 
     def discard(self) -> None:
         """Remove whatever is staged and not committed; the targets are untouched."""
