@@ -444,7 +444,10 @@ def _build(
     predicted: Prediction | None = None
     kernels: tuple[Kernel, ...] = ()
     if target.feed is not None:
-        kernels = profile_kernels(staged.path, target.feed)
+        try:
+            kernels = profile_kernels(staged.path, target.feed)
+        except ModelLoadError as exc:  # the float model ran this sample: the candidate is at fault
+            raise QuantizationError(f"the quantized model fails to run: {exc}") from exc
         predicted = default_cost_model().predict(kernels)
     return _Candidate(
         plan,
