@@ -45,8 +45,8 @@ logger = logging.getLogger(__name__)
 MIN_OPSET = 13
 # The newest opset the installed onnx knows; a model beyond it cannot be checked.
 MAX_OPSET = onnx.defs.onnx_opset_version()
-# Graphs of more nodes are refused when loaded: building, checking and running a graph costs
-# time and memory in proportion to its nodes (a million take minutes and gigabytes).
+# Graphs of more nodes (or initializers) are refused when loaded: building, checking and running
+# a graph costs time and memory in proportion to them (a million nodes take minutes and gigabytes).
 MAX_NODES = 250_000
 # The keys an external_data entry may have (ONNX's ExternalData.md); others are refused.
 _EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
@@ -190,6 +190,11 @@ def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
     """Refuse, before the model is built in memory, a graph past MAX_NODES, an external data
     entry with a key the format does not define, and a tensor declaring more elements than the
     file holds (a few bytes of protobuf must not make quantcli allocate gigabytes)."""
+    if len(proto.graph.initializer) > MAX_NODES:
+        raise ModelLoadError(
+            f"{path}: the graph has {len(proto.graph.initializer)} initializers, past quantcli's limit of "
+            f"{MAX_NODES}; split the model"
+        )
     nodes = _node_count(proto.graph)
     if nodes > MAX_NODES:
         raise ModelLoadError(
