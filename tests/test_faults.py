@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from quantcli.cli.app import app
-from quantcli.graph import output
+from quantcli.graph import io, output
 
 runner = CliRunner()
 PYTHON = sys.executable
@@ -242,7 +242,7 @@ def test_compare_report_aimed_at_either_model_is_refused(tmp_path: Path) -> None
 # the signal arrives mid-write, with a staging folder holding a partial file.
 SIGNAL_AT_WRITE = """\
 import os, signal, sys
-from quantcli.graph import output
+from quantcli.graph import io, output
 real = output._write_chunk
 number = getattr(signal, sys.argv[1])
 def write(fd, data):
@@ -856,3 +856,9 @@ def test_small_external_tensors_are_written_inline_not_pointing_at_the_input(
     locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"q.onnx.data"}
     onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_initializers_past_the_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(io, "MAX_NODES", 4)  # tiny_cnn has 6 initializers and 9 nodes
+    model, _ = _cnn_folder(tmp_path)
+    refused(["inspect", str(model)], tmp_path, "6 initializers")
