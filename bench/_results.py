@@ -25,8 +25,10 @@ ORDER = [
     "evidence",
     "modes",
     "auto",
+    "cost_model",
     "calibration",
     "sample_speed",
+    "startup",
     "large_model",
     "large_weight_ops",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcli.errors import ConfigError
-from quantcli.files import parse_toml, read_bounded
+from quantcli.files import parse_json, parse_toml, read_bounded
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -28,9 +28,11 @@ __all__ = [
     "Recipe",
     "SpeedSource",
     "WeightMethod",
+    "config_settings",
     "expand_patterns",
     "load_recipe",
     "pattern_files",
+    "recipe_from_report",
 ]
 
 # The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
@@ -283,6 +285,7 @@ class QuantConfig:
 
 # Recipes and @FILE selection lists larger than these are refused unread.
 MAX_RECIPE_BYTES = 2**20
+MAX_REPORT_BYTES = 64 * 2**20  # a report read as a recipe (its per-layer tables make it larger)
 MAX_LIST_BYTES = 16 * 2**20
 
 
@@ -428,3 +431,58 @@ def load_recipe(path: Path) -> Recipe:
             per_tensor |= targets
     assert set(_RECIPE_DEFAULTS) <= {f.name for f in fields(QuantConfig)}
     return Recipe(path=str(path), defaults=defaults, skip=frozenset(skip), per_tensor=frozenset(per_tensor))
+
+
+# What a report's "config" holds beyond the recipe keys: every setting that changes the result.
+_REPORT_SETTINGS: dict[str, type] = {
+    **_RECIPE_DEFAULTS,
+    "eval_fraction": float,
+    "skip_nonfinite": bool,
+    "allow_noop": bool,
+    "auto_fallback": bool,
+    "per_layer": bool,
+    "top_k": int,
+}
+_REPORT_PATTERNS = ("exclude", "include", "per_tensor")
+
+
+def config_settings(config: QuantConfig) -> dict[str, Any]:
+    """``config`` as JSON values: every setting, so a report can reproduce its run."""
+    settings: dict[str, Any] = {}
+    for name in sorted((*_REPORT_SETTINGS, *_REPORT_PATTERNS)):
+        value = getattr(config, name)
+        settings[name] = sorted(value) if isinstance(value, frozenset) else value
+    return settings
+
+
+def recipe_from_report(path: Path) -> Recipe:
+    """The settings a JSON report's ``config`` records, as a recipe (flags still win over it).
+
+    The mode is the one the report's model was written in, not ``auto``: rerunning a report
+    reproduces its model without measuring again.
+    """
+    document = parse_json(
+        read_bounded(path, MAX_REPORT_BYTES, "report", ConfigError), path, "JSON report", ConfigError
+    )
+    settings = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(settings, dict) or document.get("kind") != "convert":
+        raise ConfigError(f'{path}: not a quantcli convert report (no "config" of kind convert)')
+    _unknown("the report's config", settings, (*_REPORT_SETTINGS, *_REPORT_PATTERNS), path)
+    defaults = {
+        k: _typed(k, v, _REPORT_SETTINGS[k], path)
+        for k, v in settings.items()
+        if k in _REPORT_SETTINGS and v is not None
+    }
+    if isinstance(document.get("mode"), str):
+        defaults["mode"] = _typed("mode", document["mode"], QuantMode, path)
+    patterns: dict[str, frozenset[str]] = {}
+    for key in _REPORT_PATTERNS:
+        value = settings.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: config {key} must be a list of node names or patterns")
+        patterns[key] = frozenset(value)
+    if patterns["include"]:
+        defaults["include"] = patterns["include"]
+    return Recipe(
+        path=str(path), defaults=defaults, skip=patterns["exclude"], per_tensor=patterns["per_tensor"]
+    )

@@ -21,7 +21,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
-from quantcli.calibration.collect import Progress, TensorRange, collect_stats
+from quantcli.calibration.collect import Progress, TensorRange, collect_stats, reporting, stage, within
 from quantcli.calibration.data import Batch, Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
@@ -63,6 +63,7 @@ from quantcli.graph.io import (
     unmap,
 )
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
+from quantcli.graph.quantized import refuse_quantized
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
     EinsumToMatMulPass,
@@ -276,6 +277,7 @@ def _ranges(
             method, cal.num_samples, str(path)
         )
     assert data.calibration is not None
+    stage("calibrate", total=data.calibration.num_samples)
     with _naming(loaded.path):
         stats = collect_stats(
             loaded.model,
@@ -426,6 +428,7 @@ def _build(
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
     params = compute_params(model, plan, ranges, config)
     if config.bias_correction and target.calibration is not None:
+        stage("bias correction")
         corrections = bias_corrections(
             model, params, target.calibration, batch_size=config.batch_size, data_folder=target.data_folder
         )
@@ -434,6 +437,7 @@ def _build(
     int8_params = _parameter_count(model, [w.name for w in plan.weights])
     _rewrite(model, plan, params)
     staged = target.scratch.write_model(model, target.output, external_data=target.external_data)
+    stage("check")
     session = check_model_file(staged.path)
     if staged.size_bytes >= target.input_bytes:
         raise QuantizationError(
@@ -444,6 +448,7 @@ def _build(
     predicted: Prediction | None = None
     kernels: tuple[Kernel, ...] = ()
     if target.feed is not None:
+        stage("predict speed")
         try:
             kernels = profile_kernels(staged.path, target.feed)
         except ModelLoadError as exc:  # the float model ran this sample: the candidate is at fault
@@ -471,6 +476,7 @@ def _choose(
     if evaluation is None or any(c.gate is None for c in candidates):
         raise ConfigError("--mode auto measures its candidates: give --eval-data or --data with 2+ samples")
     if config.speed is SpeedSource.MEASURED:
+        stage("time candidates")
         latencies = measure_latency(
             {c.plan.mode.value: c.session for c in candidates},
             first_sample(evaluation),
@@ -596,17 +602,18 @@ def quantize(
             )
             own.commit()
         return result
-    return _quantize_into(
-        staging,
-        model_path,
-        output,
-        config=config,
-        data=data,
-        calibration=calibration,
-        eval_data=eval_data,
-        labels=labels,
-        progress=progress,
-    )
+    with reporting(progress):
+        return _quantize_into(
+            staging,
+            model_path,
+            output,
+            config=config,
+            data=data,
+            calibration=calibration,
+            eval_data=eval_data,
+            labels=labels,
+            progress=progress,
+        )
 
 
 def _quantize_into(
@@ -638,7 +645,9 @@ def _quantize_into(
     )
     staging.guard.writes(output, "the output model")
     check_writable(output, force=staging.force)
+    stage("load")
     loaded = _prepare(model_path)
+    refuse_quantized(loaded.model, model_path)
     _guard_model_files(staging.guard, loaded)
     _check_data_path(loaded, output, staging)
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
@@ -807,6 +816,7 @@ def _stage_candidates(
         for index, plan in enumerate(plans):
             # Every candidate but the last rewrites a fresh copy; the last may consume the original.
             model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
+            stage(f"build candidate {plan.mode}", index + 1, len(plans))
             candidate = _try_build(
                 model,
                 plan,
@@ -819,6 +829,7 @@ def _stage_candidates(
             if candidate is None:
                 continue
             if reference_session is not None and datasets.evaluation is not None:
+                stage(f"evaluate {plan.mode}")
                 candidate = _measure(candidate, reference_session, datasets, label_array, config)
             candidates.append(candidate)
         if not candidates:
@@ -935,13 +946,16 @@ def _diagnose_and_fall_back(
         return winner, None, None
     # Fallback chooses among the tensors measured alone: more of them than the report shows.
     top_k = max(config.top_k, 4 * config.max_trials) if config.auto_fallback else config.top_k
+    stage("diagnose")
     quantized = onnx.load(str(winner.staged.path))
     diagnosis = diagnose(proto, quantized, evaluation, top_k=top_k, data_folder=reference.data_folder)
     if not (config.auto_fallback and missed):
         return winner, diagnosis, None
     reported = replace(diagnosis, top_k=config.top_k)
+    trials = iter(range(1, config.max_trials + 1))
 
     def build(excluded: frozenset[str]) -> _Candidate:
+        stage("fallback trial", next(trials, config.max_trials), config.max_trials)
         return _build_variant(
             winner.plan.mode,
             reference,
@@ -1080,6 +1094,31 @@ def calibrate(
     would. The held-back part is observed too, so the statistics still cover every sample.
     ``guard`` holds the file the caller will write (see :mod:`quantcli.graph.guard`).
     """
+    with reporting(progress):
+        return _calibrate(
+            model_path,
+            data,
+            config=config,
+            shard=shard,
+            eval_data=eval_data,
+            labels=labels,
+            progress=progress,
+            guard=guard,
+        )
+
+
+def _calibrate(
+    model_path: Path,
+    data: DataSource,
+    *,
+    config: QuantConfig | None,
+    shard: Shard | None,
+    eval_data: DataSource | None,
+    labels: Path | None,
+    progress: Progress | None,
+    guard: PathGuard | None,
+) -> CalibrationFile:
+    stage("load")
     config = config or QuantConfig()
     guard = guard if guard is not None else PathGuard()
     _guard_inputs(
@@ -1089,6 +1128,7 @@ def calibrate(
         files=((labels, "--labels"),),
     )
     loaded = _prepare(model_path)
+    refuse_quantized(loaded.model, model_path)
     _guard_model_files(guard, loaded)
     samples = select_samples(
         open_source(
@@ -1106,7 +1146,10 @@ def calibrate(
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
 
-    def observe(dataset: Dataset) -> dict[str, TensorStats]:
+    def observe(dataset: Dataset, offset: int = 0) -> dict[str, TensorStats]:
+        """Statistics of ``dataset``, the part of ``samples`` that starts at ``offset``."""
+        if offset == 0:
+            stage("calibrate", total=samples.num_samples)
         with _naming(model_path):
             return collect_stats(
                 loaded.model,
@@ -1114,7 +1157,7 @@ def calibrate(
                 dataset,
                 batch_size=config.batch_size,
                 histograms=True,
-                progress=progress,
+                progress=within(progress, offset, dataset.num_samples, samples.num_samples),
             )
 
     model_fingerprint = fingerprint(loaded.model)
@@ -1135,7 +1178,8 @@ def calibrate(
         else:
             held_back = eval_data is None
             # Observed before the candidates are built: the last one rewrites the model in place.
-            held_stats = observe(datasets.evaluation) if held_back else None
+            offset = datasets.calibration.num_samples
+            held_stats = observe(datasets.evaluation, offset) if held_back else None
             label_array = load_labels(labels, datasets.evaluation.num_samples) if labels is not None else None
             choice = _measured_choice(loaded, config, stats, datasets, label_array)
             if held_stats is not None:

@@ -1005,7 +1005,8 @@ def _check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> Non
     """A pattern that names nothing is a typo: refuse it rather than quantize silently."""
     names = [n.name or "" for n in model.graph]
     known = set(names) | {n.op_type for n in model.graph}
-    unknown = sorted(p for p in patterns if (not fnmatch.filter(names, p) if _is_glob(p) else p not in known))
+    # An exact name first: "pool[red]" names that node, though as a glob it would not match it.
+    unknown = sorted(p for p in patterns if p not in known and not (_is_glob(p) and fnmatch.filter(names, p)))
     if unknown:
         raise ConfigError(f"{flag} names no node or op type of this model: {', '.join(unknown)}")
 

@@ -24,6 +24,8 @@ import pytest
 from typer.testing import CliRunner
 
 from quantcli.cli.app import app
+from quantcli.comparison import compare
+from quantcli.errors import ConfigError
 from quantcli.graph import io, output
 
 runner = CliRunner()
@@ -242,7 +244,7 @@ def test_compare_report_aimed_at_either_model_is_refused(tmp_path: Path) -> None
 # the signal arrives mid-write, with a staging folder holding a partial file.
 SIGNAL_AT_WRITE = """\
 import os, signal, sys
-from quantcli.graph import io, output
+from quantcli.graph import output
 real = output._write_chunk
 number = getattr(signal, sys.argv[1])
 def write(fd, data):
@@ -299,7 +301,8 @@ def test_a_signal_during_the_write_leaves_nothing_and_exits_128_plus_its_number(
     args = ["convert", "m.onnx", "-o", "q.onnx", "--data", "d.npz", "--mode", "static", "--report", "r.json"]
     result = _run([PYTHON, "run.py", name, *args], tmp_path)
     assert result.returncode == code, result.stderr
-    assert result.stderr == f"error: stopped by {name}; anything not yet written in full was removed\n"
+    expected = "interrupted" if name == "SIGINT" else f"stopped by {name}"
+    assert result.stderr == f"{expected}; nothing was written\n"
     assert snapshot(tmp_path) == before  # no model, no data file, no report, no hidden staging folder
 
 
@@ -310,7 +313,7 @@ def test_sigterm_during_calibration_leaves_nothing(tmp_path: Path) -> None:
     args = ["-m", "quantcli", "calibrate", "m.onnx", "--data-loader", "sigloader:load", "-o", "c.json"]
     result = _run([PYTHON, *args], tmp_path)
     assert result.returncode == 143, result.stderr
-    assert_one_line(result.stderr, "SIGTERM")
+    assert result.stderr == "stopped by SIGTERM; nothing was written\n"
     after = {k: v for k, v in snapshot(tmp_path).items() if "__pycache__" not in k}
     assert after == before
 
@@ -680,8 +683,6 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
         ],
         ("r.toml", "not UTF-8"),
     ),
-    "--seed -1": (lambda d, c: _convert_args(d, "--seed", "-1"), ("seed", "-1")),
-    "--max-drop nan": (lambda d, c: _convert_args(d, "--max-drop", "nan"), ("max drop", "nan")),
     "loader raises on import": (
         lambda d, c: _loader(d, "raising_import", "raise RuntimeError('no GPU here')\n"),
         ("raising_import:load", "RuntimeError: no GPU here"),
@@ -775,11 +776,36 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
 }
 
 
-@pytest.mark.parametrize("flag", [["--runs", "0"], ["--batch-size", "-3"], ["--top-k", "0", "--per-layer"]])
-def test_compare_refuses_counts_below_one(tmp_path: Path, flag: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "flag", "named"),
+    [
+        ("convert", ["--seed", "-1"], "seed must be in"),
+        ("convert", ["--max-drop", "nan"], "--max-drop"),
+        ("convert", ["--min-sqnr", "inf", "--metric", "sqnr"], "min sqnr must be a finite number"),
+        ("compare", ["--runs", "0"], "'--runs'"),
+        ("compare", ["--batch-size", "-3"], "'--batch-size'"),
+        ("compare", ["--top-k", "0", "--per-layer"], "'--top-k'"),
+    ],
+)
+def test_bad_numbers_are_usage_errors(tmp_path: Path, command: str, flag: list[str], named: str) -> None:
+    """Exit 2 with Typer's usage line, before any work; nothing written."""
     model, data = _cnn_folder(tmp_path)
-    args = ["compare", str(model), str(model), "--data", str(data), *flag]
-    refused(args, tmp_path, flag[0])
+    before = snapshot(tmp_path)
+    if command == "convert":
+        args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(data), *flag]
+    else:
+        args = ["compare", str(model), str(model), "--data", str(data), *flag]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_the_library_refuses_counts_below_one_too(tmp_path: Path) -> None:
+    model, data = _cnn_folder(tmp_path)
+    with pytest.raises(ConfigError, match="--runs must be at least 1"):
+        compare(model, model, data, latency_runs=0)
 
 
 @pytest.mark.parametrize("name", HONEST, ids=HONEST)

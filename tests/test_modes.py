@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -334,6 +335,7 @@ def test_default_says_when_the_model_written_is_predicted_slower_than_float(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A lone final Conv has no integer kernel to gain: only weight-only changes it."""
+    caplog.set_level(logging.WARNING, logger="quantcli")
     model = models.save(models.single_conv(), tmp_path)
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(8, 3, 8, 8)).astype(np.float32))
     report = quantize(model, tmp_path / "q.onnx", data=tmp_path / "d.npz").report

@@ -1,7 +1,7 @@
 """Exit codes, and the one place that maps exceptions to them.
 
 0 ok, 1 user or data error, 2 usage (Typer/Click), 3 accuracy gate failed, 4 internal error;
-stopped by a signal: 128 + its number (SIGHUP 129, SIGINT 130, SIGTERM 143), as a shell reports it.
+stopped by a signal: 128 + its number as a shell reports it (129 SIGHUP, 130 Ctrl-C, 143 SIGTERM).
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from enum import IntEnum
 from types import FrameType
 from typing import TypeVar
 
+import typer
 from rich.console import Console
 
+from quantcli.cli.text import markup
 from quantcli.errors import QuantCliError
 
 __all__ = ["ExitCode", "guarded"]
@@ -31,7 +33,7 @@ class ExitCode(IntEnum):
     GATE_FAILED = 3
     INTERNAL = 4
     HANGUP = 128 + signal.SIGHUP
-    INTERRUPTED = 128 + signal.SIGINT
+    INTERRUPTED = 130  # the shell's 128 + SIGINT
     TERMINATED = 128 + signal.SIGTERM
 
 
@@ -48,12 +50,13 @@ class Stopped(BaseException):
 def _stop(signum: int, frame: FrameType | None) -> None:
     # Further signals are ignored while the stack unwinds: cleanup takes milliseconds, and a
     # second SIGTERM from an impatient runner must not cut it short. SIGKILL still works.
-    for number in _STOP_SIGNALS:
+    for number in (*_STOP_SIGNALS, signal.SIGINT):
         signal.signal(number, signal.SIG_IGN)
     raise Stopped(signum)
 
 
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+# SIGINT needs no handler: Python raises KeyboardInterrupt, which unwinds the same way.
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
@@ -63,7 +66,7 @@ def _stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    previous = {number: signal.getsignal(number) for number in (*_STOP_SIGNALS, signal.SIGINT)}
     for number in _STOP_SIGNALS:
         signal.signal(number, _stop)
     try:
@@ -84,22 +87,22 @@ def guarded(action: Callable[[], T], console: Console, *, debug: bool) -> T | Ex
     try:
         with _stop_on_signals():
             return action()
+    except typer.BadParameter:
+        raise  # a usage error found after parsing (flags that contradict): Typer prints it, exit 2
     except QuantCliError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {markup(exc)}", highlight=False, soft_wrap=True)
         return ExitCode.USER_ERROR
-    except (KeyboardInterrupt, Stopped) as exc:
-        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
-        console.print(
-            f"[bold red]error:[/] stopped by {signal.Signals(signum).name}; "
-            "anything not yet written in full was removed",
-            highlight=False,
-        )
-        return ExitCode(128 + signum)
+    except KeyboardInterrupt:
+        console.print("[bold red]interrupted[/]; nothing was written", highlight=False)
+        return ExitCode.INTERRUPTED
+    except Stopped as exc:
+        console.print(f"[bold red]stopped by {exc}[/]; nothing was written", highlight=False)
+        return ExitCode(128 + exc.signum)
     except Exception as exc:
         if debug:
             console.print(traceback.format_exc(), highlight=False, soft_wrap=True, markup=False)
         console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+            f"[bold red]internal error:[/] {type(exc).__name__}: {markup(exc)} "
             "(this is a bug in quantcli; run with --debug for a traceback and report it)",
             highlight=False,
             soft_wrap=True,
