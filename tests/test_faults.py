@@ -175,6 +175,25 @@ def test_an_output_that_is_another_name_of_an_input_is_refused(
     assert "d.npz" in stderr
 
 
+def test_a_report_cannot_replace_the_report_it_reruns(tmp_path: Path, calibration_json: bytes) -> None:
+    _inputs(tmp_path, calibration_json)
+    first = runner.invoke(app, [*_convert_reading(tmp_path, "--data"), "--report", str(tmp_path / "r.json")])
+    assert first.exit_code == 0, first.output
+    again = [
+        "convert",
+        str(tmp_path / "m.onnx"),
+        "-o",
+        str(tmp_path / "q2.onnx"),
+        "--data",
+        str(tmp_path / "d.npz"),
+    ]
+    refused(
+        [*again, "--from-report", str(tmp_path / "r.json"), "--report", str(tmp_path / "r.json"), "--force"],
+        tmp_path,
+        "r.json",
+    )
+
+
 def test_an_output_inside_a_data_folder_is_refused(tmp_path: Path, calibration_json: bytes) -> None:
     _inputs(tmp_path, calibration_json)
     inside = tmp_path / "samples" / "r.json"
@@ -676,6 +695,13 @@ HONEST: dict[str, tuple[Callable[[Path, bytes], list[str]], tuple[str, ...]]] = 
     ),
     "calibration nested 100,000 deep": (_nested_json, ("c.json", "nests deeper")),
     "calibration nested 40 deep": (_deep_json, ("c.json", "nests deeper")),
+    "--from-report nested 100,000 deep": (
+        lambda d, c: (
+            (d / "r.json").write_text("[" * 100000 + "]" * 100000),
+            _convert_args(d, "--from-report", str(d / "r.json")),
+        )[1],
+        ("r.json", "nests deeper"),
+    ),
     "recipe nested 5,000 deep": (lambda d, c: _nested_toml(d), ("r.toml", "nests deeper")),
     "recipe not UTF-8": (
         lambda d, c: ((d / "r.toml").write_bytes(NAN_BYTES), _convert_args(d, "--recipe", str(d / "r.toml")))[
