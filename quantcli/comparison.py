@@ -111,8 +111,8 @@ def _compare(
         )
     dataset = open_source(data, specs)
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, threads, data_folder=float_folder)
-    candidate = open_session(quant_proto, threads, data_folder=quant_folder)
+    reference = open_session(float_proto, threads, data_folder=float_folder, for_timing=True)
+    candidate = open_session(quant_proto, threads, data_folder=quant_folder, for_timing=True)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     stage("evaluate")
     fidelity = compare_models(

@@ -5,6 +5,7 @@ They modify the model in place and report whether they changed it.
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.division import DivisionByConstantToMulPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -14,6 +15,7 @@ from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
+    "DivisionByConstantToMulPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
