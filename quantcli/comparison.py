@@ -11,12 +11,13 @@ from pathlib import Path
 
 from quantcli.calibration.collect import Progress, reporting, stage
 from quantcli.calibration.data import model_inputs
-from quantcli.calibration.sources import DataSource, open_source
+from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.config import GateMetric, QuantConfig
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
 from quantcli.evaluate import compare_models, first_sample, gate, load_labels, measure_latency
-from quantcli.graph.io import load_model, open_session, serialize
+from quantcli.graph.guard import PathGuard
+from quantcli.graph.io import external_files, external_folder, load_model, open_session, serialize
 from quantcli.report import CompareReport, SizeSummary
 
 __all__ = ["compare"]
@@ -37,12 +38,27 @@ def compare(
     max_drop: float | None = None,
     min_sqnr: float | None = None,
     progress: Progress | None = None,
+    guard: PathGuard | None = None,
 ) -> CompareReport:
     """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``; with a
     bound (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate says whether
-    the quantized model meets it, exactly as ``quantize`` judges its own output."""
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    the quantized model meets it, exactly as ``quantize`` judges its own output.
+
+    Each model's external data is read from its own folder, never the current one. ``guard``
+    holds the files the caller will write (see :mod:`quantcli.graph.guard`).
+    """
+    for flag, value in (("--threads", threads), ("--runs", latency_runs), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if per_layer and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    guard = guard if guard is not None else PathGuard()
+    guard.reads(float_path, "the float model")
+    guard.reads(quantized_path, "the quantized model")
+    for path in source_paths(data):
+        guard.reads(path, "--data")
+    if labels is not None:
+        guard.reads(labels, "--labels")
     bounds = QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)  # checks the combination
     with reporting(progress):
         return _compare(
@@ -56,6 +72,7 @@ def compare(
             per_layer=per_layer,
             top_k=top_k,
             bounds=bounds,
+            guard=guard,
         )
 
 
@@ -71,9 +88,14 @@ def _compare(
     per_layer: bool,
     top_k: int,
     bounds: QuantConfig,
+    guard: PathGuard,
 ) -> CompareReport:
     stage("load")
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
+    for loaded in (reference_file, candidate_file):
+        for path in external_files(loaded.model):
+            guard.reads(path, f"{loaded.path}'s external data")
+    float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
     if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in theirs]:
@@ -89,8 +111,8 @@ def _compare(
         )
     dataset = open_source(data, specs)
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, threads, for_timing=True)
-    candidate = open_session(quant_proto, threads, for_timing=True)
+    reference = open_session(float_proto, threads, data_folder=float_folder, for_timing=True)
+    candidate = open_session(quant_proto, threads, data_folder=quant_folder, for_timing=True)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     stage("evaluate")
     fidelity = compare_models(
@@ -102,7 +124,18 @@ def _compare(
     )
     if per_layer:
         stage("diagnose")
-    diagnosis = diagnose(float_proto, quant_proto, dataset, top_k=top_k) if per_layer else None
+    diagnosis = (
+        diagnose(
+            float_proto,
+            quant_proto,
+            dataset,
+            top_k=top_k,
+            data_folder=float_folder,
+            quant_folder=quant_folder,
+        )
+        if per_layer
+        else None
+    )
     verdict = None
     if bounds.has_gate:
         measured, bound = bounds.gate(has_labels=label_array is not None)

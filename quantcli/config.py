@@ -6,8 +6,7 @@ it whole, so there is no dict of options whose typos pass silently.
 
 from __future__ import annotations
 
-import json
-import tomllib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcli.errors import ConfigError
+from quantcli.files import parse_json, parse_toml, read_bounded
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -31,6 +31,7 @@ __all__ = [
     "config_settings",
     "expand_patterns",
     "load_recipe",
+    "pattern_files",
     "recipe_from_report",
 ]
 
@@ -243,6 +244,12 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        for name in ("max_drop", "min_sqnr", "percentile"):
+            bound = getattr(self, name)
+            if bound is not None and not math.isfinite(bound):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a finite number, got {bound}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
         if self.max_trials < 1:
@@ -276,6 +283,17 @@ class QuantConfig:
         return self.metric, DEFAULT_MAX_DROP
 
 
+# Recipes and @FILE selection lists larger than these are refused unread.
+MAX_RECIPE_BYTES = 2**20
+MAX_REPORT_BYTES = 64 * 2**20  # a report read as a recipe (its per-layer tables make it larger)
+MAX_LIST_BYTES = 16 * 2**20
+
+
+def pattern_files(values: Iterable[str]) -> list[Path]:
+    """The ``@FILE`` selection files among ``values`` (read by :func:`expand_patterns`)."""
+    return [Path(value[1:]) for value in values if value.startswith("@")]
+
+
 def expand_patterns(values: Iterable[str]) -> frozenset[str]:
     """Selection patterns with every ``@FILE`` replaced by the file's lines.
 
@@ -288,10 +306,11 @@ def expand_patterns(values: Iterable[str]) -> frozenset[str]:
             patterns.add(value)
             continue
         path = Path(value[1:])
+        raw = read_bounded(path, MAX_LIST_BYTES, "selection file", ConfigError)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the selection file ({exc.strerror or exc})") from exc
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: the selection file is not UTF-8 text (byte {exc.start})") from exc
         for line in text.splitlines():
             entry = line.split("#", 1)[0].strip()
             if entry:
@@ -390,12 +409,9 @@ def _override(entry: Any, index: int, path: Path) -> tuple[frozenset[str], bool 
 
 def load_recipe(path: Path) -> Recipe:
     """Read and strictly validate a TOML recipe; unknown keys are errors listing the valid ones."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    document = parse_toml(
+        read_bounded(path, MAX_RECIPE_BYTES, "recipe", ConfigError), path, "TOML recipe", ConfigError
+    )
     _unknown("the recipe", document, ("defaults", "override"), path)
     raw = document.get("defaults", {})
     if not isinstance(raw, dict):
@@ -445,12 +461,9 @@ def recipe_from_report(path: Path) -> Recipe:
     The mode is the one the report's model was written in, not ``auto``: rerunning a report
     reproduces its model without measuring again.
     """
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the report ({exc.strerror or exc})") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not a JSON report ({exc})") from exc
+    document = parse_json(
+        read_bounded(path, MAX_REPORT_BYTES, "report", ConfigError), path, "JSON report", ConfigError
+    )
     settings = document.get("config") if isinstance(document, dict) else None
     if not isinstance(settings, dict) or document.get("kind") != "convert":
         raise ConfigError(f'{path}: not a quantcli convert report (no "config" of kind convert)')

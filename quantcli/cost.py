@@ -200,7 +200,7 @@ def profile_kernels(
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     with tempfile.TemporaryDirectory(prefix="quantcli-profile-") as folder:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # its failures arrive as exceptions; no log lines on stderr
         options.intra_op_num_threads = 1
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "run")
@@ -213,8 +213,14 @@ def profile_kernels(
         except Exception as exc:  # onnxruntime raises its own exception types
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
-        for _ in range(runs):
-            session.run(None, dict(feed))
+        try:
+            for _ in range(runs):
+                session.run(None, dict(feed))
+        except Exception as exc:  # the model fails on this input: the user's model or data
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(
+                f"onnxruntime cannot run the model on the first sample ({first_line})"
+            ) from exc
         events = json.loads(Path(session.end_profiling()).read_text())
     # One event per kernel per run, keyed by its name; the first run fixes the order.
     seen: dict[str, Kernel] = {}

@@ -27,7 +27,7 @@ from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard, select_samples
-from quantcli.calibration.sources import DataSource, open_source
+from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import CorrectBiasesPass, bias_corrections
@@ -37,7 +37,6 @@ from quantcli.errors import (
     CalibrationFileError,
     ConfigError,
     ModelLoadError,
-    OutputError,
     QuantizationError,
 )
 from quantcli.evaluate import (
@@ -51,14 +50,17 @@ from quantcli.evaluate import (
     measure_latency,
 )
 from quantcli.fallback import FallbackResult, fall_back
+from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import (
     ModelFile,
     check_model_file,
+    external_files,
     external_folder,
     fingerprint,
     load_model,
     open_session,
     serialize,
+    unmap,
 )
 from quantcli.graph.output import StagedModel, StagedOutput, check_writable, data_file_name
 from quantcli.graph.quantized import refuse_quantized
@@ -115,31 +117,65 @@ def _prepare(path: Path) -> ModelFile:
     return loaded
 
 
-def _check_output_path(model_path: Path, output: Path, *, force: bool) -> None:
-    """Refuse a bad output before any work is done."""
-    if output.resolve() == model_path.resolve():
-        raise OutputError(f"{output}: the output would overwrite the input model; choose another path")
-    check_writable(output, force=force)
+def _guard_inputs(
+    guard: PathGuard,
+    model_path: Path,
+    *,
+    sources: tuple[tuple[DataSource | None, str], ...] = (),
+    files: tuple[tuple[Path | None, str], ...] = (),
+) -> None:
+    """Declare what this run reads to the output guard, before any work."""
+    guard.reads(model_path, "the input model")
+    for source, what in sources:
+        for path in source_paths(source) if source is not None else ():
+            guard.reads(path, what)
+    for file, what in files:
+        if file is not None:
+            guard.reads(file, what)
 
 
-def _check_data_path(loaded: ModelFile, output: Path, *, force: bool) -> None:
+_FINITE_SLICE = 1 << 22  # elements of a weight checked for NaN/Inf at a time
+
+
+def _check_weights(loaded: ModelFile, plans: list[QuantPlan]) -> None:
+    """Refuse NaN or Inf in a weight that would be quantized: its scale would be meaningless,
+    and the failure would otherwise surface as NaN activations blamed on the data. (Non-finite
+    constants left in float, such as attention masks of -inf, are fine.)"""
+    names = sorted({w.name for plan in plans for w in plan.weights})
+    initializers = loaded.model.graph.initializers
+    for name in names:
+        value = initializers.get(name)
+        tensor = value.const_value if value is not None else None
+        if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            continue
+        flat = tensor.numpy().reshape(-1)
+        # In slices: np.isfinite of a whole 1 GB weight would allocate 250 MB of booleans.
+        bad = sum(
+            int(part.size - np.count_nonzero(np.isfinite(part)))
+            for part in (flat[start : start + _FINITE_SLICE] for start in range(0, flat.size, _FINITE_SLICE))
+        )
+        del flat
+        unmap(tensor)
+        if bad:
+            raise QuantizationError(
+                f"{loaded.path}: weight '{name}' holds {bad} NaN or Inf value(s); the model itself is "
+                "broken (--skip-nonfinite skips data samples, not weights): fix the model, or keep its "
+                "node in float with --exclude"
+            )
+
+
+def _guard_model_files(guard: PathGuard, loaded: ModelFile) -> None:
+    for path in external_files(loaded.model):
+        guard.reads(path, "the model's external data")
+
+
+def _check_data_path(loaded: ModelFile, output: Path, staging: StagedOutput) -> None:
     """The output's external data file must not replace one the input reads, nor exist unasked."""
-    folder = external_folder(loaded.model)
-    if folder is None:
+    if not _needs_external_data(loaded):
         return
     data = output.with_name(data_file_name(output))
-    inputs = {
-        (folder / str(v.const_value.location)).resolve()
-        for g in loaded.model.graphs()
-        for v in g.initializers.values()
-        if isinstance(v.const_value, ir.ExternalTensor)
-    }
-    if data.resolve() in inputs:
-        raise OutputError(
-            f"{output}: its data file {data.name} would overwrite the input's external data; "
-            "choose another output name"
-        )
-    check_writable(data, force=force)
+    staging.guard.writes(data, "the output's data file")
+    check_writable(data, force=staging.force)
 
 
 # Above this many bytes of weights, the output is written with external data even when the
@@ -200,7 +236,7 @@ def _open_data(
 ) -> _Data:
     calibration = (
         select_samples(
-            open_source(data, specs, skip_nonfinite=config.skip_nonfinite),
+            open_source(data, specs, skip_nonfinite=config.skip_nonfinite, max_samples=config.max_samples),
             max_samples=config.max_samples,
             seed=config.seed,
         )
@@ -419,7 +455,10 @@ def _build(
     kernels: tuple[Kernel, ...] = ()
     if target.feed is not None:
         stage("predict speed")
-        kernels = profile_kernels(staged.path, target.feed)
+        try:
+            kernels = profile_kernels(staged.path, target.feed)
+        except ModelLoadError as exc:  # the float model ran this sample: the candidate is at fault
+            raise QuantizationError(f"the quantized model fails to run: {exc}") from exc
         predicted = default_cost_model().predict(kernels)
     return _Candidate(
         plan,
@@ -604,11 +643,19 @@ def _quantize_into(
         )
     if config.bias_correction and data is None:
         raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
-    _check_output_path(model_path, output, force=staging.force)
+    _guard_inputs(
+        staging.guard,
+        model_path,
+        sources=((data, "--data"), (eval_data, "--eval-data")),
+        files=((calibration, "--calibration"), (labels, "--labels")),
+    )
+    staging.guard.writes(output, "the output model")
+    check_writable(output, force=staging.force)
     stage("load")
     loaded = _prepare(model_path)
     refuse_quantized(loaded.model, model_path)
-    _check_data_path(loaded, output, force=staging.force)
+    _guard_model_files(staging.guard, loaded)
+    _check_data_path(loaded, output, staging)
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
     config, mode_reason, kept_float = _settle_recorded_mode(loaded.model, config, recorded)
     specs = model_inputs(loaded.model)
@@ -632,6 +679,7 @@ def _quantize_into(
             "on float weights that would gain from it; `quantcli inspect` says why for each node); "
             "try --mode weight-only, or pass --allow-noop to write it unchanged"
         )
+    _check_weights(loaded, plans)
     observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
     calibration_summary = CalibrationSummary("none", 0, f"not needed in {config.mode} mode")
@@ -1041,6 +1089,7 @@ def calibrate(
     eval_data: DataSource | None = None,
     labels: Path | None = None,
     progress: Progress | None = None,
+    guard: PathGuard | None = None,
 ) -> CalibrationFile:
     """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
     runs with any method; ``shard`` observes one of N disjoint parts of the samples.
@@ -1049,6 +1098,7 @@ def calibrate(
     with ``mode=auto`` the one auto picks by building every candidate from the statistics of the
     calibration part and measuring it on ``eval_data`` or a held-back part, exactly as ``convert``
     would. The held-back part is observed too, so the statistics still cover every sample.
+    ``guard`` holds the file the caller will write (see :mod:`quantcli.graph.guard`).
     """
     with reporting(progress):
         return _calibrate(
@@ -1059,6 +1109,7 @@ def calibrate(
             eval_data=eval_data,
             labels=labels,
             progress=progress,
+            guard=guard,
         )
 
 
@@ -1071,17 +1122,32 @@ def _calibrate(
     eval_data: DataSource | None,
     labels: Path | None,
     progress: Progress | None,
+    guard: PathGuard | None,
 ) -> CalibrationFile:
     stage("load")
     config = config or QuantConfig()
+    guard = guard if guard is not None else PathGuard()
+    _guard_inputs(
+        guard,
+        model_path,
+        sources=((data, "--data"), (eval_data, "--eval-data")),
+        files=((labels, "--labels"),),
+    )
     loaded = _prepare(model_path)
     refuse_quantized(loaded.model, model_path)
+    _guard_model_files(guard, loaded)
     samples = select_samples(
-        open_source(data, model_inputs(loaded.model), skip_nonfinite=config.skip_nonfinite),
+        open_source(
+            data,
+            model_inputs(loaded.model),
+            skip_nonfinite=config.skip_nonfinite,
+            max_samples=config.max_samples,
+        ),
         max_samples=config.max_samples,
         seed=config.seed,
         shard=shard,
     )
+    _check_weights(loaded, _plans(loaded.model, config))
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")

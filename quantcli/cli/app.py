@@ -36,6 +36,7 @@ from quantcli.config import (
     WeightMethod,
     expand_patterns,
     load_recipe,
+    pattern_files,
     recipe_from_report,
 )
 from quantcli.errors import ConfigError
@@ -461,6 +462,12 @@ def _outputs(
         staging.write_bytes(page, html_report(dated).encode())
 
 
+def _report_flags(
+    report: Path | None, markdown: Path | None, page: Path | None, exclude: Path | None
+) -> dict[str, Path | None]:
+    return {"--report": report, "--report-md": markdown, "--report-html": page, "--write-exclude": exclude}
+
+
 def _config(recipe: Path | None, from_report: Path | None = None, **flags: Any) -> QuantConfig:
     """Flags over the recipe (or a report's settings) over the defaults; a flag left at None
     was not given. Flags that contradict each other are a usage error (exit 2)."""
@@ -679,6 +686,14 @@ def convert(
                 check_writable(path, force=force)
         # The model and the report files are moved into place together, or none is.
         with StageDisplay(console) as progress, StagedOutput(force=force) as staging:
+            staging.guard.declare(
+                reads={
+                    "--recipe": [recipe],
+                    "--from-report": [from_report],
+                    "@FILE": pattern_files([*(exclude or ()), *(include or ())]),
+                },
+                writes=_report_flags(report, report_md, report_html, write_exclude),
+            )
             result = quantize(
                 model,
                 output,
@@ -773,6 +788,7 @@ def compare_command(
     def run() -> ExitCode | None:
         from quantcli.cli.render import gate_line, render_compare
         from quantcli.comparison import compare
+        from quantcli.graph.guard import PathGuard
         from quantcli.graph.output import StagedOutput, check_writable
 
         try:
@@ -782,6 +798,8 @@ def compare_command(
         for path in (report, report_md, report_html, write_exclude):
             if path is not None:
                 check_writable(path, force=force)
+        guard = PathGuard()
+        guard.declare(reads={}, writes=_report_flags(report, report_md, report_html, write_exclude))
         with StageDisplay(console) as progress:
             result = compare(
                 float_model,
@@ -797,10 +815,11 @@ def compare_command(
                 max_drop=max_drop,
                 min_sqnr=min_sqnr,
                 progress=progress,
+                guard=guard,
             )
             progress.stage("write")
             document = result.to_dict() | {"versions": _versions(), "command": command}
-            with StagedOutput(force=force) as staging:
+            with StagedOutput(force=force, guard=guard) as staging:
                 _outputs(staging, document, report=report, markdown=report_md, page=report_html)
                 if write_exclude is not None and result.per_layer is not None:
                     staging.write_bytes(write_exclude, result.per_layer.exclude_file().encode())
@@ -906,6 +925,7 @@ def calibrate_command(
 
     def run() -> None:
         from quantcli.calibration.file import write_calibration
+        from quantcli.graph.guard import PathGuard
         from quantcli.graph.output import check_writable
         from quantcli.pipeline import calibrate
 
@@ -932,6 +952,8 @@ def calibrate_command(
         if source is None:
             raise typer.BadParameter("calibrate needs samples: give --data or --data-loader")
         check_writable(output, force=force)
+        guard = PathGuard()
+        guard.writes(output, "-o")
         evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
         with StageDisplay(console) as progress:
             result = calibrate(
@@ -942,9 +964,10 @@ def calibrate_command(
                 eval_data=evaluation,
                 labels=labels,
                 progress=progress,
+                guard=guard,
             )
             progress.stage("write")
-            write_calibration(result, output, force=force)
+            write_calibration(result, output, force=force, guard=guard)
         _show_calibration(result, output, console, as_json=as_json)
 
     _finish(guarded(run, console, debug=debug))
@@ -967,11 +990,14 @@ def merge_command(
 
     def run() -> None:
         from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
+        from quantcli.graph.guard import PathGuard
         from quantcli.graph.output import check_writable
 
         check_writable(output, force=force)
+        guard = PathGuard()
+        guard.declare(reads={"a merged file": files}, writes={"-o": output})
         result = merge_calibrations([(path, read_calibration(path)) for path in files])
-        write_calibration(result, output, force=force)
+        write_calibration(result, output, force=force, guard=guard)
         _show_calibration(result, output, console, as_json=as_json, files=len(files))
 
     _finish(guarded(run, console, debug=debug))
