@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quantcli.batch import BatchJob, JobResult, Outcome, convert_job
-from quantcli.calibration.collect import Progress
+from quantcli.calibration.collect import Advance
 from quantcli.calibration.file import CalibrationFile, merge_calibrations
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard
@@ -249,7 +249,7 @@ class RayCollector:
         cpus = int(_ray().cluster_resources().get("CPU", 1))
         return max(1, min(num_samples, cpus // self.options.cpus_per_task))
 
-    def __call__(self, work: ShardWork, progress: Progress | None) -> dict[str, TensorStats]:
+    def __call__(self, work: ShardWork, progress: Advance | None) -> dict[str, TensorStats]:
         work = replace(work, model=work.model.absolute(), source=absolute_source(work.source))
         paths = [work.model] + ([] if isinstance(work.source, UserLoader) else [Path(str(work.source))])
         check_nodes(paths, work.source.reference if isinstance(work.source, UserLoader) else None)

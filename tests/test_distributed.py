@@ -80,7 +80,7 @@ def test_an_unreachable_cluster_fails_in_one_line(cnn: tuple[Path, Path], tmp_pa
     assert result.stderr.startswith("error: Ray at 127.0.0.1:1: cannot connect")
     assert not (tmp_path / "c.json").exists()
     alone = runner.invoke(app, [*base, "--workers", "2"])
-    assert alone.exit_code == 1 and "go with --ray" in alone.stderr
+    assert alone.exit_code == 2 and "go with --ray" in alone.stderr
 
 
 def test_distributed_calibration_equals_the_local_file_byte_for_byte(
