@@ -411,11 +411,14 @@ def _stacks(
 def _open_file(path: Path, specs: Sequence[InputSpec], *, skip_nonfinite: bool) -> _Chunk:
     """Read and check one file. Names, dtypes, shapes and sizes are checked from the array
     headers first, so a small file declaring gigabytes is refused uninflated."""
-    declared, _, _, items = _stacks(path, _headers(path), specs)
-    per_feed = sum(a.nbytes for a in declared.values()) // max(items, 1)
-    if per_feed > MAX_SAMPLE_BYTES:
+    declared, _, stacks, items = _stacks(path, _headers(path), specs)
+    # With a batch axis every row of a feed is a sample (the zoo's calib.npz: [64, 3, 640, 640]).
+    batch_rows = {int(a.shape[1]) for a in stacks.values()} if has_batch_axis(specs) else set()
+    rows = batch_rows.pop() if len(batch_rows) == 1 else 1
+    per_sample = sum(a.nbytes for a in declared.values()) // max(items * rows, 1)
+    if per_sample > MAX_SAMPLE_BYTES:
         raise CalibrationDataError(
-            f"{path}: one sample is {per_feed} bytes, more than quantcli feeds at once "
+            f"{path}: one sample is {per_sample} bytes, more than quantcli feeds at once "
             f"({MAX_SAMPLE_BYTES}); check the array shapes"
         )
     return _check_arrays(path, _read_file(path), specs, skip_nonfinite=skip_nonfinite)
