@@ -8,6 +8,7 @@ import onnx_ir.convenience
 
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._qdq import add_initializer
+from quantcli.passes._rewrite import replace_node
 
 __all__ = ["DivisionByConstantToMulPass"]
 
@@ -56,14 +57,7 @@ class DivisionByConstantToMulPass(ir.passes.InPlacePass):
             data, divisor = node.inputs
             assert data is not None and divisor is not None
             factor = add_initializer(graph, names, f"{divisor.name}_reciprocal", reciprocal)
-            original = node.outputs[0]
-            product = ir.Value(name=names.fresh(f"{original.name}_mul"), type=original.type)
-            mul = ir.Node("", "Mul", [data, factor], outputs=[product], name=names.fresh(f"{node.name}_mul"))
-            graph.insert_before(node, mul)
-            original.replace_all_uses_with(product, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            mul.name = node.name  # --exclude and the report keep naming the node the model has
-            product.name, product.shape = original.name, original.shape
+            replace_node(graph, names, node, "Mul", [data, factor])
             if divisor.is_initializer() and not divisor.uses() and not divisor.is_graph_output():
                 graph.initializers.pop(divisor.name or "")
             modified = True

@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._qdq import add_initializer
+from quantcli.passes._rewrite import replace_node
 
 __all__ = ["EinsumToMatMulPass"]
 
@@ -80,16 +81,7 @@ class EinsumToMatMulPass(ir.passes.InPlacePass):
             if transpose:
                 array = np.ascontiguousarray(constant.const_value.numpy().T)
                 weight = add_initializer(graph, names, f"{constant.name}_transposed", array)
-            original = node.outputs[0]
-            product = ir.Value(name=names.fresh(f"{original.name}_matmul"), type=original.type)
-            matmul = ir.Node(
-                "", "MatMul", [data, weight], outputs=[product], name=names.fresh(f"{node.name}_matmul")
-            )
-            graph.insert_before(node, matmul)
-            original.replace_all_uses_with(product, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            matmul.name = node.name  # --exclude and the report keep naming the node the model has
-            product.name, product.shape = original.name, original.shape
+            replace_node(graph, names, node, "MatMul", [data, weight])
             if constant is not weight and not constant.uses() and not constant.is_graph_output():
                 graph.initializers.pop(constant.name or "")
             modified = True
