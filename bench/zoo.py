@@ -47,6 +47,7 @@ import onnx
 import onnxruntime as ort
 import skimage.data
 import torch
+import zoo_more
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModel, AutoTokenizer
 
@@ -367,8 +368,14 @@ def package_file(package: str, relative: str) -> Path:
 
 
 def write_split(folder: Path, calib: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> None:
+    """The stacked files (axis 0 = samples) and the same samples one ready-to-feed file each."""
     np.savez(folder / "calib.npz", **calib)
     np.savez(folder / "eval.npz", **evaluation)
+    for split, arrays in (("calib", calib), ("eval", evaluation)):
+        count = len(next(iter(arrays.values())))
+        zoo_more.save_split(
+            folder, split, [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(count)]
+        )
 
 
 def write_task(folder: Path, task: dict[str, Any], eval_samples: int = N_EVAL) -> None:
@@ -379,7 +386,9 @@ def write_task(folder: Path, task: dict[str, Any], eval_samples: int = N_EVAL) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "zoo")
+    parser.add_argument("--models", help="comma-separated subset, e.g. ppocr_cls,silero_vad")
     args = parser.parse_args(argv)
+    wanted = set(args.models.split(",")) if args.models else None
     rng = np.random.default_rng(SEED)
     sentences = sentence_pool(rng)
     photos = sample_images()
@@ -391,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "yolov8n_320": lambda folder: build_yolo(folder, photos, np.random.default_rng(SEED + 2)),
     }
+    builders.update(zoo_more.builders(args.out, sentences, lambda package: package_file(package, "")))
     for name, build in builders.items():
+        if wanted is not None and name not in wanted:
+            continue
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
         build(folder)
