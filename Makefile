@@ -67,7 +67,8 @@ $(BENCHSTAMP): pyproject.toml constraints.txt
 		assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 	touch $(BENCHSTAMP)
 
-## Peers in venvs of their own (their pins clash with quantcli's: Neural Compressor needs numpy < 2).
+## Peers in venvs of their own (their pins clash with quantcli's: Neural Compressor needs numpy < 2,
+## and imports prettytable and scipy without declaring them).
 ## bench/compare.py runs bench/_peer_quantize.py in each; it skips a peer whose venv is missing.
 INCENV := .benchenv-inc
 NNCFENV := .benchenv-nncf
@@ -75,7 +76,7 @@ $(INCENV)/.installed: Makefile
 	test -x $(INCENV)/bin/python || $(PYTHON) -m venv $(INCENV)
 	$(INCENV)/bin/python -m pip install --quiet --upgrade pip
 	$(INCENV)/bin/python -m pip install --quiet onnx-neural-compressor==1.0 onnx==1.23.2 onnxruntime==1.32.0 \
-		"numpy<2" onnxruntime-extensions==0.15.2
+		numpy==1.26.4 onnxruntime-extensions==0.15.2 transformers==5.24.0 prettytable==3.18.0 scipy==1.15.3
 	touch $@
 
 $(NNCFENV)/.installed: Makefile
