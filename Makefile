@@ -87,11 +87,13 @@ $(NNCFENV)/.installed: Makefile
 
 peers: $(INCENV)/.installed $(NNCFENV)/.installed
 
-## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320) with its data into bench/zoo/, offline.
+## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's six) with its data
+## into bench/zoo/, offline (silero_vad's audio needs espeak-ng: apt-get install espeak-ng).
 zoo: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/zoo.py
 
-## quantcli vs onnxruntime's quantize_static/quantize_dynamic on the zoo and sample models.
+## quantcli's default command vs onnxruntime, Neural Compressor and NNCF on the zoo and sample models,
+## with issue 13's done-when verdict and the determinism check.
 compare: $(BENCHSTAMP) peers
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py
 

