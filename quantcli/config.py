@@ -25,6 +25,7 @@ __all__ = [
     "QuantConfig",
     "QuantMode",
     "Recipe",
+    "SpeedSource",
     "WeightMethod",
     "expand_patterns",
     "load_recipe",
@@ -115,6 +116,19 @@ class QuantMode(StrEnum):
         return self.needs_calibration or self is QuantMode.AUTO
 
 
+class SpeedSource(StrEnum):
+    """How ``--mode auto`` compares its candidates' speed.
+
+    predicted (the default): by :mod:`quantcli.cost`, a cost model of the runtime over the
+    kernels it runs for each candidate; the same inputs give the same choice on any machine load.
+    measured: by timing the candidates on this machine, interleaved. Closer to this machine's
+    truth, but a busy machine can change the choice, so the output is not reproducible.
+    """
+
+    PREDICTED = "predicted"
+    MEASURED = "measured"
+
+
 class GateMetric(StrEnum):
     """The measure an accuracy bound is stated in; every one is a drop, in points.
 
@@ -179,6 +193,7 @@ class QuantConfig:
             :meth:`gate`), return the most harmful nodes to float a few at a time until it passes
             (see :mod:`quantcli.fallback`). In auto mode it also repairs a candidate that missed
             the bound but ran clearly faster than the one that met it.
+        speed: how auto mode compares its candidates' speed (see :class:`SpeedSource`).
         max_trials: rounds --auto-fallback may spend after the first model.
         per_layer: diagnose every quantized tensor against its float twin (see
             :mod:`quantcli.diagnose`).
@@ -205,6 +220,7 @@ class QuantConfig:
     per_tensor: frozenset[str] = field(default_factory=frozenset)
     min_sqnr: float | None = None
     auto_fallback: bool = False
+    speed: SpeedSource = SpeedSource.PREDICTED
     max_trials: int = DEFAULT_MAX_TRIALS
     per_layer: bool = False
     top_k: int = 10
@@ -296,6 +312,7 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "weight_method": WeightMethod,
     "bias_correction": bool,
     "seed": int,
+    "speed": SpeedSource,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 

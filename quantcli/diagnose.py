@@ -207,12 +207,14 @@ def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelPro
 
 def _fetch(
     session: ort.InferenceSession, names: list[str], feed: Batch
-) -> dict[str, npt.NDArray[np.float64]]:
-    """Run ``session`` for ``names``; graph inputs come straight from the feed."""
+) -> dict[str, npt.NDArray[np.generic]]:
+    """Run ``session`` for ``names``; graph inputs come straight from the feed. Arrays stay as
+    onnxruntime returns them (float32): every exposed tensor of a batch is held at once, so the
+    caller widens one tensor at a time."""
     wanted = [n for n in names if n not in feed]
     arrays = session.run(wanted, feed) if wanted else []
-    result = {n: np.asarray(a, np.float64) for n, a in zip(wanted, arrays, strict=True)}
-    result.update({n: np.asarray(feed[n], np.float64) for n in names if n in feed})
+    result = {n: np.asarray(a) for n, a in zip(wanted, arrays, strict=True)}
+    result.update({n: np.asarray(feed[n]) for n in names if n in feed})
     return result
 
 
@@ -243,16 +245,18 @@ def _measure(
     activations = [t for t in twins if t.kind == "activation"]
     if not activations:
         return sums
+    # Sums pool over feeds, each of samples of one shape: nothing of two shapes is concatenated.
     for feed in dataset.batches(batch_size):
-        ref_values = _fetch(reference, [t.float_name for t in activations], feed)
+        ref_values = _fetch(reference, [t.float_name for t in activations], feed.arrays)
         got_values = _fetch(
-            candidate, [t.dq_output for t in activations] + [t.pre or "" for t in activations], feed
+            candidate, [t.dq_output for t in activations] + [t.pre or "" for t in activations], feed.arrays
         )
         for twin in activations:
-            ref, got = ref_values[twin.float_name], got_values[twin.dq_output]
+            ref = ref_values[twin.float_name].astype(np.float64)
+            got = got_values[twin.dq_output].astype(np.float64)
             if ref.shape != got.shape:
                 continue
-            pre = got_values[twin.pre or ""]
+            pre = got_values[twin.pre or ""].astype(np.float64)
             sums[twin.dq_output].add(ref, got, np.maximum(pre, 0.0) if twin.floor_at_zero else pre)
     return sums
 

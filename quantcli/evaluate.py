@@ -1,7 +1,8 @@
 """Fidelity of a quantized model against its float original, measured through onnxruntime.
 
-Both models run on the same evaluation samples; every output is compared sample by sample.
-Statistics are accumulated batch by batch so evaluation memory does not grow with the data.
+Both models run on the same evaluation samples; every output is compared sample by sample
+(samples may differ in every dynamic dim). Statistics are accumulated as samples come, so
+evaluation memory does not grow with the data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from quantcli.calibration.collect import run_batches
+from quantcli.calibration.collect import run_samples
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.config import GateMetric
 from quantcli.errors import CalibrationDataError
@@ -203,9 +204,9 @@ def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
     return result
 
 
-def _rows(array: npt.NDArray[np.generic], batched: bool) -> npt.NDArray[np.float64]:
-    data = np.asarray(array, dtype=np.float64)
-    return data.reshape(data.shape[0], -1) if batched and data.ndim > 0 else data.reshape(1, -1)
+def _row(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
+    """One sample's output as one row."""
+    return np.asarray(array, dtype=np.float64).reshape(1, -1)
 
 
 def compare_models(
@@ -217,22 +218,26 @@ def compare_models(
     source: str,
     labels: npt.NDArray[np.int64] | None = None,
 ) -> Fidelity:
-    """Run both sessions on ``dataset`` and compare every output of the reference."""
+    """Run both sessions on ``dataset`` and compare every output of the reference, sample by
+    sample: samples may differ in shape, so each one's outputs are compared on their own and
+    only sums and per-sample figures are pooled."""
     names = [o.name for o in reference.get_outputs()]
     accumulators = {name: _Accumulator() for name in names}
     done = 0
-    cand_batches = run_batches(candidate, names, dataset, batch_size)
-    for (count, ref_outputs), (_, cand_outputs) in zip(
-        run_batches(reference, names, dataset, batch_size), cand_batches, strict=True
+    for (position, ref_outputs), (cand_position, cand_outputs) in zip(
+        run_samples(reference, names, dataset, batch_size),
+        run_samples(candidate, names, dataset, batch_size),
+        strict=True,
     ):
-        batch_labels = labels[done : done + count] if labels is not None else None
+        assert position == cand_position
+        sample_labels = labels[position : position + 1] if labels is not None else None
         for name, ref, got in zip(names, ref_outputs, cand_outputs, strict=True):
             acc = accumulators[name]
-            batched = dataset.can_batch
-            acc.classifier &= bool(ref.ndim == 2 and ref.shape[1] >= 2 and batched)
-            acc.add(_rows(ref, batched), _rows(got, batched), batch_labels)
+            # Class scores: one row of classes per sample.
+            acc.classifier &= bool(ref.ndim == 2 and ref.shape[0] == 1 and ref.shape[1] >= 2)
+            acc.add(_row(ref), _row(got), sample_labels)
             acc.add_channels(ref, got)
-        done += count
+        done += 1
     outputs = tuple(accumulators[name].result(name) for name in names)
     accuracy = None
     if labels is not None:
@@ -341,7 +346,7 @@ class Latency:
 
 def first_sample(dataset: Dataset) -> Batch:
     """One sample as a feed: what latency is measured on."""
-    return next(iter(dataset.batches(1)))
+    return next(iter(dataset.batches(1))).arrays
 
 
 def measure_latency(

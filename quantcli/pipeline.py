@@ -22,15 +22,16 @@ import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
 from quantcli.calibration.collect import Progress, TensorRange, collect_stats
-from quantcli.calibration.data import Dataset, InputSpec, model_inputs
+from quantcli.calibration.data import Batch, Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
-from quantcli.config import QuantConfig, QuantMode
+from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import CorrectBiasesPass, bias_corrections
+from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
@@ -76,6 +77,7 @@ from quantcli.report import (
     FallbackSummary,
     QuantReport,
     SizeSummary,
+    SpeedSummary,
 )
 
 __all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
@@ -293,10 +295,17 @@ class _Candidate:
     fidelity: Fidelity | None = None
     gate: GateResult | None = None
     latency: Latency | None = None
+    predicted: Prediction | None = None
 
     @property
     def size_bytes(self) -> int:
         return self.staged.size_bytes
+
+    def speed_ms(self, source: SpeedSource) -> float | None:
+        """What auto compares candidates' speed by: the cost model's prediction, or a timing."""
+        if source is SpeedSource.PREDICTED:
+            return None if self.predicted is None else self.predicted.ms
+        return None if self.latency is None else self.latency.median_ms
 
 
 def _settle_recorded_mode(
@@ -343,6 +352,8 @@ class _Target:
     # What --bias-correction measures input means on (None: no correction).
     calibration: Dataset | None = None
     data_folder: Path | None = None
+    # The sample the cost model profiles each candidate on (None: no prediction).
+    feed: Batch | None = None
 
 
 def _build(
@@ -367,49 +378,69 @@ def _build(
             f"({target.input_bytes} bytes); nothing written"
         )
     fraction = int8_params / float_params if float_params else 0.0
-    return _Candidate(plan, staged, target.scratch, session, fraction)
+    predicted = None
+    if target.feed is not None:
+        predicted = default_cost_model().predict(profile_kernels(staged.path, target.feed))
+    return _Candidate(plan, staged, target.scratch, session, fraction, predicted=predicted)
 
 
-def _choose(candidates: list[_Candidate], config: QuantConfig, evaluation: Dataset | None) -> _Candidate:
-    """The fastest candidate within the accuracy bound; if none is, the most faithful one."""
+def _choose(
+    candidates: list[_Candidate], config: QuantConfig, evaluation: Dataset | None
+) -> tuple[_Candidate, list[_Candidate]]:
+    """The fastest candidate within the accuracy bound (if none is, the most faithful one), and
+    the candidates as compared. Fastest by the cost model's prediction, or with
+    ``--speed measured`` by timing them here against each other."""
     if len(candidates) == 1:
-        return candidates[0]
+        return candidates[0], candidates
     if evaluation is None or any(c.gate is None for c in candidates):
         raise ConfigError("--mode auto measures its candidates: give --eval-data or --data with 2+ samples")
-    latencies = measure_latency(
-        {c.plan.mode.value: c.session for c in candidates},
-        first_sample(evaluation),
-        runs=30,
-        budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
-    )
-    timed = [replace(c, latency=latencies[c.plan.mode.value]) for c in candidates]
-    candidates[:] = timed
-    passing = [c for c in timed if c.gate is not None and c.gate.passed]
+    if config.speed is SpeedSource.MEASURED:
+        latencies = measure_latency(
+            {c.plan.mode.value: c.session for c in candidates},
+            first_sample(evaluation),
+            runs=30,
+            budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
+        )
+        candidates = [replace(c, latency=latencies[c.plan.mode.value]) for c in candidates]
+    passing = [c for c in candidates if c.gate is not None and c.gate.passed]
     if not passing:
-        return min(timed, key=lambda c: c.gate.shortfall if c.gate else float("inf"))
-    fastest = min(c.latency.median_ms for c in passing if c.latency is not None)
-    # Timings a few percent apart are noise on a shared machine: among those the most faithful
-    # wins (fidelity does not vary run to run), then the smaller model.
-    close = [c for c in passing if c.latency is not None and c.latency.median_ms <= fastest * LATENCY_TIE]
-    return min(close, key=lambda c: (c.gate.shortfall if c.gate else 0.0, c.staged.size_bytes))
+        return min(candidates, key=lambda c: c.gate.shortfall if c.gate else float("inf")), candidates
+    speed = _speed_key(config.speed)
+    fastest = min(speed(c) for c in passing)
+    # Speeds a few percent apart are within the error of a prediction (or the noise of a shared
+    # machine): among those the most faithful wins (fidelity does not vary), then the smaller.
+    close = [c for c in passing if speed(c) <= fastest * LATENCY_TIE]
+    winner = min(close, key=lambda c: (c.gate.shortfall if c.gate else 0.0, c.staged.size_bytes))
+    return winner, candidates
 
 
-def _summaries(staged: _Staged, input_bytes: int) -> tuple[CandidateSummary, ...]:
+def _speed_key(source: SpeedSource) -> Callable[[_Candidate], float]:
+    def key(candidate: _Candidate) -> float:
+        value = candidate.speed_ms(source)
+        return float("inf") if value is None else value
+
+    return key
+
+
+def _summaries(staged: _Staged, input_bytes: int, source: SpeedSource) -> tuple[CandidateSummary, ...]:
     """Every candidate with why it won or lost; the chosen one is the candidate the written model
-    came from (itself, or repaired by --auto-fallback)."""
+    came from (itself, or repaired by fallback)."""
     candidates, winner = staged.candidates, staged.origin
     if len(candidates) == 1:
         return ()
     passing = [c for c in candidates if c.gate is not None and c.gate.passed]
-    fastest = min((c.latency.median_ms for c in passing if c.latency is not None), default=None)
+    speeds = [v for c in passing if (v := c.speed_ms(source)) is not None]
+    fastest = min(speeds, default=None)
     tie = f"{round(100 * (LATENCY_TIE - 1))}%"
+    slower = "predicted slower" if source is SpeedSource.PREDICTED else "slower"
     summaries = []
     for c in candidates:
-        speed = None if c.latency is None or fastest is None else c.latency.median_ms / fastest
+        own = c.speed_ms(source)
+        speed = None if own is None or fastest is None else own / fastest
         if c is winner and staged.repaired:
-            why = "missed the bound; repaired by --auto-fallback and written (see why this mode)"
+            why = "missed the bound; repaired by fallback and written (see why this mode)"
         elif staged.repaired and c.gate is not None and c.gate.passed:
-            why = f"within the bound, slower than {winner.plan.mode} repaired"
+            why = f"within the bound, {slower} than {winner.plan.mode} repaired"
         elif c is winner and passing:
             fastest_one = speed is None or speed <= 1.0
             why = (
@@ -424,7 +455,7 @@ def _summaries(staged: _Staged, input_bytes: int) -> tuple[CandidateSummary, ...
         elif speed is not None and speed <= LATENCY_TIE:
             why = f"within {tie} of the fastest (a tie), less faithful"
         else:
-            why = f"within the bound, {speed:.2f}x slower" if speed is not None else "within the bound"
+            why = f"within the bound, {speed:.2f}x {slower}" if speed is not None else "within the bound"
         summaries.append(
             CandidateSummary(
                 mode=c.plan.mode.value,
@@ -435,6 +466,7 @@ def _summaries(staged: _Staged, input_bytes: int) -> tuple[CandidateSummary, ...
                 latency=c.latency,
                 chosen=c is winner,
                 reason=why,
+                predicted=c.predicted,
             )
         )
     return tuple(summaries)
@@ -535,8 +567,9 @@ def _quantize_into(
         if config.allow_noop:
             return _write_unchanged(loaded, output, config, staging)
         raise QuantizationError(
-            f"{model_path}: nothing to quantize in {config.mode} mode "
-            "(no Conv, MatMul, Gemm or Gather on float weights); pass --allow-noop to write it unchanged"
+            f"{model_path}: nothing to quantize in {config.mode} mode (no Conv, MatMul, Gemm or Gather "
+            "on float weights that would gain from it; `quantcli inspect` says why for each node); "
+            "try --mode weight-only, or pass --allow-noop to write it unchanged"
         )
     observed = sorted({name for plan in plans for name in plan.observed})
     ranges: dict[str, TensorRange] = {}
@@ -569,7 +602,7 @@ def _quantize_into(
         labels=label_array,
     )
     winner = staged.winner
-    summaries = _summaries(staged, loaded.size_bytes)
+    summaries = _summaries(staged, loaded.size_bytes, config.speed)
     if config.mode is QuantMode.AUTO:
         mode_reason = (
             f"auto: {staged.note}"
@@ -579,6 +612,7 @@ def _quantize_into(
                 "auto: the only mode that changes this model",
             )
         )
+    speed, warnings = _predicted_speed(staged, output)
     report = QuantReport(
         model=str(model_path),
         output=str(output),
@@ -597,8 +631,28 @@ def _quantize_into(
         fallback=FallbackSummary.of(staged.fallback, loaded.size_bytes)
         if staged.fallback is not None
         else None,
+        speed=speed,
+        warnings=warnings,
     )
     return QuantResult(output=output, report=report)
+
+
+def _predicted_speed(staged: _Staged, output: Path) -> tuple[SpeedSummary | None, tuple[str, ...]]:
+    """The written model's predicted speed against float, and a warning (logged, so it reaches
+    stderr, and kept for the report) when it is predicted no faster than the float model."""
+    winner = staged.winner
+    if staged.float_prediction is None or winner.predicted is None:
+        return None, ()
+    speed = SpeedSummary(staged.float_prediction, winner.predicted)
+    if speed.ratio < 1.0:
+        return speed, ()
+    warning = (
+        f"the {winner.plan.mode} model is predicted to run {speed.ratio:.2f}x as long as the float "
+        f"model ({100 * speed.quantized.integer_mac_share:.0f}% of its multiply-adds in integer "
+        "kernels): no faster mode met the accuracy bound"
+    )
+    logger.warning("%s: %s", output, warning)
+    return speed, (warning,)
 
 
 def _stage_candidates(
@@ -615,27 +669,45 @@ def _stage_candidates(
     labels: npt.NDArray[np.int64] | None,
 ) -> _Staged:
     """Build, stage, check and measure every plan; the winner joins ``staging``, the rest go.
-    Then --per-layer diagnoses the winner and --auto-fallback, if it misses the bound, builds
-    variants with nodes returned to float (see :func:`_diagnose_and_fall_back`). In auto mode,
-    --auto-fallback also repairs the fastest candidate that missed the bound when it ran clearly
-    faster than the winner, and keeps it if it then passes and is still faster."""
+    Then --per-layer diagnoses the winner and fallback, if it misses the bound, builds variants
+    with nodes returned to float (see :func:`_diagnose_and_fall_back`): with --auto-fallback, and
+    always in auto mode. Auto mode also repairs the fastest candidate that missed the bound when
+    it is clearly faster than the winner, and keeps it if it then passes and is still faster."""
     model_path = loaded.path
     label_array = labels
     data_folder = external_folder(loaded.model)
     external = _needs_external_data(loaded)
+    auto = config.mode is QuantMode.AUTO
+    # Auto compares speeds by the cost model: every candidate is profiled on one sample.
+    feed = (
+        first_sample(datasets.evaluation)
+        if auto and config.speed is SpeedSource.PREDICTED and datasets.evaluation is not None
+        else None
+    )
+    float_prediction = None
+    if feed is not None and reference is not None:
+        with _naming(model_path):
+            float_prediction = default_cost_model().predict(
+                profile_kernels(reference, feed, data_folder=data_folder)
+            )
     candidates = []
     with contextlib.ExitStack() as scratches:
+
+        def new_target() -> _Target:
+            scratch = scratches.enter_context(StagedOutput(force=staging.force))
+            return _Target(
+                output, external, loaded.size_bytes, scratch, datasets.calibration, data_folder, feed
+            )
+
         for index, plan in enumerate(plans):
             # Every candidate but the last rewrites a fresh copy; the last may consume the original.
             model = loaded.model if index == len(plans) - 1 else _copy(reference, data_folder)
-            scratch = scratches.enter_context(StagedOutput(force=staging.force))
-            target = _Target(output, external, loaded.size_bytes, scratch, datasets.calibration, data_folder)
             candidate = _try_build(
                 model,
                 plan,
                 ranges=ranges,
                 config=config,
-                target=target,
+                target=new_target(),
                 model_path=model_path,
                 single=len(plans) == 1,
             )
@@ -646,32 +718,23 @@ def _stage_candidates(
             candidates.append(candidate)
         if not candidates:
             raise QuantizationError(f"{model_path}: no candidate mode produced a smaller, valid model")
-        winner = _choose(candidates, config, datasets.evaluation)
-
-        def new_target() -> _Target:
-            return _Target(
-                output,
-                external,
-                loaded.size_bytes,
-                scratches.enter_context(StagedOutput(force=staging.force)),
-                datasets.calibration,
-                data_folder,
-            )
-
+        winner, candidates = _choose(candidates, config, datasets.evaluation)
         context = _Reference(reference, reference_session, datasets, label_array, ranges, data_folder)
-        faster = _fastest_missed(candidates, winner) if config.mode is QuantMode.AUTO else None
-        start = faster if faster is not None and config.auto_fallback else winner
-        result, diagnosis, fallback = _diagnose_and_fall_back(start, context, config, new_target)
+        # Auto never settles for a slow mode that passed while a faster one might be repaired.
+        repair = replace(config, auto_fallback=True) if auto else config
+        faster = _fastest_missed(candidates, winner, config.speed) if auto else None
+        start = faster if faster is not None else winner
+        result, diagnosis, fallback = _diagnose_and_fall_back(start, context, repair, new_target)
         note, origin = "", winner
         if start is winner:
             winner = result
         else:
             assert datasets.evaluation is not None
-            kept, note = _repaired_or_winner(start, result, winner, datasets.evaluation)
+            kept, note = _repaired_or_winner(start, result, winner, datasets.evaluation, config.speed)
             origin = winner if kept is winner else start
             winner = kept
         staging.adopt(winner.scratch)
-    return _Staged(candidates, winner, origin, diagnosis, fallback, note)
+    return _Staged(candidates, winner, origin, diagnosis, fallback, note, float_prediction)
 
 
 @dataclass(frozen=True)
@@ -685,54 +748,62 @@ class _Staged:
     diagnosis: LayerDiagnosis | None
     fallback: FallbackResult[_Candidate] | None
     note: str = ""
+    float_prediction: Prediction | None = None  # the float model's, when auto predicted speeds
 
     @property
     def repaired(self) -> bool:
         return self.origin is not self.winner and self.origin.plan.mode is self.winner.plan.mode
 
 
-def _fastest_missed(candidates: list[_Candidate], winner: _Candidate) -> _Candidate | None:
-    """The fastest candidate that missed the bound while the winner met it, if it ran clearly
-    (beyond the latency tie) faster than the winner: worth repairing with --auto-fallback."""
-    if winner.gate is None or not winner.gate.passed or winner.latency is None:
+def _fastest_missed(
+    candidates: list[_Candidate], winner: _Candidate, source: SpeedSource
+) -> _Candidate | None:
+    """The fastest candidate that missed the bound while the winner met it, if it is clearly
+    (beyond the tie) faster than the winner: worth repairing by fallback."""
+    winner_speed = winner.speed_ms(source)
+    if winner.gate is None or not winner.gate.passed or winner_speed is None:
         return None
+    speed = _speed_key(source)
     missed = [
         c
         for c in candidates
-        if c.gate is not None
-        and not c.gate.passed
-        and c.latency is not None
-        and c.latency.median_ms * LATENCY_TIE < winner.latency.median_ms
+        if c.gate is not None and not c.gate.passed and speed(c) * LATENCY_TIE < winner_speed
     ]
-    return min(missed, key=lambda c: c.latency.median_ms if c.latency else 0.0, default=None)
+    return min(missed, key=speed, default=None)
 
 
 def _repaired_or_winner(
-    start: _Candidate, repaired: _Candidate, winner: _Candidate, evaluation: Dataset
+    start: _Candidate, repaired: _Candidate, winner: _Candidate, evaluation: Dataset, source: SpeedSource
 ) -> tuple[_Candidate, str]:
-    """``repaired`` (``start`` after fallback) if it passes and, timed against the winner again,
-    is still clearly faster; else the winner. The note says which and why."""
+    """``repaired`` (``start`` after fallback) if it passes and is still clearly faster than the
+    winner (by the cost model, or timed against it again); else the winner. The note says which
+    and why."""
     mode, other = repaired.plan.mode, winner.plan.mode
     if repaired.gate is None or not repaired.gate.passed:
         return (
             winner,
-            f"{other}: {mode} missed the bound and --auto-fallback did not repair it within --max-trials",
+            f"{other}: {mode} missed the bound and fallback did not repair it within --max-trials",
         )
-    timed = measure_latency(
-        {"repaired": repaired.session, "winner": winner.session},
-        first_sample(evaluation),
-        runs=30,
-        budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
-    )
-    ratio = timed["winner"].median_ms / timed["repaired"].median_ms
+    speed = _speed_key(source)
+    ratio = speed(winner) / speed(repaired)
+    if source is SpeedSource.MEASURED:
+        timed = measure_latency(
+            {"repaired": repaired.session, "winner": winner.session},
+            first_sample(evaluation),
+            runs=30,
+            budget_seconds=_AUTO_LATENCY_BUDGET_SECONDS,
+        )
+        repaired = replace(repaired, latency=timed["repaired"])
+        ratio = timed["winner"].median_ms / timed["repaired"].median_ms
     was_float = {d.name for d in start.plan.decisions if d.role is NodeRole.FLOAT}
     returned = sum(d.role is NodeRole.FLOAT and d.name not in was_float for d in repaired.plan.decisions)
+    runs = "is predicted to run" if source is SpeedSource.PREDICTED else "runs"
     if ratio > LATENCY_TIE:
-        return replace(repaired, latency=timed["repaired"]), (
-            f"{mode} missed the bound; with {returned} node(s) returned to float by --auto-fallback it "
-            f"passes and runs {ratio:.2f}x as fast as {other}, the fastest mode that passed as built"
+        return repaired, (
+            f"{mode} missed the bound; with {returned} node(s) returned to float by fallback it "
+            f"passes and {runs} {ratio:.2f}x as fast as {other}, the fastest mode that passed as built"
         )
-    return winner, f"{other}: {mode} repaired by --auto-fallback passes but is not faster ({ratio:.2f}x)"
+    return winner, f"{other}: {mode} repaired by fallback passes but is not faster ({ratio:.2f}x)"
 
 
 @dataclass(frozen=True)
@@ -973,7 +1044,7 @@ def _measured_choice(
             datasets=datasets,
             labels=labels,
         )
-        summaries = _summaries(staged, loaded.size_bytes)
+        summaries = _summaries(staged, loaded.size_bytes, config.speed)
     reason = next((s.reason for s in summaries if s.chosen), "the only mode that changes this model")
     winner = staged.winner
     return ModeChoice(

@@ -396,8 +396,7 @@ class _Selector:
         Such an output flows to the model's outputs through float ops only (a detector's class
         head, a segmentation map). Quantizing it would clip every value beyond what calibration
         saw, e.g. a class score stronger than any seen while calibrating, and no integer kernel
-        downstream gains from it. The Conv keeps int8 weights (and its input, where that is int8
-        anyway); only its output, and so its integer kernel, is given up. A Conv whose output
+        downstream gains from it. The Conv stays float, weights included (see below). A Conv whose output
         reaches another integer kernel through float ops (a hard-swish between two Convs) keeps
         its integer kernel. Visited in reverse graph order: each Conv's successors are settled.
         """
@@ -408,13 +407,20 @@ class _Selector:
                 continue
             if id(node) not in self.integer or any(self.reaches_int8(out, memo) for out in node.outputs):
                 continue
+            # It stays among the integer nodes for this pass: a Conv before it keeps its integer
+            # kernel (and a DequantizeLinear feeds this one) instead of every Conv up the chain
+            # turning float in turn.
             self.float_output.add(id(node))
             self.withdraw_output(node)
+            # Not weight-only: onnxruntime keeps a DequantizeLinear of a weight unfolded, so the
+            # float kernel gets a fresh weight every run and cannot pre-pack it or use its
+            # blocked-layout Conv (PP-OCRv4 det: one such Conv took 24 of 146 ms, measured by
+            # bench/cost_model.py's profiles). A float Conv with its float weight is faster.
             self.decide(
                 node,
-                NodeRole.WEIGHT_ONLY,
-                "int8 weights, float output: no integer kernel after it, and a quantized output "
-                "would clip values beyond the calibrated range",
+                NodeRole.FLOAT,
+                "float: no integer kernel after it, and a quantized output would clip values beyond "
+                "the calibrated range; a weight-only Conv would run slower than float",
             )
 
     def withdraw_output(self, node: ir.Node) -> None:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from quantcli.config import QuantConfig
+from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
 from quantcli.fallback import FallbackResult
@@ -25,6 +26,7 @@ __all__ = [
     "FallbackSummary",
     "QuantReport",
     "SizeSummary",
+    "SpeedSummary",
     "fidelity_dict",
     "per_layer_dict",
 ]
@@ -69,6 +71,7 @@ class CandidateSummary:
     latency: Latency | None
     chosen: bool
     reason: str
+    predicted: Prediction | None = None  # the cost model's (auto's default way to compare speed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,8 +81,30 @@ class CandidateSummary:
             "int8_weight_fraction": self.int8_weight_fraction,
             "gate": _gate_dict(self.gate),
             "latency_ms": None if self.latency is None else asdict(self.latency),
+            "predicted": None if self.predicted is None else self.predicted.to_dict(),
             "chosen": self.chosen,
             "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class SpeedSummary:
+    """The cost model's prediction for the float model and the one written (1 thread)."""
+
+    float_model: Prediction
+    quantized: Prediction
+
+    @property
+    def ratio(self) -> float:
+        """Predicted quantized time over float time: below 1 is faster."""
+        return self.quantized.ms / self.float_model.ms if self.float_model.ms else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": "predicted",
+            "float": self.float_model.to_dict(),
+            "quantized": self.quantized.to_dict(),
+            "ratio": round(self.ratio, 4),
         }
 
 
@@ -207,6 +232,8 @@ class QuantReport:
     mode_reason: str = ""  # why the model is in the mode it is (asked for, measured, recorded, rule)
     per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
     fallback: FallbackSummary | None = None  # --auto-fallback
+    speed: SpeedSummary | None = None  # auto mode's predicted speed of the model written
+    warnings: tuple[str, ...] = ()  # one line each, also printed on stderr
 
     @property
     def float_nodes(self) -> tuple[NodeDecision, ...]:
@@ -252,6 +279,8 @@ class QuantReport:
             "candidates": [c.to_dict() for c in self.candidates],
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
+            "speed": None if self.speed is None else self.speed.to_dict(),
+            "warnings": list(self.warnings),
         }
 
 

@@ -157,27 +157,33 @@ def gemm_head(*, trans_b: int, alpha: float = 1.0, beta: float = 1.0) -> onnx.Mo
     return _model(graph)
 
 
-def hard_swish_conv(channels: int = 32) -> onnx.ModelProto:
-    """Conv -> hard-swish written out (x * Clip(x + 3, 0, 6) / 6), as PaddlePaddle exports it."""
+def hard_swish_conv(channels: int = 32, *, tail_conv: bool = False) -> onnx.ModelProto:
+    """Conv -> hard-swish written out (x * Clip(x + 3, 0, 6) / 6), as PaddlePaddle exports it;
+    with ``tail_conv``, a 1x1 Conv after it (so the first Conv has an integer reader)."""
     rng = np.random.default_rng(2)
+    last = "swish" if tail_conv else "y"
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
         helper.make_node("Add", ["c", "three"], ["shifted"], name="add3"),
         helper.make_node("Clip", ["shifted", "zero", "six"], ["gate"], name="clip"),
         helper.make_node("Mul", ["c", "gate"], ["scaled"], name="mul"),
-        helper.make_node("Div", ["scaled", "six"], ["y"], name="div"),
+        helper.make_node("Div", ["scaled", "six"], [last], name="div"),
     ]
+    inits = [
+        _init("w", rng.normal(0, 0.5, (channels, 8, 3, 3)).astype(np.float32)),
+        _init("three", np.array(3.0, np.float32)),
+        _init("zero", np.array(0.0, np.float32)),
+        _init("six", np.array(6.0, np.float32)),
+    ]
+    if tail_conv:
+        nodes.append(helper.make_node("Conv", [last, "w2"], ["y"], name="tail"))
+        inits.append(_init("w2", rng.normal(0, 0.2, (channels, channels, 1, 1)).astype(np.float32)))
     graph = helper.make_graph(
         nodes,
         "hard_swish_conv",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", channels, 6, 6])],
-        [
-            _init("w", rng.normal(0, 0.5, (channels, 8, 3, 3)).astype(np.float32)),
-            _init("three", np.array(3.0, np.float32)),
-            _init("zero", np.array(0.0, np.float32)),
-            _init("six", np.array(6.0, np.float32)),
-        ],
+        inits,
     )
     return _model(graph)
 

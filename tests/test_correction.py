@@ -19,23 +19,31 @@ from tests.models import _model, save
 
 
 def pointwise_conv(groups: int = 1, seed: int = 0) -> onnx.ModelProto:
-    """One 1x1 Conv (32 outputs, 8 inputs) whose output mean is exactly W @ E[x] + b.
+    """One 1x1 Conv (256 outputs, 16 inputs) whose output ``y`` has mean exactly W @ E[x] + b.
 
     One large weight per output channel makes its int8 step coarse, so rounding the others moves
-    the channel's mean visibly.
+    the channel's mean visibly. A second 1x1 Conv reads ``y`` (also a graph output), so in static
+    mode the first one runs as an integer kernel (a Conv with no integer reader stays float).
     """
     rng = np.random.default_rng(seed)
-    weight = rng.normal(0, 0.05, (32, 8 // groups, 1, 1)).astype(np.float32)
+    weight = rng.normal(0, 0.05, (256, 16 // groups, 1, 1)).astype(np.float32)
     weight[:, 0, 0, 0] = 1.0
-    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=groups)]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", group=groups),
+        helper.make_node("Conv", ["y", "w2"], ["z"], name="tail"),
+    ]
     graph = helper.make_graph(
         nodes,
         "pointwise",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 32, 6, 6])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16, 6, 6])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 256, 6, 6]),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 8, 6, 6]),
+        ],
         [
             numpy_helper.from_array(weight, "w"),
-            numpy_helper.from_array(rng.normal(0, 0.1, 32).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.normal(0, 0.1, 256).astype(np.float32), "b"),
+            numpy_helper.from_array(rng.normal(0, 0.1, (8, 256, 1, 1)).astype(np.float32), "w2"),
         ],
     )
     return _model(graph)
@@ -44,7 +52,7 @@ def pointwise_conv(groups: int = 1, seed: int = 0) -> onnx.ModelProto:
 def _data(n: int, seed: int) -> dict[str, np.ndarray]:
     # Inputs far from zero mean: the weight rounding error times the mean is the shift.
     rng = np.random.default_rng(seed)
-    return {"x": (3.0 + rng.normal(0, 1.0, (n, 8, 6, 6))).astype(np.float32)}
+    return {"x": (3.0 + rng.normal(0, 1.0, (n, 16, 6, 6))).astype(np.float32)}
 
 
 def _mean_error(float_path: Path, quant_path: Path, data: dict[str, np.ndarray]) -> float:

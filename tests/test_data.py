@@ -24,8 +24,8 @@ def test_npz_file_batches_in_order(tmp_path: Path) -> None:
     dataset = open_dataset(tmp_path / "d.npz", (IMAGE,))
     assert dataset.num_samples == 10
     batches = list(dataset.batches(4))
-    assert [b["image"].shape[0] for b in batches] == [4, 4, 2]
-    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]), arrays)
+    assert [b.arrays["image"].shape[0] for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b.arrays["image"] for b in batches]), arrays)
 
 
 def test_folder_of_single_samples_and_batches(tmp_path: Path) -> None:
@@ -34,7 +34,7 @@ def test_folder_of_single_samples_and_batches(tmp_path: Path) -> None:
     np.savez(tmp_path / "b.npz", image=arrays[1:5])  # a batch of four
     dataset = open_dataset(tmp_path, (IMAGE,))
     assert dataset.num_samples == 5
-    np.testing.assert_array_equal(np.concatenate([b["image"] for b in dataset.batches(3)]), arrays)
+    np.testing.assert_array_equal(np.concatenate([b.arrays["image"] for b in dataset.batches(3)]), arrays)
 
 
 def test_folder_of_npy_for_single_input(tmp_path: Path) -> None:
@@ -50,7 +50,9 @@ def test_split_is_disjoint_and_deterministic(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", image=arrays)
     kept, held = open_dataset(tmp_path / "d.npz", (IMAGE,)).split(0.2)
     assert (kept.num_samples, held.num_samples) == (8, 2)
-    np.testing.assert_array_equal(np.concatenate(list(b["image"] for b in held.batches(8))), arrays[8:])
+    np.testing.assert_array_equal(
+        np.concatenate(list(b.arrays["image"] for b in held.batches(8))), arrays[8:]
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,4 +106,4 @@ def test_fixed_batch_of_one_is_fed_sample_by_sample(tmp_path: Path) -> None:
     spec = InputSpec("image", np.dtype(np.float32), (1, 3, 4, 4))
     np.savez(tmp_path / "d.npz", image=_images(3))
     feeds = list(open_dataset(tmp_path / "d.npz", (spec,)).batches(16))
-    assert [f["image"].shape for f in feeds] == [(1, 3, 4, 4)] * 3
+    assert [f.arrays["image"].shape for f in feeds] == [(1, 3, 4, 4)] * 3

@@ -56,7 +56,7 @@ def test_image_pixels_become_the_input(tmp_path: Path) -> None:
     folder.mkdir()
     Image.new("RGB", (30, 30), (255, 0, 51)).save(folder / "red.png")
     pre = Preprocess.parse("channels=bgr;mean=0.5;std=0.5")
-    batch = next(iter(open_source(ImageFolder(folder, pre), specs).batches(1)))["image"]
+    batch = next(iter(open_source(ImageFolder(folder, pre), specs).batches(1))).arrays["image"]
     assert batch.shape == (1, 3, 16, 16) and batch.dtype == np.float32  # the model's fixed size, NCHW
     # BGR order, then (x / 255 - 0.5) / 0.5: blue 51 -> -0.6, green 0 -> -1, red 255 -> 1.
     np.testing.assert_allclose(batch[0, :, 5, 5], [-0.6, -1.0, 1.0], atol=1e-6)

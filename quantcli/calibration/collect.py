@@ -1,5 +1,9 @@
 """Running data through onnxruntime and reducing every observed tensor with an observer.
 
+Samples may differ in every dynamic dim (a sentence's length, an image's width): a run only ever
+stacks samples of one shape, and observers pool what each run gives, so nothing of two shapes is
+ever concatenated.
+
 Streaming: each batch's activations are reduced (min, max, histogram) and dropped before the next
 batch runs, so memory does not grow with the number of samples. onnxruntime materializes every
 graph output of a run, whether or not ``run(output_names=...)`` asks for it (measured: exposing 20
@@ -18,12 +22,20 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from quantcli.calibration.data import Batch, Dataset
+from quantcli.calibration.data import Batch, Dataset, Feed
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
 from quantcli.errors import CalibrationDataError
 from quantcli.graph.io import external_folder, open_session
 
-__all__ = ["MEMORY_BUDGET", "Progress", "TensorRange", "collect_stats", "plan_groups", "run_batches"]
+__all__ = [
+    "MEMORY_BUDGET",
+    "Progress",
+    "TensorRange",
+    "collect_stats",
+    "plan_groups",
+    "run_batches",
+    "run_samples",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,30 +71,60 @@ def _run(session: object, names: list[str], feed: Batch, source: str) -> list[np
 
 def run_batches(
     session: object, names: list[str], dataset: Dataset, batch_size: int
-) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """Run every batch; yield (samples in the batch, requested outputs).
+) -> Iterator[tuple[Feed, list[np.ndarray]]]:
+    """Run every feed of same-shaped samples; yield (the feed, requested outputs).
 
     A dynamic batch axis is a promise some exported models do not keep (a Reshape with the batch
-    size baked in): if the first batch of several samples fails, the run goes on one sample at a
-    time; a failure then is the data's or the model's.
+    size baked in): if a feed of several samples fails, it and every later one run one sample at
+    a time; a failure then is the data's or the model's.
     """
+    return _run_feeds(session, names, dataset, batch_size, per_sample=False)
+
+
+def run_samples(
+    session: object, names: list[str], dataset: Dataset, batch_size: int
+) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """Run every sample; yield (its position in ``dataset``, its requested outputs), in the order
+    :meth:`Dataset.batches` gives. Outputs of a batch are cut along their first axis; when an
+    output has no such axis (not one row per sample), that batch and every later one run one
+    sample at a time.
+    """
+    for feed, outputs in _run_feeds(session, names, dataset, batch_size, per_sample=True):
+        for row, position in enumerate(feed.positions):
+            yield position, outputs if len(feed.positions) == 1 else [o[row : row + 1] for o in outputs]
+
+
+def _run_feeds(
+    session: object, names: list[str], dataset: Dataset, batch_size: int, *, per_sample: bool
+) -> Iterator[tuple[Feed, list[np.ndarray]]]:
+    """Feeds and their outputs; with ``per_sample`` every output of a feed of several samples
+    has one row per sample."""
     source = str(dataset.source)
-    size = batch_size if dataset.can_batch else 1
-    for index, feed in enumerate(dataset.batches(size)):
-        count = next(iter(feed.values())).shape[0] if dataset.can_batch else 1
-        try:
-            outputs = _run(session, names, feed, source)
-        except CalibrationDataError:
-            if index > 0 or count == 1:
-                raise
-            logger.info("the model rejects batches of %d samples; running one sample at a time", count)
-            yield from run_batches(session, names, dataset, 1)
-            return
-        yield count, outputs
+    alone = False
+    for feed in dataset.batches(batch_size):
+        count = len(feed.positions)
+        outputs = None
+        if not alone or count == 1:
+            try:
+                outputs = _run(session, names, feed.arrays, source)
+            except CalibrationDataError:
+                if count == 1:
+                    raise
+                logger.info("the model rejects batches of %d samples; running one sample at a time", count)
+                alone = True
+        rows_ok = outputs is None or all(o.ndim > 0 and o.shape[0] == count for o in outputs)
+        if per_sample and count > 1 and not rows_ok:
+            logger.info("an output has no batch axis; running one sample at a time")
+            alone, outputs = True, None
+        if outputs is not None:
+            yield feed, outputs
+            continue
+        for single in feed.split():
+            yield single, _run(session, names, single.arrays, source)
 
 
 def _bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch) -> dict[str, int]:
-    """Bytes of each tensor for one sample, from shape inference on the first sample's shapes.
+    """Bytes of each tensor for one sample, from shape inference on one sample's shapes.
 
     Inputs get the dims of ``feed`` (one sample), so convolutions and reshapes of dynamic inputs
     get concrete shapes too; a tensor whose shape stays unknown counts as the largest known one.
@@ -140,12 +182,6 @@ def plan_groups(
     return 1, tuple(groups)
 
 
-def _first_sample(dataset: Dataset) -> Batch | None:
-    for feed in dataset.limit(1).batches(1):
-        return feed
-    return None
-
-
 def collect_stats(
     model: ir.Model,
     tensors: Sequence[str],
@@ -164,8 +200,9 @@ def collect_stats(
     if not names:
         return {}
     proto = ir.serde.serialize_model(model)
-    first = _first_sample(dataset)
-    sizes = _bytes_per_sample(proto, names, first) if first is not None else dict.fromkeys(names, 0)
+    # The largest sample sets the budget: samples may differ in every dynamic dim.
+    largest = dataset.largest_sample()
+    sizes = _bytes_per_sample(proto, names, largest) if largest is not None else dict.fromkeys(names, 0)
     batch, groups = plan_groups(sizes, batch_size, budget)
     if len(groups) > 1 or batch < batch_size:
         logger.info(
@@ -182,10 +219,10 @@ def collect_stats(
     done = 0
     for group in groups:
         session = open_session(_expose(proto, group), data_folder=external_folder(model))
-        for count, outputs in run_batches(session, list(group), dataset, batch):
+        for feed, outputs in run_batches(session, list(group), dataset, batch):
             for name, array in zip(group, outputs, strict=True):
                 observers[name].update(array)
-            done += count
+            done += len(feed.positions)
             if progress is not None:
                 progress(done, total)
         del session

@@ -1,5 +1,11 @@
 """Calibration and evaluation data: .npz files, folders of .npz, folders of .npy.
 
+The model decides how a file is read. A sample is what one ``InferenceSession.run`` takes, each
+input at the model's own rank; a file whose arrays have one more axis holds a stack of samples.
+Axis 0 is a batch axis only where the model says it may vary (a symbolic, unnamed or negative
+dim, shared by every input): then a feed of N rows is N samples, and samples of one shape may be
+stacked into a batch. A fixed leading dim (an RNN state ``[2, ?, 128]``) is never a sample axis.
+
 Everything is checked against the model's inputs when the data is opened, before any work, so a
 wrong dtype or shape fails in a second with a message naming the file and the input instead of
 deep inside onnxruntime after minutes of calibration. Arrays are read with ``allow_pickle=False``:
@@ -8,9 +14,13 @@ data files are often downloaded, and unpickling runs code.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +29,16 @@ import onnx_ir as ir
 
 from quantcli.errors import CalibrationDataError
 
-__all__ = ["Batch", "Dataset", "InputSpec", "dataset_from_samples", "model_inputs", "open_dataset"]
+__all__ = [
+    "Batch",
+    "Dataset",
+    "Feed",
+    "InputSpec",
+    "dataset_from_samples",
+    "has_batch_axis",
+    "model_inputs",
+    "open_dataset",
+]
 
 Batch = dict[str, npt.NDArray[np.generic]]
 
@@ -28,37 +47,55 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One model input: name, numpy dtype and shape (None for a dynamic dim)."""
+    """One model input: name, numpy dtype and shape (None for a dim that may vary).
+
+    ``symbols`` holds the dims' names where the model gives them (None for unnamed or fixed dims);
+    it tells whether the first dims of two inputs are the same batch axis.
+    """
 
     name: str
     dtype: np.dtype[np.generic]
     shape: tuple[int | None, ...]
-
-    @property
-    def batched(self) -> bool:
-        """True when axis 0 is a batch axis we may fill (dynamic or 1)."""
-        return len(self.shape) > 0 and self.shape[0] in (None, 1)
-
-    @property
-    def dynamic_batch(self) -> bool:
-        return len(self.shape) > 0 and self.shape[0] is None
+    symbols: tuple[str | None, ...] = ()
 
     def describe(self) -> str:
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
-        return f"{self.dtype.name}[{dims}]"
+        return f"{self.dtype.name}[{_dims(self.shape)}]"
+
+
+def _dims(shape: Sequence[int | None]) -> str:
+    return ",".join("?" if d is None else str(d) for d in shape)
 
 
 def model_inputs(model: ir.Model) -> tuple[InputSpec, ...]:
-    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    """The inputs a caller must feed (graph inputs that are not initializers).
+
+    A negative dim (``-1``, as Paddle exports write) is dynamic, as onnxruntime treats it.
+    """
     specs = []
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
             continue
         if value.dtype is None or value.shape is None:
             raise CalibrationDataError(f"model input '{value.name}' has no declared type or shape")
-        shape = tuple(d if isinstance(d, int) else None for d in value.shape.dims)
-        specs.append(InputSpec(str(value.name), np.dtype(value.dtype.numpy()), shape))
+        dims = value.shape.dims
+        shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in dims)
+        symbols = tuple(
+            str(d.value) if isinstance(d, ir.SymbolicDim) and d.value is not None else None for d in dims
+        )
+        specs.append(InputSpec(str(value.name), np.dtype(value.dtype.numpy()), shape, symbols))
     return tuple(specs)
+
+
+def has_batch_axis(specs: Sequence[InputSpec]) -> bool:
+    """Whether axis 0 of every input is one batch axis: it may vary in every input, carries one
+    name wherever it is named, and some input has more axes than that one (a model whose inputs
+    are all 1-D is read as taking one sequence, not a batch of scalars)."""
+    if not specs or any(len(s.shape) == 0 or s.shape[0] is not None for s in specs):
+        return False
+    if all(len(s.shape) < 2 for s in specs):
+        return False
+    names = {s.symbols[0] for s in specs if s.symbols and s.symbols[0] is not None}
+    return len(names) <= 1
 
 
 def _describe_array(array: npt.NDArray[np.generic]) -> str:
@@ -98,55 +135,123 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [""])[0]
 
 
+class _Layout(Enum):
+    """How one array holds an input's samples; each reading turns it into a stack of feeds."""
+
+    FEED = "one sample at the model's shape"
+    STACK = "a stack of samples along a new first axis"
+    # Older forms, kept where they cannot mean anything else: the model's first dim is a batch
+    # axis (dynamic, or a fixed 1) and the array leaves it out.
+    FEED_UNBATCHED = "one sample without its batch axis"
+    STACK_UNBATCHED = "samples along the batch axis of one"
+
+    def stack(self, array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """``array`` as [items, *the model's rank], a view."""
+        if self is _Layout.FEED:
+            return array[np.newaxis]
+        if self is _Layout.FEED_UNBATCHED:
+            return array[np.newaxis, np.newaxis]
+        if self is _Layout.STACK_UNBATCHED:
+            return array[:, np.newaxis]
+        return array
+
+
+def _fits(want: Sequence[int | None], got: Sequence[int]) -> bool:
+    return len(want) == len(got) and all(w is None or w == g for w, g in zip(want, got, strict=True))
+
+
+def _layout(spec: InputSpec, shape: tuple[int, ...]) -> _Layout | None:
+    """How an array of ``shape`` holds samples of ``spec`` (None: it does not fit)."""
+    want = spec.shape
+    if _fits(want, shape):
+        return _Layout.FEED
+    if len(shape) == len(want) + 1 and _fits(want, shape[1:]):
+        return _Layout.STACK
+    if want and want[0] in (None, 1) and _fits(want[1:], shape):
+        return _Layout.FEED_UNBATCHED
+    if want and want[0] == 1 and len(shape) == len(want) and _fits(want[1:], shape[1:]):
+        return _Layout.STACK_UNBATCHED
+    return None
+
+
+def _how(spec: InputSpec) -> str:
+    dims = _dims(spec.shape)
+    stacked = f"N,{dims}" if dims else "N"
+    return (
+        f"write one sample at the model's shape, {spec.dtype.name}[{dims}], "
+        f"or a stack of samples along a new first axis, {spec.dtype.name}[{stacked}]"
+    )
+
+
+def _check_array(path: Path, spec: InputSpec, array: npt.NDArray[np.generic]) -> _Layout:
+    """Check one array against one input; return how it holds its samples."""
+    where = f"{path}: input '{spec.name}'"
+    if array.dtype.kind in "OSUV":
+        raise CalibrationDataError(f"{where} holds {array.dtype} data; expected {spec.describe()}")
+    layout = _layout(spec, tuple(int(d) for d in array.shape))
+    if layout is None:
+        raise CalibrationDataError(
+            f"{where} expects {spec.describe()}, got {_describe_array(array)} ({_how(spec)})"
+        )
+    if array.dtype != spec.dtype:
+        raise CalibrationDataError(
+            f"{where} expects {spec.describe()}, got {_describe_array(array)} "
+            f"(convert it with .astype(numpy.{spec.dtype.name}))"
+        )
+    return layout
+
+
 @dataclass(frozen=True)
 class _Chunk:
-    """One file's worth of samples; arrays are re-read when iterated, never all kept."""
+    """One file's worth of samples; arrays are re-read when iterated, never all kept.
+
+    The file holds ``items`` feeds (one, or a stack); with ``split`` each feed's batch axis holds
+    ``rows`` samples of one row each, else every feed is one sample. Sample ``j`` of the file is
+    row ``j % rows`` of feed ``j // rows``.
+    """
 
     path: Path
-    num_samples: int
-    # Whether the file's arrays lack the sample axis (one sample per file).
-    single_sample: bool
-    # The file's rows in use, when samples holding NaN or Inf were skipped (None: all).
+    layouts: tuple[_Layout, ...]
+    items: int
+    rows_per_item: int
+    split: bool
+    # Every input's shape in one sample of this file: samples of one shape may be batched.
+    shapes: tuple[tuple[int, ...], ...]
+    # The file's samples in use, when samples holding NaN or Inf were skipped (None: all).
     rows: tuple[int, ...] | None = None
     skipped: int = 0
     # Samples made in memory (decoded images, a user's loader) instead of read from ``path``.
     arrays: dict[str, npt.NDArray[np.generic]] | None = None
 
+    @property
+    def num_samples(self) -> int:
+        return len(self.rows) if self.rows is not None else self.items * self.rows_per_item
+
     def file_rows(self) -> Sequence[int]:
         return self.rows if self.rows is not None else range(self.num_samples)
 
+    def stacks(self, arrays: Mapping[str, npt.NDArray[np.generic]], specs: Sequence[InputSpec]) -> Batch:
+        """Every input as [items, *the model's rank] (views)."""
+        if "" in arrays:
+            arrays = {specs[0].name: arrays[""]}
+        return {s.name: layout.stack(arrays[s.name]) for s, layout in zip(specs, self.layouts, strict=True)}
 
-def _check_array(path: Path, spec: InputSpec, array: npt.NDArray[np.generic], *, stacked: bool) -> int:
-    """Check one array against one input; return its number of samples."""
-    where = f"{path}: input '{spec.name}'"
-    if array.dtype.kind in "OSUV":
-        raise CalibrationDataError(f"{where} holds {array.dtype} data; expected {spec.describe()}")
-    # A "sample" is one row of the model's batch axis, or one whole feed for a model without one.
-    sample_shape = spec.shape[1:] if spec.batched else spec.shape
-    expected_rank = len(sample_shape) + (1 if stacked else 0)
-    shape_ok = array.ndim == expected_rank and all(
-        want is None or want == got
-        for want, got in zip(sample_shape, array.shape[array.ndim - len(sample_shape) :], strict=True)
-    )
-    if array.dtype != spec.dtype or not shape_ok:
-        layout = "samples along axis 0, then " if stacked else "one sample: "
-        raise CalibrationDataError(
-            f"{where} expects {spec.describe()}, got {_describe_array(array)} "
-            f"({layout}{spec.dtype.name}[{','.join('?' if d is None else str(d) for d in sample_shape)}])"
-        )
-    return int(array.shape[0]) if stacked else 1
+    def sample(self, stacks: Batch, row: int) -> Batch:
+        item, within = divmod(row, self.rows_per_item)
+        if self.split:
+            return {name: a[item, within : within + 1] for name, a in stacks.items()}
+        return {name: a[item] for name, a in stacks.items()}
 
 
-def _finite_rows(
-    path: Path, arrays: dict[str, npt.NDArray[np.generic]], count: int, *, stacked: bool, skip: bool
-) -> tuple[int, ...] | None:
-    """The rows with only finite values (None: all are); refuse non-finite ones unless ``skip``."""
+def _finite_rows(path: Path, stacks: Batch, chunk: _Chunk, *, skip: bool) -> tuple[int, ...] | None:
+    """The samples with only finite values (None: all are); refuse non-finite ones unless ``skip``."""
+    count = chunk.items * chunk.rows_per_item
     good = np.ones(count, dtype=bool)
-    for name in sorted(arrays):
-        array = arrays[name]
+    for name in sorted(stacks):
+        array = stacks[name]
         if array.dtype.kind not in "fc":
             continue
-        finite = np.isfinite(array) if stacked else np.isfinite(array)[np.newaxis]
+        finite = np.isfinite(array)
         row_ok = finite.reshape(count, -1).all(axis=1)
         if not skip and not row_ok.all():
             bad = int(finite.size - np.count_nonzero(finite))
@@ -158,26 +263,11 @@ def _finite_rows(
     return None if good.all() else tuple(int(i) for i in np.flatnonzero(good))
 
 
-def _open_file(
-    path: Path, specs: Sequence[InputSpec], *, stacked: bool | None, skip_nonfinite: bool = False
-) -> _Chunk:
-    """Read and check one file. ``stacked=None`` (files in a folder) infers from the rank whether
-    the file holds a stack of samples or a single one."""
-    return _check_arrays(path, _read_file(path), specs, stacked=stacked, skip_nonfinite=skip_nonfinite)
-
-
-def _check_arrays(
-    path: Path,
-    arrays: dict[str, npt.NDArray[np.generic]],
-    specs: Sequence[InputSpec],
-    *,
-    stacked: bool | None,
-    skip_nonfinite: bool = False,
-    keep: bool = False,
-) -> _Chunk:
-    """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
-    holds them in the chunk instead of re-reading ``path``."""
-    if "" in arrays:  # a .npy file: the model must have exactly one input
+def _name_arrays(
+    path: Path, arrays: dict[str, npt.NDArray[np.generic]], specs: Sequence[InputSpec]
+) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays keyed by input name; a .npy file's one array feeds a single-input model."""
+    if "" in arrays:
         if len(specs) != 1:
             names = ", ".join(s.name for s in specs)
             raise CalibrationDataError(
@@ -196,24 +286,87 @@ def _check_arrays(
         raise CalibrationDataError(
             f"{path}: {'; '.join(parts)} (model inputs: {', '.join(sorted(expected))})"
         )
-    if stacked is None:
-        first = specs[0]
-        sample_rank = len(first.shape) - (1 if first.batched else 0)
-        stacked = arrays[first.name].ndim != sample_rank
-    counts = {s.name: _check_array(path, s, arrays[s.name], stacked=stacked) for s in specs}
-    if len(set(counts.values())) > 1:
-        detail = ", ".join(f"{k}={v}" for k, v in counts.items())
-        raise CalibrationDataError(f"{path}: inputs have different numbers of samples ({detail})")
-    count = next(iter(counts.values()))
-    if count == 0:
-        raise CalibrationDataError(f"{path}: holds no samples")
-    rows = _finite_rows(path, arrays, count, stacked=stacked, skip=skip_nonfinite)
-    held = arrays if keep else None
-    if rows is None:
-        return _Chunk(path, count, single_sample=not stacked, arrays=held)
-    return _Chunk(
-        path, len(rows), single_sample=not stacked, rows=rows, skipped=count - len(rows), arrays=held
+    return arrays
+
+
+def _item_count(
+    path: Path,
+    specs: Sequence[InputSpec],
+    arrays: Mapping[str, npt.NDArray[np.generic]],
+    stacks: Batch,
+    layouts: Sequence[_Layout],
+) -> int:
+    """How many feeds every input holds: they must agree."""
+    counts = {int(stacks[s.name].shape[0]) for s in specs}
+    if len(counts) > 1:
+        detail = ", ".join(
+            f"'{s.name}' {_describe_array(arrays[s.name])}: {layout.value}"
+            for s, layout in zip(specs, layouts, strict=True)
+        )
+        raise CalibrationDataError(
+            f"{path}: inputs hold different numbers of samples ({detail}); write every input of a file "
+            "the same way: each at the model's shape for one sample, or each stacked along a new first "
+            "axis with the same N"
+        )
+    return counts.pop()
+
+
+def _check_arrays(
+    path: Path,
+    arrays: dict[str, npt.NDArray[np.generic]],
+    specs: Sequence[InputSpec],
+    *,
+    skip_nonfinite: bool = False,
+    keep: bool = False,
+) -> _Chunk:
+    """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
+    holds them in the chunk instead of re-reading ``path``."""
+    arrays = _name_arrays(path, arrays, specs)
+    layouts = tuple(_check_array(path, s, arrays[s.name]) for s in specs)
+    stacks = {s.name: layout.stack(arrays[s.name]) for s, layout in zip(specs, layouts, strict=True)}
+    items = _item_count(path, specs, arrays, stacks, layouts)
+    # Rows of one batch axis are samples when every input has the same number of them.
+    batch_rows = {int(a.shape[1]) for a in stacks.values()} if has_batch_axis(specs) else set()
+    split = len(batch_rows) == 1
+    rows_per_item = batch_rows.pop() if split else 1
+    shapes = tuple(
+        ((1, *stacks[s.name].shape[2:]) if split else tuple(stacks[s.name].shape[1:])) for s in specs
     )
+    chunk = _Chunk(path, layouts, items, rows_per_item, split, shapes, arrays=arrays if keep else None)
+    if chunk.num_samples == 0:
+        raise CalibrationDataError(f"{path}: holds no samples")
+    rows = _finite_rows(path, stacks, chunk, skip=skip_nonfinite)
+    if rows is None:
+        return chunk
+    return _Chunk(
+        path,
+        layouts,
+        items,
+        rows_per_item,
+        split,
+        shapes,
+        rows=rows,
+        skipped=chunk.num_samples - len(rows),
+        arrays=chunk.arrays,
+    )
+
+
+@dataclass(frozen=True)
+class Feed:
+    """One onnxruntime feed: the samples at ``positions`` of a dataset (0-based, in dataset
+    order), stacked along the batch axis when there are several (all of one shape)."""
+
+    positions: tuple[int, ...]
+    arrays: Batch
+
+    def split(self) -> list[Feed]:
+        """One feed per sample (the samples are rows of the batch axis)."""
+        if len(self.positions) == 1:
+            return [self]
+        return [
+            Feed((p,), {k: v[i : i + 1] for k, v in self.arrays.items()})
+            for i, p in enumerate(self.positions)
+        ]
 
 
 class Dataset:
@@ -230,6 +383,7 @@ class Dataset:
         self.specs = specs
         self._chunks = chunks
         self._selection = selection
+        self._starts = [0, *itertools.accumulate(c.num_samples for c in chunks)][:-1]
 
     @property
     def num_samples(self) -> int:
@@ -256,52 +410,64 @@ class Dataset:
 
     @property
     def can_batch(self) -> bool:
-        return all(s.dynamic_batch for s in self.specs)
+        """Whether samples of one shape may be stacked into one run (the model has a batch axis)."""
+        return has_batch_axis(self.specs)
 
-    def batches(self, batch_size: int) -> Iterator[Batch]:
-        """Yield feeds of up to ``batch_size`` samples (1 when the model's batch axis is fixed)."""
-        size = batch_size if self.can_batch else 1
-        pending: list[Batch] = []
-        pending_count = 0
-        wanted = set(self._selection)
-        index = 0
-        for chunk in self._chunks:
-            file_rows = chunk.file_rows()
-            rows = [file_rows[i] for i in range(chunk.num_samples) if index + i in wanted]
-            index += chunk.num_samples
-            if not rows:
-                continue
-            arrays = chunk.arrays if chunk.arrays is not None else _read_file(chunk.path)
-            if "" in arrays:
-                arrays = {self.specs[0].name: arrays[""]}
-            for start in range(0, len(rows), size):
-                piece = self._rows(arrays, chunk, rows[start : start + size])
-                pending.append(piece)
-                pending_count += len(rows[start : start + size])
-                if pending_count >= size:
-                    yield from self._flush(pending, size)
-                    pending, pending_count = [], 0
-        if pending:
-            yield from self._flush(pending, size)
+    def _locate(self, sample: int) -> tuple[int, int]:
+        """(chunk, the chunk's own sample index) of a sample of all the data."""
+        chunk = bisect.bisect_right(self._starts, sample) - 1
+        return chunk, sample - self._starts[chunk]
 
-    def _rows(self, arrays: dict[str, npt.NDArray[np.generic]], chunk: _Chunk, rows: list[int]) -> Batch:
-        out: Batch = {}
-        for spec in self.specs:
-            array = arrays[spec.name]
-            if chunk.single_sample:
-                array = array[np.newaxis]
-            out[spec.name] = np.ascontiguousarray(array[rows])
-        return out
+    def _groups(self) -> list[list[tuple[int, int, int]]]:
+        """(position, chunk, sample in chunk) of every sample, grouped by shape where samples may
+        be batched, each group in dataset order, groups in order of their first sample."""
+        groups: dict[object, list[tuple[int, int, int]]] = {}
+        for position, sample in enumerate(self._selection):
+            chunk, within = self._locate(sample)
+            key: object = self._chunks[chunk].shapes if self._chunks[chunk].split else position
+            groups.setdefault(key, []).append((position, chunk, within))
+        return list(groups.values())
 
-    def _flush(self, pending: list[Batch], size: int) -> Iterator[Batch]:
-        merged = {s.name: np.concatenate([p[s.name] for p in pending]) for s in self.specs}
-        total = next(iter(merged.values())).shape[0]
-        for start in range(0, total, size):
-            feed = {name: array[start : start + size] for name, array in merged.items()}
-            if not self.can_batch:
-                # The model takes one sample: without a batch axis, or with a fixed batch of 1.
-                feed = {s.name: (feed[s.name] if s.batched else feed[s.name][0]) for s in self.specs}
-            yield feed
+    def batches(self, batch_size: int) -> Iterator[Feed]:
+        """Yield feeds of up to ``batch_size`` samples of one shape (1 without a batch axis).
+
+        Only samples whose every input has the same shape share a feed, so what a sample gives
+        does not depend on the batch size. Each file is read once per pass: all its samples have
+        one shape.
+        """
+        size = max(1, batch_size) if self.can_batch else 1
+        cached: tuple[int, Batch] | None = None
+        for group in self._groups():
+            for start in range(0, len(group), size):
+                pieces: list[Batch] = []
+                for _, chunk_index, within in group[start : start + size]:
+                    chunk = self._chunks[chunk_index]
+                    if cached is None or cached[0] != chunk_index:
+                        arrays = chunk.arrays if chunk.arrays is not None else _read_file(chunk.path)
+                        cached = (chunk_index, chunk.stacks(arrays, self.specs))
+                    pieces.append(chunk.sample(cached[1], chunk.file_rows()[within]))
+                positions = tuple(p for p, _, _ in group[start : start + size])
+                yield Feed(positions, _stack(pieces))
+
+    def largest_sample(self) -> Batch | None:
+        """The sample with the most input bytes (the first of them), as a feed."""
+        best, best_bytes = None, -1
+        for position, sample in enumerate(self._selection):
+            chunk = self._chunks[self._locate(sample)[0]]
+            shapes = zip(self.specs, chunk.shapes, strict=True)
+            size = sum(math.prod(shape) * s.dtype.itemsize for s, shape in shapes)
+            if size > best_bytes:
+                best, best_bytes = position, size
+        if best is None:
+            return None
+        return next(self.subset([best]).batches(1)).arrays
+
+
+def _stack(pieces: list[Batch]) -> Batch:
+    if len(pieces) == 1:
+        # Not ascontiguousarray: it turns a scalar input into shape [1].
+        return {name: np.asarray(a, order="C") for name, a in pieces[0].items()}
+    return {name: np.concatenate([p[name] for p in pieces]) for name in pieces[0]}
 
 
 def dataset_from_samples(
@@ -312,7 +478,8 @@ def dataset_from_samples(
     skip_nonfinite: bool = False,
 ) -> Dataset:
     """A dataset of samples made in memory, each a dict of arrays keyed by input name (one sample,
-    or a stack of them along axis 0), checked exactly as files are; ``source`` names them in errors."""
+    or a stack of them along a new first axis), checked exactly as files are; ``source`` names them
+    in errors."""
     chunks = []
     for index, sample in enumerate(samples):
         if not isinstance(sample, Mapping):
@@ -322,8 +489,7 @@ def dataset_from_samples(
             )
         arrays = {str(k): np.asarray(v) for k, v in sample.items()}
         where = Path(f"{source}[{index}]")
-        chunk = _check_arrays(where, arrays, specs, stacked=None, skip_nonfinite=skip_nonfinite, keep=True)
-        chunks.append(chunk)
+        chunks.append(_check_arrays(where, arrays, specs, skip_nonfinite=skip_nonfinite, keep=True))
     total = sum(c.num_samples for c in chunks)
     if total == 0:
         raise CalibrationDataError(f"{source}: yielded no usable samples")
@@ -340,7 +506,7 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bo
     if path.is_file():
         if path.suffix not in (".npz", ".npy"):
             raise CalibrationDataError(f"{path}: expected a .npz or .npy file, or a folder of them")
-        chunks: tuple[_Chunk, ...] = (_open_file(path, specs, stacked=True, skip_nonfinite=skip_nonfinite),)
+        files = [path]
     else:
         files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
         if not files:
@@ -348,7 +514,7 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bo
         kinds = {p.suffix for p in files}
         if len(kinds) > 1:
             raise CalibrationDataError(f"{path}: folder mixes .npz and .npy files; use one kind")
-        chunks = tuple(_open_file(p, specs, stacked=None, skip_nonfinite=skip_nonfinite) for p in files)
+    chunks = tuple(_check_arrays(p, _read_file(p), specs, skip_nonfinite=skip_nonfinite) for p in files)
     total = sum(c.num_samples for c in chunks)
     skipped = sum(c.skipped for c in chunks)
     if skipped:

@@ -35,6 +35,7 @@ from quantcli.config import (
     QuantConfig,
     QuantMode,
     Recipe,
+    SpeedSource,
     WeightMethod,
     expand_patterns,
     load_recipe,
@@ -333,6 +334,14 @@ def convert(
         int | None,
         typer.Option("--max-trials", help="Models --auto-fallback may build and measure (default 8)."),
     ] = None,
+    speed: Annotated[
+        SpeedSource | None,
+        typer.Option(
+            "--speed",
+            help="How auto compares candidates' speed: predicted (cost model, reproducible; default) "
+            "or measured (timed on this machine; can change with machine load).",
+        ),
+    ] = None,
     per_layer: PerLayerOpt = False,
     top_k: TopKOpt = 10,
     write_exclude: WriteExcludeOpt = None,
@@ -384,6 +393,7 @@ def convert(
             min_sqnr=min_sqnr,
             auto_fallback=auto_fallback or None,
             max_trials=max_trials,
+            speed=speed,
             per_layer=per_layer or write_exclude is not None or report_html is not None or None,
             top_k=top_k,
         )
