@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-all bench-large bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,9 +41,21 @@ check: lint typecheck test
 bench: $(STAMP)
 	$(PY) bench/sample_speed.py
 
+## Wall time of `quantcli --version` and `--help` (median of 20 fresh processes).
+bench-startup: $(STAMP)
+	$(PY) bench/startup.py
+
 ## A model with > 2 GB of float weights, built on the fly (needs ~6 GB of free disk), quantized end to end.
 bench-large: $(STAMP)
 	$(PY) bench/large_model.py
+
+## Quantized forms of LSTM, GRU, RNN, ConvTranspose, Einsum and Gather: size, SQNR, 1-thread latency.
+bench-large-weights: $(STAMP)
+	$(PY) bench/large_weight_ops.py
+
+## Hostile inputs at full size (6 GB npz member, 7.6 GB histogram, 1e6 nodes, ...): time and peak RSS.
+bench-bombs: $(STAMP)
+	$(PY) bench/bombs.py
 
 ## Plain convert against --auto-fallback on the zoo (ZOO=dir, MAX_DROP=points of cosine).
 ZOO ?= bench/zoo
@@ -52,7 +64,7 @@ bench-fallback: $(STAMP)
 	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-large zoo compare evidence modes bench-fallback bench-calibration
+bench-all: bench bench-startup bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;

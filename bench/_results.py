@@ -20,7 +20,18 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 
 # The order sections appear in RESULTS.md; unknown sections follow, sorted by name.
-ORDER = ["compare", "evidence", "modes", "auto", "calibration", "sample_speed", "large_model"]
+ORDER = [
+    "compare",
+    "evidence",
+    "modes",
+    "auto",
+    "cost_model",
+    "calibration",
+    "sample_speed",
+    "startup",
+    "large_model",
+    "large_weight_ops",
+]
 
 HEADER = """# quantcli benchmark results
 

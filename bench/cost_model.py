@@ -43,7 +43,7 @@ MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_
 SMALL_WORK = 2048
 DISAGREE_BELOW = 1.10  # pairs measured closer than this are not judged
 # Work below which a cost key's coefficient is not trusted (tiny kernels are all overhead).
-TRUSTED_WORK = {"float": 20_000_000, "integer": 20_000_000, "element": 200_000}
+TRUSTED_WORK = {"float": 20_000_000, "integer": 20_000_000, "dq-weight": 20_000_000, "element": 200_000}
 
 
 @dataclass(frozen=True)
@@ -115,11 +115,16 @@ def fit(kernels: list[Kernel], runtime: str = "onnxruntime CPU, 1 thread") -> Co
         key = k.cost_key
         spent[key] += max(k.duration_us - overhead, 0.0) * 1000.0
         work[key] += units
-        family[key] = ("integer" if k.op_type in INTEGER_KERNELS else "float") if mac else "element"
+        if not mac:
+            family[key] = "element"
+        elif k.op_type in INTEGER_KERNELS:
+            family[key] = "integer"
+        else:
+            family[key] = "dq-weight" if k.dequantized_weight else "float"
     trusted = [key for key in spent if work[key] >= TRUSTED_WORK[family[key]]]
 
     def family_rate(name: str, fallback: float) -> float:
-        keys = [k for k in trusted if family[k] == name and not k.endswith("/dq-weight")]
+        keys = [k for k in trusted if family[k] == name]
         total = sum(work[k] for k in keys)
         return round(sum(spent[k] for k in keys) / total, 6) if total else fallback
 
@@ -130,11 +135,12 @@ def fit(kernels: list[Kernel], runtime: str = "onnxruntime CPU, 1 thread") -> Co
         default_ns_per_element=family_rate("element", 0.3),
         default_ns_per_mac=family_rate("float", 0.02),
         default_ns_per_integer_mac=family_rate("integer", 0.01),
+        default_ns_per_dq_weight_mac=family_rate("dq-weight", 0.05),
     )
 
 
 def measured(variants: list[Variant], feed: dict[str, np.ndarray], rounds: int) -> dict[str, float]:
-    sessions = {v.name: open_session(v.path, threads=1) for v in variants}
+    sessions = {v.name: open_session(v.path, threads=1, for_timing=True) for v in variants}
     return {k: v.median_ms for k, v in measure_latency(sessions, feed, runs=rounds).items()}
 
 

@@ -67,9 +67,9 @@ def bench_model(folder: Path, work: Path, max_drop: float, metric: GateMetric) -
         print(f"{folder.name} {name}: {rows[name]}", file=sys.stderr)
     loaded = load_model(model)
     feed = first_sample(open_dataset(folder / "eval.npz", model_inputs(loaded.model)).limit(1))
-    sessions = {"float": open_session(serialize(loaded.model))}
+    sessions = {"float": open_session(serialize(loaded.model), for_timing=True)}
     for name in ("plain", "fallback"):
-        sessions[name] = open_session(onnx.load(work / f"{folder.name}.{name}.onnx"))
+        sessions[name] = open_session(onnx.load(work / f"{folder.name}.{name}.onnx"), for_timing=True)
     latency = measure_latency(sessions, feed, runs=30, budget_seconds=60.0)
     rows["latency_ms"] = {name: value.median_ms for name, value in latency.items()}
     return rows

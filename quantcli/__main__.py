@@ -1,5 +1,5 @@
 """python -m quantcli"""
 
-from quantcli.cli.app import main
+from quantcli.cli.entry import main
 
 main()

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from quantcli.calibration.collect import Progress, reporting, stage
 from quantcli.calibration.data import model_inputs
-from quantcli.calibration.sources import DataSource, open_source
+from quantcli.calibration.sources import DataSource, open_source, source_paths
+from quantcli.config import GateMetric, QuantConfig
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
-from quantcli.evaluate import compare_models, first_sample, load_labels, measure_latency
-from quantcli.graph.io import load_model, open_session, serialize
+from quantcli.evaluate import compare_models, first_sample, gate, load_labels, measure_latency
+from quantcli.graph.guard import PathGuard
+from quantcli.graph.io import external_files, external_folder, load_model, open_session, serialize
 from quantcli.report import CompareReport, SizeSummary
 
 __all__ = ["compare"]
@@ -31,11 +34,68 @@ def compare(
     latency_runs: int = 30,
     per_layer: bool = False,
     top_k: int = 10,
+    metric: GateMetric = GateMetric.AUTO,
+    max_drop: float | None = None,
+    min_sqnr: float | None = None,
+    progress: Progress | None = None,
+    guard: PathGuard | None = None,
 ) -> CompareReport:
-    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``."""
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``; with a
+    bound (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate says whether
+    the quantized model meets it, exactly as ``quantize`` judges its own output.
+
+    Each model's external data is read from its own folder, never the current one. ``guard``
+    holds the files the caller will write (see :mod:`quantcli.graph.guard`).
+    """
+    for flag, value in (("--threads", threads), ("--runs", latency_runs), ("--batch-size", batch_size)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if per_layer and top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    guard = guard if guard is not None else PathGuard()
+    guard.reads(float_path, "the float model")
+    guard.reads(quantized_path, "the quantized model")
+    for path in source_paths(data):
+        guard.reads(path, "--data")
+    if labels is not None:
+        guard.reads(labels, "--labels")
+    bounds = QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)  # checks the combination
+    with reporting(progress):
+        return _compare(
+            float_path,
+            quantized_path,
+            data,
+            labels=labels,
+            threads=threads,
+            batch_size=batch_size,
+            latency_runs=latency_runs,
+            per_layer=per_layer,
+            top_k=top_k,
+            bounds=bounds,
+            guard=guard,
+        )
+
+
+def _compare(
+    float_path: Path,
+    quantized_path: Path,
+    data: DataSource,
+    *,
+    labels: Path | None,
+    threads: int | None,
+    batch_size: int,
+    latency_runs: int,
+    per_layer: bool,
+    top_k: int,
+    bounds: QuantConfig,
+    guard: PathGuard,
+) -> CompareReport:
+    stage("load")
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
+    for loaded in (reference_file, candidate_file):
+        for path in external_files(loaded.model):
+            guard.reads(path, f"{loaded.path}'s external data")
+    float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
     if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in theirs]:
@@ -51,16 +111,35 @@ def compare(
         )
     dataset = open_source(data, specs)
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, threads)
-    candidate = open_session(quant_proto, threads)
+    reference = open_session(float_proto, threads, data_folder=float_folder, for_timing=True)
+    candidate = open_session(quant_proto, threads, data_folder=quant_folder, for_timing=True)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
+    stage("evaluate")
     fidelity = compare_models(
         reference, candidate, dataset, batch_size=batch_size, source=str(data), labels=label_array
     )
+    stage("time")
     latency = measure_latency(
         {"float": reference, "quantized": candidate}, first_sample(dataset), runs=latency_runs
     )
-    diagnosis = diagnose(float_proto, quant_proto, dataset, top_k=top_k) if per_layer else None
+    if per_layer:
+        stage("diagnose")
+    diagnosis = (
+        diagnose(
+            float_proto,
+            quant_proto,
+            dataset,
+            top_k=top_k,
+            data_folder=float_folder,
+            quant_folder=quant_folder,
+        )
+        if per_layer
+        else None
+    )
+    verdict = None
+    if bounds.has_gate:
+        measured, bound = bounds.gate(has_labels=label_array is not None)
+        verdict = gate(fidelity, measured, bound)
     return CompareReport(
         float_model=str(float_path),
         quantized_model=str(quantized_path),
@@ -69,4 +148,5 @@ def compare(
         latency=latency,
         threads=threads,
         per_layer=diagnosis,
+        gate=verdict,
     )

@@ -6,7 +6,7 @@ it whole, so there is no dict of options whose typos pass silently.
 
 from __future__ import annotations
 
-import tomllib
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantcli.errors import ConfigError
+from quantcli.files import parse_json, parse_toml, read_bounded
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -27,8 +28,11 @@ __all__ = [
     "Recipe",
     "SpeedSource",
     "WeightMethod",
+    "config_settings",
     "expand_patterns",
     "load_recipe",
+    "pattern_files",
+    "recipe_from_report",
 ]
 
 # The accuracy bound --mode auto keeps to when the user sets none: one point of the gate metric
@@ -240,6 +244,12 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"eval fraction must be in [0, 1), got {self.eval_fraction}")
+        for name in ("max_drop", "min_sqnr", "percentile"):
+            bound = getattr(self, name)
+            if bound is not None and not math.isfinite(bound):
+                raise ConfigError(f"{name.replace('_', ' ')} must be a finite number, got {bound}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
         if self.max_trials < 1:
@@ -273,6 +283,17 @@ class QuantConfig:
         return self.metric, DEFAULT_MAX_DROP
 
 
+# Recipes and @FILE selection lists larger than these are refused unread.
+MAX_RECIPE_BYTES = 2**20
+MAX_REPORT_BYTES = 64 * 2**20  # a report read as a recipe (its per-layer tables make it larger)
+MAX_LIST_BYTES = 16 * 2**20
+
+
+def pattern_files(values: Iterable[str]) -> list[Path]:
+    """The ``@FILE`` selection files among ``values`` (read by :func:`expand_patterns`)."""
+    return [Path(value[1:]) for value in values if value.startswith("@")]
+
+
 def expand_patterns(values: Iterable[str]) -> frozenset[str]:
     """Selection patterns with every ``@FILE`` replaced by the file's lines.
 
@@ -285,10 +306,11 @@ def expand_patterns(values: Iterable[str]) -> frozenset[str]:
             patterns.add(value)
             continue
         path = Path(value[1:])
+        raw = read_bounded(path, MAX_LIST_BYTES, "selection file", ConfigError)
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read the selection file ({exc.strerror or exc})") from exc
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: the selection file is not UTF-8 text (byte {exc.start})") from exc
         for line in text.splitlines():
             entry = line.split("#", 1)[0].strip()
             if entry:
@@ -387,12 +409,9 @@ def _override(entry: Any, index: int, path: Path) -> tuple[frozenset[str], bool 
 
 def load_recipe(path: Path) -> Recipe:
     """Read and strictly validate a TOML recipe; unknown keys are errors listing the valid ones."""
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    document = parse_toml(
+        read_bounded(path, MAX_RECIPE_BYTES, "recipe", ConfigError), path, "TOML recipe", ConfigError
+    )
     _unknown("the recipe", document, ("defaults", "override"), path)
     raw = document.get("defaults", {})
     if not isinstance(raw, dict):
@@ -412,3 +431,58 @@ def load_recipe(path: Path) -> Recipe:
             per_tensor |= targets
     assert set(_RECIPE_DEFAULTS) <= {f.name for f in fields(QuantConfig)}
     return Recipe(path=str(path), defaults=defaults, skip=frozenset(skip), per_tensor=frozenset(per_tensor))
+
+
+# What a report's "config" holds beyond the recipe keys: every setting that changes the result.
+_REPORT_SETTINGS: dict[str, type] = {
+    **_RECIPE_DEFAULTS,
+    "eval_fraction": float,
+    "skip_nonfinite": bool,
+    "allow_noop": bool,
+    "auto_fallback": bool,
+    "per_layer": bool,
+    "top_k": int,
+}
+_REPORT_PATTERNS = ("exclude", "include", "per_tensor")
+
+
+def config_settings(config: QuantConfig) -> dict[str, Any]:
+    """``config`` as JSON values: every setting, so a report can reproduce its run."""
+    settings: dict[str, Any] = {}
+    for name in sorted((*_REPORT_SETTINGS, *_REPORT_PATTERNS)):
+        value = getattr(config, name)
+        settings[name] = sorted(value) if isinstance(value, frozenset) else value
+    return settings
+
+
+def recipe_from_report(path: Path) -> Recipe:
+    """The settings a JSON report's ``config`` records, as a recipe (flags still win over it).
+
+    The mode is the one the report's model was written in, not ``auto``: rerunning a report
+    reproduces its model without measuring again.
+    """
+    document = parse_json(
+        read_bounded(path, MAX_REPORT_BYTES, "report", ConfigError), path, "JSON report", ConfigError
+    )
+    settings = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(settings, dict) or document.get("kind") != "convert":
+        raise ConfigError(f'{path}: not a quantcli convert report (no "config" of kind convert)')
+    _unknown("the report's config", settings, (*_REPORT_SETTINGS, *_REPORT_PATTERNS), path)
+    defaults = {
+        k: _typed(k, v, _REPORT_SETTINGS[k], path)
+        for k, v in settings.items()
+        if k in _REPORT_SETTINGS and v is not None
+    }
+    if isinstance(document.get("mode"), str):
+        defaults["mode"] = _typed("mode", document["mode"], QuantMode, path)
+    patterns: dict[str, frozenset[str]] = {}
+    for key in _REPORT_PATTERNS:
+        value = settings.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: config {key} must be a list of node names or patterns")
+        patterns[key] = frozenset(value)
+    if patterns["include"]:
+        defaults["include"] = patterns["include"]
+    return Recipe(
+        path=str(path), defaults=defaults, skip=patterns["exclude"], per_tensor=patterns["per_tensor"]
+    )

@@ -63,6 +63,8 @@ _MATMUL = {
     "MatMulNBits",
 }
 _RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
+# The cost key suffix of a float kernel fed a dequantized weight (see Kernel.cost_key).
+_DQ_WEIGHT = "/dq-weight"
 _MAC_OPS = _CONV | _MATMUL | _RECURRENT | {"ConvTranspose"}
 # Kernels whose multiply-accumulates run on integers: the share of MACs in these is how much of
 # the heavy compute the quantized model moved off float.
@@ -101,6 +103,7 @@ class Kernel:
     inputs: tuple[Dims, ...]
     outputs: tuple[Dims, ...]
     source_op: str = ""
+    node: str = ""  # the written model's node it is named after
     weights: tuple[Dims | None, ...] = ()
     # The weight reaches a float kernel through a DequantizeLinear (weight-only): onnxruntime does
     # not fold it, so the kernel gets a fresh float weight every run and cannot pre-pack it.
@@ -111,7 +114,7 @@ class Kernel:
     def cost_key(self) -> str:
         """The cost table's entry for this kernel."""
         if self.dequantized_weight and self.op_type not in INTEGER_KERNELS and self.op_type in _MAC_OPS:
-            return f"{self.op_type}/dq-weight"
+            return f"{self.op_type}{_DQ_WEIGHT}"
         return self.op_type
 
     def weight(self, index: int) -> Dims | None:
@@ -132,7 +135,8 @@ def kernel_work(kernel: Kernel) -> tuple[int, bool]:
     """
     op = kernel.source_op or kernel.op_type
     ins, outs = kernel.inputs, kernel.outputs
-    weight = kernel.weight(1)
+    # A model written with QLinearConv nodes (QOperator format) holds the weight at input 3.
+    weight = kernel.weight(3 if kernel.source_op == "QLinearConv" else 1)
     if weight is None and len(ins) > 1 and len(ins[1]) >= 3:
         weight = ins[1]  # a kernel renamed by a layout transform still lists its weight
     if op in _CONV and weight is not None and outs:
@@ -196,7 +200,7 @@ def profile_kernels(
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     with tempfile.TemporaryDirectory(prefix="quantcli-profile-") as folder:
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # its failures arrive as exceptions; no log lines on stderr
         options.intra_op_num_threads = 1
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "run")
@@ -209,8 +213,14 @@ def profile_kernels(
         except Exception as exc:  # onnxruntime raises its own exception types
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
-        for _ in range(runs):
-            session.run(None, dict(feed))
+        try:
+            for _ in range(runs):
+                session.run(None, dict(feed))
+        except Exception as exc:  # the model fails on this input: the user's model or data
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelLoadError(
+                f"onnxruntime cannot run the model on the first sample ({first_line})"
+            ) from exc
         events = json.loads(Path(session.end_profiling()).read_text())
     # One event per kernel per run, keyed by its name; the first run fixes the order.
     seen: dict[str, Kernel] = {}
@@ -222,12 +232,14 @@ def profile_kernels(
         args = event.get("args", {})
         durations.setdefault(name, []).append(float(event.get("dur", 0.0)))
         if name not in seen:
-            source = sources.get(_TOKEN.sub("", name.removesuffix("_kernel_time")), _Source("", (), False))
+            node = _TOKEN.sub("", name.removesuffix("_kernel_time"))
+            source = sources.get(node, _Source("", (), False))
             seen[name] = Kernel(
                 op_type=str(args.get("op_name", "")),
                 inputs=_shapes(args.get("input_type_shape", [])),
                 outputs=_shapes(args.get("output_type_shape", [])),
                 source_op=source.op_type,
+                node=node if node in sources else "",
                 weights=source.weights,
                 dequantized_weight=source.dequantized,
             )
@@ -269,6 +281,7 @@ class CostModel:
     default_ns_per_element: float
     default_ns_per_mac: float
     default_ns_per_integer_mac: float
+    default_ns_per_dq_weight_mac: float
 
     def rate(self, kernel: Kernel) -> float | None:
         """ns per unit of work, or None where the table has no entry for the kernel."""
@@ -278,9 +291,11 @@ class CostModel:
     def default_rate(self, kernel: Kernel, is_mac: bool) -> float:
         if not is_mac:
             return self.default_ns_per_element
-        return (
-            self.default_ns_per_integer_mac if kernel.op_type in INTEGER_KERNELS else self.default_ns_per_mac
-        )
+        if kernel.op_type in INTEGER_KERNELS:
+            return self.default_ns_per_integer_mac
+        if kernel.cost_key.endswith(_DQ_WEIGHT):
+            return self.default_ns_per_dq_weight_mac
+        return self.default_ns_per_mac
 
     def predict(self, kernels: tuple[Kernel, ...]) -> Prediction:
         total_ns = 0.0
@@ -312,6 +327,7 @@ class CostModel:
             default_ns_per_element=float(entry["default_ns_per_element"]),
             default_ns_per_mac=float(entry["default_ns_per_mac"]),
             default_ns_per_integer_mac=float(entry["default_ns_per_integer_mac"]),
+            default_ns_per_dq_weight_mac=float(entry["default_ns_per_dq_weight_mac"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,6 +338,7 @@ class CostModel:
             "default_ns_per_element": self.default_ns_per_element,
             "default_ns_per_mac": self.default_ns_per_mac,
             "default_ns_per_integer_mac": self.default_ns_per_integer_mac,
+            "default_ns_per_dq_weight_mac": self.default_ns_per_dq_weight_mac,
         }
 
 

@@ -226,11 +226,12 @@ def _measure(
     *,
     batch_size: int,
     data_folder: Path | None,
+    quant_folder: Path | None,
 ) -> dict[str, _Sums]:
     float_names = [t.float_name for t in twins]
     quant_names = [t.dq_output for t in twins] + [t.pre for t in twins if t.pre is not None]
     reference = open_session(_with_outputs(float_model, float_names), data_folder=data_folder)
-    candidate = open_session(_with_outputs(quant_model, quant_names))
+    candidate = open_session(_with_outputs(quant_model, quant_names), data_folder=quant_folder)
     sums = {t.dq_output: _Sums() for t in twins}
     weights = [t for t in twins if t.kind == "weight"]
     floats = {
@@ -238,7 +239,7 @@ def _measure(
         for i in float_model.graph.initializer
         if i.name in {t.float_name for t in weights}
     }
-    quantized = _dequantized_weights(quant_model, weights)
+    quantized = _dequantized_weights(quant_model, weights, quant_folder)
     for twin in weights:
         ref, got = floats[twin.float_name].astype(np.float64), quantized[twin.dq_output].astype(np.float64)
         sums[twin.dq_output].add(ref, got, ref)
@@ -261,19 +262,24 @@ def _measure(
     return sums
 
 
-def _dequantized_weights(model: onnx.ModelProto, weights: list[_Twin]) -> dict[str, npt.NDArray[np.float32]]:
-    """The weights as the quantized model's DequantizeLinear computes them."""
+def _dequantized_weights(
+    model: onnx.ModelProto, weights: list[_Twin], folder: Path | None
+) -> dict[str, npt.NDArray[np.float32]]:
+    """The weights as the quantized model's DequantizeLinear computes them (external data read
+    from ``folder``, the model's own)."""
     initializers = {i.name: i for i in model.graph.initializer}
+
+    def array(name: str) -> npt.NDArray[np.generic]:
+        return numpy_helper.to_array(initializers[name], base_dir=str(folder or ""))
+
     producers = {o: n for n in model.graph.node for o in n.output}
     result = {}
     for twin in weights:
         node = producers[twin.dq_output]
-        q = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float64)
+        q = array(node.input[0]).astype(np.float64)
         scale_name, zero_name, axis = twin.qparams
-        scale = numpy_helper.to_array(initializers[scale_name]).astype(np.float64)
-        zero = (
-            numpy_helper.to_array(initializers[zero_name]).astype(np.float64) if zero_name else np.zeros(())
-        )
+        scale = array(scale_name).astype(np.float64)
+        zero = array(zero_name).astype(np.float64) if zero_name else np.zeros(())
         if scale.ndim == 1 and q.ndim > 0:
             shape = [1] * q.ndim
             shape[axis % q.ndim] = scale.shape[0]
@@ -291,28 +297,37 @@ def _alone(
     batch_size: int,
     reference: ort.InferenceSession,
     data_folder: Path | None,
+    quant_folder: Path | None,
 ) -> float | None:
     """Worst output SQNR of the float model with only ``twin`` quantized."""
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     graph = model.graph
     if twin.kind == "weight":
-        array = _dequantized_weights(quant_model, [twin])[twin.dq_output]
+        array = _dequantized_weights(quant_model, [twin], quant_folder)[twin.dq_output]
         for index, init in enumerate(graph.initializer):
             if init.name == twin.float_name:
                 graph.initializer[index].CopyFrom(numpy_helper.from_array(array, twin.float_name))
     else:
         if twin.float_name in {o.name for o in graph.output}:
             return None  # its effect on the output is its local error
-        _insert_qdq(graph, quant_model, twin)
+        _insert_qdq(graph, quant_model, twin, quant_folder)
     session = open_session(model, data_folder=data_folder)
     fidelity = compare_models(reference, session, dataset, batch_size=batch_size, source="")
     return min(o.sqnr_db for o in fidelity.outputs)
 
 
-def _insert_qdq(graph: onnx.GraphProto, quant_model: onnx.ModelProto, twin: _Twin) -> None:
+def _insert_qdq(
+    graph: onnx.GraphProto, quant_model: onnx.ModelProto, twin: _Twin, quant_folder: Path | None
+) -> None:
     """Quantize one float tensor with the quantized model's scale and zero point."""
     initializers = {i.name: i for i in quant_model.graph.initializer}
+    for name in twin.qparams[:2]:  # inline copies: the float model's folder is not the quantized one's
+        if name and initializers[name].data_location == onnx.TensorProto.EXTERNAL:
+            proto = onnx.TensorProto()
+            proto.CopyFrom(initializers[name])
+            onnx.external_data_helper.load_external_data_for_tensor(proto, str(quant_folder or ""))
+            initializers[name] = proto
     scale_name, zero_name, axis = twin.qparams
     taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     base = f"{twin.float_name}__alone"
@@ -339,10 +354,13 @@ def diagnose(
     quant_model: onnx.ModelProto,
     dataset: Dataset,
     *,
-    batch_size: int = 4,
+    # One sample per run: every quantized tensor of both models is exposed at once, so a batch of
+    # 4 PP-OCRv4 det images (640x640) held about 12 GB.
+    batch_size: int = 1,
     top_k: int = 10,
     max_samples: int = 32,
     data_folder: Path | None = None,
+    quant_folder: Path | None = None,
 ) -> LayerDiagnosis:
     """Rank every quantized tensor of ``quant_model`` by how much it loses against ``float_model``.
 
@@ -352,7 +370,15 @@ def diagnose(
     """
     data = dataset.limit(max_samples)
     twins = _twins(float_model, quant_model)
-    sums = _measure(float_model, quant_model, twins, data, batch_size=batch_size, data_folder=data_folder)
+    sums = _measure(
+        float_model,
+        quant_model,
+        twins,
+        data,
+        batch_size=batch_size,
+        data_folder=data_folder,
+        quant_folder=quant_folder,
+    )
     ops = {n.name: n.op_type for n in float_model.graph.node}
     tensors = []
     for twin in twins:
@@ -382,6 +408,7 @@ def diagnose(
                 batch_size=batch_size,
                 reference=reference,
                 data_folder=data_folder,
+                quant_folder=quant_folder,
             )
             tensors[i] = replace(
                 tensors[i], alone_sqnr_db=alone if alone is not None else tensors[i].local_sqnr_db

@@ -18,9 +18,10 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from quantcli.calibration.collect import run_samples
-from quantcli.calibration.data import Batch, Dataset
+from quantcli.calibration.data import Batch, Dataset, npy_header
 from quantcli.config import GateMetric
 from quantcli.errors import CalibrationDataError
+from quantcli.files import check_regular
 
 __all__ = [
     "Accuracy",
@@ -184,14 +185,7 @@ class _Accumulator:
         )
 
 
-def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
-    """Integer class labels, one per evaluation sample."""
-    try:
-        labels = np.load(path, allow_pickle=False)
-    except FileNotFoundError as exc:
-        raise CalibrationDataError(f"{path}: no such file") from exc
-    except (OSError, ValueError, EOFError) as exc:
-        raise CalibrationDataError(f"{path}: not a readable .npy label file ({exc})") from exc
+def _check_labels(path: Path, labels: npt.NDArray[np.generic], expected: int) -> None:
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise CalibrationDataError(
             f"{path}: labels must be a 1-D integer array, got {labels.dtype.name}{list(labels.shape)}"
@@ -200,6 +194,20 @@ def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
         raise CalibrationDataError(
             f"{path}: holds {labels.shape[0]} labels for {expected} evaluation samples"
         )
+
+
+def load_labels(path: Path, expected: int) -> npt.NDArray[np.int64]:
+    """Integer class labels, one per evaluation sample."""
+    check_regular(path, "label file", CalibrationDataError)
+    # Shape and dtype checked from the header, before numpy allocates what it declares.
+    _check_labels(path, npy_header(path), expected)
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise CalibrationDataError(f"{path}: no such file") from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise CalibrationDataError(f"{path}: not a readable .npy label file ({exc})") from exc
+    _check_labels(path, labels, expected)
     result: npt.NDArray[np.int64] = labels.astype(np.int64)
     return result
 

@@ -12,7 +12,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["html_report", "markdown_report"]
+__all__ = ["NOTHING_TO_DIAGNOSE", "candidate_ms", "html_report", "markdown_report"]
+
+# What a per-layer diagnosis that found no tensor to measure says.
+NOTHING_TO_DIAGNOSE = (
+    "nothing to diagnose: no tensor of this model passes through a QuantizeLinear/DequantizeLinear pair "
+    "(dynamic mode quantizes inside its kernels)"
+)
 
 # Below this SQNR (dB) a tensor is drawn as weak in the chart.
 WEAK_SQNR_DB = 20.0
@@ -34,10 +40,9 @@ def _gate_line(gate: Mapping[str, Any] | None) -> str:
     if gate is None:
         return "no bound given"
     verdict = "PASSED" if gate["passed"] else f"FAILED by {gate['missed_by']:.3g} {gate['unit']}"
-    if gate["metric"] == "sqnr":
-        return (
-            f"{verdict}: worst output SQNR {_num(gate['sqnr_db'])} dB, bound {_num(gate['min_sqnr_db'])} dB"
-        )
+    if gate["unit"] == "dB":
+        what = "worst output SQNR" if gate["metric"] == "sqnr" else "mean channel SQNR"
+        return f"{verdict}: {what} {_num(gate['sqnr_db'])} dB, bound {_num(gate['min_sqnr_db'])} dB"
     return f"{verdict}: {gate['metric']} drop {gate['drop']:.3g} points, bound {gate['max_drop']:.3g}"
 
 
@@ -58,6 +63,7 @@ def _summary_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
             for name, v in latency.items()
         ]
         return rows
+    cal = doc.get("calibration") or {}
     return [
         ("model", f"{doc['model']} -> {doc['output']}"),
         (
@@ -66,12 +72,61 @@ def _summary_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
         ),
         ("weights in int8", f"{100 * doc['int8_weight_fraction']:.1f} %"),
         ("mode", f"{doc['mode']}: {doc['mode_reason']}" if doc.get("mode_reason") else doc["mode"]),
+        ("calibration", cal.get("summary") or f"{cal.get('method')}, {cal.get('samples')} samples"),
         ("accuracy gate", _gate_line(doc.get("gate"))),
     ]
 
 
+def _accuracy_line(doc: Mapping[str, Any]) -> str:
+    """Top-1 accuracy of both models against the labels, when they were given."""
+    accuracy = (doc.get("fidelity") or {}).get("accuracy")
+    if not accuracy:
+        return ""
+    return (
+        f"Top-1 accuracy on the labels ({accuracy['output']}): float {accuracy['float_top1']:.2f} %, "
+        f"int8 {accuracy['quantized_top1']:.2f} %, drop {accuracy['drop_points']:+.2f} points"
+    )
+
+
+def candidate_ms(candidate: Mapping[str, Any]) -> str:
+    """A candidate's speed as compared: its measured median, else the cost model's prediction."""
+    if candidate.get("latency_ms"):
+        return f"{candidate['latency_ms']['median_ms']:.3f}"
+    if candidate.get("predicted"):
+        return f"{candidate['predicted']['ms']:.3f} predicted"
+    return "-"
+
+
+def _candidate_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The modes --mode auto built and measured, and why each won or lost."""
+    header = ["mode", "size ratio", "int8 weights", "gate", "ms", "", "why"]
+    rows = [
+        [
+            c["mode"],
+            f"{c['size_ratio']:.2f}x",
+            f"{100 * c['int8_weight_fraction']:.1f} %",
+            _gate_line(c["gate"]) if c["gate"] else "-",
+            candidate_ms(c),
+            "chosen" if c["chosen"] else "",
+            c["reason"],
+        ]
+        for c in doc.get("candidates") or []
+    ]
+    return header, rows
+
+
+def _provenance_rows(doc: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What made the report: versions, the command, the date (pages only; JSON has no date)."""
+    rows = [(name, version) for name, version in sorted((doc.get("versions") or {}).items())]
+    if doc.get("command"):
+        rows.append(("command", doc["command"]))
+    if doc.get("date"):
+        rows.append(("date", doc["date"]))
+    return rows
+
+
 def _fidelity_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["output", "cosine mean", "cosine min", "SQNR dB", "max abs err", "top-1 agree"]
+    header = ["output", "cosine mean", "cosine min", "output SQNR dB", "max abs err", "top-1 agree"]
     fidelity = doc.get("fidelity")
     if not fidelity:
         return header, []
@@ -133,7 +188,7 @@ def _worst_rows(doc: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+        return html.escape(text).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
@@ -147,15 +202,15 @@ def _title(doc: Mapping[str, Any]) -> str:
 def markdown_report(doc: Mapping[str, Any]) -> str:
     """A compact Markdown summary of a report document."""
     parts = [f"### {_title(doc)}", _md_table(["", ""], _summary_rows(doc))]
-    accuracy = (doc.get("fidelity") or {}).get("accuracy")
+    parts += [f"> **warning:** {_md_text(w)}" for w in doc.get("warnings") or []]
+    if _accuracy_line(doc):
+        parts.append(f"**{_accuracy_line(doc)}**")
+    header, rows = _candidate_rows(doc)
+    if rows:
+        parts += ["**Modes tried** (--mode auto)", _md_table(header, rows)]
     header, rows = _fidelity_rows(doc)
     if rows:
         parts += [f"**Fidelity** on {doc['fidelity']['samples']} samples", _md_table(header, rows)]
-    if accuracy:
-        parts.append(
-            f"Top-1 accuracy ({accuracy['output']}): float {accuracy['float_top1']:.2f} %, "
-            f"int8 {accuracy['quantized_top1']:.2f} %, drop {accuracy['drop_points']:+.2f} points"
-        )
     header, rows = _fallback_rows(doc)
     if rows:
         fallback = doc["fallback"]
@@ -165,7 +220,15 @@ def markdown_report(doc: Mapping[str, Any]) -> str:
     header, rows = _worst_rows(doc)
     if rows:
         parts += [f"**Worst {len(rows)} quantized tensors**", _md_table(header, rows)]
+    provenance = _provenance_rows(doc)
+    if provenance:
+        parts += ["**Made by**", _md_table(["", ""], provenance)]
     return "\n\n".join(parts) + "\n"
+
+
+def _md_text(text: str) -> str:
+    """Text from a file or graph, shown as written: no Markdown or HTML takes effect in it."""
+    return html.escape(text).replace("|", "\\|").replace("\n", " ").replace("*", "\\*").replace("_", "\\_")
 
 
 _CSS = """
@@ -175,6 +238,7 @@ table{border-collapse:collapse;margin:4px 0 12px}
 td,th{border:1px solid #d0d7de;padding:4px 8px;text-align:left}
 th{background:#f6f8fa} td.n{text-align:right;font-variant-numeric:tabular-nums}
 .pass{color:#1a7f37;font-weight:600} .fail{color:#cf222e;font-weight:600}
+.warn{color:#9a6700;font-weight:600} .acc{font-weight:600}
 svg text{font:11px system-ui,sans-serif;fill:#57606a}
 .legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
 """
@@ -205,6 +269,9 @@ def _chart(doc: Mapping[str, Any]) -> str:
     """Bars of per-tensor SQNR in graph order; weak tensors in red, the ranked worst outlined."""
     per_layer = doc.get("per_layer")
     if not per_layer or not per_layer["tensors"]:
+        if per_layer is not None:
+            sentence = NOTHING_TO_DIAGNOSE[0].upper() + NOTHING_TO_DIAGNOSE[1:]
+            return f"<p>{html.escape(sentence)}.</p>"
         return "<p>No per-layer diagnosis in this report (run with --per-layer).</p>"
     tensors = sorted(per_layer["tensors"], key=lambda t: t["order"])
     values = [t["sqnr_db"] if isinstance(t["sqnr_db"], float | int) else 99.0 for t in tensors]
@@ -267,8 +334,14 @@ def html_report(doc: Mapping[str, Any]) -> str:
     sections = [
         f"<h1>{html.escape(title)}</h1>",
         verdict,
+        *(f'<p class="warn">warning: {html.escape(w)}</p>' for w in doc.get("warnings") or []),
         _html_table(["", ""], _summary_rows(doc)),
     ]
+    if _accuracy_line(doc):
+        sections.append(f'<p class="acc">{html.escape(_accuracy_line(doc))}</p>')
+    header, rows = _candidate_rows(doc)
+    if rows:
+        sections += ["<h2>Modes tried (--mode auto)</h2>", _html_table(header, rows)]
     header, rows = _fidelity_rows(doc)
     if rows:
         sections += ["<h2>Fidelity against the float model</h2>", _html_table(header, rows)]
@@ -282,6 +355,9 @@ def html_report(doc: Mapping[str, Any]) -> str:
     header, rows = _worst_rows(doc)
     if rows:
         sections += [f"<h2>Worst {len(rows)} quantized tensors</h2>", _html_table(header, rows)]
+    provenance = _provenance_rows(doc)
+    if provenance:
+        sections += ["<h2>Made by</h2>", _html_table(["", ""], provenance)]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from quantcli.config import QuantConfig
+from quantcli.config import QuantConfig, config_settings
 from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
@@ -19,6 +19,8 @@ from quantcli.fallback import FallbackResult
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
 
 __all__ = [
+    "BARELY_INT8",
+    "BARELY_SMALLER",
     "SCHEMA_VERSION",
     "CalibrationSummary",
     "CandidateSummary",
@@ -213,6 +215,11 @@ def _gate_dict(result: GateResult | None) -> dict[str, Any] | None:
     }
 
 
+# A conversion below both of these barely changed the model, and the report says so.
+BARELY_SMALLER = 1.2  # size ratio
+BARELY_INT8 = 0.1  # share of weights in int8
+
+
 @dataclass(frozen=True)
 class QuantReport:
     """The result of one conversion."""
@@ -233,7 +240,36 @@ class QuantReport:
     per_layer: LayerDiagnosis | None = None  # --per-layer, or what --auto-fallback ranked by
     fallback: FallbackSummary | None = None  # --auto-fallback
     speed: SpeedSummary | None = None  # auto mode's predicted speed of the model written
-    warnings: tuple[str, ...] = ()  # one line each, also printed on stderr
+    warnings: tuple[str, ...] = ()  # one line each, also logged (the report adds barely_changed's)
+
+    @property
+    def calibration_line(self) -> str:
+        """How the written model's activation ranges were found: none when its mode uses none
+        (auto may have calibrated for candidates that lost)."""
+        cal = self.calibration
+        if not self.plan.observed:
+            used = f"none ({self.plan.mode} mode uses no activation ranges"
+            return used + (
+                f"; {cal.samples} samples calibrated the other candidates)" if cal.samples else ")"
+            )
+        return f"{cal.method}, {cal.samples} samples from {cal.source}"
+
+    @property
+    def barely_changed(self) -> tuple[str, ...]:
+        """What a user should know before relying on the model: it barely changed (forgetting
+        --data on a CNN writes a dynamic model with 1% of its weights in int8, exit 0)."""
+        if self.plan.is_noop or self.size.ratio >= BARELY_SMALLER or self.int8_weight_fraction >= BARELY_INT8:
+            return ()
+        mode = self.plan.mode
+        remedy = (
+            "give --data so that static mode can quantize Conv and activations"
+            if self.calibration.samples == 0 and not mode.needs_calibration
+            else "try --mode weight-only (every weight in int8), or fewer --exclude patterns"
+        )
+        return (
+            f"the model barely changed ({self.size.ratio:.2f}x smaller, "
+            f"{100 * self.int8_weight_fraction:.1f}% of weights in int8, {mode} mode): {remedy}",
+        )
 
     @property
     def float_nodes(self) -> tuple[NodeDecision, ...]:
@@ -254,13 +290,9 @@ class QuantReport:
             "mode": self.plan.mode.value,
             "mode_reason": self.mode_reason,
             "opset_upgraded_from": self.opset_upgraded_from,
-            "config": {
-                "mode": self.config.mode.value,
-                "activation_type": self.config.activation_type.value,
-                "method": self.config.method.value,
-                "per_channel": self.config.per_channel,
-            },
-            "calibration": asdict(self.calibration),
+            # Every setting that changed the result: `convert --from-report` reruns from it.
+            "config": config_settings(self.config),
+            "calibration": asdict(self.calibration) | {"summary": self.calibration_line},
             "nodes": {
                 "total": len(self.plan.decisions),
                 "by_role": dict(sorted(roles.items())),
@@ -280,7 +312,7 @@ class QuantReport:
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
             "speed": None if self.speed is None else self.speed.to_dict(),
-            "warnings": list(self.warnings),
+            "warnings": [*self.warnings, *self.barely_changed],
         }
 
 
@@ -295,6 +327,7 @@ class CompareReport:
     latency: dict[str, Latency]  # "float" and "quantized"
     threads: int | None
     per_layer: LayerDiagnosis | None = None
+    gate: GateResult | None = None  # set when a bound was given
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -311,4 +344,5 @@ class CompareReport:
             "latency_ms": {name: asdict(value) for name, value in sorted(self.latency.items())},
             "threads": self.threads,
             "per_layer": per_layer_dict(self.per_layer),
+            "gate": _gate_dict(self.gate),
         }

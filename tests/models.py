@@ -308,3 +308,163 @@ def outlier_mlp_data(n: int, seed: int = 1, outlier: float = 0.0) -> dict[str, n
     x = rng.normal(0, 1, (n, 32)).astype(np.float32)
     x[0, 0] = outlier or x[0, 0]
     return {"x": x}
+
+
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def recurrent(
+    op: str,
+    *,
+    directions: int = 1,
+    size: int = 8,
+    hidden: int = 16,
+    seq: int = 6,
+    hidden_only: bool = False,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """One LSTM, GRU or RNN over x [seq, batch, size] with constant W, R and B; output Y, or only
+    Y_h (Y omitted) with ``hidden_only``."""
+    rng = np.random.default_rng(seed)
+    gates = _GATES[op]
+    d = directions
+    inits = [
+        _init("rnn.W", rng.normal(0, 0.3, (d, gates * hidden, size)).astype(np.float32)),
+        _init("rnn.R", rng.normal(0, 0.3, (d, gates * hidden, hidden)).astype(np.float32)),
+        _init("rnn.B", rng.normal(0, 0.1, (d, 2 * gates * hidden)).astype(np.float32)),
+    ]
+    direction = "bidirectional" if d == 2 else "forward"
+    outputs = ["", "y_h"] if hidden_only else ["y"]
+    node = helper.make_node(
+        op, ["x", "rnn.W", "rnn.R", "rnn.B"], outputs, name="rnn", hidden_size=hidden, direction=direction
+    )
+    shape = [d, "batch", hidden] if hidden_only else [seq, d, "batch", hidden]
+    graph = helper.make_graph(
+        [node],
+        f"tiny_{op.lower()}",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info(outputs[-1], TensorProto.FLOAT, shape)],
+        inits,
+    )
+    return _model(graph)
+
+
+def stacked_lstms(size: int = 16, seq: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """Two LSTMs in a row sharing one W and one R (hidden = size), the second reading the
+    first's Y squeezed to [seq, batch, hidden]."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("lstm.W", rng.normal(0, 0.3, (1, 4 * size, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.3, (1, 4 * size, size)).astype(np.float32)),
+        _init("axis1", np.array([1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("LSTM", ["x", "lstm.W", "lstm.R"], ["y1"], name="lstm1", hidden_size=size),
+        helper.make_node("Squeeze", ["y1", "axis1"], ["h1"], name="squeeze"),
+        helper.make_node("LSTM", ["h1", "lstm.W", "lstm.R"], ["y2"], name="lstm2", hidden_size=size),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stacked_lstms",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info("y2", TensorProto.FLOAT, [seq, 1, "batch", size])],
+        inits,
+    )
+    return _model(graph)
+
+
+def conv_transpose_upsampler(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """ConvTranspose (stride 2) doubling an 8x8 map, then a Conv: a decoder's upsampling step."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    inits = [
+        _init("up.w", rng.normal(0, 0.2, (c, c // 2, 4, 4)).astype(np.float32)),
+        _init("up.b", rng.normal(0, 0.1, (c // 2,)).astype(np.float32)),
+        _init("conv.w", rng.normal(0, 0.2, (4, c // 2, 3, 3)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node(
+            "ConvTranspose", ["x", "up.w", "up.b"], ["up"], name="up", strides=[2, 2], pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", ["up"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "conv.w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "upsampler",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, 16, 16])],
+        inits,
+    )
+    return _model(graph)
+
+
+def einsum_constant(d: int = 32, k: int = 48, seq: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """Einsum with constants: two projections (``bsd,dk->bsk``; ``bsk,jk->bsj``, transposed), a
+    per-head one (``bshd,hde->bshe``, not a matrix product) and a tiny one (16 values)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("proj", rng.normal(0, 0.3, (d, k)).astype(np.float32)),
+        _init("proj_t", rng.normal(0, 0.3, (24, k)).astype(np.float32)),
+        _init("heads.shape", np.array([0, 0, 4, 6], np.int64)),
+        _init("heads", rng.normal(0, 0.3, (4, 6, 16)).astype(np.float32)),
+        _init("tiny", rng.normal(0, 0.3, (16, 1)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Einsum", ["x", "proj"], ["p"], name="proj", equation="bsd,dk->bsk"),
+        helper.make_node("Einsum", ["p", "proj_t"], ["q"], name="proj_t", equation="bsk, jk -> bsj"),
+        helper.make_node("Reshape", ["q", "heads.shape"], ["q4"], name="split_heads"),
+        helper.make_node("Einsum", ["q4", "heads"], ["h"], name="heads", equation="bshd,hde->bshe"),
+        helper.make_node("Einsum", ["h", "tiny"], ["y"], name="tiny", equation="...e,ej->...j"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "einsum_constant",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", seq, d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, 4, 1])],
+        inits,
+    )
+    return _model(graph)
+
+
+def crnn(channels: int = 16, hidden: int = 16, classes: int = 40, seed: int = 0) -> onnx.ModelProto:
+    """A text recognizer in miniature: Conv-Relu over a 1x8x24 image, the 24 columns as a
+    sequence (Transpose/Reshape), a bidirectional LSTM, and a per-step MatMul class head."""
+    rng = np.random.default_rng(seed)
+    c, h = channels, hidden
+    size = c * 8
+    inits = [
+        _init("conv.w", rng.normal(0, 0.3, (c, 1, 3, 3)).astype(np.float32)),
+        _init("conv.b", rng.normal(0, 0.1, (c,)).astype(np.float32)),
+        _init("seq.shape", np.array([24, -1, size], np.int64)),
+        _init("lstm.W", rng.normal(0, 0.2, (2, 4 * h, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.2, (2, 4 * h, h)).astype(np.float32)),
+        _init("lstm.B", rng.normal(0, 0.1, (2, 8 * h)).astype(np.float32)),
+        _init("steps.shape", np.array([24, -1, 2 * h], np.int64)),
+        _init("head.w", rng.normal(0, 0.3, (2 * h, classes)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["image", "conv.w", "conv.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Transpose", ["r"], ["cols"], name="columns", perm=[3, 0, 1, 2]),
+        helper.make_node("Reshape", ["cols", "seq.shape"], ["seq"], name="sequence"),
+        helper.make_node(
+            "LSTM",
+            ["seq", "lstm.W", "lstm.R", "lstm.B"],
+            ["y"],
+            name="lstm",
+            hidden_size=h,
+            direction="bidirectional",
+        ),
+        helper.make_node("Transpose", ["y"], ["yt"], name="steps_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["yt", "steps.shape"], ["steps"], name="steps"),
+        helper.make_node("MatMul", ["steps", "head.w"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "crnn",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 8, 24])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [24, "batch", classes])],
+        inits,
+    )
+    return _model(graph)

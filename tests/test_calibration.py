@@ -240,7 +240,11 @@ def test_shards_merged_equal_one_run_through_the_cli(cnn: tuple[Path, Path], tmp
     one, two = json.loads(whole.read_text()), json.loads(merged.read_text())
     assert one["tensors"] == two["tensors"] and one["num_samples"] == two["num_samples"] == 40
     again = runner.invoke(app, ["calibrate", "merge", str(a), str(a), "-o", str(tmp_path / "x.json")])
-    assert again.exit_code == 1 and "shard 1/2" in again.stderr
+    assert again.exit_code == 1 and "merged once" in again.stderr
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(a.read_bytes())
+    twice = runner.invoke(app, ["calibrate", "merge", str(a), str(copy), "-o", str(tmp_path / "x.json")])
+    assert twice.exit_code == 1 and "shard 1/2" in twice.stderr
 
 
 def test_convert_chooses_the_method_after_calibration(cnn: tuple[Path, Path], tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from quantcli.cli import app as cli_app
+from quantcli import pipeline
 from quantcli.cli.app import app
 
 runner = CliRunner()
@@ -95,7 +95,7 @@ def test_internal_error_is_exit_4_with_traceback_only_under_debug(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(cli_app, "quantize", broken)
+    monkeypatch.setattr(pipeline, "quantize", broken)  # the command imports it when it runs
     args = ["convert", str(model), "-o", str(tmp_path / "q.onnx"), "--data", str(data)]
     result = runner.invoke(app, args)
     assert result.exit_code == 4

@@ -13,6 +13,7 @@ from typing import Any
 import models
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -581,3 +582,22 @@ def test_an_output_without_a_batch_axis_is_compared_sample_by_sample(tmp_path: P
         assert a.cosine_min == pytest.approx(b.cosine_min, abs=1e-9)
         assert a.sqnr_db == pytest.approx(b.sqnr_db, abs=1e-4)
         assert a.max_abs_error == pytest.approx(b.max_abs_error, rel=1e-5)
+
+
+def test_the_per_sample_budget_counts_rows_of_a_batched_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A calib.npz of [N, 3, 16, 16] for a model with a batch axis is N samples: the budget is
+    per sample, not per file (the zoo's [64, 3, 640, 640] file was refused as one sample)."""
+    from quantcli.calibration import data as data_module  # noqa: PLC0415
+    from quantcli.errors import CalibrationDataError  # noqa: PLC0415
+
+    model = models.save(models.tiny_cnn(), tmp_path)
+    specs = data_module.model_inputs(ir.load(model))
+    sample_bytes = 3 * 16 * 16 * 4
+    monkeypatch.setattr(data_module, "MAX_SAMPLE_BYTES", 2 * sample_bytes)
+    np.savez(tmp_path / "many.npz", **models.tiny_cnn_data(40))  # 40 samples, 20x the budget
+    assert data_module.open_dataset(tmp_path / "many.npz", specs).num_samples == 40
+    monkeypatch.setattr(data_module, "MAX_SAMPLE_BYTES", sample_bytes // 2)
+    with pytest.raises(CalibrationDataError, match="one sample is 3072 bytes"):
+        data_module.open_dataset(tmp_path / "many.npz", specs)

@@ -17,11 +17,17 @@ from quantcli.cost import INTEGER_KERNELS, Kernel, default_cost_model, kernel_wo
 
 def test_work_of_convolution_matmul_recurrent_and_elementwise_kernels() -> None:
     # 3x3 conv, 8 -> 16 channels, 10x10 output: 16*10*10 outputs x 8*3*3 MACs each.
-    conv = Kernel("QLinearConv", ((1, 8, 10, 10),), ((1, 16, 10, 10),), "Conv", (None, (16, 8, 3, 3)))
+    conv = Kernel(
+        "QLinearConv", ((1, 8, 10, 10),), ((1, 16, 10, 10),), source_op="Conv", weights=(None, (16, 8, 3, 3))
+    )
     assert kernel_work(conv) == (1600 * 72, True)
-    matmul = Kernel("DynamicQuantizeMatMul", ((4, 32),), ((4, 64),), "MatMul", (None, (32, 64)))
+    matmul = Kernel(
+        "DynamicQuantizeMatMul", ((4, 32),), ((4, 64),), source_op="MatMul", weights=(None, (32, 64))
+    )
     assert kernel_work(matmul) == (4 * 64 * 32, True)
-    lstm = Kernel("LSTM", ((7, 2, 16),), ((7, 1, 2, 8),), "LSTM", (None, (1, 32, 16), (1, 32, 8)))
+    lstm = Kernel(
+        "LSTM", ((7, 2, 16),), ((7, 1, 2, 8),), source_op="LSTM", weights=(None, (1, 32, 16), (1, 32, 8))
+    )
     assert kernel_work(lstm) == (7 * 2 * (32 * 16 + 32 * 8), True)
     add = Kernel("Add", ((1, 16, 10, 10), (1, 16, 10, 10)), ((1, 16, 10, 10),))
     assert kernel_work(add) == (1600, False)

@@ -60,12 +60,13 @@ def test_gate_failure_exits_3_and_still_writes_every_artefact(
 
 def test_sqnr_metric_has_its_own_bound_in_db(cnn: tuple[Path, Path], tmp_path: Path) -> None:
     model, data = cnn
+    # Contradicting flags are usage errors (exit 2), like any bad flag value.
     code, _, stderr = _convert(model, tmp_path / "a.onnx", "--data", str(data), "--metric", "sqnr")
-    assert code == 1 and "--min-sqnr" in stderr
+    assert code == 2 and "--min-sqnr" in stderr
     code, _, stderr = _convert(
         model, tmp_path / "b.onnx", "--data", str(data), "--metric", "sqnr", "--max-drop", "1"
     )
-    assert code == 1 and "--min-sqnr" in stderr
+    assert code == 2 and "--min-sqnr" in stderr
     code, document, _ = _convert(model, tmp_path / "c.onnx", "--data", str(data), "--min-sqnr", "20")
     assert code == 0
     assert document["gate"]["metric"] == "sqnr" and document["gate"]["unit"] == "dB"

@@ -22,9 +22,12 @@ GOLDEN_COMPARE = Path(__file__).parent / "golden" / "tiny_cnn_compare.json"
 
 
 def _normalize(value: Any) -> Any:
-    """Sorted keys, floats to 3 significant digits, no paths: what must not drift."""
+    """Sorted keys, floats to 3 significant digits, no paths or versions: what must not drift."""
     if isinstance(value, dict):
-        skipped = ("model", "output", "source", "float_model", "quantized_model", "latency_ms")
+        skipped = (
+            *("model", "output", "source", "float_model", "quantized_model", "latency_ms"),
+            *("command", "versions", "summary"),
+        )
         return {k: _normalize(v) for k, v in sorted(value.items()) if k not in skipped}
     if isinstance(value, list):
         return [_normalize(v) for v in value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -300,3 +301,45 @@ def test_auto_fallback_repairs_a_faster_mode_and_keeps_it_only_if_still_faster(
         assert report.fidelity is not None and report.fidelity.outputs[0].sqnr_db > 15.0
     else:
         assert "not faster" in report.mode_reason
+
+
+def test_default_auto_decides_by_prediction_and_gives_the_same_bytes_twice(
+    transformer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default times nothing: its choice is a function of the model, data and flags."""
+    model, data = transformer
+
+    def no_timing(*_: object, **__: object) -> None:
+        raise AssertionError("the default must not time candidates")
+
+    monkeypatch.setattr(pipeline, "measure_latency", no_timing)
+    outputs = []
+    for name in ("a", "b"):
+        out = tmp_path / name / "q.onnx"
+        out.parent.mkdir()
+        report = quantize(model, out, data=data).report
+        outputs.append((out.read_bytes(), json.dumps(report.to_dict()).replace(str(out.parent), "<out>")))
+    assert outputs[0] == outputs[1]
+    assert all(c.predicted is not None and c.latency is None for c in report.candidates)
+    winner = next(c for c in report.candidates if c.chosen)
+    passing = [c for c in report.candidates if c.gate is not None and c.gate.passed]
+    assert winner.predicted is not None and winner.predicted.ms <= 1.05 * min(
+        c.predicted.ms for c in passing if c.predicted is not None
+    )
+    assert report.speed is not None and report.to_dict()["speed"]["source"] == "predicted"
+    # A model this small is overhead-bound: say so when the prediction is no faster than float.
+    assert (len(report.warnings) == 1) == (report.speed.ratio >= 1.0)
+
+
+def test_default_says_when_the_model_written_is_predicted_slower_than_float(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lone final Conv has no integer kernel to gain: only weight-only changes it."""
+    caplog.set_level(logging.WARNING, logger="quantcli")
+    model = models.save(models.single_conv(), tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(8, 3, 8, 8)).astype(np.float32))
+    report = quantize(model, tmp_path / "q.onnx", data=tmp_path / "d.npz").report
+    assert report.plan.mode is QuantMode.WEIGHT_ONLY
+    assert report.speed is not None and report.speed.ratio >= 1.0
+    assert len(report.warnings) == 1 and "predicted to run" in report.warnings[0]
+    assert any("predicted to run" in r.getMessage() for r in caplog.records)

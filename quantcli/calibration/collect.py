@@ -14,9 +14,12 @@ runs over all the data: more passes, bounded memory.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -29,18 +32,80 @@ from quantcli.graph.io import external_folder, open_session
 
 __all__ = [
     "MEMORY_BUDGET",
+    "Advance",
     "Progress",
     "TensorRange",
     "collect_stats",
     "plan_groups",
+    "reporting",
     "run_batches",
     "run_samples",
+    "stage",
+    "within",
 ]
 
 logger = logging.getLogger(__name__)
 
 # Called with (units done, units in all) after every batch; a unit is one sample in one pass.
-Progress = Callable[[int, int], None]
+Advance = Callable[[int, int], None]
+
+
+class Progress(Protocol):
+    """Where a long run says how far it is: the stage it entered, and units done within it.
+
+    The caller (the CLI) decides how to show it; the library only calls it at stage boundaries
+    (``load``, ``calibrate``, ``build candidate``, ``evaluate``, ``time candidates``, ``diagnose``,
+    ``fallback trial``, ...) and after every calibration batch.
+    """
+
+    def stage(self, name: str, index: int = 0, count: int = 0, total: int | None = None) -> None:
+        """Stage ``name`` begins: the ``index``-th of ``count`` like it (0: not one of a series),
+        with ``total`` units to do if known (calibration samples)."""
+
+    def __call__(self, done: int, total: int) -> None:
+        """``done`` of ``total`` units of the current stage are done."""
+
+
+# The progress of the run in this context. A context variable, not a parameter threaded through
+# every stage function: stages report their boundaries wherever they are, and the functions
+# between the public entry point and them keep their signatures.
+_CURRENT: contextvars.ContextVar[Progress | None] = contextvars.ContextVar("quantcli_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting(progress: Progress | None) -> Iterator[None]:
+    """Send the stages of the code inside to ``progress`` (None: keep the current one)."""
+    if progress is None:
+        yield
+        return
+    token = _CURRENT.set(progress)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def stage(name: str, index: int = 0, count: int = 0, total: int | None = None) -> Advance | None:
+    """Report that stage ``name`` begins; returns where its units go (None: nobody listens)."""
+    progress = _CURRENT.get()
+    if progress is None:
+        return None
+    progress.stage(name, index, count, total)
+    return progress
+
+
+def within(advance: Advance | None, offset: int, samples: int, total: int) -> Advance | None:
+    """``advance`` for one part of a stage: a pass over ``samples`` samples that starts at
+    ``offset`` of the stage's ``total``, however many passes ``collect_stats`` makes."""
+    if advance is None:
+        return None
+    target = advance
+
+    def update(done: int, units: int) -> None:
+        target(offset + (samples * done // units if units else samples), total)
+
+    return update
+
 
 # Bytes of observed tensors one onnxruntime run may return.
 MEMORY_BUDGET = 256 * 2**20
@@ -189,7 +254,7 @@ def collect_stats(
     *,
     batch_size: int,
     histograms: bool,
-    progress: Progress | None = None,
+    progress: Advance | None = None,
     budget: int = MEMORY_BUDGET,
 ) -> dict[str, TensorStats]:
     """Observe each tensor of ``tensors`` over every sample of ``dataset``.

@@ -18,10 +18,12 @@ import bisect
 import itertools
 import logging
 import math
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +39,7 @@ __all__ = [
     "dataset_from_samples",
     "has_batch_axis",
     "model_inputs",
+    "npy_header",
     "open_dataset",
 ]
 
@@ -103,9 +106,14 @@ def _describe_array(array: npt.NDArray[np.generic]) -> str:
 
 
 _MAGIC = {".npz": b"PK", ".npy": b"\x93NUMPY"}
+# Budgets on what a data file may inflate to: all its arrays (held in memory while its samples
+# are fed), one feed of them, and how many arrays an .npz may hold.
+MAX_FILE_BYTES = 2 * 2**30
+MAX_SAMPLE_BYTES = 256 * 2**20
+MAX_MEMBERS = 4096
 
 
-def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+def _check_magic(path: Path) -> None:
     # numpy treats a file without its magic as a pickle; say what the file really is instead.
     try:
         with path.open("rb") as handle:
@@ -114,6 +122,84 @@ def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
         raise CalibrationDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     if not head.startswith(_MAGIC[path.suffix]):
         raise CalibrationDataError(f"{path}: not a readable numpy {path.suffix} file")
+
+
+def _header(stream: IO[bytes], path: Path) -> npt.NDArray[np.generic]:
+    """An array of the dtype and shape a .npy header declares, taking no memory (all its
+    elements are one element, repeated by zero strides): what the file will inflate to, known
+    before a byte of it is inflated."""
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    except Exception as exc:  # numpy raises ValueError, SyntaxError, TokenError... on bad headers
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if dtype.hasobject:
+        raise CalibrationDataError(
+            f"{path}: holds pickled Python objects, which quantcli never loads; save plain numeric arrays"
+        )
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_FILE_BYTES:
+        raise CalibrationDataError(
+            f"{path}: an array of {dtype.name}{list(shape)} is {size} bytes, more than one data file may "
+            f"hold ({MAX_FILE_BYTES}); split the samples into a folder of smaller files"
+        )
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape=shape, strides=(0,) * len(shape))
+
+
+def _check_held(path: Path, declared: npt.NDArray[np.generic], held: int) -> None:
+    """Refuse an array header declaring more bytes than the file (or zip member) holds: numpy
+    would allocate the declared size before finding out."""
+    if declared.nbytes > held:
+        raise CalibrationDataError(
+            f"{path}: an array declares {declared.dtype.name}{list(declared.shape)} "
+            f"({declared.nbytes} bytes) but holds {held} bytes; the file is truncated or corrupt"
+        )
+
+
+def npy_header(path: Path) -> npt.NDArray[np.generic]:
+    """What a .npy file declares (see :func:`_header`), checked against what it holds."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(6) != _MAGIC[".npy"]:
+                raise CalibrationDataError(f"{path}: not a readable numpy .npy file")
+            handle.seek(0)
+            array = _header(handle, path)
+            _check_held(path, array, path.stat().st_size - handle.tell())
+            return array
+    except OSError as exc:
+        raise CalibrationDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _headers(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    """The arrays of a .npz or .npy file as :func:`_header` declares them, read from the headers."""
+    _check_magic(path)
+    try:
+        if path.suffix == ".npy":
+            return {"": npy_header(path)}
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(".npy")]
+            if len(members) > MAX_MEMBERS:
+                raise CalibrationDataError(f"{path}: holds {len(members)} arrays, more than {MAX_MEMBERS}")
+            headers = {}
+            for member in members:
+                with archive.open(member) as stream:
+                    array = _header(stream, path)
+                    _check_held(path, array, member.file_size - stream.tell())
+                    headers[member.filename[: -len(".npy")]] = array
+            return headers
+    except (OSError, zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError) as exc:
+        raise CalibrationDataError(
+            f"{path}: not a readable numpy file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
+def _read_file(path: Path) -> dict[str, npt.NDArray[np.generic]]:
+    _check_magic(path)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
@@ -311,6 +397,33 @@ def _item_count(
     return counts.pop()
 
 
+def _stacks(
+    path: Path, arrays: dict[str, npt.NDArray[np.generic]], specs: Sequence[InputSpec]
+) -> tuple[dict[str, npt.NDArray[np.generic]], tuple[_Layout, ...], Batch, int]:
+    """The arrays keyed by input name, how each holds its samples, each as a stack of feeds, and
+    how many feeds they hold: names, dtypes and shapes checked against the model's inputs."""
+    arrays = _name_arrays(path, arrays, specs)
+    layouts = tuple(_check_array(path, s, arrays[s.name]) for s in specs)
+    stacks = {s.name: layout.stack(arrays[s.name]) for s, layout in zip(specs, layouts, strict=True)}
+    return arrays, layouts, stacks, _item_count(path, specs, arrays, stacks, layouts)
+
+
+def _open_file(path: Path, specs: Sequence[InputSpec], *, skip_nonfinite: bool) -> _Chunk:
+    """Read and check one file. Names, dtypes, shapes and sizes are checked from the array
+    headers first, so a small file declaring gigabytes is refused uninflated."""
+    declared, _, stacks, items = _stacks(path, _headers(path), specs)
+    # With a batch axis every row of a feed is a sample (the zoo's calib.npz: [64, 3, 640, 640]).
+    batch_rows = {int(a.shape[1]) for a in stacks.values()} if has_batch_axis(specs) else set()
+    rows = batch_rows.pop() if len(batch_rows) == 1 else 1
+    per_sample = sum(a.nbytes for a in declared.values()) // max(items * rows, 1)
+    if per_sample > MAX_SAMPLE_BYTES:
+        raise CalibrationDataError(
+            f"{path}: one sample is {per_sample} bytes, more than quantcli feeds at once "
+            f"({MAX_SAMPLE_BYTES}); check the array shapes"
+        )
+    return _check_arrays(path, _read_file(path), specs, skip_nonfinite=skip_nonfinite)
+
+
 def _check_arrays(
     path: Path,
     arrays: dict[str, npt.NDArray[np.generic]],
@@ -321,10 +434,7 @@ def _check_arrays(
 ) -> _Chunk:
     """Check one file's (or one in-memory sample's) arrays against the model's inputs; ``keep``
     holds them in the chunk instead of re-reading ``path``."""
-    arrays = _name_arrays(path, arrays, specs)
-    layouts = tuple(_check_array(path, s, arrays[s.name]) for s in specs)
-    stacks = {s.name: layout.stack(arrays[s.name]) for s, layout in zip(specs, layouts, strict=True)}
-    items = _item_count(path, specs, arrays, stacks, layouts)
+    arrays, layouts, stacks, items = _stacks(path, arrays, specs)
     # Rows of one batch axis are samples when every input has the same number of them.
     batch_rows = {int(a.shape[1]) for a in stacks.values()} if has_batch_axis(specs) else set()
     split = len(batch_rows) == 1
@@ -476,21 +586,41 @@ def dataset_from_samples(
     specs: tuple[InputSpec, ...],
     *,
     skip_nonfinite: bool = False,
+    max_samples: int | None = None,
+    max_bytes: int | None = None,
 ) -> Dataset:
     """A dataset of samples made in memory, each a dict of arrays keyed by input name (one sample,
     or a stack of them along a new first axis), checked exactly as files are; ``source`` names them
-    in errors."""
+    in errors.
+
+    ``samples`` is consumed lazily: no item is taken once ``max_samples`` samples are held, and
+    holding more than ``max_bytes`` of arrays is refused."""
     chunks = []
+    total = held = 0
     for index, sample in enumerate(samples):
         if not isinstance(sample, Mapping):
             raise CalibrationDataError(
                 f"{source}: item {index} is a {type(sample).__name__}, "
                 "not a dict of arrays keyed by input name"
             )
-        arrays = {str(k): np.asarray(v) for k, v in sample.items()}
         where = Path(f"{source}[{index}]")
-        chunks.append(_check_arrays(where, arrays, specs, skip_nonfinite=skip_nonfinite, keep=True))
-    total = sum(c.num_samples for c in chunks)
+        try:
+            arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+        except (TypeError, ValueError) as exc:  # ragged lists, objects numpy cannot convert
+            raise CalibrationDataError(
+                f"{where}: not an array ({type(exc).__name__}: {_first_line(exc)})"
+            ) from exc
+        held += sum(a.nbytes for a in arrays.values())
+        if max_bytes is not None and held > max_bytes:
+            raise CalibrationDataError(
+                f"{source}: yielded more than {max_bytes} bytes of samples by item {index}; "
+                "pass --max-samples N to read only the first N"
+            )
+        chunk = _check_arrays(where, arrays, specs, skip_nonfinite=skip_nonfinite, keep=True)
+        chunks.append(chunk)
+        total += chunk.num_samples
+        if max_samples is not None and total >= max_samples:
+            break
     if total == 0:
         raise CalibrationDataError(f"{source}: yielded no usable samples")
     return Dataset(Path(source), specs, tuple(chunks), range(total))
@@ -501,8 +631,14 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bo
 
     Samples holding NaN or Inf are refused, or with ``skip_nonfinite`` left out and counted.
     """
+    if "\x00" in str(path):
+        raise CalibrationDataError(f"{str(path)!r}: the path holds a NUL byte")
     if not path.exists():
         raise CalibrationDataError(f"{path}: no such file or folder")
+    if not path.is_file() and not path.is_dir():
+        raise CalibrationDataError(
+            f"{path}: not a regular file or a folder (a FIFO or device cannot be data)"
+        )
     if path.is_file():
         if path.suffix not in (".npz", ".npy"):
             raise CalibrationDataError(f"{path}: expected a .npz or .npy file, or a folder of them")
@@ -514,7 +650,7 @@ def open_dataset(path: Path, specs: tuple[InputSpec, ...], *, skip_nonfinite: bo
         kinds = {p.suffix for p in files}
         if len(kinds) > 1:
             raise CalibrationDataError(f"{path}: folder mixes .npz and .npy files; use one kind")
-    chunks = tuple(_check_arrays(p, _read_file(p), specs, skip_nonfinite=skip_nonfinite) for p in files)
+    chunks = tuple(_open_file(p, specs, skip_nonfinite=skip_nonfinite) for p in files)
     total = sum(c.num_samples for c in chunks)
     skipped = sum(c.skipped for c in chunks)
     if skipped:

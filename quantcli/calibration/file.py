@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import sys
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,16 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
-from quantcli.calibration.histogram import BINS, Histogram
+from quantcli.calibration.histogram import BINS, MIN_EXPONENT, Histogram, exponent_for
 from quantcli.calibration.observers import TensorRange, TensorStats
+from quantcli.calibration.sampling import Shard
 from quantcli.choice import ModeChoice
 from quantcli.config import CalibrationMethod
-from quantcli.errors import CalibrationFileError
+from quantcli.errors import CalibrationFileError, ConfigError
+from quantcli.files import parse_json, read_bounded
+from quantcli.graph.guard import PathGuard, file_identity
 from quantcli.graph.io import write_atomic
 
 __all__ = [
     "FORMAT",
+    "MAX_CALIBRATION_BYTES",
     "VERSION",
     "CalibrationFile",
     "merge_calibrations",
@@ -39,6 +46,8 @@ __all__ = [
 ]
 
 FORMAT = "quantcli-calibration"
+# A calibration file larger than this is refused unread (a model of 10,000 tensors makes ~60 MB).
+MAX_CALIBRATION_BYTES = 512 * 2**20
 VERSION = 1
 
 
@@ -88,19 +97,42 @@ def _tensor_to_dict(stats: TensorStats) -> dict[str, Any]:
     return entry
 
 
+# The widest bins a histogram can have: those covering the largest finite float.
+_MAX_EXPONENT = exponent_for(sys.float_info.max)
+# Bytes of one histogram's counts once inflated: the size the format promises, nothing more.
+_COUNTS_BYTES = BINS * 8
+
+
+def _counts(text: Any) -> npt.NDArray[np.int64]:
+    """A histogram's counts, inflated no further than the BINS int64 they must be."""
+    inflate = zlib.decompressobj()
+    raw = inflate.decompress(base64.b64decode(text, validate=True), _COUNTS_BYTES)
+    if len(raw) != _COUNTS_BYTES or inflate.unconsumed_tail or not inflate.eof:
+        raise ValueError(f"a histogram's counts are not {BINS} int64 values")
+    counts = np.frombuffer(raw, "<i8").astype(np.int64)
+    if counts.min() < 0:
+        raise ValueError("a histogram has negative counts")
+    return counts
+
+
 def _tensor_from_dict(entry: dict[str, Any]) -> TensorStats:
     histogram = None
     if "counts" in entry:
-        counts = np.frombuffer(zlib.decompress(base64.b64decode(entry["counts"], validate=True)), "<i8")
-        if counts.size != BINS:
-            raise ValueError(f"a histogram has {counts.size} bins, expected {BINS}")
-        histogram = Histogram(int(entry["exponent"]), counts.astype(np.int64))
-    return TensorStats(float(entry["min"]), float(entry["max"]), int(entry["count"]), histogram)
+        exponent = int(entry["exponent"])
+        if not MIN_EXPONENT <= exponent <= _MAX_EXPONENT:
+            raise ValueError(f"histogram exponent {exponent} is outside [{MIN_EXPONENT}, {_MAX_EXPONENT}]")
+        histogram = Histogram(exponent, _counts(entry["counts"]))
+    low, high, count = float(entry["min"]), float(entry["max"]), int(entry["count"])
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high or count < 0:
+        raise ValueError(f"range [{low}, {high}] over {count} values is not a finite range")
+    return TensorStats(low, high, count, histogram)
 
 
-def write_calibration(calibration: CalibrationFile, path: Path, *, force: bool = False) -> None:
+def write_calibration(
+    calibration: CalibrationFile, path: Path, *, force: bool = False, guard: PathGuard | None = None
+) -> None:
     text = json.dumps(calibration.to_dict(), indent=1, sort_keys=True) + "\n"
-    write_atomic(text.encode(), path, force=force)
+    write_atomic(text.encode(), path, force=force, guard=guard)
 
 
 def _parse(data: Any, path: Path) -> CalibrationFile:
@@ -125,7 +157,15 @@ def _parse(data: Any, path: Path) -> CalibrationFile:
             shards=tuple(str(s) for s in data["shards"]),
             choice=None if data.get("choice") is None else ModeChoice.from_dict(data["choice"]),
         )
-    except (KeyError, TypeError, ValueError, AttributeError, binascii.Error, zlib.error) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        OverflowError,
+        AttributeError,
+        binascii.Error,
+        zlib.error,
+    ) as exc:
         raise CalibrationFileError(
             f"{path}: malformed calibration file ({type(exc).__name__}: {exc})"
         ) from exc
@@ -133,13 +173,37 @@ def _parse(data: Any, path: Path) -> CalibrationFile:
 
 def read_calibration(path: Path) -> CalibrationFile:
     """Read and validate a calibration file (the caller checks the fingerprint)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise CalibrationFileError(f"{path}: no such file") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CalibrationFileError(f"{path}: not a readable JSON calibration file ({exc})") from exc
-    return _parse(data, path)
+    raw = read_bounded(path, MAX_CALIBRATION_BYTES, "calibration file", CalibrationFileError)
+    return _parse(parse_json(raw, path, "JSON calibration file", CalibrationFileError), path)
+
+
+def _check_distinct(files: Sequence[tuple[Path, CalibrationFile]]) -> None:
+    """Refuse a file given twice (under any name) and shards sharing samples: ``1/2`` and
+    ``1/3`` both hold sample 0, and merged would count it twice."""
+    seen_files: dict[tuple[int, int], Path] = {}
+    seen_shards: list[tuple[Shard, Path]] = []
+    for path, calibration in files:
+        identity = file_identity(path)
+        if identity is not None and identity in seen_files:
+            raise CalibrationFileError(
+                f"{path}: is {seen_files[identity]} again; each file must be merged once"
+            )
+        if identity is not None:
+            seen_files[identity] = path
+        for text in calibration.shards:
+            try:
+                shard = Shard.parse(text)
+            except ConfigError as exc:
+                raise CalibrationFileError(f"{path}: malformed shard {text!r} ({exc})") from exc
+            for other, where in seen_shards:
+                # K/N holds the samples i = K-1 (mod N); two such classes meet iff their
+                # offsets agree modulo gcd(N, M) (Chinese remainder theorem).
+                if (shard.index - other.index) % math.gcd(shard.count, other.count) == 0:
+                    raise CalibrationFileError(
+                        f"{path}: shard {shard} shares samples with shard {other} in {where}; "
+                        "each sample must be counted once (merge shards of one --shard K/N split)"
+                    )
+            seen_shards.append((shard, path))
 
 
 def merge_calibrations(files: Sequence[tuple[Path, CalibrationFile]]) -> CalibrationFile:
@@ -150,7 +214,7 @@ def merge_calibrations(files: Sequence[tuple[Path, CalibrationFile]]) -> Calibra
     """
     assert files, "merge needs at least one file"
     first_path, first = files[0]
-    seen: dict[str, Path] = {}
+    _check_distinct(files)
     for path, calibration in files:
         if calibration.model_fingerprint != first.model_fingerprint:
             raise CalibrationFileError(
@@ -160,12 +224,6 @@ def merge_calibrations(files: Sequence[tuple[Path, CalibrationFile]]) -> Calibra
             raise CalibrationFileError(
                 f"{path}: observes other tensors than {first_path}; were they made by the same quantcli?"
             )
-        for shard in calibration.shards:
-            if shard in seen:
-                raise CalibrationFileError(
-                    f"{path}: shard {shard} is also in {seen[shard]}; each sample must be counted once"
-                )
-            seen[shard] = path
     stats = dict(first.stats)
     for _, calibration in files[1:]:
         stats = {name: s.merged(calibration.stats[name]) for name, s in stats.items()}

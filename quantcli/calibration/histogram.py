@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BINS", "Histogram", "exponent_for"]
+__all__ = ["BINS", "MIN_EXPONENT", "Histogram", "exponent_for"]
 
 # Signed bins; 2048 on each side of zero, of which at least 1024 are in the observed range.
 BINS = 4096
 _HALF = BINS // 2
 # The narrowest bins (all-zero or tiny tensors); keeps indices exact in float32.
 _MIN_EXPONENT = -120
+MIN_EXPONENT = _MIN_EXPONENT  # the narrowest bins a histogram has
 # Elements per step when binning a large tensor, so temporaries stay small.
 _CHUNK = 1 << 20
 _JOINS_TO_STABLE = int(math.log2(BINS))

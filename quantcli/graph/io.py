@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ __all__ = [
     "ModelFile",
     "check_model_file",
     "check_writable",
+    "external_files",
     "external_folder",
     "fingerprint",
     "load_model",
@@ -42,15 +45,38 @@ logger = logging.getLogger(__name__)
 MIN_OPSET = 13
 # The newest opset the installed onnx knows; a model beyond it cannot be checked.
 MAX_OPSET = onnx.defs.onnx_opset_version()
+# Graphs of more nodes (or initializers) are refused when loaded: building, checking and running
+# a graph costs time and memory in proportion to them (a million nodes take minutes and gigabytes).
+MAX_NODES = 250_000
+# The keys an external_data entry may have (ONNX's ExternalData.md); others are refused.
+_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
 # protobuf cannot serialize a message of 2 GiB or more.
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
-def _external_tensors(model: ir.Model) -> Iterator[tuple[ir.Value, ir.ExternalTensor]]:
+def _external_tensors(model: ir.Model) -> Iterator[tuple[str, ir.ExternalTensor]]:
+    """Every external tensor: initializers, and tensors held in node attributes (``Constant``'s
+    ``value``, say), in every graph and subgraph."""
     for graph in model.graphs():
         for value in graph.initializers.values():
             if isinstance(value.const_value, ir.ExternalTensor):
-                yield value, value.const_value
+                yield str(value.name), value.const_value
+        for node in graph:
+            for attr in node.attributes.values():
+                if attr.type == ir.AttributeType.TENSOR:
+                    tensors = [attr.value]
+                elif attr.type == ir.AttributeType.TENSORS:
+                    tensors = list(attr.value)
+                else:
+                    continue
+                for tensor in tensors:
+                    if isinstance(tensor, ir.ExternalTensor):
+                        yield f"{node.name}.{attr.name}", tensor
+
+
+def external_files(model: ir.Model) -> list[Path]:
+    """The external data files a model reads, resolved (for the output guard)."""
+    return sorted({(Path(t.base_dir) / t.location).resolve() for _, t in _external_tensors(model)})
 
 
 def external_folder(model: ir.Model) -> Path | None:
@@ -79,21 +105,27 @@ class ModelFile:
 def _check_external_data(path: Path, model: ir.Model) -> int:
     """Refuse a data location outside the model's folder, a missing or a short data file.
 
-    ``../../etc/passwd``, absolute paths and symlinks leading out are refused before anything
-    is read. Returns the size of the data files, for the report.
+    ``../../etc/passwd``, absolute paths, symlinks leading out and hard links (a second name of a
+    file anywhere on the file system) are refused before anything is read. Returns the size of
+    the data files, for the report.
     """
     folder = path.resolve().parent
     sizes: dict[Path, int] = {}
-    for value, tensor in _external_tensors(model):
-        where = f"{path}: external data of '{value.name}'"
-        target = (Path(tensor.base_dir) / tensor.location).resolve()
-        if Path(tensor.location).is_absolute() or not target.is_relative_to(folder):
-            raise ModelLoadError(
-                f"{where} points outside the model's folder ({tensor.location}); refusing to read it"
-            )
-        if not target.is_file():
-            raise ModelLoadError(f"{where}: file {tensor.location} is missing (copy it next to the model)")
-        size = sizes.setdefault(target, target.stat().st_size)
+    for name, tensor in _external_tensors(model):
+        where = f"{path}: external data of '{name}'"
+        try:
+            target = _data_target(where, folder, tensor)
+            size = sizes.get(target)
+            if size is None:
+                info = target.stat()
+                if info.st_nlink > 1:
+                    raise ModelLoadError(
+                        f"{where}: file {tensor.location} has {info.st_nlink} hard links; refusing to "
+                        "read a file that may be another file's second name (copy it instead)"
+                    )
+                size = sizes[target] = info.st_size
+        except OSError as exc:
+            raise ModelLoadError(f"{where}: cannot read {tensor.location!r} ({exc.strerror or exc})") from exc
         length = tensor.length if tensor.length is not None else tensor.nbytes
         if length != tensor.nbytes:
             raise ModelLoadError(
@@ -108,6 +140,115 @@ def _check_external_data(path: Path, model: ir.Model) -> int:
     return sum(sizes.values())
 
 
+def _data_target(where: str, folder: Path, tensor: ir.ExternalTensor) -> Path:
+    location = str(tensor.location)
+    if "\x00" in location or len(location) > 1024:
+        shown = location[:60].replace("\x00", "\\0")
+        raise ModelLoadError(f"{where}: location {shown!r}... is not a file name (NUL byte or too long)")
+    target = (Path(tensor.base_dir) / location).resolve()
+    if Path(location).is_absolute() or not target.is_relative_to(folder):
+        raise ModelLoadError(f"{where} points outside the model's folder ({location}); refusing to read it")
+    if not target.is_file():
+        raise ModelLoadError(f"{where}: file {location} is missing (copy it next to the model)")
+    return target
+
+
+def _proto_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """Every tensor of a graph and its subgraphs: initializers and attribute tensors."""
+    stack = [graph]
+    while stack:
+        current = stack.pop()
+        for tensor in current.initializer:
+            yield tensor.name, tensor
+        for node in current.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield f"{node.name}.{attr.name}", attr.t
+                for tensor in attr.tensors:
+                    yield f"{node.name}.{attr.name}", tensor
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+
+
+def _node_count(graph: onnx.GraphProto) -> int:
+    count, stack = 0, [graph]
+    while stack:
+        current = stack.pop()
+        count += len(current.node)
+        if count > MAX_NODES:  # enough to refuse; no need to walk a million nodes' attributes
+            return count
+        for node in current.node:
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    stack.append(attr.g)
+                stack.extend(attr.graphs)
+    return count
+
+
+def _check_proto(path: Path, proto: onnx.ModelProto) -> None:
+    """Refuse, before the model is built in memory, a graph past MAX_NODES, an external data
+    entry with a key the format does not define, and a tensor declaring more elements than the
+    file holds (a few bytes of protobuf must not make quantcli allocate gigabytes)."""
+    if len(proto.graph.initializer) > MAX_NODES:
+        raise ModelLoadError(
+            f"{path}: the graph has {len(proto.graph.initializer)} initializers, past quantcli's limit of "
+            f"{MAX_NODES}; split the model"
+        )
+    nodes = _node_count(proto.graph)
+    if nodes > MAX_NODES:
+        raise ModelLoadError(
+            f"{path}: the graph has {nodes} nodes or more, past quantcli's limit of {MAX_NODES}; "
+            "split the model"
+        )
+    for name, tensor in _proto_tensors(proto.graph):
+        where = f"{path}: tensor '{name}'"
+        if any(d < 0 for d in tensor.dims):
+            raise ModelLoadError(f"{where} has a negative dimension {list(tensor.dims)}")
+        if tensor.data_type == onnx.TensorProto.STRING:
+            continue
+        try:
+            bits = ir.DataType(tensor.data_type).bitwidth
+        except (ValueError, TypeError):  # not a data type onnx defines, or UNDEFINED
+            raise ModelLoadError(f"{where} has no valid data type ({tensor.data_type})") from None
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            _check_external_entry(where, tensor)
+            continue
+        elements = math.prod(tensor.dims)
+        if tensor.raw_data:
+            held = len(tensor.raw_data) * 8 // max(bits, 1)
+        else:  # one typed entry per element (two 4-bit elements share one, at most)
+            held = 2 * sum(
+                len(field)
+                for field in (
+                    tensor.float_data,
+                    tensor.int32_data,
+                    tensor.int64_data,
+                    tensor.double_data,
+                    tensor.uint64_data,
+                )
+            )
+        if elements > held:
+            raise ModelLoadError(
+                f"{where} declares {elements} elements {list(tensor.dims)} but the file holds data "
+                "for fewer; the model is corrupt (re-export it)"
+            )
+
+
+def _check_external_entry(where: str, tensor: onnx.TensorProto) -> None:
+    keys = [entry.key for entry in tensor.external_data]
+    unknown = sorted(set(keys) - _EXTERNAL_KEYS)
+    if unknown or len(keys) != len(set(keys)):
+        what = f"unknown key(s) {', '.join(map(repr, unknown))}" if unknown else "repeated keys"
+        raise ModelLoadError(
+            f"{where}: its external_data has {what} (valid: {', '.join(sorted(_EXTERNAL_KEYS))}); "
+            "refusing the model"
+        )
+    for entry in tensor.external_data:
+        if entry.key in ("offset", "length") and not (entry.value.isdigit() and len(entry.value) < 20):
+            raise ModelLoadError(f"{where}: external data {entry.key} {entry.value[:40]!r} is not a size")
+
+
 def load_model(path: Path) -> ModelFile:
     """Load an ONNX model, raising :class:`ModelLoadError` with a one-line reason on failure."""
     if not path.exists():
@@ -115,12 +256,23 @@ def load_model(path: Path) -> ModelFile:
     if not path.is_file():
         raise ModelLoadError(f"{path}: not a file")
     try:
-        model = ir.load(path)
-    except Exception as exc:  # protobuf and onnx_ir raise many types; all mean "not a model"
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # protobuf and onnx raise many types; all mean "not a model"
         first_line = (str(exc).strip().splitlines() or [""])[0]
         raise ModelLoadError(
             f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line})"
         ) from exc
+    _check_proto(path, proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # onnx_ir refuses malformed fields with many types
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(
+            f"{path}: not a readable ONNX model ({type(exc).__name__}: {first_line})"
+        ) from exc
+    del proto
+    # External data locations are relative to the model's folder (as ir.load does).
+    ir.external_data.set_base_dir(model.graph, os.path.dirname(path))
     if len(model.graph) == 0:
         raise ModelLoadError(f"{path}: not an ONNX model (the graph has no nodes)")
     size = path.stat().st_size + _check_external_data(path, model)
@@ -225,16 +377,28 @@ def serialize(model: ir.Model) -> onnx.ModelProto:
 
 
 def open_session(
-    model: onnx.ModelProto | Path, threads: int | None = None, *, data_folder: Path | None = None
+    model: onnx.ModelProto | Path,
+    threads: int | None = None,
+    *,
+    data_folder: Path | None = None,
+    for_timing: bool = False,
 ) -> ort.InferenceSession:
     """An onnxruntime CPU session for a protobuf or a model file, quiet unless something fails.
 
     A protobuf's external data locations are resolved in ``data_folder`` (onnxruntime reads the
     files itself, so weights are never copied through Python). Raises :class:`ModelLoadError`
     with onnxruntime's first line when it refuses the model.
+
+    onnxruntime's memory arena keeps the largest activations a session ever held, for as long
+    as the session lives; auto holds a session per candidate, so with the arena on, PP-OCRv4 det
+    (640x640, batches of 16) grew past 17 GB. Sessions are opened without it, freeing each run's
+    activations, except ``for_timing``: a timed session runs as a user's would.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # onnxruntime's own log lines (coloured, multi-line) must not precede quantcli's one-line
+    # error: its refusals arrive as exceptions, which carry the same text.
+    options.log_severity_level = 4
+    options.enable_cpu_mem_arena = for_timing
     if threads is not None:
         options.intra_op_num_threads = threads
     if data_folder is not None:

@@ -14,6 +14,7 @@ process ever holds all the weights at once.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -25,6 +26,7 @@ from types import TracebackType
 import onnx_ir as ir
 
 from quantcli.errors import OutputError
+from quantcli.graph.guard import NAME_MAX, PathGuard
 
 __all__ = ["StagedModel", "StagedOutput", "check_writable", "data_file_name", "write_atomic"]
 
@@ -48,6 +50,18 @@ def _folder(path: Path) -> Path:
 def check_writable(path: Path, *, force: bool) -> None:
     """Refuse, before any work, an output whose folder is missing or read-only, or that exists
     without ``force``."""
+    if "\x00" in str(path):
+        raise OutputError(f"{str(path)!r}: the path holds a NUL byte")
+    # The data file and the staging names add to it: leave room for ".data".
+    if len(os.fsencode(path.name)) > NAME_MAX - len(".data"):
+        raise OutputError(f"{path}: the file name is longer than {NAME_MAX - len('.data')} bytes")
+    try:
+        _check_folder(path, force=force)
+    except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES on a parent...
+        raise OutputError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
+
+
+def _check_folder(path: Path, *, force: bool) -> None:
     folder = _folder(path)
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist (create it first)")
@@ -133,8 +147,10 @@ def _external_layout(model: ir.Model) -> tuple[list[tuple[ir.Value, int]], int]:
 class StagedOutput:
     """Files written under temporary names and renamed into place together by :meth:`commit`."""
 
-    def __init__(self, *, force: bool) -> None:
+    def __init__(self, *, force: bool, guard: PathGuard | None = None) -> None:
         self.force = force
+        # What this run reads: no staged file may land on it (see quantcli.graph.guard).
+        self.guard = guard if guard is not None else PathGuard()
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final), in commit order
         self._folders: dict[Path, Path] = {}  # target folder -> its staging folder
         self._adopted: list[Path] = []  # staging folders taken over from other StagedOutputs
@@ -152,6 +168,7 @@ class StagedOutput:
 
     def _reserve(self, path: Path) -> Path:
         check_writable(path, force=self.force)
+        self.guard.check(path)
         if any(final.resolve() == path.resolve() for _, final in self._staged):
             raise OutputError(f"{path}: given for two outputs; choose different paths")
         folder = _folder(path).resolve()
@@ -201,6 +218,12 @@ class StagedOutput:
                     name=str(value.name),
                     base_dir=staged_data.parent,
                 )
+        placed = {value for value, _ in layout} if external_data else set()
+        for value, tensor in saved.items():
+            # An input's external tensor left out of the data file (too small for it, or no data
+            # file written) is copied inline: its location names the input's file, not ours.
+            if value not in placed and isinstance(tensor, ir.ExternalTensor):
+                value.const_value = ir.Tensor(tensor.numpy().copy(), name=str(value.name))
         try:
             proto = ir.serde.serialize_model(model)
         finally:
@@ -236,18 +259,50 @@ class StagedOutput:
         other._folders.clear()
 
     def commit(self) -> None:
-        """Move every staged file into place (data files before the model that names them)."""
+        """Move every staged file into place (data files before the model that names them).
+
+        Without ``force`` a file is linked to its final name, which fails if that name exists:
+        of two runs writing one output at once, the second stops with "already exists" and the
+        first one's files stay whole. Interrupted halfway (a signal), the files moved so far
+        are removed again.
+        """
         done: list[Path] = []
+        final = Path()
         try:
             for staged, final in self._staged:
-                os.replace(staged, final)
+                self._place(staged, final)
                 done.append(final)
-        except OSError as exc:
-            for final in done:
-                final.unlink(missing_ok=True)
-            raise OutputError(f"{final}: cannot move into place ({exc.strerror or exc})") from exc
+                # A linked file loses its staged name at once: left behind, it would be a
+                # second hard link to the output (which quantcli refuses as external data).
+                staged.unlink(missing_ok=True)
+        except BaseException as exc:
+            for moved in done:
+                moved.unlink(missing_ok=True)
+            if isinstance(exc, FileExistsError):
+                raise OutputError(
+                    f"{final}: already exists (written meanwhile by another run?); pass --force to replace it"
+                ) from exc
+            if isinstance(exc, OSError):
+                raise OutputError(f"{final}: cannot move into place ({exc.strerror or exc})") from exc
+            raise
         self._staged.clear()
         self.discard()
+
+    def _place(self, staged: Path, final: Path) -> None:
+        if self.force:
+            os.replace(staged, final)
+            return
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # A file system without hard links: check, then rename (not exclusive there).
+            if final.exists():
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from exc
+            os.replace(staged, final)
 
     def discard(self) -> None:
         """Remove whatever is staged and not committed; the targets are untouched."""
@@ -258,11 +313,12 @@ class StagedOutput:
         self._adopted.clear()
 
 
-def write_atomic(data: bytes, path: Path, *, force: bool = False) -> None:
+def write_atomic(data: bytes, path: Path, *, force: bool = False, guard: PathGuard | None = None) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader never sees a half-written file, and on failure nothing new is left behind.
+    ``guard`` refuses ``path`` if the run read it.
     """
-    with StagedOutput(force=force) as output:
+    with StagedOutput(force=force, guard=guard) as output:
         output.write_bytes(path, data)
         output.commit()

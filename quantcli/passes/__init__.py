@@ -5,17 +5,23 @@ They modify the model in place and report whether they changed it.
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.division import DivisionByConstantToMulPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
+from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
 from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
+from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
+    "DivisionByConstantToMulPass",
+    "EinsumToMatMulPass",
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
     "QuantizeInitializersPass",
+    "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
 ]

@@ -8,7 +8,15 @@ import onnx_ir as ir
 from quantcli.graph.names import NameAllocator
 from quantcli.scheme import QParams, QuantType
 
-__all__ = ["QDQParameters", "add_initializer", "add_parameters", "dequantize_node", "quantize_node"]
+__all__ = [
+    "QDQParameters",
+    "add_initializer",
+    "add_parameters",
+    "constant_array",
+    "dequantize_node",
+    "quantize_node",
+    "quantized_weight",
+]
 
 _IR_TYPES = {
     QuantType.UINT8: ir.DataType.UINT8,
@@ -99,3 +107,17 @@ def dequantize_node(
     return _node(
         "DequantizeLinear", names, quantized, parameters=parameters, qparams=qparams, out=out, base=base
     ), out
+
+
+def quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(int8 weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
+    producer = value.producer()
+    assert producer is not None and producer.op_type == "DequantizeLinear", value.name
+    weight, scale, zero_point = producer.inputs
+    assert weight is not None and scale is not None and zero_point is not None
+    return weight, scale, zero_point
+
+
+def constant_array(value: ir.Value) -> np.ndarray:
+    assert value.const_value is not None, value.name
+    return value.const_value.numpy()

@@ -8,24 +8,10 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer
+from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight
 from quantcli.plan import DynamicSpec
 
 __all__ = ["QuantizeMatMulDynamicallyPass"]
-
-
-def _quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """(int8 weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
-    producer = value.producer()
-    assert producer is not None and producer.op_type == "DequantizeLinear", value.name
-    weight, scale, zero_point = producer.inputs
-    assert weight is not None and scale is not None and zero_point is not None
-    return weight, scale, zero_point
-
-
-def _constant_array(value: ir.Value) -> np.ndarray:
-    assert value.const_value is not None, value.name
-    return value.const_value.numpy()
 
 
 class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
@@ -55,14 +41,14 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
     def _rewrite(self, graph: ir.Graph, names: NameAllocator, node: ir.Node, spec: DynamicSpec) -> None:
         data, weight_value = node.inputs[0], node.inputs[1]
         assert data is not None and weight_value is not None
-        weight, scale, zero_point = _quantized_weight(weight_value)
+        weight, scale, zero_point = quantized_weight(weight_value)
         base = spec.output
         if spec.transpose_weight:
             weight = add_initializer(
-                graph, names, f"{spec.weight}_quantized_t", _constant_array(weight).T.copy()
+                graph, names, f"{spec.weight}_quantized_t", constant_array(weight).T.copy()
             )
         if spec.alpha != 1.0:
-            scaled = (_constant_array(scale) * np.float32(spec.alpha)).astype(np.float32)
+            scaled = (constant_array(scale) * np.float32(spec.alpha)).astype(np.float32)
             scale = add_initializer(graph, names, f"{spec.weight}_scale_alpha", scaled)
 
         def value(suffix: str, dtype: ir.DataType) -> ir.Value:
@@ -95,7 +81,7 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
                     graph,
                     names,
                     f"{spec.bias}_beta",
-                    (_constant_array(bias) * np.float32(spec.beta)).astype(np.float32),
+                    (constant_array(bias) * np.float32(spec.beta)).astype(np.float32),
                 )
             biased = value("biased", ir.DataType.FLOAT)
             nodes.append(make("Add", [result, bias], [biased]))
