@@ -31,6 +31,7 @@ ORDER = [
     "startup",
     "large_model",
     "large_weight_ops",
+    "scale",
 ]
 
 HEADER = """# quantcli benchmark results

@@ -11,6 +11,7 @@ __all__ = [
     "CalibrationDataError",
     "CalibrationFileError",
     "ConfigError",
+    "DistributedError",
     "ModelLoadError",
     "OutputError",
     "QuantCliError",
@@ -44,3 +45,7 @@ class QuantizationError(QuantCliError):
 
 class OutputError(QuantCliError):
     """The output path cannot be written (exists, equals the input, folder missing, ...)."""
+
+
+class DistributedError(QuantCliError):
+    """Ray cannot be reached, a worker cannot read the model or data, or a task failed for good."""

@@ -21,12 +21,20 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
-from quantcli.calibration.collect import Progress, TensorRange, collect_stats, reporting, stage, within
+from quantcli.calibration.collect import (
+    Advance,
+    Progress,
+    TensorRange,
+    collect_stats,
+    reporting,
+    stage,
+    within,
+)
 from quantcli.calibration.data import Batch, Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
-from quantcli.calibration.sampling import Shard, select_samples
+from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
@@ -86,7 +94,17 @@ from quantcli.report import (
     SpeedSummary,
 )
 
-__all__ = ["ModelSummary", "QuantResult", "calibrate", "inspect_model", "quantize"]
+__all__ = [
+    "Collector",
+    "ModelSummary",
+    "QuantResult",
+    "ShardResult",
+    "ShardWork",
+    "calibrate",
+    "inspect_model",
+    "observe_shard",
+    "quantize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +247,62 @@ class _Data:
     calibration: Dataset | None
     evaluation: Dataset | None
     evaluation_source: str
+    # Which samples of the run's choice ``calibration`` is (for a collector that reopens the data).
+    calibration_part: Part = Part.ALL
+
+
+@dataclass(frozen=True)
+class ShardWork:
+    """One statistics pass described so that another process can run it: the model and the data
+    source by path (both must be readable there), the tensors, and the rule picking the samples."""
+
+    model: Path
+    source: DataSource
+    tensors: tuple[str, ...]
+    selection: Selection
+    skip_nonfinite: bool
+    batch_size: int
+    histograms: bool
+    # What the driver saw: every shard must load this model, and the shards' samples add up to this.
+    model_fingerprint: str
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard observed, with the fingerprint of the model it loaded (to catch a worker
+    that sees another file at the same path)."""
+
+    model_fingerprint: str
+    num_samples: int
+    stats: dict[str, TensorStats]
+
+
+# Runs a statistics pass elsewhere (on Ray, see quantcli.distributed) and returns its merged stats.
+Collector = Callable[[ShardWork, Advance | None], dict[str, TensorStats]]
+
+
+def observe_shard(work: ShardWork, shard: Shard | None = None, *, threads: int | None = None) -> ShardResult:
+    """Open ``work``'s model and data afresh and observe shard ``shard`` of its samples (all of
+    them with None): what a worker runs. The same loading as a local run, so tensor names match."""
+    loaded = _prepare(work.model)
+    opened = open_source(
+        work.source,
+        model_inputs(loaded.model),
+        skip_nonfinite=work.skip_nonfinite,
+        max_samples=work.selection.max_samples,
+    )
+    dataset = work.selection.apply(opened, shard)
+    with _naming(work.model):
+        stats = collect_stats(
+            loaded.model,
+            work.tensors,
+            dataset,
+            batch_size=work.batch_size,
+            histograms=work.histograms,
+            threads=threads,
+        )
+    return ShardResult(fingerprint(loaded.model), dataset.num_samples, stats)
 
 
 def _open_data(
@@ -263,7 +337,9 @@ def _split_data(
         return _Data(None, calibration, f"{data} (not needed for calibration in {config.mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
         kept, held = calibration.split(config.eval_fraction)
-        return _Data(kept, held, f"last {held.num_samples} samples of {data}, held back from calibration")
+        return _Data(
+            kept, held, f"last {held.num_samples} samples of {data}, held back from calibration", Part.KEPT
+        )
     return _Data(calibration, None, "")
 
 
@@ -275,6 +351,8 @@ def _ranges(
     calibration: tuple[Path, CalibrationFile] | None,
     config: QuantConfig,
     progress: Progress | None,
+    source: DataSource | None = None,
+    collector: Collector | None = None,
 ) -> tuple[dict[str, TensorRange], CalibrationSummary]:
     if calibration is not None:
         path, cal = calibration
@@ -284,18 +362,36 @@ def _ranges(
         )
     assert data.calibration is not None
     stage("calibrate", total=data.calibration.num_samples)
-    with _naming(loaded.path):
-        stats = collect_stats(
-            loaded.model,
-            observed,
-            data.calibration,
-            batch_size=config.batch_size,
-            histograms=config.method.needs_histogram,
-            progress=progress,
+    if collector is not None and source is not None:
+        work = ShardWork(
+            loaded.path,
+            source,
+            tuple(observed),
+            _selection(config, data.calibration_part),
+            config.skip_nonfinite,
+            config.batch_size,
+            config.method.needs_histogram,
+            fingerprint(loaded.model),
+            data.calibration.num_samples,
         )
+        stats = collector(work, progress)
+    else:
+        with _naming(loaded.path):
+            stats = collect_stats(
+                loaded.model,
+                observed,
+                data.calibration,
+                batch_size=config.batch_size,
+                histograms=config.method.needs_histogram,
+                progress=progress,
+            )
     return choose_ranges(stats, observed, config), CalibrationSummary(
         config.method.describe(config.percentile), data.calibration.num_samples, str(data.calibration.source)
     )
+
+
+def _selection(config: QuantConfig, part: Part) -> Selection:
+    return Selection(config.max_samples, config.seed, part, config.eval_fraction)
 
 
 def _read_calibration_for(loaded: ModelFile, path: Path) -> CalibrationFile:
@@ -586,6 +682,7 @@ def quantize(
     force: bool = False,
     progress: Progress | None = None,
     staging: StagedOutput | None = None,
+    collector: Collector | None = None,
 ) -> QuantResult:
     """Quantize ``model_path`` to int8 and write it to ``output``, checked and atomically.
 
@@ -594,7 +691,8 @@ def quantize(
     a held-back part of ``data``. With ``mode=auto`` every candidate mode is built and measured
     and the fastest one within the accuracy bound is written. With ``staging``, the model joins
     files the caller commits together (a report, say); otherwise it is moved into place before
-    returning. On any error nothing new is left behind.
+    returning. On any error nothing new is left behind. ``collector`` runs the calibration pass
+    elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples.
     """
     config = config or QuantConfig()
     if staging is None:
@@ -610,6 +708,7 @@ def quantize(
                 force=force,
                 progress=progress,
                 staging=own,
+                collector=collector,
             )
             own.commit()
         return result
@@ -624,6 +723,7 @@ def quantize(
             eval_data=eval_data,
             labels=labels,
             progress=progress,
+            collector=collector,
         )
 
 
@@ -638,6 +738,7 @@ def _quantize_into(
     eval_data: DataSource | None,
     labels: Path | None,
     progress: Progress | None,
+    collector: Collector | None = None,
 ) -> QuantResult:
     if data is not None and calibration is not None:
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
@@ -696,6 +797,8 @@ def _quantize_into(
             calibration=recorded,
             config=config,
             progress=progress,
+            source=data,
+            collector=collector,
         )
     # A reference to the float model's files, not a copy of its weights.
     reference = serialize(loaded.model) if datasets.evaluation is not None or len(plans) > 1 else None
@@ -1110,6 +1213,7 @@ def calibrate(
     eval_data: DataSource | None = None,
     labels: Path | None = None,
     progress: Progress | None = None,
+    collector: Collector | None = None,
     guard: PathGuard | None = None,
 ) -> CalibrationFile:
     """Observe every tensor any plan could quantize (min, max, histogram), for later ``convert``
@@ -1119,6 +1223,7 @@ def calibrate(
     with ``mode=auto`` the one auto picks by building every candidate from the statistics of the
     calibration part and measuring it on ``eval_data`` or a held-back part, exactly as ``convert``
     would. The held-back part is observed too, so the statistics still cover every sample.
+    ``collector`` observes elsewhere (on Ray: :mod:`quantcli.distributed`), the same samples.
     ``guard`` holds the file the caller will write (see :mod:`quantcli.graph.guard`).
     """
     with reporting(progress):
@@ -1130,6 +1235,7 @@ def calibrate(
             eval_data=eval_data,
             labels=labels,
             progress=progress,
+            collector=collector,
             guard=guard,
         )
 
@@ -1143,10 +1249,13 @@ def _calibrate(
     eval_data: DataSource | None,
     labels: Path | None,
     progress: Progress | None,
+    collector: Collector | None,
     guard: PathGuard | None,
 ) -> CalibrationFile:
     stage("load")
     config = config or QuantConfig()
+    if collector is not None and shard is not None:
+        raise ConfigError("--shard observes one part here; --ray splits the samples itself: give one")
     guard = guard if guard is not None else PathGuard()
     _guard_inputs(
         guard,
@@ -1172,11 +1281,26 @@ def _calibrate(
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{model_path}: nothing to calibrate (no quantizable float tensors)")
+    model_fingerprint = fingerprint(loaded.model)
 
-    def observe(dataset: Dataset, offset: int = 0) -> dict[str, TensorStats]:
+    def observe(dataset: Dataset, offset: int = 0, part: Part = Part.ALL) -> dict[str, TensorStats]:
         """Statistics of ``dataset``, the part of ``samples`` that starts at ``offset``."""
         if offset == 0:
             stage("calibrate", total=samples.num_samples)
+        advance = within(progress, offset, dataset.num_samples, samples.num_samples)
+        if collector is not None:
+            work = ShardWork(
+                model_path,
+                data,
+                tuple(tensors),
+                _selection(config, part),
+                config.skip_nonfinite,
+                config.batch_size,
+                True,
+                model_fingerprint,
+                dataset.num_samples,
+            )
+            return collector(work, advance)
         with _naming(model_path):
             return collect_stats(
                 loaded.model,
@@ -1184,10 +1308,9 @@ def _calibrate(
                 dataset,
                 batch_size=config.batch_size,
                 histograms=True,
-                progress=within(progress, offset, dataset.num_samples, samples.num_samples),
+                progress=advance,
             )
 
-    model_fingerprint = fingerprint(loaded.model)
     choice: ModeChoice | None = None
     if shard is not None:
         stats = observe(samples)  # a shard cannot decide for all the data
@@ -1198,7 +1321,7 @@ def _calibrate(
     else:
         datasets = _split_data(samples, data, model_inputs(loaded.model), eval_data, config)
         assert datasets.calibration is not None
-        stats = observe(datasets.calibration)
+        stats = observe(datasets.calibration, part=datasets.calibration_part)
         if datasets.evaluation is None:
             mode, reason = unmeasured_mode(has_ranges=True, dynamic_applies=True)
             choice = ModeChoice(mode, reason, _roles(select(loaded.model, replace(config, mode=mode))))
@@ -1206,7 +1329,7 @@ def _calibrate(
             held_back = eval_data is None
             # Observed before the candidates are built: the last one rewrites the model in place.
             offset = datasets.calibration.num_samples
-            held_stats = observe(datasets.evaluation, offset) if held_back else None
+            held_stats = observe(datasets.evaluation, offset, Part.HELD_BACK) if held_back else None
             label_array = load_labels(labels, datasets.evaluation.num_samples) if labels is not None else None
             choice = _measured_choice(loaded, config, stats, datasets, label_array)
             if held_stats is not None:

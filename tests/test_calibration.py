@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from quantcli.calibration.collect import collect_stats
-from quantcli.calibration.data import model_inputs, open_dataset
+from quantcli.calibration.data import Dataset, model_inputs, open_dataset
 from quantcli.calibration.histogram import BINS, Histogram, exponent_for
 from quantcli.calibration.methods import (
     entropy_range,
@@ -22,9 +22,10 @@ from quantcli.calibration.methods import (
     percentile_range,
 )
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorStats
-from quantcli.calibration.sampling import Shard, select_samples
+from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.cli.app import app
 from quantcli.errors import ConfigError
+from quantcli.pipeline import ShardWork, observe_shard
 from quantcli.scheme import dequantize, quantize, weight_qparams
 
 runner = CliRunner()
@@ -361,3 +362,41 @@ def test_recipe_sets_the_method_and_a_flag_overrides_it(cnn: tuple[Path, Path], 
     assert json.loads(result.stdout)["calibration"]["method"] == "percentile(99.9)"
     result = runner.invoke(app, [*base, "-o", str(tmp_path / "b.onnx"), "--method", "mse"])
     assert json.loads(result.stdout)["calibration"]["method"] == "mse"
+
+
+@pytest.mark.parametrize("part", list(Part))
+def test_a_selection_splits_each_part_into_disjoint_shards_that_cover_it(
+    cnn: tuple[Path, Path], part: Part
+) -> None:
+    model_path, data = cnn
+    dataset = open_dataset(data, model_inputs(ir.load(model_path)))
+    selection = Selection(max_samples=33, seed=5, part=part, eval_fraction=0.2)
+
+    def rows(chosen: Dataset) -> list[bytes]:
+        return [row.tobytes() for feed in chosen.batches(64) for row in feed.arrays["image"]]
+
+    whole = rows(selection.apply(dataset))
+    shards = [rows(selection.apply(dataset, Shard(k, 3))) for k in (1, 2, 3)]
+    assert sorted(whole) == sorted(r for shard in shards for r in shard)
+    assert len(whole) == {Part.ALL: 33, Part.KEPT: 26, Part.HELD_BACK: 7}[part]
+    if part is Part.ALL:  # exactly --shard K/N
+        assert shards[1] == rows(select_samples(dataset, max_samples=33, seed=5, shard=Shard(2, 3)))
+
+
+def test_shards_observed_apart_merge_into_the_stats_of_one_pass(cnn: tuple[Path, Path]) -> None:
+    model_path, data = cnn
+    tensors = ("c1", "sum", "logits")
+    work = ShardWork(model_path, data, tensors, Selection(None, 3), False, 4, True, "", 40)
+    one = observe_shard(work).stats
+    parts = [observe_shard(work, Shard(k, 3), threads=1) for k in (3, 1, 2)]
+    assert sum(p.num_samples for p in parts) == 40
+    merged = parts[0].stats
+    for part in parts[1:]:
+        merged = {name: s.merged(part.stats[name]) for name, s in merged.items()}
+    for name in tensors:
+        assert (merged[name].min, merged[name].max, merged[name].count) == (
+            one[name].min,
+            one[name].max,
+            one[name].count,
+        )
+        assert np.array_equal(merged[name].histogram.counts, one[name].histogram.counts)  # type: ignore[union-attr]

@@ -256,10 +256,12 @@ def collect_stats(
     histograms: bool,
     progress: Advance | None = None,
     budget: int = MEMORY_BUDGET,
+    threads: int | None = None,
 ) -> dict[str, TensorStats]:
     """Observe each tensor of ``tensors`` over every sample of ``dataset``.
 
-    ``histograms`` adds a histogram to min and max (needed by every method but minmax).
+    ``histograms`` adds a histogram to min and max (needed by every method but minmax);
+    ``threads`` sizes onnxruntime's intra-op pool (None: its default, every core).
     """
     names = sorted(set(tensors))
     if not names:
@@ -283,7 +285,7 @@ def collect_stats(
     total = dataset.num_samples * len(groups)
     done = 0
     for group in groups:
-        session = open_session(_expose(proto, group), data_folder=external_folder(model))
+        session = open_session(_expose(proto, group), threads, data_folder=external_folder(model))
         for feed, outputs in run_batches(session, list(group), dataset, batch):
             for name, array in zip(group, outputs, strict=True):
                 observers[name].update(array)

@@ -4,19 +4,23 @@ Observers do not depend on the order of samples, so only the choice of samples m
 seed, the samples are shuffled before the first ``max_samples`` are taken; shard K of N then takes
 every N-th of those, starting at the K-th. The N shards of one choice are disjoint and together
 are exactly the samples one unsharded run uses, which is what makes merged shards equal one run.
+
+A :class:`Selection` writes that choice down (with the part a run holds back for evaluation), so
+that another process, a Ray worker say, opens the same source and picks the same samples.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
 from quantcli.calibration.data import Dataset
 from quantcli.errors import CalibrationDataError, ConfigError
 
-__all__ = ["Shard", "select_samples"]
+__all__ = ["Part", "Selection", "Shard", "select_samples"]
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -63,3 +67,43 @@ def select_samples(
     if seed is None and shard is None:
         return dataset.limit(max_samples)
     return dataset.subset([int(i) for i in chosen])
+
+
+class Part(StrEnum):
+    """Which samples of a run's choice: all, or one side of the evaluation hold-back."""
+
+    ALL = "all"
+    KEPT = "kept"  # the first part, which calibrates
+    HELD_BACK = "held-back"  # the last ``eval_fraction``, which measures fidelity
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The samples a run uses, as a rule any process can apply to the same source.
+
+    ``Part.ALL`` with a shard is exactly ``--shard K/N``. The two sides of the hold-back are split
+    as :meth:`Dataset.split` splits them, and shard K/N of a side takes every N-th of its samples
+    from the K-th: either way the N shards are disjoint and together are the whole part.
+    """
+
+    max_samples: int | None
+    seed: int | None
+    part: Part = Part.ALL
+    eval_fraction: float = 0.0
+
+    def apply(self, dataset: Dataset, shard: Shard | None = None) -> Dataset:
+        """The samples of ``dataset`` (a freshly opened source) this selection names."""
+        if self.part is Part.ALL:
+            return select_samples(dataset, max_samples=self.max_samples, seed=self.seed, shard=shard)
+        chosen = select_samples(dataset, max_samples=self.max_samples, seed=self.seed)
+        kept, held = chosen.split(self.eval_fraction)
+        side = kept if self.part is Part.KEPT else held
+        if shard is None:
+            return side
+        positions = range(shard.index - 1, side.num_samples, shard.count)
+        if not positions:
+            raise CalibrationDataError(
+                f"{dataset.source}: shard {shard} of the {self.part} samples gets none "
+                f"({side.num_samples} in all); use fewer shards"
+            )
+        return side.subset(positions)

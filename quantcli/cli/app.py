@@ -12,6 +12,8 @@ import logging
 import shlex
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from enum import Enum
@@ -42,10 +44,12 @@ from quantcli.config import (
 from quantcli.errors import ConfigError
 
 if TYPE_CHECKING:
+    from quantcli.batch import JobResult
     from quantcli.calibration.file import CalibrationFile
     from quantcli.calibration.sampling import Shard
     from quantcli.calibration.sources import DataSource
     from quantcli.evaluate import GateResult
+    from quantcli.pipeline import Collector
 
 # Help panels, in the order a user meets them.
 INPUT = "Input and data"
@@ -53,6 +57,7 @@ MODE = "Mode and precision"
 GATE = "Accuracy gate"
 DIAGNOSIS = "Diagnosis"
 OUTPUT = "Output"
+DISTRIBUTED = "More than one machine"
 
 app = typer.Typer(
     name="quantcli",
@@ -358,6 +363,75 @@ ForceOpt = Annotated[
 ]
 
 
+RayOpt = Annotated[
+    bool,
+    typer.Option(
+        "--ray",
+        help="Run the calibration pass as Ray tasks, one per shard of the samples (needs "
+        "'quantcli\\[ray]'; the model and data must be at the same path on every node).",
+        metavar="",
+        rich_help_panel=DISTRIBUTED,
+        show_default=False,
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        help="With --ray: the cluster." + _default("$RAY_ADDRESS, else a local Ray started for this run"),
+        metavar="ADDRESS",
+        rich_help_panel=DISTRIBUTED,
+        show_default=False,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="With --ray: Ray tasks the samples are split into." + _default("the cluster's CPUs"),
+        min=1,
+        metavar="N",
+        rich_help_panel=DISTRIBUTED,
+        show_default=False,
+    ),
+]
+WorkerCpusOpt = Annotated[
+    int,
+    typer.Option(
+        "--worker-cpus",
+        help="With --ray: CPUs per task, and onnxruntime's threads in it." + _default(1),
+        min=1,
+        metavar="C",
+        rich_help_panel=DISTRIBUTED,
+        show_default=False,
+    ),
+]
+
+
+@contextmanager
+def _on_ray(enabled: bool, address: str | None, workers: int | None, cpus: int) -> Iterator[Any]:
+    """Ray's options for the run, connected for its duration (None without --ray). quantcli's
+    Ray code, and ray itself, are imported only here."""
+    if not enabled:
+        if address is not None or workers is not None or cpus != 1:
+            raise typer.BadParameter("--ray-address, --workers and --worker-cpus go with --ray")
+        yield None
+        return
+    from quantcli import distributed  # ray is optional: only --ray imports it
+
+    options = distributed.RayOptions(address=address, workers=workers, cpus_per_task=cpus)
+    with distributed.ray_session(options):
+        yield options
+
+
+def _collector(options: Any) -> Collector | None:
+    if options is None:
+        return None
+    from quantcli import distributed
+
+    return distributed.RayCollector(options)
+
+
 def _flag(name: str, help_text: str, panel: str, *aliases: str, hidden: bool = False) -> Any:
     """A boolean flag, off unless given (no ``<bool>`` metavar, no default shown)."""
     return typer.Option(
@@ -635,6 +709,10 @@ def convert(
     report: ReportOpt = None,
     report_md: ReportMdOpt = None,
     report_html: ReportHtmlOpt = None,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -685,7 +763,11 @@ def convert(
             if path is not None:
                 check_writable(path, force=force)
         # The model and the report files are moved into place together, or none is.
-        with StageDisplay(console) as progress, StagedOutput(force=force) as staging:
+        with (
+            _on_ray(ray, ray_address, workers, worker_cpus) as on_ray,
+            StageDisplay(console) as progress,
+            StagedOutput(force=force) as staging,
+        ):
             staging.guard.declare(
                 reads={
                     "--recipe": [recipe],
@@ -705,6 +787,7 @@ def convert(
                 force=force,
                 progress=progress,
                 staging=staging,
+                collector=_collector(on_ray),
             )
             progress.stage("write")
             document = result.report.to_dict() | {"versions": _versions(), "command": command}
@@ -718,6 +801,119 @@ def convert(
             render_report(result.report, console)
         _warn(result.report.barely_changed, quiet)  # the library logs its own warnings
         return _gate_outcome(result.report.gate, quiet)
+
+    _finish(guarded(run, console, debug=debug))
+
+
+@app.command("convert-many", no_args_is_help=True)
+def convert_many_command(
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Model files, folders of them, or one TOML manifest with per-model data, recipe and gate.",
+            show_default=False,
+            metavar="MODELS...",
+        ),
+    ],
+    data: Annotated[
+        Path | None, _path("--data", "Calibration data for every model (as for convert).", INPUT, "-d")
+    ] = None,
+    data_loader: LoaderOpt = None,
+    preprocess: PreprocessOpt = None,
+    eval_data: EvalDataOpt = None,
+    labels: LabelsOpt = None,
+    max_samples: MaxSamplesOpt = None,
+    seed: SeedOpt = None,
+    mode: ModeOpt = None,
+    recipe: Annotated[Path | None, _path("--recipe", "TOML recipe for every model.", MODE)] = None,
+    method: MethodOpt = None,
+    metric: MetricOpt = None,
+    max_drop: MaxDropOpt = None,
+    min_sqnr: MinSqnrOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Models converted at once here (1: one after another)." + _default("one per CPU"),
+            min=1,
+            metavar="N",
+            rich_help_panel=DISTRIBUTED,
+            show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        bool, _flag("--ray", "Convert each model as a Ray task (needs 'quantcli\\[ray]').", DISTRIBUTED)
+    ] = False,
+    ray_address: RayAddressOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
+    output_dir: Annotated[
+        Path, _path("--output-dir", "Folder for NAME.int8.onnx and NAME.report.json.", OUTPUT, "-o")
+    ] = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Convert every model with its own settings; one failure never stops the others. Ends with a
+    summary table (and one JSON document with --json) and exits with the worst model's code."""
+    console = _stderr(quiet, as_json)
+
+    def run() -> ExitCode:
+        from quantcli.batch import Settings, jobs_from_manifest, jobs_from_paths, run_local
+        from quantcli.cli.exits import exit_code
+        from quantcli.cli.render import render_batch
+
+        manifests = [m for m in models if m.suffix == ".toml"]
+        if manifests and len(models) > 1:
+            raise typer.BadParameter(f"{shown(manifests[0])}: a manifest lists every model; give it alone")
+        if ray and workers is not None:
+            raise typer.BadParameter("--workers sizes the local pool; with --ray the cluster decides")
+        settings = Settings(
+            out_dir=output_dir,
+            data=_source(data, data_loader, preprocess),
+            eval_data=eval_data,
+            labels=labels,
+            recipe=recipe,
+            flags={
+                "mode": mode,
+                "metric": metric,
+                "max_drop": max_drop,
+                "min_sqnr": min_sqnr,
+                "method": method,
+                "max_samples": max_samples,
+                "seed": seed,
+            },
+            force=force,
+        )
+        jobs = jobs_from_manifest(manifests[0], settings) if manifests else jobs_from_paths(models, settings)
+        if output_dir.exists() and not output_dir.is_dir():
+            raise ConfigError(f"{output_dir}: not a folder")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        results: list[JobResult] = []
+
+        def finished(result: JobResult) -> None:
+            results.append(result)
+            console.print(
+                f"\\[{len(results)}/{len(jobs)}] {markup(result.name)}: {result.outcome}", highlight=False
+            )
+
+        with _on_ray(ray, ray_address, None, worker_cpus) as on_ray:
+            if on_ray is None:
+                run_local(jobs, workers=workers, on_result=finished)
+            else:
+                from quantcli import distributed
+
+                distributed.convert_on_ray(jobs, on_ray, finished)
+        order = {job.name: index for index, job in enumerate(jobs)}
+        results.sort(key=lambda r: order[r.name])
+        codes = [exit_code(r.outcome) for r in results]
+        worst = max(codes, default=ExitCode.OK)
+        rows = [r.to_dict() | {"exit_code": int(code)} for r, code in zip(results, codes, strict=True)]
+        if as_json:
+            _print_json({"exit_code": int(worst), "models": rows})
+        else:
+            render_batch(rows, console)
+        return worst
 
     _finish(guarded(run, console, debug=debug))
 
@@ -912,6 +1108,10 @@ def calibrate_command(
         ),
     ] = None,
     output: Annotated[Path, _path("--output", "Calibration file to write (JSON).", OUTPUT, "-o")] = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+    worker_cpus: WorkerCpusOpt = 1,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -955,7 +1155,9 @@ def calibrate_command(
         guard = PathGuard()
         guard.writes(output, "-o")
         evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
-        with StageDisplay(console) as progress:
+        if ray and part is not None:
+            raise typer.BadParameter("--shard observes one part here; --ray splits the samples itself")
+        with _on_ray(ray, ray_address, workers, worker_cpus) as on_ray, StageDisplay(console) as progress:
             result = calibrate(
                 model,
                 source,
@@ -964,6 +1166,7 @@ def calibrate_command(
                 eval_data=evaluation,
                 labels=labels,
                 progress=progress,
+                collector=_collector(on_ray),
                 guard=guard,
             )
             progress.stage("write")

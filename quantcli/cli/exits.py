@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from enum import IntEnum
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,7 +21,10 @@ from rich.console import Console
 from quantcli.cli.text import markup
 from quantcli.errors import QuantCliError
 
-__all__ = ["ExitCode", "guarded"]
+if TYPE_CHECKING:
+    from quantcli.batch import Outcome
+
+__all__ = ["ExitCode", "exit_code", "guarded"]
 
 T = TypeVar("T")
 
@@ -74,6 +77,20 @@ def _stop_on_signals() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+# What each outcome of a batch's model would have exited with, had it been converted alone
+# (keyed by value: quantcli.batch imports onnxruntime, which this module must not at startup).
+_OUTCOMES = {
+    "ok": ExitCode.OK,
+    "gate-failed": ExitCode.GATE_FAILED,
+    "error": ExitCode.USER_ERROR,
+    "internal-error": ExitCode.INTERNAL,
+}
+
+
+def exit_code(outcome: Outcome) -> ExitCode:
+    return _OUTCOMES[outcome.value]
 
 
 def guarded(action: Callable[[], T], console: Console, *, debug: bool) -> T | ExitCode:

@@ -22,6 +22,7 @@ from quantcli.report import CompareReport, FallbackSummary, QuantReport
 
 __all__ = [
     "gate_line",
+    "render_batch",
     "render_calibration",
     "render_compare",
     "render_per_layer",
@@ -321,3 +322,34 @@ def render_calibration(calibration: CalibrationFile, path: str, console: Console
     )
     if choice.candidates:
         console.print(_candidates_table(choice.candidates))
+
+
+def _gate_cell(gate: Mapping[str, Any] | None) -> str:
+    if gate is None:
+        return "-"
+    verdict = "pass" if gate.get("passed") else "FAIL"
+    if "sqnr_db" in gate:
+        return f"{verdict} {gate['sqnr_db']:.1f} >= {gate['min_sqnr_db']:g} dB"
+    return f"{verdict} {gate['metric']} drop {gate['drop']:.2f} <= {gate['max_drop']:g}"
+
+
+def render_batch(rows: Iterable[Mapping[str, Any]], console: Console) -> None:
+    """convert-many's summary: one row per model (``rows`` are its JSON entries)."""
+    _heading("quantcli convert-many", console)
+    table = Table()
+    for column in ("model", "status", "exit", "size ratio", "mode", "gate", "report or error"):
+        table.add_column(
+            column, overflow="fold", justify="right" if column in ("exit", "size ratio") else "left"
+        )
+    for row in rows:
+        ratio = row["size_ratio"]
+        table.add_row(
+            text(row["name"]),
+            row["status"],
+            str(row["exit_code"]),
+            "-" if ratio is None else f"{ratio:.2f}x",
+            row["mode"] or "-",
+            _gate_cell(row["gate"]),
+            text(row["report"] if row["status"] in ("ok", "gate-failed") else row["message"]),
+        )
+    console.print(table)
