@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,12 +79,34 @@ $(BENCHSTAMP): pyproject.toml constraints.txt
 		assert torch.__version__ == '2.13.0+cpu', torch.__version__"
 	touch $(BENCHSTAMP)
 
-## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320) with its data into bench/zoo/, offline.
+## Peers in venvs of their own (their pins clash with quantcli's: Neural Compressor needs numpy < 2,
+## and imports prettytable and scipy without declaring them).
+## bench/compare.py runs bench/_peer_quantize.py in each; it skips a peer whose venv is missing.
+INCENV := .benchenv-inc
+NNCFENV := .benchenv-nncf
+$(INCENV)/.installed: Makefile
+	test -x $(INCENV)/bin/python || $(PYTHON) -m venv $(INCENV)
+	$(INCENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INCENV)/bin/python -m pip install --quiet onnx-neural-compressor==1.0 onnx==1.23.2 onnxruntime==1.32.0 \
+		numpy==1.26.4 onnxruntime-extensions==0.15.2 transformers==5.24.0 prettytable==3.18.0 scipy==1.15.3
+	touch $@
+
+$(NNCFENV)/.installed: Makefile
+	test -x $(NNCFENV)/bin/python || $(PYTHON) -m venv $(NNCFENV)
+	$(NNCFENV)/bin/python -m pip install --quiet --upgrade pip
+	$(NNCFENV)/bin/python -m pip install --quiet nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6
+	touch $@
+
+peers: $(INCENV)/.installed $(NNCFENV)/.installed
+
+## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's six) with its data
+## into bench/zoo/, offline (silero_vad's audio needs espeak-ng: apt-get install espeak-ng).
 zoo: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/zoo.py
 
-## quantcli vs onnxruntime's quantize_static/quantize_dynamic on the zoo and sample models.
-compare: $(BENCHSTAMP)
+## quantcli's default command vs onnxruntime, Neural Compressor and NNCF on the zoo and sample models,
+## with issue 13's done-when verdict and the determinism check.
+compare: $(BENCHSTAMP) peers
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py
 
 ## Per-tensor evidence where the defaults miss a zoo target (reads bench/results/compare.json).
@@ -114,4 +136,4 @@ constraints: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(BENCHENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCHENV) $(INCENV) $(NNCFENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -2,11 +2,11 @@
 
 bench/compare.py runs this as a child so that its wall time and peak RSS are onnxruntime's alone:
 
-    python bench/_ort_quantize.py static MODEL OUT --data calib.npz
+    python bench/_ort_quantize.py static MODEL OUT --data calib/   (or a stacked calib.npz)
     python bench/_ort_quantize.py dynamic MODEL OUT
 
 static: QDQ format, per-channel, MinMax calibration, uint8 activations, int8 weights, calibrated one
-sample at a time over every sample in the .npz. dynamic: int8 weights, activations quantized at run time.
+sample at a time over every sample. dynamic: int8 weights, activations quantized at run time.
 Everything else is onnxruntime's default, so the comparison is with onnxruntime as a user gets it.
 """
 
@@ -28,15 +28,20 @@ from onnxruntime.quantization import (
 
 
 class NpzReader(CalibrationDataReader):  # type: ignore[misc]
-    """Feeds the samples of a quantcli-style .npz (arrays keyed by input name, axis 0 = samples)."""
+    """Feeds a folder of ready-to-feed samples (one .npz per sample, in file order), or the samples
+    of a stacked .npz (arrays keyed by input name, axis 0 = samples) one at a time."""
 
     def __init__(self, path: Path) -> None:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-        count = len(next(iter(arrays.values())))
-        self._feeds: Iterator[dict[str, np.ndarray]] = iter(
-            [{name: array[i : i + 1] for name, array in arrays.items()} for i in range(count)]
-        )
+        feeds: list[dict[str, np.ndarray]] = []
+        for file in sorted(path.glob("*.npz")) if path.is_dir() else [path]:
+            with np.load(file, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+            if path.is_dir():
+                feeds.append(arrays)
+            else:
+                count = len(next(iter(arrays.values())))
+                feeds += [{name: array[i : i + 1] for name, array in arrays.items()} for i in range(count)]
+        self._feeds: Iterator[dict[str, np.ndarray]] = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._feeds, None)

