@@ -74,7 +74,6 @@ from quantcli.graph.output import StagedModel, StagedOutput, check_writable, dat
 from quantcli.graph.quantized import refuse_quantized
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
-    DivisionByConstantToMulPass,
     EinsumToMatMulPass,
     FoldActivationsPass,
     GatherQuantizedRowsPass,
@@ -116,16 +115,11 @@ def _prepare(path: Path) -> ModelFile:
         # Exported graphs repeat node names or leave them empty; onnxruntime refuses repeats, and
         # the report and --exclude need one name per node.
         common_passes.NameFixPass(),
-        # Small constants too: an Add(x, 3) or Mul(x, 0.5) can only run as an integer kernel when its
-        # constant is an initializer quantcli can store in int8 (exporters write them as Constant nodes).
-        common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),
         EinsumToMatMulPass(),
-        DivisionByConstantToMulPass(),
-        # A Constant node left without readers by the rewrites above.
-        common_passes.RemoveUnusedNodesPass(),
     )
     try:
         prepare(loaded.model)

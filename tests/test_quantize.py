@@ -220,31 +220,3 @@ def test_spatial_reduce_mean_becomes_integer_global_pooling(tmp_path: Path) -> N
     assert "QLinearGlobalAveragePool" in optimized and "QLinearConv" in optimized
     feed = {"x": rng.normal(0, 1, (4, 3, 12, 12)).astype(np.float32)}
     assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0
-
-
-def test_division_by_a_constant_runs_as_an_integer_mul(tmp_path: Path) -> None:
-    """A written-out hard-swish (x * Clip(x + 3, 0, 6) / 6, PaddlePaddle's export) between two
-    Convs: the Div becomes Mul(x, 1/6), so the whole chain runs as integer kernels."""
-    model = models.save(models.hard_swish_conv(tail_conv=True), tmp_path)
-    data = tmp_path / "d.npz"
-    rng = np.random.default_rng(0)
-    np.savez(data, x=rng.normal(0, 2, (16, 8, 8, 8)).astype(np.float32))
-    out = tmp_path / "q.onnx"
-    report = quantize(model, out, data=data, config=STATIC).report
-    roles = {d.name: (d.op_type, d.role.value) for d in report.plan.decisions}
-    assert roles["div"] == ("Mul", "integer") and roles["mul"] == ("Mul", "integer")
-    optimized = models.optimized_op_types(out, tmp_path)
-    assert "Div" not in optimized and optimized.get("QLinearMul") == 2
-    feed = {"x": rng.normal(0, 2, (4, 8, 8, 8)).astype(np.float32)}
-    assert _sqnr(_run(model, feed), _run(out, feed)) > 25.0
-
-
-@pytest.mark.parametrize("divisor", [0.0, float("inf"), 1e-45])
-def test_division_by_zero_infinity_or_a_denormal_stays_a_division(tmp_path: Path, divisor: float) -> None:
-    model = models.hard_swish_conv(tail_conv=True)
-    for init in model.graph.initializer:
-        if init.name == "six":
-            init.CopyFrom(onnx.numpy_helper.from_array(np.array(divisor, np.float32), "six"))
-    path = models.save(model, tmp_path)
-    decisions = {d.name: d.op_type for d in inspect_model(path, STATIC).plan.decisions}
-    assert decisions["div"] == "Div"

@@ -5,7 +5,6 @@ They modify the model in place and report whether they changed it.
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
-from quantcli.passes.division import DivisionByConstantToMulPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -15,7 +14,6 @@ from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
-    "DivisionByConstantToMulPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
