@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,8 +63,13 @@ MAX_DROP ?= 0.5
 bench-fallback: $(STAMP)
 	$(PY) bench/fallback.py --zoo $(ZOO) --max-drop $(MAX_DROP)
 
+## Fit the cost model auto predicts speed with (quantcli/data/ort_cpu_costs.json) and check it against
+## measured latency on the sample models and the zoo (ZOO=dir); run it on a quiet machine.
+bench-cost-model: $(STAMP)
+	$(PY) bench/cost_model.py --zoo $(ZOO)
+
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-startup bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration
+bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
