@@ -103,7 +103,6 @@ class Kernel:
     inputs: tuple[Dims, ...]
     outputs: tuple[Dims, ...]
     source_op: str = ""
-    node: str = ""  # the written model's node it is named after
     weights: tuple[Dims | None, ...] = ()
     # The weight reaches a float kernel through a DequantizeLinear (weight-only): onnxruntime does
     # not fold it, so the kernel gets a fresh float weight every run and cannot pre-pack it.
@@ -239,7 +238,6 @@ def profile_kernels(
                 inputs=_shapes(args.get("input_type_shape", [])),
                 outputs=_shapes(args.get("output_type_shape", [])),
                 source_op=source.op_type,
-                node=node if node in sources else "",
                 weights=source.weights,
                 dequantized_weight=source.dequantized,
             )

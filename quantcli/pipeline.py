@@ -39,7 +39,7 @@ from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import CorrectBiasesPass, bias_corrections
-from quantcli.cost import Kernel, Prediction, default_cost_model, profile_kernels
+from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import (
     CalibrationFileError,
@@ -439,7 +439,6 @@ class _Candidate:
     gate: GateResult | None = None
     latency: Latency | None = None
     predicted: Prediction | None = None
-    kernels: tuple[Kernel, ...] = ()  # what onnxruntime ran when it was profiled
 
     @property
     def size_bytes(self) -> int:
@@ -547,7 +546,6 @@ def _build(
         )
     fraction = int8_params / float_params if float_params else 0.0
     predicted: Prediction | None = None
-    kernels: tuple[Kernel, ...] = ()
     if target.feed is not None:
         stage("predict speed")
         try:
@@ -555,15 +553,7 @@ def _build(
         except ModelLoadError as exc:  # the float model ran this sample: the candidate is at fault
             raise QuantizationError(f"the quantized model fails to run: {exc}") from exc
         predicted = default_cost_model().predict(kernels)
-    return _Candidate(
-        plan,
-        staged,
-        target.scratch,
-        session,
-        fraction,
-        predicted=predicted,
-        kernels=kernels,
-    )
+    return _Candidate(plan, staged, target.scratch, session, fraction, predicted=predicted)
 
 
 def _choose(
