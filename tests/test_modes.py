@@ -21,6 +21,7 @@ from quantcli.config import GateMetric, QuantMode, SpeedSource
 from quantcli.errors import ConfigError
 from quantcli.evaluate import Latency
 from quantcli.pipeline import calibrate, inspect_model
+from quantcli.report import QuantReport
 
 
 def _run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:
@@ -221,6 +222,19 @@ def test_auto_without_data_follows_a_fixed_rule(
     assert report.candidates == () and "auto had no data" in report.mode_reason
 
 
+def _converted_twice_identically(model: Path, folder: Path, **inputs: Path) -> list[QuantReport]:
+    """Two converts into two folders; asserts the models and reports are the same bytes."""
+    outputs, reports = [], []
+    for name in ("a", "b"):
+        out = folder / name / "q.onnx"
+        out.parent.mkdir()
+        report = quantize(model, out, **inputs).report
+        outputs.append((out.read_bytes(), json.dumps(report.to_dict()).replace(str(out.parent), "<out>")))
+        reports.append(report)
+    assert outputs[0] == outputs[1]
+    return reports
+
+
 def test_calibrate_records_auto_decision_and_convert_replays_it_without_timing(
     transformer: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -243,15 +257,9 @@ def test_calibrate_records_auto_decision_and_convert_replays_it_without_timing(
         raise AssertionError("a recorded decision must not be timed again")
 
     monkeypatch.setattr(pipeline, "measure_latency", no_timing)
-    outputs = []
-    for name in ("a", "b"):
-        out = tmp_path / name / "q.onnx"
-        out.parent.mkdir()
-        report = quantize(model, out, calibration=path).report
+    for report in _converted_twice_identically(model, tmp_path, calibration=path):
         assert report.plan.mode is QuantMode.DYNAMIC and str(path) in report.mode_reason
         assert {d.name: d.role.value for d in report.plan.decisions} == choice.roles
-        outputs.append((out.read_bytes(), json.dumps(report.to_dict()).replace(str(out.parent), "<out>")))
-    assert outputs[0] == outputs[1]
 
 
 def test_calibrate_records_a_given_mode_and_shards_record_none(
@@ -313,13 +321,7 @@ def test_default_auto_decides_by_prediction_and_gives_the_same_bytes_twice(
         raise AssertionError("the default must not time candidates")
 
     monkeypatch.setattr(pipeline, "measure_latency", no_timing)
-    outputs = []
-    for name in ("a", "b"):
-        out = tmp_path / name / "q.onnx"
-        out.parent.mkdir()
-        report = quantize(model, out, data=data).report
-        outputs.append((out.read_bytes(), json.dumps(report.to_dict()).replace(str(out.parent), "<out>")))
-    assert outputs[0] == outputs[1]
+    report = _converted_twice_identically(model, tmp_path, data=data)[-1]
     assert all(c.predicted is not None and c.latency is None for c in report.candidates)
     winner = next(c for c in report.candidates if c.chosen)
     passing = [c for c in report.candidates if c.gate is not None and c.gate.passed]
