@@ -32,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 import numpy as np
@@ -1037,14 +1037,24 @@ def _check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> Non
         raise ConfigError(f"{flag} names no node or op type of this model: {', '.join(unknown)}")
 
 
-def select(model: ir.Model, config: QuantConfig, keep_float: Mapping[str, str] | None = None) -> QuantPlan:
+def select(
+    model: ir.Model,
+    config: QuantConfig,
+    keep_float: Mapping[str, str] | None = None,
+    *,
+    mode: QuantMode | None = None,
+) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
     The model must carry value types (run shape inference first); it is not modified. Nodes
     inside subgraphs (If/Loop/Scan bodies) are not visited and stay float. ``keep_float`` names
     nodes a later stage decided to leave float (by node name), each with the sentence the plan
-    gives as its reason: a measured decision rather than a rule of the op.
+    gives as its reason: a measured decision rather than a rule of the op. ``mode`` is the
+    concrete mode to plan for (default: ``config.mode``); a plan is never for mode auto.
     """
+    mode = config.mode if mode is None else mode
+    assert mode is not QuantMode.AUTO, "auto picks among concrete modes; plan each of them"
+    config = replace(config, mode=mode)
     _check_patterns(model, config.exclude, "--exclude")
     _check_patterns(model, config.include, "--include")
     _check_patterns(model, config.per_tensor, "a per_channel = false override")
