@@ -1050,10 +1050,12 @@ def select(
     inside subgraphs (If/Loop/Scan bodies) are not visited and stay float. ``keep_float`` names
     nodes a later stage decided to leave float (by node name), each with the sentence the plan
     gives as its reason: a measured decision rather than a rule of the op. ``mode`` is the
-    concrete mode to plan for (default: ``config.mode``); a plan is never for mode auto.
+    concrete mode to plan for (default: ``config.mode``); a plan is never for mode auto, whose
+    static candidate is what a plan of ``QuantConfig()`` shows.
     """
     mode = config.mode if mode is None else mode
-    assert mode is not QuantMode.AUTO, "auto picks among concrete modes; plan each of them"
+    if mode is QuantMode.AUTO:
+        mode = QuantMode.STATIC
     config = replace(config, mode=mode)
     _check_patterns(model, config.exclude, "--exclude")
     _check_patterns(model, config.include, "--include")
