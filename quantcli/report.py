@@ -15,8 +15,8 @@ from quantcli.config import QuantConfig, config_settings
 from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
-from quantcli.fallback import FallbackResult
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
+from quantcli.repair import FallbackResult
 
 __all__ = [
     "BARELY_INT8",
