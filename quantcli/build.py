@@ -36,9 +36,9 @@ from quantcli.evaluate import (
     gate,
     measure_latency,
 )
-from quantcli.graph.io import ModelFile, check_model_file
+from quantcli.graph.io import ModelFile, check_model_file, external_folder, open_session, serialize
 from quantcli.graph.output import StagedModel, StagedOutput
-from quantcli.inputs import Datasets, observe, ranges_for
+from quantcli.inputs import Datasets, Run, naming, needs_external_data, observe, ranges_for
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
     FoldActivationsPass,
@@ -49,7 +49,6 @@ from quantcli.passes import (
     QuantizeMatMulDynamicallyPass,
 )
 from quantcli.plan import QuantPlan, select
-from quantcli.search import Figures
 
 __all__ = [
     "BuildTarget",
@@ -61,7 +60,9 @@ __all__ = [
     "build_candidate",
     "build_variant",
     "copy_model",
+    "reference_for",
     "time_side_by_side",
+    "workshop_for",
 ]
 
 # Time auto may spend timing candidates against each other.
@@ -91,18 +92,6 @@ class Candidate:
         if source is SpeedSource.PREDICTED:
             return None if self.predicted is None else self.predicted.ms
         return None if self.latency is None else self.latency.median_ms
-
-    def figures(self, source: SpeedSource) -> Figures:
-        """What the choice among candidates reads of this one."""
-        return Figures(
-            mode=self.plan.mode,
-            gate=self.gate,
-            speed_ms=self.speed_ms(source),
-            size_bytes=self.size_bytes,
-            # Most multiply-accumulates in integer kernels, by the profile auto predicts from
-            # (a timed candidate has none, and counts as such).
-            integer_heavy=self.predicted is None or self.predicted.integer_mac_share >= 0.5,
-        )
 
 
 @dataclass(frozen=True)
@@ -166,6 +155,34 @@ class Workshop:
 
     def scratch(self) -> StagedOutput:
         return self.scratches.enter_context(StagedOutput(force=self.force))
+
+
+def reference_for(run: Run, *, needed: bool) -> Reference:
+    """The float model candidates are measured against: a reference to its files, not a copy
+    of its weights (None when nothing is measured and only one candidate is built)."""
+    proto = serialize(run.loaded.model) if needed else None
+    session = None
+    if proto is not None and run.datasets.evaluation:
+        with naming(run.loaded.path):
+            session = open_session(proto, data_folder=external_folder(run.loaded.model))
+    return Reference(run.loaded, proto, session, run.datasets, run.labels)
+
+
+def workshop_for(run: Run, reference: Reference, output: Path, force: bool) -> Workshop:
+    """Where this run's candidates are built. Auto compares speeds by the cost model: every
+    candidate is then profiled on one sample."""
+    evaluation = run.datasets.evaluation
+    predicted = run.mode is QuantMode.AUTO and run.config.speed is SpeedSource.PREDICTED
+    feed = first_sample(evaluation) if predicted and evaluation is not None else None
+    target = BuildTarget(
+        output,
+        needs_external_data(run.loaded),
+        run.loaded.size_bytes,
+        run.datasets.calibration,
+        external_folder(run.loaded.model),
+        feed,
+    )
+    return Workshop(target, reference, contextlib.ExitStack(), force)
 
 
 def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from quantcli.calibration.collect import Advance, TensorRange, collect_stats
+from quantcli.calibration.collect import Advance, Progress, TensorRange, collect_stats, stage
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.methods import choose_ranges
@@ -26,29 +27,39 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.config import QuantConfig, QuantMode
-from quantcli.errors import CalibrationFileError, ModelLoadError, QuantizationError
+from quantcli.errors import CalibrationFileError, ConfigError, ModelLoadError, QuantizationError
+from quantcli.evaluate import load_labels
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, external_files, fingerprint, load_model, unmap
 from quantcli.graph.output import StagedOutput, check_writable, data_file_name
+from quantcli.graph.quantized import refuse_quantized
 from quantcli.passes import EinsumToMatMulPass, ReduceMeanToGlobalPoolPass
 from quantcli.plan import QuantPlan
+from quantcli.report import CalibrationSummary
 
 __all__ = [
     "INLINE_LIMIT",
     "Collector",
     "Datasets",
     "Remote",
+    "Request",
+    "Run",
     "ShardResult",
     "ShardWork",
+    "calibrated_ranges",
     "check_data_path",
+    "check_request",
     "check_weights",
     "guard_inputs",
     "guard_model_files",
+    "labels_for",
+    "load_checked",
     "naming",
     "needs_external_data",
     "observe",
     "observe_shard",
     "open_data",
+    "open_request",
     "prepare",
     "ranges_for",
     "read_calibration_for",
@@ -345,3 +356,114 @@ def ranges_for(
     if missing:
         ranges.update(choose_ranges(stats(missing), missing, config))
     return ranges
+
+
+@dataclass(frozen=True)
+class Run:
+    """One conversion as settled before any candidate is built: ``mode`` is the concrete mode,
+    or auto when candidates are measured against each other."""
+
+    loaded: ModelFile
+    config: QuantConfig
+    mode: QuantMode
+    datasets: Datasets
+    labels: npt.NDArray[np.int64] | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What :func:`quantize` was asked to read and write."""
+
+    model_path: Path
+    output: Path
+    data: DataSource | None
+    calibration: Path | None
+    eval_data: DataSource | None
+    labels: Path | None
+    progress: Progress | None = None
+    collector: Collector | None = None
+
+
+def load_checked(guard: PathGuard, model_path: Path) -> ModelFile:
+    stage("load")
+    loaded = prepare(model_path)
+    refuse_quantized(loaded.model, model_path)
+    guard_model_files(guard, loaded)
+    return loaded
+
+
+def calibrated_ranges(
+    run: Run, plans: list[QuantPlan], recorded: tuple[Path, CalibrationFile] | None, request: Request
+) -> tuple[dict[str, TensorRange], CalibrationSummary]:
+    """The activation ranges every plan needs: from the calibration file, or observed now."""
+    observed = sorted({name for plan in plans for name in plan.observed})
+    config = run.config
+    method = config.method.describe(config.percentile)
+    if not observed:
+        return {}, CalibrationSummary("none", 0, f"not needed in {run.mode} mode")
+    if recorded is not None:
+        stats = recorded[1].stats
+        return ranges_for(observed, config, lambda _: stats), CalibrationSummary(
+            method, recorded[1].num_samples, str(recorded[0])
+        )
+    dataset = run.datasets.calibration
+    assert dataset is not None
+    stage("calibrate", total=dataset.num_samples)
+    remote = None
+    if request.collector is not None and request.data is not None:
+        remote = Remote(request.collector, request.data, run.datasets.calibration_part)
+    histograms = config.method.needs_histogram
+    ranges = ranges_for(
+        observed,
+        config,
+        lambda names: observe(
+            run.loaded,
+            names,
+            dataset,
+            config,
+            histograms=histograms,
+            progress=request.progress,
+            remote=remote,
+        ),
+    )
+    return ranges, CalibrationSummary(method, dataset.num_samples, str(dataset.source))
+
+
+def check_request(request: Request, config: QuantConfig) -> None:
+    if request.data is not None and request.calibration is not None:
+        raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
+    if config.mode.needs_calibration and request.data is None and request.calibration is None:
+        raise ConfigError(
+            f"{config.mode} mode calibrates activations: give --data or --calibration "
+            "(or choose --mode dynamic or --mode weight-only, which need no data)"
+        )
+    if config.bias_correction and request.data is None:
+        raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
+
+
+def labels_for(labels: Path | None, datasets: Datasets) -> npt.NDArray[np.int64] | None:
+    if labels is None:
+        return None
+    if datasets.evaluation is None:
+        raise ConfigError("--labels needs evaluation data (--eval-data, or --data with 2+ samples)")
+    return load_labels(labels, datasets.evaluation.num_samples)
+
+
+def open_request(
+    staging: StagedOutput, request: Request
+) -> tuple[ModelFile, tuple[Path, CalibrationFile] | None]:
+    """The model loaded (and the calibration file read) once every path is declared and the
+    output may be written."""
+    guard_inputs(
+        staging.guard,
+        request.model_path,
+        sources=((request.data, "--data"), (request.eval_data, "--eval-data")),
+        files=((request.calibration, "--calibration"), (request.labels, "--labels")),
+    )
+    staging.guard.writes(request.output, "the output model")
+    check_writable(request.output, force=staging.force)
+    loaded = load_checked(staging.guard, request.model_path)
+    check_data_path(loaded, request.output, staging)
+    if request.calibration is None:
+        return loaded, None
+    return loaded, (request.calibration, read_calibration_for(loaded, request.calibration))

@@ -10,14 +10,51 @@ wherever they were measured, and no list is changed.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from quantcli.choice import LATENCY_TIE
+from quantcli.build import (
+    Candidate,
+    Job,
+    Reference,
+    Workshop,
+    build_candidate,
+    copy_model,
+    reference_for,
+    time_side_by_side,
+    workshop_for,
+)
+from quantcli.calibration.collect import stage
+from quantcli.calibration.observers import TensorStats
+from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, roles
 from quantcli.config import QuantMode, SpeedSource
+from quantcli.cost import Prediction, default_cost_model, profile_kernels
+from quantcli.diagnose import LayerDiagnosis
+from quantcli.errors import ConfigError, QuantizationError
 from quantcli.evaluate import GateResult
+from quantcli.graph.output import StagedOutput
+from quantcli.inputs import Run, naming, ranges_for
+from quantcli.plan import NodeRole
+from quantcli.repair import FallbackResult, repair
+from quantcli.report import CandidateSummary, SpeedSummary
 
-__all__ = ["Decision", "Figures", "Repair", "decide"]
+__all__ = [
+    "Decision",
+    "Figures",
+    "Repair",
+    "Searched",
+    "decide",
+    "figures_of",
+    "measured_choice",
+    "predicted_speed",
+    "search_candidates",
+    "summaries",
+]
+
+logger = logging.getLogger(__name__)
 
 _TIE = f"{round(100 * (LATENCY_TIE - 1))}%"
 
@@ -187,3 +224,177 @@ class _Rules:
         if speed is not None and speed <= LATENCY_TIE:
             return f"within {_TIE} of the fastest (a tie), less faithful"
         return f"within the bound, {speed:.2f}x {slower}" if speed is not None else "within the bound"
+
+
+def figures_of(candidate: Candidate, source: SpeedSource) -> Figures:
+    """What the choice reads of a built candidate."""
+    return Figures(
+        mode=candidate.plan.mode,
+        gate=candidate.gate,
+        speed_ms=candidate.speed_ms(source),
+        size_bytes=candidate.size_bytes,
+        # Most multiply-accumulates in integer kernels, by the profile auto predicts from (a
+        # timed candidate has none, and counts as such).
+        integer_heavy=candidate.predicted is None or candidate.predicted.integer_mac_share >= 0.5,
+    )
+
+
+@dataclass(frozen=True)
+class Searched:
+    """Every candidate built, the final decision, the model written, and how it was reached."""
+
+    candidates: tuple[Candidate, ...]
+    decision: Decision
+    written: Candidate
+    diagnosis: LayerDiagnosis | None
+    fallback: FallbackResult[Candidate] | None
+    float_prediction: Prediction | None  # the float model's, when auto predicted speeds
+
+
+def _built(run: Run, jobs: list[Job], shop: Workshop) -> list[Candidate]:
+    """Every job built and measured; among several, one that fails is dropped with a warning.
+    Every candidate but the last rewrites a fresh copy; the last may consume the original."""
+    candidates = []
+    for index, job in enumerate(jobs):
+        last = index == len(jobs) - 1
+        model = run.loaded.model if last else copy_model(shop.reference.proto, shop.target.data_folder)
+        stage(f"build candidate {job.plan.mode}", index + 1, len(jobs))
+        try:
+            candidates.append(build_candidate(model, job, run.config, shop))
+        except QuantizationError as exc:
+            if len(jobs) == 1:
+                raise QuantizationError(f"{run.loaded.path}: {exc}") from exc
+            logger.warning("%s mode candidate dropped: %s", job.plan.mode, exc)
+    if not candidates:
+        raise QuantizationError(f"{run.loaded.path}: no candidate mode produced a smaller, valid model")
+    return candidates
+
+
+def _timed(run: Run, candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates to compare: with ``--speed measured`` timed here against each other."""
+    evaluation = run.datasets.evaluation
+    if len(candidates) == 1:
+        return candidates
+    if evaluation is None or any(c.gate is None for c in candidates):
+        raise ConfigError("--mode auto measures its candidates: give --eval-data or --data with 2+ samples")
+    if run.config.speed is not SpeedSource.MEASURED:
+        return candidates
+    stage("time candidates")
+    latencies = time_side_by_side({c.plan.mode.value: c.session for c in candidates}, evaluation)
+    return [replace(c, latency=latencies[c.plan.mode.value]) for c in candidates]
+
+
+def _repair_outcome(run: Run, first: Decision, candidates: list[Candidate], result: Candidate) -> Repair:
+    """What fallback made of candidate ``first.start``, as the choice reads it; a repaired model
+    other than the first choice that passes is timed again beside it when speeds are timed."""
+    speed, was = run.config.speed, candidates[first.start]
+    changed, timed = result is not was, None
+    passed = result.gate is not None and result.gate.passed
+    if first.start != first.winner and speed is SpeedSource.MEASURED and passed:
+        assert run.datasets.evaluation is not None
+        sessions = {"repaired": result.session, "winner": candidates[first.winner].session}
+        latency = time_side_by_side(sessions, run.datasets.evaluation)
+        result = replace(result, latency=latency["repaired"])
+        timed = (latency["winner"].median_ms, latency["repaired"].median_ms)
+    was_float = {d.name for d in was.plan.decisions if d.role is NodeRole.FLOAT}
+    returned = sum(d.role is NodeRole.FLOAT and d.name not in was_float for d in result.plan.decisions)
+    return Repair(first.start, figures_of(result, speed), changed, returned, timed)
+
+
+def search_candidates(
+    run: Run, reference: Reference, jobs: list[Job], staging: StagedOutput, output: Path
+) -> Searched:
+    """Build, stage, check and measure every job; choose; repair (--per-layer, --auto-fallback,
+    and in auto mode the winner or a clearly faster candidate that missed the bound); the model
+    written joins ``staging``, the rest go."""
+    config, auto = run.config, run.mode is QuantMode.AUTO
+    shop = workshop_for(run, reference, output, staging.force)
+    float_prediction = None
+    if shop.target.feed is not None and reference.proto is not None:
+        with naming(run.loaded.path):
+            kernels = profile_kernels(reference.proto, shop.target.feed, data_folder=shop.target.data_folder)
+        float_prediction = default_cost_model().predict(kernels)
+    with shop.scratches:
+        candidates = _timed(run, _built(run, jobs, shop))
+        first = decide([figures_of(c, config.speed) for c in candidates], config.speed)
+        # Auto never settles for a slow mode that passed while a faster one might be repaired.
+        repair_config = replace(config, auto_fallback=True) if auto else config
+        start = candidates[first.start]
+        repaired = repair(
+            start, shop, repair_config, jobs[0].ranges, unasked=auto and not config.auto_fallback
+        )
+        outcome = _repair_outcome(run, first, candidates, repaired.candidate)
+        final = decide([figures_of(c, config.speed) for c in candidates], config.speed, outcome)
+        written = repaired.candidate if final.winner == first.start else candidates[final.winner]
+        staging.adopt(written.scratch)
+    return Searched(
+        tuple(candidates), final, written, repaired.diagnosis, repaired.fallback, float_prediction
+    )
+
+
+def summaries(searched: Searched, input_bytes: int) -> tuple[CandidateSummary, ...]:
+    """Every candidate with why it won or lost (none when there was no choice)."""
+    decision = searched.decision
+    return tuple(
+        CandidateSummary(
+            mode=c.plan.mode.value,
+            output_bytes=c.staged.size_bytes,
+            size_ratio=input_bytes / c.staged.size_bytes,
+            int8_weight_fraction=c.int8_weight_fraction,
+            gate=c.gate,
+            latency=c.latency,
+            chosen=index == decision.winner,
+            reason=reason,
+            predicted=c.predicted,
+        )
+        for index, (c, reason) in enumerate(zip(searched.candidates, decision.reasons, strict=False))
+    )
+
+
+def predicted_speed(searched: Searched, output: Path) -> tuple[SpeedSummary | None, tuple[str, ...]]:
+    """The written model's predicted speed against float, and a warning (logged, so it reaches
+    stderr, and kept for the report) when it is predicted no faster than the float model."""
+    winner, float_prediction = searched.written, searched.float_prediction
+    if float_prediction is None or winner.predicted is None:
+        return None, ()
+    speed = SpeedSummary(float_prediction, winner.predicted)
+    if speed.ratio < 1.0:
+        return speed, ()
+    faster = [
+        c for c in searched.candidates if c.predicted is not None and c.predicted.ms < float_prediction.ms
+    ]
+    why = (
+        f"the faster {'/'.join(str(c.plan.mode) for c in faster)} missed the accuracy bound"
+        if faster
+        else "no mode is predicted to run faster than float"
+    )
+    warning = (
+        f"the {winner.plan.mode} model is predicted to run {speed.ratio:.2f}x as long as the float "
+        f"model ({100 * speed.quantized.integer_mac_share:.0f}% of its multiply-adds in integer "
+        f"kernels): {why}"
+    )
+    logger.warning("%s: %s", output, warning)
+    return speed, (warning,)
+
+
+def measured_choice(run: Run, stats: dict[str, TensorStats]) -> ModeChoice | None:
+    """What ``convert --mode auto`` would pick with these statistics and evaluation data; the
+    candidates are built in a scratch folder and discarded. None: no mode changes the model."""
+    loaded = run.loaded
+    plans = candidate_plans(loaded.model, run.config, QuantMode.AUTO)
+    if not plans:
+        return None
+    observed = sorted({name for plan in plans for name in plan.observed})
+    ranges = ranges_for(observed, run.config, lambda _: stats)
+    reference = reference_for(run, needed=True)
+    with (
+        tempfile.TemporaryDirectory(prefix="quantcli-candidates-") as folder,
+        StagedOutput(force=True) as scratch,
+    ):
+        jobs = [Job(plan, ranges) for plan in plans]
+        searched = search_candidates(run, reference, jobs, scratch, Path(folder) / loaded.path.name)
+        listed = summaries(searched, loaded.size_bytes)
+    plan = searched.written.plan
+    return ModeChoice(
+        plan.mode, f"auto: {searched.decision.reason}", roles(plan), tuple(s.to_dict() for s in listed)
+    )
