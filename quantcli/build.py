@@ -38,7 +38,7 @@ from quantcli.evaluate import (
 )
 from quantcli.graph.io import ModelFile, check_model_file, external_folder, open_session, serialize
 from quantcli.graph.output import StagedModel, StagedOutput
-from quantcli.inputs import Datasets, Run, naming, needs_external_data, observe, ranges_for
+from quantcli.inputs import Datasets, Observer, Run, naming, needs_external_data, ranges_for
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
     FoldActivationsPass,
@@ -323,7 +323,7 @@ def build_variant(
     def stats(names: list[str]) -> dict[str, TensorStats]:
         if calibration is None:
             return {}
-        return observe(copy, names, calibration, config, histograms=config.method.needs_histogram)
+        return Observer(copy, config, config.method.needs_histogram).stats(names, calibration)
 
     extended = ranges_for(plan.observed, config, stats, known=ranges)
     return build_candidate(model, Job(plan, extended), config, shop, trial=True), extended

@@ -10,7 +10,7 @@ replays it without timing anything. When auto has nothing to measure on, it foll
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ __all__ = [
     "LATENCY_TIE",
     "ModeChoice",
     "candidate_plans",
+    "recorded_config",
     "recorded_mode",
     "roles",
     "unmeasured_mode",
@@ -150,3 +151,9 @@ def candidate_plans(
 def roles(plan: QuantPlan) -> dict[str, str]:
     """Every node's fate in ``plan``, as a decision records it."""
     return {d.name: d.role.value for d in plan.decisions}
+
+
+def recorded_config(config: QuantConfig, mode: QuantMode) -> QuantConfig:
+    """The settings a report records: those that reproduce its model, so in the mode settled
+    before any candidate was built (a recorded decision, auto's rule without data)."""
+    return replace(config, mode=mode)

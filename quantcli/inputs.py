@@ -39,8 +39,10 @@ from quantcli.report import CalibrationSummary
 
 __all__ = [
     "INLINE_LIMIT",
+    "CalibrationRequest",
     "Collector",
     "Datasets",
+    "Observer",
     "Remote",
     "Request",
     "Run",
@@ -56,7 +58,6 @@ __all__ = [
     "load_checked",
     "naming",
     "needs_external_data",
-    "observe",
     "observe_shard",
     "open_data",
     "open_request",
@@ -306,40 +307,43 @@ class Remote:
     part: Part = Part.ALL
 
 
-def observe(
-    loaded: ModelFile,
-    tensors: Sequence[str],
-    dataset: Dataset,
-    config: QuantConfig,
-    *,
-    histograms: bool,
-    progress: Advance | None = None,
-    remote: Remote | None = None,
-) -> dict[str, TensorStats]:
-    """Statistics (min, max, histograms if asked) of ``tensors`` over ``dataset``: here on
-    ``loaded``'s model, or by ``remote`` on the same samples of the same file."""
-    if remote is not None:
-        work = ShardWork(
-            loaded.path,
-            remote.source,
-            tuple(tensors),
-            Selection(config.max_samples, config.seed, remote.part, config.eval_fraction),
-            config.skip_nonfinite,
-            config.batch_size,
-            histograms,
-            fingerprint(loaded.model),
-            dataset.num_samples,
-        )
-        return remote.collector(work, progress)
-    with naming(loaded.path):
-        return collect_stats(
-            loaded.model,
-            tensors,
-            dataset,
-            batch_size=config.batch_size,
-            histograms=histograms,
-            progress=progress,
-        )
+@dataclass(frozen=True)
+class Observer:
+    """How a run observes statistics (min, max, histograms if asked): on ``loaded``'s model
+    here, or by ``remote`` on the same samples of the same file."""
+
+    loaded: ModelFile
+    config: QuantConfig
+    histograms: bool
+    remote: Remote | None = None
+
+    def stats(
+        self, tensors: Sequence[str], dataset: Dataset, progress: Advance | None = None
+    ) -> dict[str, TensorStats]:
+        """Statistics of ``tensors`` over ``dataset``."""
+        loaded, config = self.loaded, self.config
+        if self.remote is not None:
+            work = ShardWork(
+                loaded.path,
+                self.remote.source,
+                tuple(tensors),
+                Selection(config.max_samples, config.seed, self.remote.part, config.eval_fraction),
+                config.skip_nonfinite,
+                config.batch_size,
+                self.histograms,
+                fingerprint(loaded.model),
+                dataset.num_samples,
+            )
+            return self.remote.collector(work, progress)
+        with naming(loaded.path):
+            return collect_stats(
+                loaded.model,
+                tensors,
+                dataset,
+                batch_size=config.batch_size,
+                histograms=self.histograms,
+                progress=progress,
+            )
 
 
 def ranges_for(
@@ -412,20 +416,8 @@ def calibrated_ranges(
     remote = None
     if request.collector is not None and request.data is not None:
         remote = Remote(request.collector, request.data, run.datasets.calibration_part)
-    histograms = config.method.needs_histogram
-    ranges = ranges_for(
-        observed,
-        config,
-        lambda names: observe(
-            run.loaded,
-            names,
-            dataset,
-            config,
-            histograms=histograms,
-            progress=request.progress,
-            remote=remote,
-        ),
-    )
+    observer = Observer(run.loaded, config, config.method.needs_histogram, remote)
+    ranges = ranges_for(observed, config, lambda names: observer.stats(names, dataset, request.progress))
     return ranges, CalibrationSummary(method, dataset.num_samples, str(dataset.source))
 
 
@@ -467,3 +459,16 @@ def open_request(
     if request.calibration is None:
         return loaded, None
     return loaded, (request.calibration, read_calibration_for(loaded, request.calibration))
+
+
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """What :func:`calibrate` was asked to observe."""
+
+    model_path: Path
+    data: DataSource
+    shard: Shard | None
+    eval_data: DataSource | None
+    labels: Path | None
+    progress: Progress | None
+    collector: Collector | None

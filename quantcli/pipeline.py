@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from quantcli import inputs
 from quantcli.build import Job, reference_for
 from quantcli.calibration.collect import Progress, reporting, stage, within
 from quantcli.calibration.data import Dataset, InputSpec, model_inputs
@@ -23,38 +23,34 @@ from quantcli.calibration.file import CalibrationFile
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Part, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
-from quantcli.choice import ModeChoice, candidate_plans, recorded_mode, roles, unmeasured_mode
+from quantcli.choice import (
+    ModeChoice,
+    candidate_plans,
+    recorded_config,
+    recorded_mode,
+    roles,
+    unmeasured_mode,
+)
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.errors import ConfigError, QuantizationError
-from quantcli.evaluate import load_labels
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, check_model_file, fingerprint
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import (
+    CalibrationRequest,
     Collector,
     Remote,
     Request,
     Run,
     ShardResult,
     ShardWork,
-    calibrated_ranges,
-    check_request,
-    check_weights,
-    guard_inputs,
-    labels_for,
-    load_checked,
-    needs_external_data,
-    observe,
     observe_shard,
-    open_data,
-    open_request,
-    split_data,
 )
 from quantcli.inputs import prepare as _prepare
 from quantcli.inputs import read_calibration_for as _read_calibration_for
 from quantcli.plan import QuantPlan, candidate_tensors, select
-from quantcli.report import CalibrationSummary, FallbackSummary, QuantReport, SizeSummary
-from quantcli.search import Searched, measured_choice, predicted_speed, search_candidates, summaries
+from quantcli.report import CalibrationSummary, QuantReport, SizeSummary
+from quantcli.search import auto_choice, report_for, search_candidates
 
 __all__ = [
     "Collector",
@@ -79,52 +75,16 @@ class QuantResult:
     report: QuantReport
 
 
-def _reported(config: QuantConfig, mode: QuantMode) -> QuantConfig:
-    """The settings a report records: those that reproduce its model, so in the mode settled
-    before any candidate was built (a recorded decision, auto's rule without data)."""
-    return replace(config, mode=mode)
-
-
-def _report(
-    run: Run, searched: Searched, calibration: CalibrationSummary, mode_reason: str, output: Path
-) -> QuantReport:
-    loaded, config, winner = run.loaded, run.config, searched.written
-    decision = searched.decision
-    if run.mode is QuantMode.AUTO:
-        mode_reason = f"auto: {decision.note or decision.reason}"
-    speed, warnings = predicted_speed(searched, output)
-    fallback = searched.fallback
-    return QuantReport(
-        model=str(loaded.path),
-        output=str(output),
-        size=SizeSummary(loaded.size_bytes, winner.staged.size_bytes),
-        config=_reported(config, run.mode),
-        calibration=calibration,
-        plan=winner.plan,
-        int8_weight_fraction=winner.int8_weight_fraction,
-        fidelity=winner.fidelity,
-        fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
-        gate=winner.gate if config.has_gate else None,
-        candidates=summaries(searched, loaded.size_bytes),
-        mode_reason=mode_reason,
-        opset_upgraded_from=loaded.upgraded_from_opset,
-        per_layer=searched.diagnosis,
-        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
-        speed=speed,
-        warnings=warnings,
-    )
-
-
 def _write_unchanged(run: Run, output: Path, staging: StagedOutput) -> QuantResult:
     """``--allow-noop``: the float model, re-saved as it is, with a report saying so."""
     loaded, config = run.loaded, run.config
-    staged = staging.write_model(loaded.model, output, external_data=needs_external_data(loaded))
+    staged = staging.write_model(loaded.model, output, external_data=inputs.needs_external_data(loaded))
     check_model_file(staged.path)
     report = QuantReport(
         model=str(loaded.path),
         output=str(output),
         size=SizeSummary(loaded.size_bytes, staged.size_bytes),
-        config=_reported(config, run.mode),
+        config=recorded_config(config, run.mode),
         calibration=CalibrationSummary(config.method.value, 0, "not needed: nothing to quantize"),
         plan=select(loaded.model, config, mode=run.mode),
         int8_weight_fraction=0.0,
@@ -170,11 +130,11 @@ def quantize(
 
 
 def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig) -> QuantResult:
-    check_request(request, config)
-    loaded, recorded = open_request(staging, request)
+    inputs.check_request(request, config)
+    loaded, recorded = inputs.open_request(staging, request)
     mode, mode_reason, kept_float = recorded_mode(loaded.model, config, recorded)
-    datasets = open_data(model_inputs(loaded.model), request.data, request.eval_data, config, mode)
-    labels = labels_for(request.labels, datasets)
+    datasets = inputs.open_data(model_inputs(loaded.model), request.data, request.eval_data, config, mode)
+    labels = inputs.labels_for(request.labels, datasets)
     has_ranges = recorded is not None or datasets.calibration is not None
     if mode is QuantMode.AUTO and datasets.evaluation is None:
         dynamic_plan = select(loaded.model, config, mode=QuantMode.DYNAMIC)
@@ -189,28 +149,15 @@ def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig)
             "on float weights that would gain from it; `quantcli inspect` says why for each node); "
             "try --mode weight-only, or pass --allow-noop to write it unchanged"
         )
-    check_weights(loaded, plans)
-    ranges, calibration_summary = calibrated_ranges(run, plans, recorded, request)
+    inputs.check_weights(loaded, plans)
+    ranges, calibration_summary = inputs.calibrated_ranges(run, plans, recorded, request)
     reference = reference_for(run, needed=datasets.evaluation is not None or len(plans) > 1)
     searched = search_candidates(
         run, reference, [Job(plan, ranges) for plan in plans], staging, request.output
     )
     return QuantResult(
-        request.output, _report(run, searched, calibration_summary, mode_reason, request.output)
+        request.output, report_for(run, searched, calibration_summary, mode_reason, request.output)
     )
-
-
-@dataclass(frozen=True)
-class _Calibration:
-    """What :func:`calibrate` was asked to observe."""
-
-    model_path: Path
-    data: DataSource
-    shard: Shard | None
-    eval_data: DataSource | None
-    labels: Path | None
-    progress: Progress | None
-    collector: Collector | None
 
 
 def calibrate(
@@ -235,21 +182,21 @@ def calibrate(
     ``collector`` observes elsewhere (on Ray: :mod:`quantcli.distributed`), the same samples.
     ``guard`` holds the file the caller will write (see :mod:`quantcli.graph.guard`).
     """
-    request = _Calibration(model_path, data, shard, eval_data, labels, progress, collector)
+    request = CalibrationRequest(model_path, data, shard, eval_data, labels, progress, collector)
     with reporting(progress):
         if collector is not None and shard is not None:
             raise ConfigError("--shard observes one part here; --ray splits the samples itself: give one")
         guard = guard if guard is not None else PathGuard()
-        guard_inputs(
+        inputs.guard_inputs(
             guard,
             model_path,
             sources=((data, "--data"), (eval_data, "--eval-data")),
             files=((labels, "--labels"),),
         )
-        return _calibrate(request, load_checked(guard, model_path), config or QuantConfig())
+        return _calibrate(request, inputs.load_checked(guard, model_path), config or QuantConfig())
 
 
-def _calibrate(request: _Calibration, loaded: ModelFile, config: QuantConfig) -> CalibrationFile:
+def _calibrate(request: CalibrationRequest, loaded: ModelFile, config: QuantConfig) -> CalibrationFile:
     samples = select_samples(
         open_source(
             request.data,
@@ -261,7 +208,7 @@ def _calibrate(request: _Calibration, loaded: ModelFile, config: QuantConfig) ->
         seed=config.seed,
         shard=request.shard,
     )
-    check_weights(loaded, candidate_plans(loaded.model, config, config.mode))
+    inputs.check_weights(loaded, candidate_plans(loaded.model, config, config.mode))
     tensors = candidate_tensors(loaded.model)
     if not tensors:
         raise QuantizationError(f"{request.model_path}: nothing to calibrate (no quantizable float tensors)")
@@ -272,7 +219,7 @@ def _calibrate(request: _Calibration, loaded: ModelFile, config: QuantConfig) ->
             stage("calibrate", total=samples.num_samples)
         advance = within(request.progress, offset, dataset.num_samples, samples.num_samples)
         remote = Remote(request.collector, request.data, part) if request.collector is not None else None
-        return observe(loaded, tensors, dataset, config, histograms=True, progress=advance, remote=remote)
+        return inputs.Observer(loaded, config, True, remote).stats(tensors, dataset, advance)
 
     model_fingerprint = fingerprint(loaded.model)  # before auto's last candidate rewrites the model
     choice: ModeChoice | None = None
@@ -282,7 +229,7 @@ def _calibrate(request: _Calibration, loaded: ModelFile, config: QuantConfig) ->
         stats = observed(samples)
         choice = ModeChoice(config.mode, f"{config.mode} was asked for", roles(select(loaded.model, config)))
     else:
-        stats, choice = _auto_choice(request, loaded, config, samples, observed)
+        stats, choice = auto_choice(request, loaded, config, samples, observed)
     return CalibrationFile(
         model_fingerprint=model_fingerprint,
         method=config.method,
@@ -292,34 +239,6 @@ def _calibrate(request: _Calibration, loaded: ModelFile, config: QuantConfig) ->
         shards=(str(request.shard),) if request.shard is not None else (),
         choice=choice,
     )
-
-
-def _auto_choice(
-    request: _Calibration,
-    loaded: ModelFile,
-    config: QuantConfig,
-    samples: Dataset,
-    observed: Callable[[Dataset, int, Part], dict[str, TensorStats]],
-) -> tuple[dict[str, TensorStats], ModeChoice | None]:
-    """Auto's decision for ``calibrate``: candidates calibrated on all but the held-back part
-    and measured on it (or on ``eval_data``); the held-back part is observed too."""
-    specs = model_inputs(loaded.model)
-    datasets = split_data(samples, (request.data, request.eval_data), specs, config, QuantMode.AUTO)
-    assert datasets.calibration is not None
-    stats = observed(datasets.calibration, 0, datasets.calibration_part)
-    if datasets.evaluation is None:
-        mode, reason = unmeasured_mode(has_ranges=True, dynamic_applies=True)
-        return stats, ModeChoice(mode, reason, roles(select(loaded.model, config, mode=mode)))
-    # Observed before the candidates are built: the last one rewrites the model in place.
-    offset = datasets.calibration.num_samples
-    held = observed(datasets.evaluation, offset, Part.HELD_BACK) if request.eval_data is None else None
-    labels = (
-        load_labels(request.labels, datasets.evaluation.num_samples) if request.labels is not None else None
-    )
-    choice = measured_choice(Run(loaded, config, QuantMode.AUTO, datasets, labels), stats)
-    if held is not None:
-        stats = {name: s.merged(held[name]) for name, s in stats.items()}
-    return stats, choice
 
 
 @dataclass(frozen=True)

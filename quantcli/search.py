@@ -28,28 +28,40 @@ from quantcli.build import (
     workshop_for,
 )
 from quantcli.calibration.collect import stage
+from quantcli.calibration.data import Dataset, model_inputs
 from quantcli.calibration.observers import TensorStats
-from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, roles
-from quantcli.config import QuantMode, SpeedSource
+from quantcli.calibration.sampling import Part
+from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, recorded_config, roles, unmeasured_mode
+from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.errors import ConfigError, QuantizationError
-from quantcli.evaluate import GateResult
+from quantcli.evaluate import GateResult, load_labels
+from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
-from quantcli.inputs import Run, naming, ranges_for
-from quantcli.plan import NodeRole
+from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
+from quantcli.plan import NodeRole, select
 from quantcli.repair import FallbackResult, repair
-from quantcli.report import CandidateSummary, SpeedSummary
+from quantcli.report import (
+    CalibrationSummary,
+    CandidateSummary,
+    FallbackSummary,
+    QuantReport,
+    SizeSummary,
+    SpeedSummary,
+)
 
 __all__ = [
     "Decision",
     "Figures",
     "Repair",
     "Searched",
+    "auto_choice",
     "decide",
     "figures_of",
     "measured_choice",
     "predicted_speed",
+    "report_for",
     "search_candidates",
     "summaries",
 ]
@@ -398,3 +410,62 @@ def measured_choice(run: Run, stats: dict[str, TensorStats]) -> ModeChoice | Non
     return ModeChoice(
         plan.mode, f"auto: {searched.decision.reason}", roles(plan), tuple(s.to_dict() for s in listed)
     )
+
+
+def report_for(
+    run: Run, searched: Searched, calibration: CalibrationSummary, mode_reason: str, output: Path
+) -> QuantReport:
+    """The report of a conversion: the model written, how it was chosen, what it cost."""
+    loaded, config, winner = run.loaded, run.config, searched.written
+    decision = searched.decision
+    if run.mode is QuantMode.AUTO:
+        mode_reason = f"auto: {decision.note or decision.reason}"
+    speed, warnings = predicted_speed(searched, output)
+    fallback = searched.fallback
+    return QuantReport(
+        model=str(loaded.path),
+        output=str(output),
+        size=SizeSummary(loaded.size_bytes, winner.staged.size_bytes),
+        config=recorded_config(config, run.mode),
+        calibration=calibration,
+        plan=winner.plan,
+        int8_weight_fraction=winner.int8_weight_fraction,
+        fidelity=winner.fidelity,
+        fidelity_note="" if winner.fidelity else "not measured: give --eval-data (or --data with 2+ samples)",
+        gate=winner.gate if config.has_gate else None,
+        candidates=summaries(searched, loaded.size_bytes),
+        mode_reason=mode_reason,
+        opset_upgraded_from=loaded.upgraded_from_opset,
+        per_layer=searched.diagnosis,
+        fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
+        speed=speed,
+        warnings=warnings,
+    )
+
+
+def auto_choice(
+    request: CalibrationRequest,
+    loaded: ModelFile,
+    config: QuantConfig,
+    samples: Dataset,
+    observed: Callable[[Dataset, int, Part], dict[str, TensorStats]],
+) -> tuple[dict[str, TensorStats], ModeChoice | None]:
+    """Auto's decision for ``calibrate``: candidates calibrated on all but the held-back part
+    and measured on it (or on ``eval_data``); the held-back part is observed too."""
+    specs = model_inputs(loaded.model)
+    datasets = split_data(samples, (request.data, request.eval_data), specs, config, QuantMode.AUTO)
+    assert datasets.calibration is not None
+    stats = observed(datasets.calibration, 0, datasets.calibration_part)
+    if datasets.evaluation is None:
+        mode, reason = unmeasured_mode(has_ranges=True, dynamic_applies=True)
+        return stats, ModeChoice(mode, reason, roles(select(loaded.model, config, mode=mode)))
+    # Observed before the candidates are built: the last one rewrites the model in place.
+    offset = datasets.calibration.num_samples
+    held = observed(datasets.evaluation, offset, Part.HELD_BACK) if request.eval_data is None else None
+    labels = (
+        load_labels(request.labels, datasets.evaluation.num_samples) if request.labels is not None else None
+    )
+    choice = measured_choice(Run(loaded, config, QuantMode.AUTO, datasets, labels), stats)
+    if held is not None:
+        stats = {name: s.merged(held[name]) for name, s in stats.items()}
+    return stats, choice
