@@ -6,6 +6,11 @@ candidate the sentence the report shows, all from one reading of the rules. Call
 what fallback made of the candidate it named (:class:`Repair`), it settles whether the repaired
 model replaces the winner. It reads plain values only, so the same figures give the same choice
 wherever they were measured, and no list is changed.
+
+:func:`search_candidates` is the search around it: build every candidate (one
+:func:`quantcli.build.build_candidate` each, independent of the others), time them when asked,
+decide, repair (:func:`quantcli.repair.repair`), decide again. :func:`report_for` and
+:func:`measured_choice` turn its result into what ``convert`` reports and ``calibrate`` records.
 """
 
 from __future__ import annotations
