@@ -207,24 +207,26 @@ class Repaired:
 
 
 def repair(
-    start: Candidate, shop: Workshop, config: QuantConfig, ranges: Ranges, *, unasked: bool = False
+    start: Candidate, shop: Workshop, config: QuantConfig, ranges: Ranges, *, auto: bool = False
 ) -> Repaired:
     """--per-layer: rank ``start``'s tensors. --auto-fallback, when ``start`` misses the bound:
     return the nodes behind the worst ones to float, on its mode's plan. Ranges in, ranges out.
 
-    ``unasked``: auto's own repair, which the user did not ask for. Its ranking runs on fewer
-    samples and measures fewer tensors alone, so that the default stays affordable on a large
-    model (PP-OCRv4 det at 640x640: 743 s of diagnosis with 32 samples and 32 tensors alone).
+    ``auto``: in auto mode fallback runs unasked too (auto never settles for a slow mode that
+    passed while a faster one might be repaired). Unasked, its ranking runs on fewer samples and
+    measures fewer tensors alone, so that the default stays affordable on a large model
+    (PP-OCRv4 det at 640x640: 743 s of diagnosis with 32 samples and 32 tensors alone).
     """
     reference = shop.reference
     evaluation, proto = reference.datasets.evaluation, reference.proto
     missed = start.gate is not None and not start.gate.passed
-    wanted = config.per_layer or (config.auto_fallback and missed)
+    falls_back = config.auto_fallback or auto
+    wanted = config.per_layer or (falls_back and missed)
     if evaluation is None or proto is None or reference.session is None or not wanted:
         return Repaired(start, None, None, ranges)
-    few = unasked and not config.per_layer
+    few = auto and not config.auto_fallback and not config.per_layer
     # Fallback chooses among the tensors measured alone: more of them than the report shows.
-    top_k = max(config.top_k, (2 if few else 4) * config.max_trials) if config.auto_fallback else config.top_k
+    top_k = max(config.top_k, (2 if few else 4) * config.max_trials) if falls_back else config.top_k
     stage("diagnose")
     diagnosis = diagnose(
         proto,
@@ -234,7 +236,7 @@ def repair(
         max_samples=_UNASKED_DIAGNOSIS_SAMPLES if few else _DIAGNOSIS_SAMPLES,
         data_folder=shop.target.data_folder,
     )
-    if not (config.auto_fallback and missed):
+    if not (falls_back and missed):
         return Repaired(start, diagnosis, None, ranges)
     trials = iter(range(1, config.max_trials + 1))
     kept_float = dict(start.plan.kept_float)

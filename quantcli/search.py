@@ -334,12 +334,7 @@ def search_candidates(
     with shop.scratches:
         candidates = _timed(run, _built(run, jobs, shop))
         first = decide([figures_of(c, config.speed) for c in candidates], config.speed)
-        # Auto never settles for a slow mode that passed while a faster one might be repaired.
-        repair_config = replace(config, auto_fallback=True) if auto else config
-        start = candidates[first.start]
-        repaired = repair(
-            start, shop, repair_config, jobs[0].ranges, unasked=auto and not config.auto_fallback
-        )
+        repaired = repair(candidates[first.start], shop, config, jobs[0].ranges, auto=auto)
         outcome = _repair_outcome(run, first, candidates, repaired.candidate)
         final = decide([figures_of(c, config.speed) for c in candidates], config.speed, outcome)
         written = repaired.candidate if final.winner == first.start else candidates[final.winner]
