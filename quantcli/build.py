@@ -159,7 +159,7 @@ class Workshop:
 
 def reference_for(run: Run, *, needed: bool) -> Reference:
     """The float model candidates are measured against: a reference to its files, not a copy
-    of its weights (None when nothing is measured and only one candidate is built)."""
+    of its weights (``proto`` None when nothing is measured and only one candidate is built)."""
     proto = serialize(run.loaded.model) if needed else None
     session = None
     if proto is not None and run.datasets.evaluation:
