@@ -2,8 +2,10 @@
 
 The main path, every candidate of ``--mode auto`` and every fallback trial build through
 :func:`build_candidate`, so a model is quantized one way whoever asks for it. What a build is made
-of is plain data (a plan, ranges, a config, the :class:`BuildTarget`); the :class:`Workshop` adds
-what lives in this process (the float model's session, scratch folders for staged files).
+of is plain, picklable data (a :class:`Job`: plan and ranges; a config; the :class:`BuildTarget`);
+the :class:`Workshop` adds what lives in one process (the float model's session, the scratch
+folders staged files wait in). So another process (a Ray task) can build a candidate from the
+same values with a workshop of its own, and the choice reads only the figures measured.
 """
 
 from __future__ import annotations
