@@ -224,7 +224,7 @@ _ORT_RULES: dict[str, OpRule] = {
     # ConvTranspose 1.2-1.5x, against 3.9-4.0x smaller. Kept in the speed modes too: without it
     # these weights have no smaller form at all (the size target), and auto's cost model
     # prices the dequantized weight (its "/dq-weight" kernels) when it compares modes. LSTM
-    # alone has an integer form, DynamicQuantizeLSTM (see plan's lstm_spec); an Einsum that is a
+    # alone has an integer form, DynamicQuantizeLSTM (plan.facts._dynamic_lstm); an Einsum that is a
     # matrix product is a MatMul by now (EinsumToMatMulPass).
     "ConvTranspose": _stored(_axis(1), _slots(1)),
     "LSTM": _stored(_axis(1), _slots(1, 2), dynamic_kernel="DynamicQuantizeLSTM"),

@@ -28,7 +28,7 @@ dequantized.
 Everything else stays float, and every node gets a sentence saying why.
 
 The decision is a sequence of pure phases over an immutable placement (:mod:`.phases`,
-:mod:`.assemble`): seed, propagate, prune, keep outputs float, settle carries, assemble. What is
+:mod:`.assemble`): seed, propagate, prune, keep outputs float, assemble. What is
 specific to the runtime is a :class:`~quantcli.target.Target` value, what is specific to the mode
 a :class:`~quantcli.modes.ModeStrategy`.
 """
@@ -45,7 +45,7 @@ import onnx_ir as ir
 from quantcli import modes as _modes
 from quantcli.config import ActivationType, QuantConfig, QuantMode
 from quantcli.errors import ConfigError
-from quantcli.plan.assemble import assemble, settle_carries
+from quantcli.plan.assemble import assemble
 from quantcli.plan.facts import check_patterns, constant, is_float, matches
 from quantcli.plan.phases import keep_outputs_float, propagate, prune, seed
 from quantcli.plan.placement import Context, Placement
@@ -81,7 +81,7 @@ __all__ = [
 
 Phase = Callable[[Context, Placement], Placement]
 # In order; assemble turns the last placement into the plan.
-PHASES: tuple[Phase, ...] = (seed, propagate, prune, keep_outputs_float, settle_carries)
+PHASES: tuple[Phase, ...] = (seed, propagate, prune, keep_outputs_float)
 
 _ACTIVATION_TYPES = {ActivationType.UINT8: ir.DataType.UINT8, ActivationType.INT8: ir.DataType.INT8}
 

@@ -1,12 +1,13 @@
-"""The last phases: from a settled :class:`Placement` to the tensors the passes quantize.
+"""The last phase: from a settled :class:`Placement` to the tensors the passes quantize.
 
-:func:`settle_carries` returns to float a data-movement node that nothing needs in int8, and
 :func:`assemble` lists every activation, weight, bias, fold and dynamic node as a
-:class:`QuantPlan`.
+:class:`QuantPlan`; on the way, :func:`settle_carries` returns to float a data-movement node
+that nothing needs in int8 (known only once the activations are listed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -132,9 +133,11 @@ def _collect(ctx: Context, placement: Placement) -> _Tensors:
     return tensors
 
 
-def settle_carries(ctx: Context, placement: Placement) -> Placement:
-    """A carrying node whose output nobody needs in int8 just moves float data."""
-    activations = _collect(ctx, placement).activations
+def settle_carries(
+    ctx: Context, placement: Placement, activations: Mapping[str, ActivationSpec]
+) -> Placement:
+    """A carrying node whose output nobody needs in int8 (not among ``activations``) just moves
+    float data."""
     draft = Draft(ctx, placement)
     for node in ctx.nodes:
         if placement.role(node) is NodeRole.CARRY and not any(o.name in activations for o in node.outputs):
@@ -180,6 +183,7 @@ def assemble(ctx: Context, placement: Placement) -> QuantPlan:
     """The plan the passes carry out, from the settled placement."""
     tensors = _collect(ctx, placement)
     activations = tensors.activations
+    placement = settle_carries(ctx, placement, activations)
     weights = _weight_specs(tensors)
     symmetric = {w.name for w in weights if w.symmetric}
     nodes = ctx.nodes

@@ -7,7 +7,7 @@
 3. :func:`prune`: an integer element-wise op after which nothing takes int8 returns to float.
 4. :func:`keep_outputs_float`: a compute op whose output reaches no int8 reader keeps it float
    (a target fact: :attr:`~quantcli.target.Target.keep_final_outputs_float`).
-5. :func:`settle_carries` and :func:`~quantcli.plan.assemble.assemble` (in ``assemble``).
+5. :func:`~quantcli.plan.assemble.assemble`: the plan, once carries nothing needs are float.
 
 A later phase that overrides a decision keeps the earlier one in its ``overrides``.
 """

@@ -51,8 +51,8 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-def _frozen(mapping: Mapping[_K, _V]) -> Mapping[_K, _V]:
-    return MappingProxyType(dict(mapping))
+def _frozen(mapping: dict[_K, _V]) -> Mapping[_K, _V]:
+    return MappingProxyType(mapping)  # a read-only view: the draft is not used after freeze()
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,7 @@ class Draft:
         self.float_output = set(placement.float_output)
 
     def freeze(self) -> Placement:
+        """The new placement; the draft is done (its dicts become the placement's, read-only)."""
         return Placement(
             decisions=_frozen(self.decisions),
             integer=frozenset(self.integer),
