@@ -24,7 +24,8 @@ from quantcli.modes import (
     strategy,
     uses_calibration,
 )
-from quantcli.plan import NodeRole, Overridden, QuantPlan, select
+from quantcli.plan import PHASES, NodeRole, Overridden, QuantPlan, select
+from quantcli.plan.placement import Context, Placement
 from quantcli.target import ORT_CPU, OpRule, Target
 
 INTEGER, FOLDED, FLOAT = NodeRole.INTEGER, NodeRole.FOLDED, NodeRole.FLOAT
@@ -173,3 +174,40 @@ def test_sessions_run_on_the_targets_providers(monkeypatch: pytest.MonkeyPatch) 
     open_session(models.single_conv(), target=elsewhere)
     open_session(models.single_conv(), for_timing=True, target=elsewhere)
     assert asked == [["CPUExecutionProvider"], ["CheckEP"], ["TimeEP"]]
+
+
+def test_each_phase_returns_a_new_placement_and_leaves_its_input_alone() -> None:
+    model = _model(models.tiny_cnn())
+    ctx = Context(
+        nodes=tuple(model.graph),
+        config=QuantConfig(),
+        target=ORT_CPU,
+        strategy=ConvolutionsOnly(),
+        keep_float={},
+        graph_outputs=frozenset({"logits"}),
+    )
+    placements = [Placement()]
+    for phase in PHASES:
+        placement = placements[-1]
+        before = (
+            dict(placement.decisions),
+            placement.integer,
+            dict(placement.available),
+            dict(placement.folds),
+        )
+        after = phase(ctx, placement)
+        assert after is not placement
+        assert (
+            dict(placement.decisions),
+            placement.integer,
+            dict(placement.available),
+            dict(placement.folds),
+        ) == before
+        with pytest.raises(TypeError):
+            after.decisions[0] = after.decisions[id(ctx.nodes[0])]  # type: ignore[index]
+        placements.append(after)
+    # Propagation put the residual Add on the integer path, pruning withdrew it; both are kept.
+    residual = ctx.nodes[4]
+    _, seeded, propagated, pruned, final = placements
+    assert seeded.role(residual) is None and propagated.role(residual) is INTEGER
+    assert pruned.role(residual) is FLOAT and final.role(residual) is FLOAT

@@ -45,39 +45,17 @@ import onnx_ir as ir
 from quantcli import modes as _modes
 from quantcli.config import ActivationType, QuantConfig, QuantMode
 from quantcli.errors import ConfigError
+from quantcli.plan import values
 from quantcli.plan.assemble import assemble
 from quantcli.plan.facts import check_patterns, constant, is_float, matches
 from quantcli.plan.phases import keep_outputs_float, propagate, prune, seed
 from quantcli.plan.placement import Context, Placement
-from quantcli.plan.values import (
-    ActivationSpec,
-    BiasSpec,
-    DynamicSpec,
-    Fold,
-    LstmSpec,
-    NodeDecision,
-    NodeRole,
-    Overridden,
-    QuantPlan,
-    WeightSpec,
-)
+from quantcli.plan.values import *  # noqa: F403  (the plan's values, listed in values.__all__)
+from quantcli.plan.values import QuantPlan
 from quantcli.target import ORT_CPU, Target
 
-__all__ = [
-    "ActivationSpec",
-    "BiasSpec",
-    "DynamicSpec",
-    "Fold",
-    "LstmSpec",
-    "NodeDecision",
-    "NodeRole",
-    "Overridden",
-    "QuantPlan",
-    "WeightSpec",
-    "candidate_tensors",
-    "matches",
-    "select",
-]
+__all__ = ["PHASES", "candidate_tensors", "matches", "select"]
+__all__ += values.__all__
 
 Phase = Callable[[Context, Placement], Placement]
 # In order; assemble turns the last placement into the plan.
