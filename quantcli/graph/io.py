@@ -22,9 +22,9 @@ import onnx.version_converter
 import onnx_ir as ir
 import onnxruntime as ort
 
+from quantcli import target as _target
 from quantcli.errors import ModelLoadError, QuantizationError
 from quantcli.graph.output import check_writable, write_atomic
-from quantcli.target import ORT_CPU, Target
 
 __all__ = [
     "ModelFile",
@@ -383,7 +383,7 @@ def open_session(
     *,
     data_folder: Path | None = None,
     for_timing: bool = False,
-    target: Target = ORT_CPU,
+    target: _target.Target = _target.ORT_CPU,
 ) -> ort.InferenceSession:
     """An onnxruntime session for a protobuf or a model file, quiet unless something fails, on
     ``target``'s providers for checking (or for timing, ``for_timing``).
@@ -417,7 +417,7 @@ def open_session(
         raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
 
 
-def check_model_file(path: Path, target: Target = ORT_CPU) -> ort.InferenceSession:
+def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> ort.InferenceSession:
     """Run the ONNX checker with full shape/type checking and load the file in onnxruntime.
 
     Raises QuantizationError naming what failed: a model we produce that fails either is never
