@@ -70,7 +70,6 @@ class ModeStrategy:
     mode: QuantMode = QuantMode.STATIC
     needs_calibration: bool = True  # activation ranges are required (static Q/DQ pairs)
     dequantizes_table_rows: bool = False  # a constant Gather table: int8, only the rows dequantized
-    summary: str = "calibrated Q/DQ on activations; integer kernels"
 
     def place_compute(self, node: ir.Node, rule: OpRule, target: Target) -> Placed:
         """A Conv/MatMul/Gemm the planner found eligible."""
@@ -100,7 +99,6 @@ class MixedStrategy(ModeStrategy):
     """Dynamic MatMul/Gemm where they have a dynamic form, static everything else."""
 
     mode = QuantMode.MIXED
-    summary = "dynamic MatMul/Gemm, static everything else"
 
     def place_compute(self, node: ir.Node, rule: OpRule, target: Target) -> Placed:
         placed, _ = _dynamic(node, rule, target)
@@ -119,7 +117,6 @@ class DynamicStrategy(_FloatActivations):
     """MatMul/Gemm with int8 weights and inputs quantized at run time; no calibration."""
 
     mode = QuantMode.DYNAMIC
-    summary = "MatMul/Gemm weights int8, inputs quantized at run time"
 
     def place_compute(self, node: ir.Node, rule: OpRule, target: Target) -> Placed:
         placed, why_not = _dynamic(node, rule, target)
@@ -139,7 +136,6 @@ class WeightOnlyStrategy(_FloatActivations):
     """Every weight int8 behind a DequantizeLinear, float compute; no calibration."""
 
     mode = QuantMode.WEIGHT_ONLY
-    summary = "every weight int8 behind a DequantizeLinear, float compute"
 
     def place_compute(self, node: ir.Node, rule: OpRule, target: Target) -> Placed:
         weight = node.inputs[rule.weight_input] if rule.weight_input is not None else None
