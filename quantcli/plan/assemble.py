@@ -74,10 +74,11 @@ def _node_activations(
 
 def _add_weights(ctx: Context, tensors: _Tensors, node: ir.Node, rule: OpRule) -> None:
     """Record the channel axis ``node`` wants for each constant weight (None: per tensor)."""
+    candidates: list[ir.Value | None]
     if rule.weight_slots is not None:
-        candidates = stored_weights(node, rule, ctx.target.min_compute_weights)
+        candidates = list(stored_weights(node, rule, ctx.target.min_compute_weights))
     elif rule.weight_input is not None:
-        candidates = [node.inputs[rule.weight_input]]  # type: ignore[list-item]
+        candidates = [node.inputs[rule.weight_input]]
     else:
         return
     config = ctx.config
