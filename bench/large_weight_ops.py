@@ -9,7 +9,7 @@ converts each with quantcli in static, dynamic and weight-only mode, and measure
 1 thread, float and every quantized form timed in interleaved rounds in one process.
 Writes the `large_weight_ops` section of bench/RESULTS.md.
 
-These figures decide the op rules in quantcli/plan.py: an LSTM runs as DynamicQuantizeLSTM (the
+These figures decide the op rules in quantcli/target.py: an LSTM runs as DynamicQuantizeLSTM (the
 only integer kernel onnxruntime's CPU provider has for these ops) because it is faster than the
 float LSTM; the others have no integer kernel, so int8 storage behind a DequantizeLinear is the
 only form, and its latency cost is what the table shows.

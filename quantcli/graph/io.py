@@ -22,6 +22,7 @@ import onnx.version_converter
 import onnx_ir as ir
 import onnxruntime as ort
 
+from quantcli import target as _target
 from quantcli.errors import ModelLoadError, QuantizationError
 from quantcli.graph.output import check_writable, write_atomic
 
@@ -382,8 +383,10 @@ def open_session(
     *,
     data_folder: Path | None = None,
     for_timing: bool = False,
+    target: _target.Target = _target.ORT_CPU,
 ) -> ort.InferenceSession:
-    """An onnxruntime CPU session for a protobuf or a model file, quiet unless something fails.
+    """An onnxruntime session for a protobuf or a model file, quiet unless something fails, on
+    ``target``'s providers for checking (or for timing, ``for_timing``).
 
     A protobuf's external data locations are resolved in ``data_folder`` (onnxruntime reads the
     files itself, so weights are never copied through Python). Raises :class:`ModelLoadError`
@@ -407,13 +410,14 @@ def open_session(
         )
     source = str(model) if isinstance(model, Path) else model.SerializeToString()
     try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        providers = target.timing_providers if for_timing else target.check_providers
+        return ort.InferenceSession(source, options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own exception types
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
 
 
-def check_model_file(path: Path) -> ort.InferenceSession:
+def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> ort.InferenceSession:
     """Run the ONNX checker with full shape/type checking and load the file in onnxruntime.
 
     Raises QuantizationError naming what failed: a model we produce that fails either is never
@@ -427,6 +431,6 @@ def check_model_file(path: Path) -> ort.InferenceSession:
         first_line = str(exc).strip().splitlines()[0]
         raise QuantizationError(f"the quantized model fails the ONNX checker: {first_line}") from exc
     try:
-        return open_session(path)
+        return open_session(path, target=target)
     except ModelLoadError as exc:
         raise QuantizationError(f"onnxruntime refuses the quantized model: {exc}") from exc

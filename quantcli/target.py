@@ -1,0 +1,276 @@
+"""What is specific to the runtime that will run the quantized model, as data.
+
+A :class:`Target` holds everything the planner must know about one runtime: which ops it fuses
+with QuantizeLinear/DequantizeLinear into integer kernels (its op-rule table), which element-wise
+ops continue the integer path only when every input is int8 already, which weight axes take
+per-channel scales, whether final outputs stay float, the quantized types it accepts per role and
+the execution providers that check and time a model. :data:`ORT_CPU` is onnxruntime's CPU
+provider, today's only target; another runtime is another value of this type (its own table and
+facts), never a branch in the planner.
+
+This module depends on nothing else in quantcli: the planner, the graph layer and the modes
+read it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "ORT_CPU",
+    "AxisRule",
+    "NodeTest",
+    "OpKind",
+    "OpRule",
+    "SlotRule",
+    "Target",
+]
+
+
+class OpKind(StrEnum):
+    """How an op takes part in the integer path."""
+
+    COMPUTE = "compute"  # the reason to quantize: a weight and an integer kernel
+    ELEMENTWISE = "elementwise"  # an integer kernel, worth it only when every input is int8
+    DATA_MOVEMENT = "data-movement"  # carries its input's scale: int8 in, int8 out
+    WEIGHT_ONLY = "weight-only"  # a large weight, no integer kernel: int8 storage only
+    TABLE = "table"  # Gather on a constant table
+    ACTIVATION_FOLD = "activation-fold"  # Relu/Clip(0, x): the quantizer's saturation
+
+
+AxisRule = Callable[[ir.Node, ir.Value], int | None]
+SlotRule = Callable[[ir.Node], tuple[int, ...]]
+NodeTest = Callable[[ir.Node], bool]
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpRule:
+    """The roles of one op's inputs on a target, and the kernel that runs it (named in reasons)."""
+
+    kind: OpKind
+    kernel: str = ""
+    activation_inputs: tuple[int, ...] | None = (0,)  # None: every input
+    weight_input: int | None = None
+    weight_axis: AxisRule | None = None  # the channel axis of a weight (None: per tensor)
+    bias_input: int | None = None
+    # Whether the int32 bias can be fused for this node (QGemm adds it unscaled); None: always.
+    bias_fuses: NodeTest | None = None
+    output_required: bool = True  # the kernel needs a quantized output to fuse
+    # OpKind.WEIGHT_ONLY: the inputs that may hold a weight stored int8 behind a DequantizeLinear.
+    weight_slots: SlotRule | None = None
+    # The kernel that quantizes this op's input at run time (dynamic and mixed modes for a
+    # COMPUTE op; every mode but weight-only for a WEIGHT_ONLY op); "" when it has none.
+    dynamic_kernel: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """One runtime's facts. Replace fields (``dataclasses.replace``) to describe another."""
+
+    name: str  # as a flag value would spell it
+    runtime: str  # as reasons name it: "onnxruntime's CPU provider has no integer X kernel"
+    rules: Mapping[str, OpRule]
+    # Why common ops without a rule stay float, in words a user can check.
+    float_reasons: Mapping[str, str] = field(default_factory=dict)
+    # Leave float a compute op's output from which no int8 reader can be reached (a detector's
+    # head): quantizing it clips values beyond the calibrated range and no integer kernel gains.
+    keep_final_outputs_float: bool = True
+    # Compute ops with fewer constant weights than this stay float (a detector's 16-tap
+    # expectation Conv): int8 would save nothing and add a rounding step.
+    min_compute_weights: int = 64
+    # Constant inputs of float element-wise ops smaller than this stay float: a scale and zero
+    # point would outweigh the bytes saved.
+    min_stored_constant: int = 256
+    # The quantized types the runtime accepts, per role.
+    activation_types: frozenset[ir.DataType] = frozenset({ir.DataType.UINT8, ir.DataType.INT8})
+    weight_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT8})
+    bias_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT32})
+    # onnxruntime execution providers that check a written model and time it.
+    check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+    def rule(self, node: ir.Node) -> OpRule | None:
+        """The rule for ``node``'s op, or None when the target has no integer form for it."""
+        return self.rules.get(node.op_type)
+
+
+def _axis(index: int) -> AxisRule:
+    def rule(_node: ir.Node, _weight: ir.Value) -> int | None:
+        return index
+
+    return rule
+
+
+def _slots(*indices: int) -> SlotRule:
+    def rule(_node: ir.Node) -> tuple[int, ...]:
+        return indices
+
+    return rule
+
+
+def _every_input(node: ir.Node) -> tuple[int, ...]:
+    return tuple(range(len(node.inputs)))
+
+
+def _einsum_letters(equation: str, index: int, rank: int) -> list[str | None]:
+    """The subscript of each axis of Einsum operand ``index`` (None under an ellipsis)."""
+    term = equation.replace(" ", "").split("->")[0].split(",")[index]
+    if "..." not in term:
+        return list(term)
+    before, after = term.split("...")
+    return [*before, *([None] * (rank - len(before) - len(after))), *after]
+
+
+def _einsum_axis(node: ir.Node, weight: ir.Value) -> int | None:
+    """The last axis of a constant Einsum operand that the output keeps: its output channel
+    (``hde`` in ``bshd,hde->bshe``: e). One scale per channel of the result; a contracted axis
+    would mix scales in every output value. With none kept, one scale for the operand. Without
+    an explicit output, Einsum keeps the subscripts that occur once. (An Einsum that is a plain
+    matrix product was rewritten as MatMul before planning: EinsumToMatMulPass.)
+    """
+    attribute = node.attributes.get("equation")
+    shape = weight.shape
+    if attribute is None or shape is None:
+        return None
+    equation = attribute.as_string().replace(" ", "")
+    index = next(i for i, v in enumerate(node.inputs) if v is weight)
+    inputs = equation.split("->")[0]
+    if "->" in equation:
+        kept = set(equation.split("->")[1])
+    else:
+        subscripts = [c for c in inputs if c.isalpha()]
+        kept = {c for c in subscripts if subscripts.count(c) == 1}
+    letters = _einsum_letters(equation, index, len(shape))
+    if len(letters) != len(shape):
+        return None  # an equation that does not fit the operand: one scale, nothing assumed
+    axes = [a for a, c in enumerate(letters) if c is not None and c in kept]
+    return axes[-1] if axes else None
+
+
+def _gemm_axis(node: ir.Node, _weight: ir.Value) -> int | None:
+    trans_b = node.attributes.get("transB")
+    return 0 if trans_b is not None and trans_b.as_int() else 1
+
+
+def _matmul_axis(_node: ir.Node, weight: ir.Value) -> int | None:
+    # onnxruntime's integer MatMul takes per-column scales only for a 2-D weight.
+    shape = weight.shape
+    return 1 if shape is not None and len(shape) == 2 else None
+
+
+def _unit_gemm(node: ir.Node) -> bool:
+    """onnxruntime's QGemm adds an int32 bias unscaled: only for alpha = beta = 1, no transA."""
+    alpha, beta = node.attributes.get("alpha"), node.attributes.get("beta")
+    trans_a = node.attributes.get("transA")
+    return (
+        (alpha is None or bool(np.isclose(alpha.as_float(), 1.0)))
+        and (beta is None or bool(np.isclose(beta.as_float(), 1.0)))
+        and (trans_a is None or trans_a.as_int() == 0)
+    )
+
+
+def _stored(weight_axis: AxisRule, weight_slots: SlotRule, dynamic_kernel: str = "") -> OpRule:
+    return OpRule(
+        kind=OpKind.WEIGHT_ONLY,
+        activation_inputs=(),
+        weight_axis=weight_axis,
+        weight_slots=weight_slots,
+        dynamic_kernel=dynamic_kernel,
+    )
+
+
+def _elementwise(kernel: str, *, every_input: bool = False) -> OpRule:
+    return OpRule(kind=OpKind.ELEMENTWISE, kernel=kernel, activation_inputs=None if every_input else (0,))
+
+
+_ORT_DYNAMIC_MATMUL = "DynamicQuantizeMatMul"
+
+_ORT_RULES: dict[str, OpRule] = {
+    "Conv": OpRule(
+        kind=OpKind.COMPUTE, kernel="QLinearConv", weight_input=1, weight_axis=_axis(0), bias_input=2
+    ),
+    "MatMul": OpRule(
+        kind=OpKind.COMPUTE,
+        kernel="QLinearMatMul/MatMulIntegerToFloat",
+        weight_input=1,
+        weight_axis=_matmul_axis,
+        output_required=False,
+        dynamic_kernel=_ORT_DYNAMIC_MATMUL,
+    ),
+    "Gemm": OpRule(
+        kind=OpKind.COMPUTE,
+        kernel="QGemm",
+        weight_input=1,
+        weight_axis=_gemm_axis,
+        bias_input=2,
+        bias_fuses=_unit_gemm,
+        output_required=False,
+        dynamic_kernel=_ORT_DYNAMIC_MATMUL,
+    ),
+    # Ops that carry a large weight and have no integer kernel on onnxruntime 1.32's CPU
+    # provider (its kernel registry lists no QLinearConvTranspose, no quantized GRU/RNN/Einsum,
+    # and its QDQ selectors fuse none of them): the weight is stored int8 behind a
+    # DequantizeLinear, per output channel (axis 1 of [C_in, C_out/group, k...] and of
+    # [directions, gates x hidden, size]), in every mode. It is the only way to make them smaller,
+    # and it costs time at every run (the weight is dequantized and, no longer a constant, not
+    # pre-packed by the kernel): measured in bench/large_weight_ops.py, 1 thread, over several
+    # runs on a loaded machine, RNN h256 x40 1.1x its float time, GRU 1.1-1.6x, a 128->64
+    # ConvTranspose 1.2-1.5x, against 3.9-4.0x smaller. Kept in the speed modes too: without it
+    # these weights have no smaller form at all (the issue's size target), and auto's cost model
+    # prices the dequantized weight (its "/dq-weight" kernels) when it compares modes. LSTM
+    # alone has an integer form, DynamicQuantizeLSTM (plan.facts._dynamic_lstm); an Einsum that is a
+    # matrix product is a MatMul by now (EinsumToMatMulPass).
+    "ConvTranspose": _stored(_axis(1), _slots(1)),
+    "LSTM": _stored(_axis(1), _slots(1, 2), dynamic_kernel="DynamicQuantizeLSTM"),
+    "GRU": _stored(_axis(1), _slots(1, 2)),
+    "RNN": _stored(_axis(1), _slots(1, 2)),
+    "Einsum": _stored(_einsum_axis, _every_input),
+    "Add": _elementwise("QLinearAdd", every_input=True),
+    "Mul": _elementwise("QLinearMul", every_input=True),
+    "Concat": _elementwise("QLinearConcat", every_input=True),
+    "AveragePool": _elementwise("QLinearAveragePool"),
+    "GlobalAveragePool": _elementwise("QLinearGlobalAveragePool"),
+    "LeakyRelu": _elementwise("QLinearLeakyRelu"),
+    "Sigmoid": _elementwise("QLinearSigmoid"),
+    "Gather": OpRule(kind=OpKind.TABLE, kernel="Gather", activation_inputs=(), weight_input=0),
+    "Relu": OpRule(kind=OpKind.ACTIVATION_FOLD),
+    "Clip": OpRule(kind=OpKind.ACTIVATION_FOLD),
+}
+for _op in (
+    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Expand", "Tile",
+    "MaxPool", "Resize", "Split",
+):  # fmt: skip
+    _ORT_RULES[_op] = OpRule(kind=OpKind.DATA_MOVEMENT, kernel=_op)
+
+_ORT_FLOAT_REASONS = {
+    "Softmax": "float: probabilities near 1/n keep only a few of 256 levels at 8 bits",
+    "LayerNormalization": "float: normalization divides by a data-dependent variance; no integer kernel",
+    "BatchNormalization": "float: no integer kernel (fold it into the preceding Conv before quantizing)",
+    "Div": "float: no integer kernel for Div",
+    "Pow": "float: no integer kernel for Pow",
+    "Sqrt": "float: no integer kernel for Sqrt",
+    "Erf": "float: no integer kernel for Erf (GELU)",
+    "Gelu": "float: no integer kernel for Gelu",
+    "Tanh": "float: no integer kernel for Tanh",
+    "Exp": "float: no integer kernel for Exp",
+    "ReduceMean": "float: no integer kernel for ReduceMean",
+    "Sub": "float: no integer kernel for Sub",
+}
+
+# onnxruntime's CPU execution provider, what its QDQ selectors fuse (onnxruntime 1.32):
+# compute ops (Conv, MatMul, Gemm) with int8 weights and inputs, Conv with a quantized output too
+# (QLinearConv), MatMul and Gemm with a float one allowed (MatMulIntegerToFloat, QGemm);
+# element-wise integer kernels when every input is int8 already; data movement on int8 with its
+# input's scale; Relu/Clip(0, x) folded into the preceding quantizer.
+ORT_CPU = Target(
+    name="ort-cpu",
+    runtime="onnxruntime's CPU provider",
+    rules=MappingProxyType(_ORT_RULES),
+    float_reasons=MappingProxyType(_ORT_FLOAT_REASONS),
+)
