@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import onnx_ir as ir
 
 from quantcli.config import QuantConfig, QuantMode
+from quantcli.modes import auto_candidates, strategy
 from quantcli.plan import NodeRole, QuantPlan, select
 
 if TYPE_CHECKING:
     from quantcli.calibration.file import CalibrationFile
 
 __all__ = [
-    "AUTO_MODES",
     "LATENCY_TIE",
     "ModeChoice",
     "candidate_plans",
@@ -33,8 +33,6 @@ __all__ = [
     "unmeasured_mode",
 ]
 
-# Candidate modes --mode auto tries (most integer work first).
-AUTO_MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
 
 # Candidates whose median latencies are within this factor of the fastest count as equally fast
 # (shared machines vary by a few percent run to run); among those the most faithful wins.
@@ -133,15 +131,15 @@ def candidate_plans(
     has_ranges: bool = True,
     kept_float: Mapping[str, str] | None = None,
 ) -> list[QuantPlan]:
-    """The plans to build: ``mode``'s, or every distinct non-empty one for auto (without
-    calibration ranges, only the modes that need none)."""
-    modes = tuple(m for m in AUTO_MODES if has_ranges or not m.needs_calibration)
+    """The plans to build: ``mode``'s, or for auto one per registered mode it may build
+    (:func:`quantcli.modes.auto_candidates`), each distinct and changing the model."""
+    strategies = auto_candidates(has_ranges=has_ranges) if mode is QuantMode.AUTO else (strategy(mode),)
     plans: list[QuantPlan] = []
     seen: set[tuple[str, ...]] = set()
-    for each in modes if mode is QuantMode.AUTO else (mode,):
+    for each in strategies:
         plan = select(model, config, kept_float, mode=each)
         signature = tuple(d.role.value for d in plan.decisions)
-        if plan.is_noop or signature in seen:
+        if not each.changes(plan) or signature in seen:
             continue  # e.g. mixed is static again on a model without MatMul
         seen.add(signature)
         plans.append(plan)

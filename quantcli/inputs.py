@@ -33,6 +33,7 @@ from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, external_files, fingerprint, load_model, unmap
 from quantcli.graph.output import StagedOutput, check_writable, data_file_name
 from quantcli.graph.quantized import refuse_quantized
+from quantcli.modes import strategy, uses_calibration
 from quantcli.passes import EinsumToMatMulPass, ReduceMeanToGlobalPoolPass
 from quantcli.plan import QuantPlan
 from quantcli.report import CalibrationSummary
@@ -232,7 +233,7 @@ def split_data(
     if eval_data is not None:
         evaluation = open_source(eval_data, specs, skip_nonfinite=config.skip_nonfinite)
         return Datasets(calibration, evaluation, str(eval_data))
-    if calibration is not None and not mode.uses_calibration:
+    if calibration is not None and not uses_calibration(mode):
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return Datasets(None, calibration, f"{data} (not needed for calibration in {mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
@@ -424,7 +425,8 @@ def calibrated_ranges(
 def check_request(request: Request, config: QuantConfig) -> None:
     if request.data is not None and request.calibration is not None:
         raise ConfigError("give calibration data (--data) or a calibration file (--calibration), not both")
-    if config.mode.needs_calibration and request.data is None and request.calibration is None:
+    calibrates = config.mode is not QuantMode.AUTO and strategy(config.mode).needs_calibration
+    if calibrates and request.data is None and request.calibration is None:
         raise ConfigError(
             f"{config.mode} mode calibrates activations: give --data or --calibration "
             "(or choose --mode dynamic or --mode weight-only, which need no data)"

@@ -48,6 +48,7 @@ from quantcli.inputs import (
 )
 from quantcli.inputs import prepare as _prepare
 from quantcli.inputs import read_calibration_for as _read_calibration_for
+from quantcli.modes import strategy
 from quantcli.plan import QuantPlan, candidate_tensors, select
 from quantcli.report import CalibrationSummary, QuantReport, SizeSummary
 from quantcli.search import auto_choice, report_for, search_candidates
@@ -137,8 +138,9 @@ def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig)
     labels = inputs.labels_for(request.labels, datasets)
     has_ranges = recorded is not None or datasets.calibration is not None
     if mode is QuantMode.AUTO and datasets.evaluation is None:
-        dynamic_plan = select(loaded.model, config, mode=QuantMode.DYNAMIC)
-        mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=not dynamic_plan.is_noop)
+        dynamic = strategy(QuantMode.DYNAMIC)
+        applies = dynamic.changes(select(loaded.model, config, mode=dynamic))
+        mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=applies)
     run = Run(loaded, config, mode, datasets, labels)
     plans = candidate_plans(loaded.model, config, mode, has_ranges=has_ranges, kept_float=kept_float)
     if not plans and config.allow_noop:
