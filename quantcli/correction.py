@@ -18,7 +18,6 @@ shift, and Gemm is left for when a model needs it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Dataset
 from quantcli.graph.io import open_session, serialize
 from quantcli.params import PlanParams
+from quantcli.passes.bias import CorrectBiasesPass
 from quantcli.scheme import QParams, dequantize, quantize
 
 __all__ = ["BiasCorrection", "ConvTerms", "CorrectBiasesPass", "bias_corrections", "corrected_bias"]
@@ -180,19 +180,3 @@ def bias_corrections(
         shifts[t.bias] = float(np.max(np.abs(biases[t.bias] - bias))) if bias.size else 0.0
     logger.info("bias correction: %d Conv bias(es) corrected", len(biases))
     return BiasCorrection(biases, shifts)
-
-
-class CorrectBiasesPass(ir.passes.InPlacePass):
-    """Replace the values of float bias initializers (before they are quantized)."""
-
-    def __init__(self, biases: Mapping[str, npt.NDArray[np.float32]]) -> None:
-        super().__init__()
-        self.biases = biases
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        initializers = model.graph.initializers
-        for name, values in self.biases.items():
-            value = initializers[name]
-            assert value.const_value is not None and value.const_value.shape == values.shape
-            value.const_value = ir.tensor(values, name=name)
-        return ir.passes.PassResult(model, modified=bool(self.biases))

@@ -6,6 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import produced_by
 from quantcli.scheme import QParams, QuantType
 
 __all__ = [
@@ -14,9 +15,11 @@ __all__ = [
     "add_parameters",
     "constant_array",
     "dequantize_node",
+    "dequantized_constant",
     "ir_type",
     "quantize_node",
     "quantized_weight",
+    "require_quantized",
 ]
 
 _IR_TYPES = {
@@ -128,13 +131,37 @@ def dequantize_node(
     ), out
 
 
-def quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """(integer weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
-    producer = value.producer()
-    assert producer is not None and producer.op_type == "DequantizeLinear", value.name
+def dequantized_constant(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value] | None:
+    """(integer constant, scale, zero point) behind the DequantizeLinear that produces ``value``,
+    or None when ``value`` is not a constant stored as integers."""
+    producer = produced_by(value, "DequantizeLinear")
+    if producer is None or len(producer.inputs) != 3:
+        return None
     weight, scale, zero_point = producer.inputs
-    assert weight is not None and scale is not None and zero_point is not None
+    if weight is None or scale is None or zero_point is None:
+        return None
+    if weight.const_value is None or scale.const_value is None or zero_point.const_value is None:
+        return None
     return weight, scale, zero_point
+
+
+def quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(integer weight, scale, zero point) behind the DequantizeLinear that produces ``value``
+    (a pass's ``requires`` has checked that there is one)."""
+    found = dequantized_constant(value)
+    assert found is not None, value.name
+    return found
+
+
+def require_quantized(pass_name: str, values: dict[str, ir.Value | None]) -> None:
+    """Precondition of the passes that read what QuantizeInitializersPass left: every value of
+    ``values`` (by the name the plan gives it) is an integer constant behind a DequantizeLinear."""
+    for name, value in values.items():
+        if dequantized_constant(value) is None:
+            raise ir.passes.PreconditionError(
+                f"{pass_name}: '{name}' is not an integer constant behind a DequantizeLinear "
+                "(run QuantizeInitializersPass first)"
+            )
 
 
 def constant_array(value: ir.Value) -> np.ndarray:

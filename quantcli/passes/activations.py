@@ -7,13 +7,14 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass, values_by_name
 from quantcli.passes._qdq import add_parameters, dequantize_node, quantize_node
 from quantcli.scheme import QParams
 
 __all__ = ["InsertActivationQDQPass"]
 
 
-class InsertActivationQDQPass(ir.passes.InPlacePass):
+class InsertActivationQDQPass(MainGraphPass):
     """Put a Q/DQ pair right after each named tensor; every consumer then reads the DQ output.
 
     For a tensor in ``replace_outputs`` the pair also replaces it as graph output, keeping the
@@ -26,14 +27,20 @@ class InsertActivationQDQPass(ir.passes.InPlacePass):
         self.params = dict(params)
         self.replace_outputs = replace_outputs
 
+    def requires(self, model: ir.Model) -> None:
+        missing = sorted(set(self.params) - set(values_by_name(model.graph)))
+        if missing:
+            raise ir.passes.PreconditionError(f"no graph input or node output is named '{missing[0]}'")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         names = NameAllocator(graph)
-        values = {v.name: v for v in graph.inputs}
-        values.update({out.name: out for node in graph for out in node.outputs})
+        values = values_by_name(graph)
+        modified = False
         for name in sorted(self.params):
             self._insert(graph, names, values[name], self.params[name])
-        return ir.passes.PassResult(model, modified=bool(self.params))
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
 
     def _insert(self, graph: ir.Graph, names: NameAllocator, value: ir.Value, qparams: QParams) -> None:
         name = value.name or ""

@@ -8,7 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, constant_array, ir_type, quantized_weight
+from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.passes._qdq import add_initializer, constant_array, ir_type, quantized_weight, require_quantized
 from quantcli.plan import DynamicSpec
 from quantcli.scheme import QuantType
 
@@ -18,15 +19,16 @@ __all__ = ["QuantizeMatMulDynamicallyPass"]
 _INPUT_TYPE = ir_type(QuantType.UINT8)
 
 
-class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
+class QuantizeMatMulDynamicallyPass(MainGraphPass):
     """Rewrite each planned MatMul/Gemm as the node pattern onnxruntime fuses into
     DynamicQuantizeMatMul (its DynamicQuantizeMatMulFusion after MatMulIntegerToFloatFusion):
 
         DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast(float)
             -> Mul(., Mul(x_scale, W_scale)) [-> Add(., bias)]
 
-    Runs after QuantizeInitializersPass, whose int8 weight, scale and zero point it reads from
-    the weight's DequantizeLinear (left for RemoveUnusedNodesPass when nothing else reads it).
+    Runs after QuantizeInitializersPass (``requires`` checks it), whose int8 weight, scale and zero
+    point it reads from the weight's DequantizeLinear (left for RemoveUnusedNodesPass when nothing
+    else reads it).
     Each MatMul gets its own DynamicQuantizeLinear: the fusion requires it to feed one MatMul.
     """
 
@@ -34,13 +36,26 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
         super().__init__()
         self.specs = tuple(specs)
 
+    def requires(self, model: ir.Model) -> None:
+        values = values_by_name(model.graph)
+        weights = {}
+        for spec in self.specs:
+            node = values[spec.output].producer()
+            assert node is not None and node.op_type in ("MatMul", "Gemm"), spec.output
+            weights[spec.weight] = node.inputs[1]
+        require_quantized(type(self).__name__, weights)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         names = NameAllocator(graph)
-        by_output = {node.outputs[0].name: node for node in graph if node.outputs}
+        values = values_by_name(graph)
+        modified = False
         for spec in self.specs:
-            self._rewrite(graph, names, by_output[spec.output], spec)
-        return ir.passes.PassResult(model, modified=bool(self.specs))
+            node = values[spec.output].producer()
+            assert node is not None
+            self._rewrite(graph, names, node, spec)
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)
 
     def _rewrite(self, graph: ir.Graph, names: NameAllocator, node: ir.Node, spec: DynamicSpec) -> None:
         data, weight_value = node.inputs[0], node.inputs[1]

@@ -6,6 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass
 from quantcli.passes._qdq import add_initializer
 from quantcli.passes._rewrite import replace_node
 
@@ -56,7 +57,7 @@ def _matmul_transpose(node: ir.Node) -> bool | None:
     return w[1] == contracted
 
 
-class EinsumToMatMulPass(ir.passes.InPlacePass):
+class EinsumToMatMulPass(MainGraphPass):
     """Einsum("...d,dk->...k", x, W) -> MatMul(x, W), and ("...d,kd->...k") -> MatMul(x, W.T).
 
     Exporters write projections both ways; onnxruntime has integer kernels (and quantcli's rules)
@@ -66,6 +67,11 @@ class EinsumToMatMulPass(ir.passes.InPlacePass):
     is the same arithmetic. A transposed weight becomes a new initializer; the original stays
     while something else reads it.
     """
+
+    subgraphs = (
+        "skipped: the plan quantizes main-graph nodes only, so a MatMul inside an If/Loop/Scan body "
+        "would stay float and the rewrite would buy nothing"
+    )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph

@@ -6,12 +6,13 @@ from collections.abc import Sequence
 
 import onnx_ir as ir
 
+from quantcli.passes._base import MainGraphPass, values_by_name
 from quantcli.plan import Fold
 
 __all__ = ["FoldActivationsPass"]
 
 
-class FoldActivationsPass(ir.passes.InPlacePass):
+class FoldActivationsPass(MainGraphPass):
     """Delete each folded activation node and give its output's name to its input.
 
     The producer then writes the tensor the activation wrote; the quantizer inserted later on it
@@ -22,14 +23,25 @@ class FoldActivationsPass(ir.passes.InPlacePass):
         super().__init__()
         self.folds = tuple(folds)
 
+    def requires(self, model: ir.Model) -> None:
+        values = values_by_name(model.graph)
+        for fold in self.folds:
+            node = values[fold.output].producer()
+            source = None if node is None or not node.inputs else node.inputs[0]
+            if source is None or source.name != fold.input:
+                raise ir.passes.PreconditionError(f"no activation reads '{fold.input}' into '{fold.output}'")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        by_output = {node.outputs[0].name: node for node in graph if node.outputs}
+        values = values_by_name(graph)
+        modified = False
         for fold in self.folds:
-            node = by_output[fold.output]
+            node = values[fold.output].producer()
+            assert node is not None
             source, result = node.inputs[0], node.outputs[0]
             assert source is not None and source.name == fold.input
             result.replace_all_uses_with(source, replace_graph_outputs=True)
             graph.remove(node, safe=True)
             source.name = fold.output
-        return ir.passes.PassResult(model, modified=bool(self.folds))
+            modified = True
+        return ir.passes.PassResult(model, modified=modified)

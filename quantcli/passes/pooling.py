@@ -6,6 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass
 
 __all__ = ["ReduceMeanToGlobalPoolPass"]
 
@@ -32,13 +33,18 @@ def _spatial_mean(node: ir.Node) -> bool:
     return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
 
-class ReduceMeanToGlobalPoolPass(ir.passes.InPlacePass):
+class ReduceMeanToGlobalPoolPass(MainGraphPass):
     """ReduceMean over H and W of an NCHW tensor -> GlobalAveragePool (-> Flatten without keepdims).
 
     Exporters write a classifier's global pooling either way; onnxruntime fuses only
     GlobalAveragePool into an integer kernel, and without one the Conv before it cannot keep an
     int8 output. The two are the same arithmetic, so the rewrite changes no result.
     """
+
+    subgraphs = (
+        "skipped: the plan quantizes main-graph nodes only, so a pool inside an If/Loop/Scan body "
+        "would stay float and the rewrite would buy nothing"
+    )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
