@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnx_ir as ir
 
 from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Dataset
+from quantcli.graph.exchange import expose
 from quantcli.graph.io import open_session, serialize
 from quantcli.params import PlanParams
 from quantcli.passes.bias import CorrectBiasesPass
@@ -123,12 +123,7 @@ def _input_means(
     """Per input channel (axis 1), the mean of each Conv input and of its quantized value."""
     quantizers = {t.input: t.input_qparams for t in terms}
     names = sorted(quantizers)
-    proto = serialize(model)
-    present = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in present:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = open_session(proto, data_folder=data_folder)
+    session = open_session(expose(serialize(model), names), data_folder=data_folder)
     sums: dict[str, npt.NDArray[np.float64]] = {}
     quantized_sums: dict[str, npt.NDArray[np.float64]] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)

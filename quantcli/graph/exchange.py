@@ -1,0 +1,42 @@
+"""Between onnx_ir models and the protobufs onnxruntime runs: extra outputs, independent copies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+__all__ = ["expose", "ir_copy"]
+
+
+def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with each of ``tensors`` that is not one already added as a float graph
+    output, so that onnxruntime returns it. ``model`` is not changed.
+
+    Calibration, bias correction and diagnosis all observe tensors this way. onnxruntime
+    materializes every graph output of a run, asked for or not, so callers expose only what they
+    read (calibration splits large sets into several sessions).
+    """
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in dict.fromkeys(tensors):
+        if name not in present:
+            exposed.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    return exposed
+
+
+def ir_copy(proto: onnx.ModelProto, data_folder: Path | None = None) -> ir.Model:
+    """An onnx_ir model independent of ``proto``: onnx_ir's tensors write renames through to the
+    protobuf they wrap, so deserializing ``proto`` itself would let a rewrite change the caller's
+    model. External weights stay references to their files, resolved in ``data_folder``."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    model = ir.serde.deserialize_model(fresh)
+    if data_folder is not None:
+        ir.external_data.set_base_dir(model.graph, data_folder)
+    return model
