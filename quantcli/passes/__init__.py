@@ -8,7 +8,7 @@ If/Loop/Scan bodies (``MainGraphPass.subgraphs``).
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
-from quantcli.passes.bias import CorrectBiasesPass
+from quantcli.passes.bias import CorrectBiasesPass, ReplaceInitializerValuesPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -27,4 +27,5 @@ __all__ = [
     "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
+    "ReplaceInitializerValuesPass",
 ]

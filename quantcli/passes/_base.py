@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import onnx_ir as ir
 
-__all__ = ["MainGraphPass", "values_by_name"]
+__all__ = ["MainGraphPass", "produced_by", "values_by_name"]
 
 # Why plan-driven passes leave subgraphs alone: plan.select decides main-graph nodes only.
 PLANNED_ONLY = (
@@ -29,9 +29,14 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     return values
 
 
+# The ONNX domain, and com.microsoft, whose QuantizeLinear/DequantizeLinear (older onnxruntime's
+# 16-bit ones, found in models quantized elsewhere) mean the same.
+_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
 def produced_by(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    """The node producing ``value`` when it is an ``op_type`` node of the default domain."""
+    """The node producing ``value`` when it is an ``op_type`` node (ONNX or com.microsoft)."""
     producer = None if value is None else value.producer()
-    if producer is None or producer.op_type != op_type or producer.domain not in ("", "ai.onnx"):
+    if producer is None or producer.op_type != op_type or producer.domain not in _DOMAINS:
         return None
     return producer

@@ -15,6 +15,7 @@ __all__ = [
     "add_parameters",
     "constant_array",
     "dequantize_node",
+    "dequantize_qparams",
     "dequantized_constant",
     "ir_type",
     "quantize_node",
@@ -36,6 +37,32 @@ _IR_TYPES = {
 def ir_type(dtype: QuantType) -> ir.DataType:
     """The ONNX element type of ``dtype``'s codes (4-bit codes are held wider in numpy)."""
     return _IR_TYPES[dtype]
+
+
+_QUANT_TYPES = {ir_dtype: dtype for dtype, ir_dtype in _IR_TYPES.items()}
+
+
+def dequantize_qparams(node: ir.Node) -> QParams | None:
+    """The parameters a DequantizeLinear (or QuantizeLinear) node applies, or None when its scale
+    or zero point is not a constant of a type quantcli knows. Without a zero point, ONNX's
+    default: uint8 zero."""
+    scale = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    zero = node.inputs[2] if len(node.inputs) > 2 else None
+    zero_tensor = None if zero is None else zero.const_value
+    if scale is None or (zero is not None and zero_tensor is None):
+        return None
+    dtype = QuantType.UINT8 if zero_tensor is None else _QUANT_TYPES.get(zero_tensor.dtype)
+    if dtype is None:
+        return None
+    scales = np.asarray(scale.numpy(), np.float32)
+    zero_points = (
+        np.zeros(scales.shape, dtype.numpy_dtype)
+        if zero_tensor is None
+        else zero_tensor.numpy().astype(dtype.numpy_dtype)
+    )
+    axis = node.attributes.get_int("axis", 1) if scales.ndim else None
+    block_size = node.attributes.get_int("block_size", 0) or None
+    return QParams(scales, zero_points, axis, dtype, block_size)
 
 
 # (scale, zero point) initializers shared by the Q and DQ nodes of one tensor.

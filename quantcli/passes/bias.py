@@ -1,4 +1,5 @@
-"""Give Conv biases the values bias correction computed (before the biases are quantized)."""
+"""Give float initializers new values: the biases bias correction computed (before they are
+quantized), or one weight as its quantized model dequantizes it (diagnosis)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,14 @@ import onnx_ir as ir
 
 from quantcli.passes._base import MainGraphPass
 
-__all__ = ["CorrectBiasesPass"]
+__all__ = ["CorrectBiasesPass", "ReplaceInitializerValuesPass"]
 
 
-class CorrectBiasesPass(MainGraphPass):
-    """Replace the values of float bias initializers, by name.
+class ReplaceInitializerValuesPass(MainGraphPass):
+    """Replace the values of float initializers, by name, keeping their shapes.
 
-    The values come from :func:`quantcli.correction.bias_corrections`, which measures each Conv's
-    output shift on calibration data; this pass only writes them, so it reads no data and can run
-    on any copy of the float model. A bias whose new values equal its old ones is left as it is.
+    An initializer whose new values equal its old ones is left as it is (and not reported as a
+    change).
     """
 
     def __init__(self, biases: Mapping[str, npt.NDArray[np.float32]]) -> None:
@@ -31,7 +31,9 @@ class CorrectBiasesPass(MainGraphPass):
             value = initializers.get(name)
             tensor = None if value is None else value.const_value
             if tensor is None or tuple(tensor.shape) != values.shape:
-                raise ir.passes.PreconditionError(f"'{name}' is not a float bias of shape {values.shape}")
+                raise ir.passes.PreconditionError(
+                    f"'{name}' is not a float initializer of shape {values.shape}"
+                )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         initializers = model.graph.initializers
@@ -44,3 +46,9 @@ class CorrectBiasesPass(MainGraphPass):
             value.const_value = ir.tensor(values, name=name)
             modified = True
         return ir.passes.PassResult(model, modified=modified)
+
+
+class CorrectBiasesPass(ReplaceInitializerValuesPass):
+    """Replace Conv biases by the values :func:`quantcli.correction.bias_corrections` measured
+    (each Conv's output shift on calibration data); the pass only writes them, so it reads no data
+    and can run on any copy of the float model."""
