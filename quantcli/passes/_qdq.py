@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx_ir as ir
 
@@ -65,8 +67,13 @@ def dequantize_qparams(node: ir.Node) -> QParams | None:
     return QParams(scales, zero_points, axis, dtype, block_size)
 
 
-# (scale, zero point) initializers shared by the Q and DQ nodes of one tensor.
-QDQParameters = tuple[ir.Value, ir.Value]
+class QDQParameters(NamedTuple):
+    """The scale and zero-point initializers shared by the Q and DQ nodes of one tensor, and the
+    parameters they hold."""
+
+    scale: ir.Value
+    zero_point: ir.Value
+    qparams: QParams
 
 
 def add_initializer(
@@ -93,7 +100,7 @@ def add_parameters(graph: ir.Graph, names: NameAllocator, base: str, qparams: QP
     """
     scale = add_initializer(graph, names, f"{base}_scale", qparams.scale.astype(np.float32))
     zero_point = add_initializer(graph, names, f"{base}_zero_point", qparams.zero_point, qparams.dtype)
-    return scale, zero_point
+    return QDQParameters(scale, zero_point, qparams)
 
 
 def _axis_attributes(qparams: QParams) -> dict[str, ir.Attr]:
@@ -105,44 +112,34 @@ def _axis_attributes(qparams: QParams) -> dict[str, ir.Attr]:
     return attributes
 
 
-def _node(
-    op_type: str,
-    names: NameAllocator,
-    source: ir.Value,
-    *,
-    parameters: QDQParameters,
-    qparams: QParams,
-    out: ir.Value,
-    base: str,
-) -> ir.Node:
+def _node(op_type: str, name: str, source: ir.Value, parameters: QDQParameters, out: ir.Value) -> ir.Node:
     return ir.Node(
         "",
         op_type,
-        [source, *parameters],
-        _axis_attributes(qparams),
+        [source, parameters.scale, parameters.zero_point],
+        _axis_attributes(parameters.qparams),
         outputs=[out],
-        name=names.fresh(f"{base}_{op_type}"),
+        name=name,
     )
 
 
 def quantize_node(
-    names: NameAllocator, value: ir.Value, parameters: QDQParameters, qparams: QParams
+    names: NameAllocator, value: ir.Value, parameters: QDQParameters
 ) -> tuple[ir.Node, ir.Value]:
     """A QuantizeLinear node reading ``value``, and its integer output."""
     base = value.name or "tensor"
     out = ir.Value(
-        name=names.fresh(f"{base}_quantized"), shape=value.shape, type=ir.TensorType(ir_type(qparams.dtype))
+        name=names.fresh(f"{base}_quantized"),
+        shape=value.shape,
+        type=ir.TensorType(ir_type(parameters.qparams.dtype)),
     )
-    return _node(
-        "QuantizeLinear", names, value, parameters=parameters, qparams=qparams, out=out, base=base
-    ), out
+    return _node("QuantizeLinear", names.fresh(f"{base}_QuantizeLinear"), value, parameters, out), out
 
 
 def dequantize_node(
     names: NameAllocator,
     quantized: ir.Value,
     parameters: QDQParameters,
-    qparams: QParams,
     *,
     base: str,
     output_name: str | None = None,
@@ -153,9 +150,7 @@ def dequantize_node(
         shape=quantized.shape,
         type=ir.TensorType(ir.DataType.FLOAT),
     )
-    return _node(
-        "DequantizeLinear", names, quantized, parameters=parameters, qparams=qparams, out=out, base=base
-    ), out
+    return _node("DequantizeLinear", names.fresh(f"{base}_DequantizeLinear"), quantized, parameters, out), out
 
 
 def dequantized_constant(value: ir.Value | None) -> tuple[ir.Value, ir.Value, ir.Value] | None:

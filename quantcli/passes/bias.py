@@ -9,12 +9,13 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass
 
 __all__ = ["CorrectBiasesPass", "ReplaceInitializerValuesPass"]
 
 
-class ReplaceInitializerValuesPass(MainGraphPass):
+class ReplaceInitializerValuesPass(MainGraphPass[str]):
     """Replace the values of float initializers, by name, keeping their shapes.
 
     An initializer whose new values equal its old ones is left as it is (and not reported as a
@@ -35,17 +36,16 @@ class ReplaceInitializerValuesPass(MainGraphPass):
                     f"'{name}' is not a float initializer of shape {values.shape}"
                 )
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        initializers = model.graph.initializers
-        modified = False
-        for name, values in self.biases.items():
-            value = initializers[name]
-            assert value.const_value is not None
-            if np.array_equal(value.const_value.numpy(), values):
-                continue
-            value.const_value = ir.tensor(values, name=name)
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def targets(self, graph: ir.Graph) -> list[str]:
+        return list(self.biases)
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: str) -> bool:
+        value, values = graph.initializers[target], self.biases[target]
+        assert value.const_value is not None
+        if np.array_equal(value.const_value.numpy(), values):
+            return False
+        value.const_value = ir.tensor(values, name=target)
+        return True
 
 
 class CorrectBiasesPass(ReplaceInitializerValuesPass):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.passes._base import MainGraphPass, producers
 from quantcli.passes._qdq import add_initializer, constant_array, ir_type, quantized_weight, require_quantized
 from quantcli.plan import DynamicSpec
 from quantcli.scheme import QuantType
@@ -19,7 +19,7 @@ __all__ = ["QuantizeMatMulDynamicallyPass"]
 _INPUT_TYPE = ir_type(QuantType.UINT8)
 
 
-class QuantizeMatMulDynamicallyPass(MainGraphPass):
+class QuantizeMatMulDynamicallyPass(MainGraphPass[tuple[ir.Node, DynamicSpec]]):
     """Rewrite each planned MatMul/Gemm as the node pattern onnxruntime fuses into
     DynamicQuantizeMatMul (its DynamicQuantizeMatMulFusion after MatMulIntegerToFloatFusion):
 
@@ -37,27 +37,15 @@ class QuantizeMatMulDynamicallyPass(MainGraphPass):
         self.specs = tuple(specs)
 
     def requires(self, model: ir.Model) -> None:
-        values = values_by_name(model.graph)
-        weights = {}
-        for spec in self.specs:
-            node = values[spec.output].producer()
-            assert node is not None and node.op_type in ("MatMul", "Gemm"), spec.output
-            weights[spec.weight] = node.inputs[1]
+        nodes = producers(model.graph, [spec.output for spec in self.specs])
+        weights = {spec.weight: node.inputs[1] for spec, node in zip(self.specs, nodes, strict=True)}
         require_quantized(type(self).__name__, weights)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        values = values_by_name(graph)
-        modified = False
-        for spec in self.specs:
-            node = values[spec.output].producer()
-            assert node is not None
-            self._rewrite(graph, names, node, spec)
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def targets(self, graph: ir.Graph) -> Iterator[tuple[ir.Node, DynamicSpec]]:
+        return zip(producers(graph, [spec.output for spec in self.specs]), self.specs, strict=True)
 
-    def _rewrite(self, graph: ir.Graph, names: NameAllocator, node: ir.Node, spec: DynamicSpec) -> None:
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: tuple[ir.Node, DynamicSpec]) -> bool:
+        node, spec = target
         data, weight_value = node.inputs[0], node.inputs[1]
         assert data is not None and weight_value is not None
         weight, scale, zero_point = quantized_weight(weight_value)
@@ -110,3 +98,4 @@ class QuantizeMatMulDynamicallyPass(MainGraphPass):
         original.replace_all_uses_with(result, replace_graph_outputs=True)
         graph.remove(node, safe=True)
         result.name, result.shape = spec.output, original.shape
+        return True

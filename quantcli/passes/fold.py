@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import onnx_ir as ir
 
-from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass, producers
 from quantcli.plan import Fold
 
 __all__ = ["FoldActivationsPass"]
 
 
-class FoldActivationsPass(MainGraphPass):
+class FoldActivationsPass(MainGraphPass[tuple[ir.Node, Fold]]):
     """Delete each folded activation node and give its output's name to its input.
 
     The producer then writes the tensor the activation wrote; the quantizer inserted later on it
@@ -24,24 +25,21 @@ class FoldActivationsPass(MainGraphPass):
         self.folds = tuple(folds)
 
     def requires(self, model: ir.Model) -> None:
-        values = values_by_name(model.graph)
-        for fold in self.folds:
-            node = values[fold.output].producer()
-            source = None if node is None or not node.inputs else node.inputs[0]
+        for fold, node in zip(
+            self.folds, producers(model.graph, [f.output for f in self.folds]), strict=True
+        ):
+            source = node.inputs[0] if node.inputs else None
             if source is None or source.name != fold.input:
                 raise ir.passes.PreconditionError(f"no activation reads '{fold.input}' into '{fold.output}'")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        values = values_by_name(graph)
-        modified = False
-        for fold in self.folds:
-            node = values[fold.output].producer()
-            assert node is not None
-            source, result = node.inputs[0], node.outputs[0]
-            assert source is not None and source.name == fold.input
-            result.replace_all_uses_with(source, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            source.name = fold.output
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def targets(self, graph: ir.Graph) -> Iterator[tuple[ir.Node, Fold]]:
+        return zip(producers(graph, [fold.output for fold in self.folds]), self.folds, strict=True)
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: tuple[ir.Node, Fold]) -> bool:
+        node, fold = target
+        source, result = node.inputs[0], node.outputs[0]
+        assert source is not None and source.name == fold.input
+        result.replace_all_uses_with(source, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        source.name = fold.output
+        return True

@@ -13,7 +13,7 @@ from quantcli.passes._qdq import dequantized_constant, require_quantized
 __all__ = ["GatherQuantizedRowsPass"]
 
 
-class GatherQuantizedRowsPass(MainGraphPass):
+class GatherQuantizedRowsPass(MainGraphPass[ir.Value]):
     """Move a table's DequantizeLinear from before its Gather nodes to after them.
 
     ``table -> DequantizeLinear -> Gather`` would rebuild the whole float table at every run (an
@@ -37,22 +37,20 @@ class GatherQuantizedRowsPass(MainGraphPass):
             if found[1].const_value is None or found[1].const_value.size != 1:
                 raise ir.passes.PreconditionError(f"table '{table}' is not quantized per tensor")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
+    def targets(self, graph: ir.Graph) -> list[ir.Value]:
+        """Each table's DequantizeLinear output."""
         values = values_by_name(graph)
-        modified = False
-        for table in self.tables:
-            dequantized = values[table]
-            dequantize = dequantized.producer()
-            assert dequantize is not None and dequantize.op_type == "DequantizeLinear", table
-            quantized = dequantize.inputs[0]
-            assert quantized is not None
-            for use in list(dequantized.uses()):
-                if use.node.op_type == "Gather" and use.idx == 0:
-                    self._move_after(graph, names, use.node, dequantize, quantized)
-                    modified = True
-        return ir.passes.PassResult(model, modified=modified)
+        return [values[table] for table in self.tables]
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: ir.Value) -> bool:
+        dequantize = target.producer()
+        assert dequantize is not None and dequantize.op_type == "DequantizeLinear", target.name
+        quantized = dequantize.inputs[0]
+        assert quantized is not None
+        gathers = [use.node for use in list(target.uses()) if use.node.op_type == "Gather" and use.idx == 0]
+        for gather in gathers:
+            self._move_after(graph, names, gather, dequantize, quantized)
+        return bool(gathers)
 
     @staticmethod
     def _move_after(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.passes._base import MainGraphPass, producers
 from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight, require_quantized
 from quantcli.plan import LstmSpec
 
@@ -29,7 +29,7 @@ _ATTRIBUTES = (
 )
 
 
-class QuantizeLSTMDynamicallyPass(MainGraphPass):
+class QuantizeLSTMDynamicallyPass(MainGraphPass[ir.Node]):
     """Replace each planned LSTM by com.microsoft DynamicQuantizeLSTM on its int8 W and R.
 
     Runs after QuantizeInitializersPass (``requires`` checks it), whose int8 tensor, scale and
@@ -46,34 +46,32 @@ class QuantizeLSTMDynamicallyPass(MainGraphPass):
         self.specs = tuple(specs)
 
     def requires(self, model: ir.Model) -> None:
-        values = values_by_name(model.graph)
         weights: dict[str, ir.Value | None] = {}
-        for spec in self.specs:
-            node = values[spec.output].producer()
-            assert node is not None and node.op_type == "LSTM", spec.output
+        for spec, node in zip(self.specs, producers(model.graph, self._outputs()), strict=True):
             found = [v.name if v is not None else None for v in node.inputs[1:3]]
-            if found != [spec.weight, spec.recurrence]:
-                raise ir.passes.PreconditionError(
-                    f"LSTM '{node.name}' reads {found}, not its planned W and R"
-                )
+            if node.op_type != "LSTM" or found != [spec.weight, spec.recurrence]:
+                raise ir.passes.PreconditionError(f"'{node.name}' reads {found}, not the planned W and R")
             weights.update({spec.weight: node.inputs[1], spec.recurrence: node.inputs[2]})
         require_quantized(type(self).__name__, weights)
 
+    def _outputs(self) -> list[str]:
+        return [spec.output for spec in self.specs]
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        values = values_by_name(graph)
-        converted: dict[str, tuple[ir.Value, ir.Value, ir.Value]] = {}
-        modified = False
-        for spec in self.specs:
-            node = values[spec.output].producer()
-            assert node is not None
-            weights = [self._kernel_weight(graph, names, node.inputs[i], converted) for i in (1, 2)]
-            self._rewrite(graph, names, node, weights)
-            modified = True
-        if modified and MICROSOFT_DOMAIN not in model.opset_imports:
+        # Kernel-layout weights made so far in this run, by weight name (shared weights once).
+        self._converted: dict[str, tuple[ir.Value, ir.Value, ir.Value]] = {}
+        result = super().call(model)
+        if result.modified and MICROSOFT_DOMAIN not in model.opset_imports:
             model.opset_imports[MICROSOFT_DOMAIN] = 1
-        return ir.passes.PassResult(model, modified=modified)
+        return result
+
+    def targets(self, graph: ir.Graph) -> Iterator[ir.Node]:
+        return producers(graph, self._outputs())
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: ir.Node) -> bool:
+        weights = [self._kernel_weight(graph, names, target.inputs[i], self._converted) for i in (1, 2)]
+        self._replace(graph, names, target, weights)
+        return True
 
     @staticmethod
     def _kernel_weight(
@@ -107,7 +105,7 @@ class QuantizeLSTMDynamicallyPass(MainGraphPass):
         return converted[name]
 
     @staticmethod
-    def _rewrite(
+    def _replace(
         graph: ir.Graph,
         names: NameAllocator,
         node: ir.Node,

@@ -34,7 +34,7 @@ def _replace_initializer(
     graph.initializers.pop(name)
     value.name = names.fresh(f"{name}_float_removed")
     parameters = add_parameters(graph, names, name, qparams)
-    node, output = dequantize_node(names, quantized, parameters, qparams, base=name, output_name=name)
+    node, output = dequantize_node(names, quantized, parameters, base=name, output_name=name)
     first = next(iter(graph), None)
     if first is None:
         graph.append(node)
@@ -44,7 +44,7 @@ def _replace_initializer(
         use.node.replace_input_with(use.idx, output)
 
 
-class QuantizeInitializersPass(MainGraphPass):
+class QuantizeInitializersPass(MainGraphPass[str]):
     """Quantize constant weights, int32 biases and constant activation-slot inputs.
 
     Biases need no pass of their own: their parameters (input scale x weight scale) are computed
@@ -66,13 +66,12 @@ class QuantizeInitializersPass(MainGraphPass):
             if name not in initializers or initializers[name].const_value is None:
                 raise ir.passes.PreconditionError(f"'{name}' is not a constant initializer of the main graph")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        names = NameAllocator(model.graph)
-        modified = False
-        for name in sorted(self.params):
-            _replace_initializer(model.graph, names, name, self.params[name], self.integers.get(name))
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def targets(self, graph: ir.Graph) -> list[str]:
+        return sorted(self.params)
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: str) -> bool:
+        _replace_initializer(graph, names, target, self.params[target], self.integers.get(target))
+        return True
 
     def ensures(self, model: ir.Model) -> None:
         values = values_by_name(model.graph)
