@@ -22,6 +22,11 @@ class ReplaceInitializerValuesPass(MainGraphPass[str]):
     change).
     """
 
+    subgraphs = (
+        "skipped: it replaces main-graph initializers, by name (bias correction and diagnosis "
+        "measure main-graph nodes only)"
+    )
+
     def __init__(self, biases: Mapping[str, npt.NDArray[np.float32]]) -> None:
         super().__init__()
         self.biases = biases
