@@ -13,6 +13,7 @@ import quantcli.passes
 from quantcli.passes import (
     CorrectBiasesPass,
     EinsumToMatMulPass,
+    GatherQuantizedRowsPass,
     InsertActivationQDQPass,
     QuantizeInitializersPass,
     QuantizeMatMulDynamicallyPass,
@@ -110,3 +111,29 @@ def test_einsum_inside_a_subgraph_is_left_alone() -> None:
     assert not EinsumToMatMulPass()(model).modified
     inner = [n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)]
     assert inner.count("Einsum") == 2
+
+
+def test_initializers_pass_ensures_what_gather_requires() -> None:
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")],
+        "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [2, 3])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    gather = GatherQuantizedRowsPass(["table"])
+    with pytest.raises(ir.passes.PreconditionError):
+        gather(model)  # the table is still float
+    per_channel = ir.from_proto(ir.to_proto(model))
+    assert QuantizeInitializersPass({"table": weight_qparams(table, 0)})(per_channel).modified
+    with pytest.raises(ir.passes.PreconditionError, match="per tensor"):
+        gather(per_channel)
+    QuantizeInitializersPass({"table": weight_qparams(table, None)})(model)
+    assert gather(model).modified
+    (lookup,) = [n for n in model.graph if n.op_type == "Gather"]
+    assert lookup.inputs[0] is not None and lookup.inputs[0].dtype == ir.DataType.INT8
+    ids = np.array([3, 1], np.int64)
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"ids": ids})[0], table[ids], atol=0.05)
