@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.evaluate import compare_models, sqnr_db
-from quantcli.graph.exchange import expose, ir_copy
+from quantcli.graph.exchange import expose, ir_copy, ir_view
 from quantcli.graph.io import open_session, serialize
 from quantcli.passes import InsertActivationQDQPass, ReplaceInitializerValuesPass
 from quantcli.passes._base import produced_by, values_by_name
@@ -257,7 +257,8 @@ class _Pair:
         data_folder: Path | None,
         quant_folder: Path | None,
     ) -> _Pair:
-        float_model, quant_model = ir_copy(float_proto, data_folder), ir_copy(quant_proto, quant_folder)
+        # Read only: the trials that change the float model change copies of it.
+        float_model, quant_model = ir_view(float_proto, data_folder), ir_view(quant_proto, quant_folder)
         return cls(float_proto, quant_proto, float_model, quant_model, data_folder, quant_folder)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-__all__ = ["expose", "ir_copy"]
+__all__ = ["expose", "ir_copy", "ir_view"]
 
 
 def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
@@ -30,13 +30,20 @@ def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
     return exposed
 
 
-def ir_copy(proto: onnx.ModelProto, data_folder: Path | None = None) -> ir.Model:
-    """An onnx_ir model independent of ``proto``: onnx_ir's tensors write renames through to the
-    protobuf they wrap, so deserializing ``proto`` itself would let a rewrite change the caller's
-    model. External weights stay references to their files, resolved in ``data_folder``."""
-    fresh = onnx.ModelProto()
-    fresh.CopyFrom(proto)
-    model = ir.serde.deserialize_model(fresh)
+def ir_view(proto: onnx.ModelProto, data_folder: Path | None = None) -> ir.Model:
+    """An onnx_ir model over ``proto``'s own tensors, to read without copying them. Never rewrite
+    it: onnx_ir's tensors write renames through to the protobuf they wrap (use :func:`ir_copy`).
+    External weights are resolved in ``data_folder``."""
+    model = ir.serde.deserialize_model(proto)
     if data_folder is not None:
         ir.external_data.set_base_dir(model.graph, data_folder)
     return model
+
+
+def ir_copy(proto: onnx.ModelProto, data_folder: Path | None = None) -> ir.Model:
+    """An onnx_ir model independent of ``proto``, free to rewrite: deserializing ``proto`` itself
+    would let a rewrite change the caller's model. External weights stay references to their
+    files, resolved in ``data_folder``."""
+    fresh = onnx.ModelProto()
+    fresh.CopyFrom(proto)
+    return ir_view(fresh, data_folder)
