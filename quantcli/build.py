@@ -26,7 +26,7 @@ from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import TensorStats
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
-from quantcli.correction import CorrectBiasesPass, bias_corrections
+from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.errors import ModelLoadError, QuantizationError
 from quantcli.evaluate import (
@@ -38,11 +38,13 @@ from quantcli.evaluate import (
     gate,
     measure_latency,
 )
+from quantcli.graph.exchange import ir_copy
 from quantcli.graph.io import ModelFile, check_model_file, external_folder, open_session, serialize
 from quantcli.graph.output import StagedModel, StagedOutput
 from quantcli.inputs import Datasets, Observer, Run, naming, needs_external_data, ranges_for
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
+    CorrectBiasesPass,
     FoldActivationsPass,
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
@@ -293,16 +295,11 @@ def build_candidate(
 
 
 def copy_model(proto: onnx.ModelProto | None, data_folder: Path | None) -> ir.Model:
-    """A model independent of ``proto``: onnx_ir's tensors write renames through to the proto they
-    wrap, so deserializing ``proto`` itself would let one candidate's rewrite corrupt the next.
-    External weights stay references to the input's files, resolved in ``data_folder``."""
+    """A model independent of ``proto``, free to rewrite: onnx_ir's tensors write renames through
+    to the proto they wrap, so deserializing ``proto`` itself would let one candidate's rewrite
+    corrupt the next. External weights stay references to the input's files."""
     assert proto is not None
-    fresh = onnx.ModelProto()
-    fresh.CopyFrom(proto)
-    model = ir.serde.deserialize_model(fresh)
-    if data_folder is not None:
-        ir.external_data.set_base_dir(model.graph, data_folder)
-    return model
+    return ir_copy(proto, data_folder)
 
 
 def build_variant(
