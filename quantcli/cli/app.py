@@ -229,7 +229,7 @@ def _word(value: object) -> str:
 
 
 @dataclass(frozen=True)
-class _Shown:
+class _Sink:
     """Where a command's results go: tables on ``console`` (stderr), or one JSON document."""
 
     console: Console
@@ -237,7 +237,7 @@ class _Shown:
     quiet: bool
 
     @classmethod
-    def of(cls, quiet: bool, as_json: bool) -> _Shown:
+    def of(cls, quiet: bool, as_json: bool) -> _Sink:
         return cls(_stderr(quiet, as_json), as_json, quiet)
 
     def result(self, document: dict[str, Any], render: Callable[[], None]) -> None:
@@ -452,7 +452,7 @@ def convert(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ) and report size and fidelity."""
-    out = _Shown.of(quiet, as_json)
+    out = _Sink.of(quiet, as_json)
     files = _ReportFiles(report, report_md, report_html, write_exclude)
     patterns = [*(exclude or ()), *(include or ())]
     job = _ConvertJob(
@@ -498,7 +498,7 @@ def convert(
     _finish(guarded(run, out.console, debug=debug))
 
 
-def _convert(job: _ConvertJob, config: QuantConfig, out: _Shown) -> ExitCode | None:
+def _convert(job: _ConvertJob, config: QuantConfig, out: _Sink) -> ExitCode | None:
     from quantcli.cli.render import render_report
     from quantcli.graph.output import StagedOutput
     from quantcli.pipeline import quantize
@@ -561,7 +561,7 @@ def convert_many_command(
 ) -> None:
     """Convert every model with its own settings; one failure never stops the others. Ends with a
     summary table (and one JSON document with --json) and exits with the worst model's code."""
-    out = _Shown.of(quiet, as_json)
+    out = _Sink.of(quiet, as_json)
     flags = Overrides(
         mode=mode,
         metric=metric,
@@ -646,7 +646,7 @@ def _convert_all(
     return sorted(results, key=lambda r: order[r.name])
 
 
-def _show_batch(results: Sequence[JobResult], out: _Shown) -> ExitCode:
+def _show_batch(results: Sequence[JobResult], out: _Sink) -> ExitCode:
     """The summary table or document; the worst model's exit code."""
     from quantcli.cli.exits import exit_code
     from quantcli.cli.render import render_batch
@@ -684,7 +684,7 @@ def compare_command(
 ) -> None:
     """Run FLOAT_MODEL and QUANTIZED_MODEL on the same samples: fidelity, size, latency; with
     --max-drop or --min-sqnr, PASSED or FAILED (exit 3) like convert's gate."""
-    out = _Shown.of(quiet, as_json)
+    out = _Sink.of(quiet, as_json)
     files = _ReportFiles(report, report_md, report_html, write_exclude)
     job = _CompareJob(float_model, quantized_model, data, labels, files, force, _command_line(ctx))
 
@@ -720,7 +720,7 @@ class _CompareJob:
     command: str
 
 
-def _compare(job: _CompareJob, config: CompareConfig, out: _Shown) -> ExitCode | None:
+def _compare(job: _CompareJob, config: CompareConfig, out: _Sink) -> ExitCode | None:
     from quantcli.cli.render import gate_line, render_compare
     from quantcli.comparison import compare
     from quantcli.graph.guard import PathGuard
@@ -814,7 +814,7 @@ def calibrate_command(
     """Run DATA through MODEL, record every tensor's min, max and histogram in a file, and decide
     the mode (--mode auto measures the candidates, as convert would) so that a later
     'convert --calibration FILE' replays the decision without timing anything."""
-    out = _Shown.of(quiet, as_json)
+    out = _Sink.of(quiet, as_json)
     job = _CalibrateJob(
         model=model,
         output=output,
@@ -849,7 +849,7 @@ class _CalibrateJob:
     force: bool
 
 
-def _calibrate(job: _CalibrateJob, config: QuantConfig, out: _Shown) -> None:
+def _calibrate(job: _CalibrateJob, config: QuantConfig, out: _Sink) -> None:
     from quantcli.calibration.file import write_calibration
     from quantcli.graph.guard import PathGuard
     from quantcli.graph.output import check_writable
