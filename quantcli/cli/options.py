@@ -35,347 +35,306 @@ def default(value: object) -> str:
     return f" [dim]\\[default: {value}][/dim]"
 
 
+def option(
+    *names: str,
+    help: str,  # typer's own name for it
+    metavar: str,
+    panel: str | None = None,
+    low: float | None = None,
+    hidden: bool = False,
+) -> Any:
+    """An option as every one here is declared: its default shown by :func:`default` in the help
+    text (never by Typer), in its help panel; ``low``: the least value a number may take."""
+    return typer.Option(
+        *names, help=help, metavar=metavar, rich_help_panel=panel, min=low, hidden=hidden, show_default=False
+    )
+
+
 def flag(name: str, help_text: str, panel: str, *aliases: str, hidden: bool = False) -> Any:
     """A boolean flag, off unless given (no ``<bool>`` metavar, no default shown)."""
-    return typer.Option(
-        name, *aliases, help=help_text, metavar="", rich_help_panel=panel, show_default=False, hidden=hidden
-    )
+    return option(name, *aliases, help=help_text, metavar="", panel=panel, hidden=hidden)
 
 
 def path(name: str, help_text: str, panel: str, *aliases: str) -> Any:
-    return typer.Option(
-        name, *aliases, help=help_text, metavar="PATH", rich_help_panel=panel, show_default=False
-    )
+    return option(name, *aliases, help=help_text, metavar="PATH", panel=panel)
 
 
 ModelArg = Annotated[Path, typer.Argument(help="fp32 ONNX model.", show_default=False, metavar="MODEL")]
 DataOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--data",
         "-d",
         help=".npz file (arrays keyed by input name, axis 0 = samples), a folder of .npz/.npy files, "
         "or a folder of images (see --preprocess).",
         metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 PreprocessOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--preprocess",
         help="How images in a --data folder become the input, e.g. "
         "'resize=224,224;layout=nchw;scale=1/255;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;channels=rgb' "
         "(resize is HEIGHT,WIDTH; defaults: the model's size, layout from its shape, scale 1/255, rgb).",
         metavar="SPEC",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 LoaderOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--data-loader",
         help="package.module:function returning an iterable of {input name: array} dicts, instead of "
         "--data. This runs your code.",
         metavar="MODULE:FUNCTION",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 EvalDataOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--eval-data",
         "-e",
         help="Evaluation data." + default("the last 20% of --data, held back"),
         metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 LabelsOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--labels",
-        help=".npy of integer labels for the evaluation samples.",
-        metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
+    option(
+        "--labels", help=".npy of integer labels for the evaluation samples.", metavar="PATH", panel=INPUT
     ),
 ]
 BatchOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--batch-size",
         help="Samples per onnxruntime run when the batch axis is dynamic." + default(16),
-        min=1,
         metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
+        low=1,
     ),
 ]
 MaxSamplesOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--max-samples",
         help="Use at most this many calibration samples." + default("all"),
-        min=1,
         metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
+        low=1,
     ),
 ]
 SkipNonfiniteOpt = Annotated[
     bool,
-    typer.Option(
+    option(
         "--skip-nonfinite",
         help="Skip samples holding NaN or Inf (and log how many) instead of failing.",
         metavar="",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 SeedOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--seed",
         help="Shuffle samples with this seed before --max-samples/--shard pick them." + default("file order"),
         metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 ModeOpt = Annotated[
     QuantMode | None,
-    typer.Option(
+    option(
         "--mode",
         "-m",
-        metavar="MODE",
         help="auto: build each mode below, keep the fastest within the accuracy bound (1 point unless "
         "given); with no evaluation data a fixed rule; a calibration file's recorded decision is "
         "replayed. static: calibrated integer kernels. dynamic: MatMul/Gemm inputs quantized at run "
         "time, no data needed. mixed: dynamic MatMul/Gemm, static rest. weight-only: int8 storage, "
         "float compute." + default("auto"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="MODE",
+        panel=MODE,
     ),
 ]
 MethodOpt = Annotated[
     CalibrationMethod | None,
-    typer.Option(
+    option(
         "--method",
-        metavar="METHOD",
         help="Activation ranges: minmax, percentile, entropy (KL) or mse."
         + default("the calibration file's, else minmax"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="METHOD",
+        panel=MODE,
     ),
 ]
 PercentileOpt = Annotated[
     float | None,
-    typer.Option(
+    option(
         "--percentile",
         help="Percent of values the percentile method keeps in range." + default(99.99),
         metavar="P",
-        rich_help_panel=MODE,
-        show_default=False,
+        panel=MODE,
     ),
 ]
 WeightMethodOpt = Annotated[
     WeightMethod | None,
-    typer.Option(
+    option(
         "--weight-method",
-        metavar="METHOD",
         help="Weight channel ranges: minmax or mse." + default("minmax"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="METHOD",
+        panel=MODE,
     ),
 ]
 MetricOpt = Annotated[
     GateMetric | None,
-    typer.Option(
+    option(
         "--metric",
-        metavar="METRIC",
         help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
         "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr), "
         "channel-sqnr (per-channel SQNR averaged in dB, bounded by --min-sqnr). auto: accuracy with "
         "--labels, else cosine under --max-drop; with no bound, auto mode chooses by channel-sqnr >= "
         "15 dB." + default("auto"),
-        rich_help_panel=GATE,
-        show_default=False,
+        metavar="METRIC",
+        panel=GATE,
     ),
 ]
 MaxDropOpt = Annotated[
     float | None,
-    typer.Option(
+    option(
         "--max-drop",
         help="Fail (exit 3) if the quantized model loses more than this, in points of --metric "
         "(the model and report are still written)." + default("no gate"),
-        min=0.0,
         metavar="POINTS",
-        rich_help_panel=GATE,
-        show_default=False,
+        panel=GATE,
+        low=0.0,
     ),
 ]
 MinSqnrOpt = Annotated[
     float | None,
-    typer.Option(
+    option(
         "--min-sqnr",
         help="Fail (exit 3) unless the worst output's SQNR (--metric sqnr, the default with this "
         "flag, or channel-sqnr) reaches DB." + default("no gate"),
         metavar="DB",
-        rich_help_panel=GATE,
-        show_default=False,
+        panel=GATE,
     ),
 ]
 PerLayerOpt = Annotated[
     bool,
-    typer.Option(
+    option(
         "--per-layer",
         help="Rank every quantized tensor by SQNR against its float twin; show the worst.",
         metavar="",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
+        panel=DIAGNOSIS,
     ),
 ]
 TopKOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--top-k",
         help="How many of the worst tensors to measure alone and show." + default(10),
-        min=1,
         metavar="K",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
+        panel=DIAGNOSIS,
+        low=1,
     ),
 ]
 WriteExcludeOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--write-exclude",
         help="With --per-layer: write the nodes behind the worst tensors, for --exclude @FILE.",
         metavar="PATH",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
+        panel=DIAGNOSIS,
     ),
 ]
 ReportOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--report",
-        help="Also write the report as JSON to this file.",
-        metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
+    option("--report", help="Also write the report as JSON to this file.", metavar="PATH", panel=OUTPUT),
 ]
 ReportMdOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--report-md",
         help="Also write a compact Markdown summary (CI page, PR comment).",
         metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
+        panel=OUTPUT,
     ),
 ]
 ReportHtmlOpt = Annotated[
     Path | None,
-    typer.Option(
+    option(
         "--report-html",
         help="Also write one self-contained HTML page with a per-layer SQNR chart.",
         metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
+        panel=OUTPUT,
     ),
 ]
 JsonOpt = Annotated[
     bool,
-    typer.Option(
-        "--json",
-        help="Print exactly one JSON document on stdout; nothing else.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
+    option(
+        "--json", help="Print exactly one JSON document on stdout; nothing else.", metavar="", panel=OUTPUT
     ),
 ]
 QuietOpt = Annotated[
     bool,
-    typer.Option(
+    option(
         "--quiet",
         "-q",
         help="No tables or progress on stderr; only errors and a failed gate's one line.",
         metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
+        panel=OUTPUT,
     ),
 ]
 DebugOpt = Annotated[
     bool,
-    typer.Option(
-        "--debug",
-        help="Show tracebacks of internal errors.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
+    option("--debug", help="Show tracebacks of internal errors.", metavar="", panel=OUTPUT),
 ]
 ForceOpt = Annotated[
     bool,
-    typer.Option(
-        "--force",
-        "-f",
-        help="Replace an existing output file.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
+    option("--force", "-f", help="Replace an existing output file.", metavar="", panel=OUTPUT),
 ]
 
 
 RayOpt = Annotated[
     bool,
-    typer.Option(
+    option(
         "--ray",
         help="Run the calibration pass as Ray tasks, one per shard of the samples (needs "
         "'quantcli\\[ray]'; the model and data must be at the same path on every node).",
         metavar="",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
+        panel=DISTRIBUTED,
     ),
 ]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--ray-address",
         help="With --ray: the cluster." + default("$RAY_ADDRESS, else a local Ray started for this run"),
         metavar="ADDRESS",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
+        panel=DISTRIBUTED,
     ),
 ]
 WorkersOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--workers",
         help="With --ray: Ray tasks the samples are split into." + default("the cluster's CPUs"),
-        min=1,
         metavar="N",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
+        panel=DISTRIBUTED,
+        low=1,
     ),
 ]
 WorkerCpusOpt = Annotated[
     int,
-    typer.Option(
+    option(
         "--worker-cpus",
         help="With --ray: CPUs per task, and onnxruntime's threads in it." + default(1),
-        min=1,
         metavar="C",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
+        panel=DISTRIBUTED,
+        low=1,
     ),
 ]
 
@@ -400,12 +359,11 @@ RecipeOpt = Annotated[
 
 ActivationTypeOpt = Annotated[
     ActivationType | None,
-    typer.Option(
+    option(
         "--activation-type",
-        metavar="TYPE",
         help="uint8 (asymmetric) or int8 (symmetric)." + default("uint8"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="TYPE",
+        panel=MODE,
     ),
 ]
 
@@ -415,25 +373,23 @@ PerTensorOpt = Annotated[
 
 ExcludeOpt = Annotated[
     list[str] | None,
-    typer.Option(
+    option(
         "--exclude",
         "-x",
         help="Keep in float: a node name, a glob over node names, an op type, or @FILE (one per "
         "line, # comments). Repeatable.",
         metavar="PATTERN",
-        rich_help_panel=MODE,
-        show_default=False,
+        panel=MODE,
     ),
 ]
 
 IncludeOpt = Annotated[
     list[str] | None,
-    typer.Option(
+    option(
         "--include",
         help="Quantize only these (name, glob, op type or @FILE). Repeatable.",
         metavar="PATTERN",
-        rich_help_panel=MODE,
-        show_default=False,
+        panel=MODE,
     ),
 ]
 
@@ -465,25 +421,23 @@ AutoAliasOpt = Annotated[
 
 MaxTrialsOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--max-trials",
         help="Models --auto-fallback may build and measure." + default(8),
-        min=1,
         metavar="N",
-        rich_help_panel=GATE,
-        show_default=False,
+        panel=GATE,
+        low=1,
     ),
 ]
 
 SpeedOpt = Annotated[
     SpeedSource | None,
-    typer.Option(
+    option(
         "--speed",
-        metavar="HOW",
         help="How auto compares candidates' speed: predicted (cost model, reproducible) "
         "or measured (timed on this machine; can change with machine load)." + default("predicted"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="HOW",
+        panel=MODE,
     ),
 ]
 
@@ -506,13 +460,12 @@ ManyRecipeOpt = Annotated[Path | None, path("--recipe", "TOML recipe for every m
 
 PoolWorkersOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--workers",
         help="Models converted at once here (1: one after another)." + default("one per CPU"),
-        min=1,
         metavar="N",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
+        panel=DISTRIBUTED,
+        low=1,
     ),
 ]
 
@@ -536,72 +489,62 @@ EvalSamplesOpt = Annotated[Path, path("--data", "Evaluation samples (.npz or fol
 
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option(
+    option(
         "--threads",
         help="onnxruntime intra-op threads for both models." + default("onnxruntime's"),
-        min=1,
         metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
+        low=1,
     ),
 ]
 
 RunsOpt = Annotated[
     int,
-    typer.Option(
-        "--runs",
-        help="Timed runs per model, after warm-up." + default(30),
-        min=1,
-        metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
+    option(
+        "--runs", help="Timed runs per model, after warm-up." + default(30), metavar="N", panel=INPUT, low=1
     ),
 ]
 
 CompareMetricOpt = Annotated[
     GateMetric,
-    typer.Option(
+    option(
         "--metric",
-        metavar="METRIC",
         help="What the gate measures: auto, accuracy, top1, cosine, sqnr or channel-sqnr, as for convert."
         + default("auto"),
-        rich_help_panel=GATE,
-        show_default=False,
+        metavar="METRIC",
+        panel=GATE,
     ),
 ]
 
 ShardOpt = Annotated[
     str | None,
-    typer.Option(
+    option(
         "--shard",
         help="K/N: observe only the K-th of N disjoint parts of the samples." + default("all"),
         metavar="K/N",
-        rich_help_panel=INPUT,
-        show_default=False,
+        panel=INPUT,
     ),
 ]
 
 RecordedMethodOpt = Annotated[
     CalibrationMethod | None,
-    typer.Option(
+    option(
         "--method",
-        metavar="METHOD",
         help="Method convert uses by default with this file: minmax, percentile, entropy or mse."
         + default("minmax"),
-        rich_help_panel=MODE,
-        show_default=False,
+        metavar="METHOD",
+        panel=MODE,
     ),
 ]
 
 ChoiceMaxDropOpt = Annotated[
     float | None,
-    typer.Option(
+    option(
         "--max-drop",
         help="The bound --mode auto chooses within, in points of --metric." + default(1),
-        min=0.0,
         metavar="POINTS",
-        rich_help_panel=GATE,
-        show_default=False,
+        panel=GATE,
+        low=0.0,
     ),
 ]
 
@@ -616,41 +559,32 @@ MergedOutputOpt = Annotated[Path, path("--output", "Merged calibration file to w
 
 InspectExcludeOpt = Annotated[
     list[str] | None,
-    typer.Option("--exclude", "-x", help="As for convert.", metavar="PATTERN", show_default=False),
+    option("--exclude", "-x", help="As for convert.", metavar="PATTERN"),
 ]
 
 InspectIncludeOpt = Annotated[
     list[str] | None,
-    typer.Option("--include", help="As for convert.", metavar="PATTERN", show_default=False),
+    option("--include", help="As for convert.", metavar="PATTERN"),
 ]
 
-InspectRecipeOpt = Annotated[
-    Path | None, typer.Option("--recipe", help="As for convert.", metavar="PATH", show_default=False)
-]
+InspectRecipeOpt = Annotated[Path | None, option("--recipe", help="As for convert.", metavar="PATH")]
 
 InspectModeOpt = Annotated[
     QuantMode | None,
-    typer.Option(
+    option(
         "--mode",
         "-m",
-        metavar="MODE",
         help="The plan of this mode: static, dynamic, mixed, weight-only, or auto (the static plan, or "
         "--calibration's)." + default("auto"),
-        show_default=False,
+        metavar="MODE",
     ),
 ]
 
 InspectCalibrationOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--calibration",
-        "-c",
-        help="Show the mode decision this calibration file records.",
-        metavar="PATH",
-        show_default=False,
+    option(
+        "--calibration", "-c", help="Show the mode decision this calibration file records.", metavar="PATH"
     ),
 ]
 
-VersionOpt = Annotated[
-    bool, typer.Option("--version", help="Print the version and exit.", metavar="", show_default=False)
-]
+VersionOpt = Annotated[bool, option("--version", help="Print the version and exit.", metavar="")]
