@@ -271,11 +271,12 @@ class _Inputs:
     eval_data: Path | None
     labels: Path | None
 
-    def sources(self) -> tuple[DataSource | None, DataSource | None]:
-        """The calibration source, then the evaluation one (both preprocessed alike)."""
-        source = _source(self.data, self.loader, self.preprocess)
-        evaluation = _source(self.eval_data, None, self.preprocess) if self.eval_data is not None else None
-        return source, evaluation
+    def source(self) -> DataSource | None:
+        return _source(self.data, self.loader, self.preprocess)
+
+    def evaluation(self) -> DataSource | None:
+        """The evaluation data, preprocessed as the calibration data is."""
+        return _source(self.eval_data, None, self.preprocess) if self.eval_data is not None else None
 
 
 @dataclass(frozen=True)
@@ -503,7 +504,7 @@ def _convert(job: _ConvertJob, config: QuantConfig, out: _Sink) -> ExitCode | No
     from quantcli.graph.output import StagedOutput
     from quantcli.pipeline import quantize
 
-    source, evaluation = job.inputs.sources()
+    source, evaluation = job.inputs.source(), job.inputs.evaluation()
     job.files.check(force=job.force)
     # The model and the report files are moved into place together, or none is.
     with (
@@ -607,7 +608,7 @@ def _batch_jobs(
 
     settings = Settings(
         out_dir=output_dir,
-        data=_source(inputs.data, inputs.loader, inputs.preprocess),
+        data=inputs.source(),
         eval_data=inputs.eval_data,
         labels=inputs.labels,
         recipe=recipe,
@@ -859,13 +860,13 @@ def _calibrate(job: _CalibrateJob, config: QuantConfig, out: _Sink) -> None:
         raise typer.BadParameter(
             "--shard observes part of the data; the mode is decided over all of it (no --eval-data)"
         )
-    source = _source(job.inputs.data, job.inputs.loader, job.inputs.preprocess)
+    source = job.inputs.source()
     if source is None:
         raise typer.BadParameter("calibrate needs samples: give --data or --data-loader")
     check_writable(job.output, force=job.force)
     guard = PathGuard()
     guard.writes(job.output, "-o")
-    _, evaluation = job.inputs.sources()
+    evaluation = job.inputs.evaluation()
     if job.ray.enabled and job.shard is not None:
         raise typer.BadParameter("--shard observes one part here; --ray splits the samples itself")
     with job.ray.session() as on_ray, StageDisplay(out.console) as progress:
