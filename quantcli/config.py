@@ -255,6 +255,7 @@ class QuantConfig:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
+        self._check_rounds()
         self._check_gate()
 
     def _check_counts(self) -> None:
@@ -262,6 +263,8 @@ class QuantConfig:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
         if self.max_samples is not None and self.max_samples < 1:
             raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+
+    def _check_rounds(self) -> None:
         if self.max_trials < 1:
             raise ConfigError(f"max trials must be at least 1, got {self.max_trials}")
         if self.top_k < 1:
