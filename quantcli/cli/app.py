@@ -114,7 +114,7 @@ from quantcli.config import (
 from quantcli.errors import ConfigError
 
 if TYPE_CHECKING:
-    from quantcli.batch import BatchJob, JobResult
+    from quantcli.batch import BatchJob, JobResult, Settings
     from quantcli.calibration.file import CalibrationFile
     from quantcli.calibration.sampling import Shard
     from quantcli.calibration.sources import DataSource
@@ -572,13 +572,23 @@ def convert_many_command(
         max_samples=max_samples,
         seed=seed,
     )
-    inputs = _Inputs(data, data_loader, preprocess, eval_data, labels)
 
     def run() -> ExitCode:
+        from quantcli.batch import Settings
+
         manifest = _manifest(models)
         if ray and workers is not None:
             raise typer.BadParameter("--workers sizes the local pool; with --ray the cluster decides")
-        jobs = _batch_jobs(models, manifest, inputs, recipe, flags, output_dir, force=force)
+        settings = Settings(
+            out_dir=output_dir,
+            data=_source(data, data_loader, preprocess),
+            eval_data=eval_data,
+            labels=labels,
+            recipe=recipe,
+            overrides=flags,
+            force=force,
+        )
+        jobs = _batch_jobs(models, manifest, settings)
         results = _convert_all(jobs, _Ray(ray, ray_address, None, worker_cpus), workers, out.console)
         return _show_batch(results, out)
 
@@ -593,32 +603,14 @@ def _manifest(models: Sequence[Path]) -> Path | None:
     return manifests[0] if manifests else None
 
 
-def _batch_jobs(
-    models: Sequence[Path],
-    manifest: Path | None,
-    inputs: _Inputs,
-    recipe: Path | None,
-    flags: Overrides,
-    output_dir: Path,
-    *,
-    force: bool,
-) -> list[BatchJob]:
+def _batch_jobs(models: Sequence[Path], manifest: Path | None, settings: Settings) -> list[BatchJob]:
     """The batch's jobs, from paths or one manifest; the output folder made ready."""
-    from quantcli.batch import Settings, jobs_from_manifest, jobs_from_paths
+    from quantcli.batch import jobs_from_manifest, jobs_from_paths
 
-    settings = Settings(
-        out_dir=output_dir,
-        data=inputs.source(),
-        eval_data=inputs.eval_data,
-        labels=inputs.labels,
-        recipe=recipe,
-        overrides=flags,
-        force=force,
-    )
     jobs = jobs_from_manifest(manifest, settings) if manifest else jobs_from_paths(models, settings)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"{output_dir}: not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if settings.out_dir.exists() and not settings.out_dir.is_dir():
+        raise ConfigError(f"{settings.out_dir}: not a folder")
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
     return jobs
 
 
