@@ -67,14 +67,15 @@ class WriteBlockwiseWeightsPass(ir.passes.InPlacePass):
                 f"4-bit DequantizeLinear needs opset {BLOCKED_DQ_OPSET}, the model has "
                 f"{model.opset_imports.get('', 1)}; write MatMulNBits or convert the model's opset"
             )
-        targets = {t.node: t for t in block_targets(graph)}
-        missing = sorted(set(self.weights) - set(targets))
+        # In graph order: a shared division of an activation goes before its first reader.
+        targets = [t for t in block_targets(graph) if t.node in self.weights]
+        missing = sorted(set(self.weights) - {t.node for t in targets})
         assert not missing, f"not block-wise targets: {missing}"
         nodes = {node.name: node for node in graph if node.name in self.weights}
         names = NameAllocator(graph)
         divided: dict[tuple[str, bytes], ir.Value] = {}
-        for name in sorted(self.weights):
-            target, quantized, node = targets[name], self.weights[name], nodes[name]
+        for target in targets:
+            quantized, node = self.weights[target.node], nodes[target.node]
             self._check(target, quantized)
             if quantized.input_scale is not None:
                 _divide_input(graph, names, node, quantized.input_scale, divided)
