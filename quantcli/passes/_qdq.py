@@ -14,24 +14,40 @@ __all__ = [
     "add_parameters",
     "constant_array",
     "dequantize_node",
+    "ir_type",
     "quantize_node",
     "quantized_weight",
 ]
 
 _IR_TYPES = {
+    QuantType.UINT4: ir.DataType.UINT4,
+    QuantType.INT4: ir.DataType.INT4,
     QuantType.UINT8: ir.DataType.UINT8,
     QuantType.INT8: ir.DataType.INT8,
+    QuantType.UINT16: ir.DataType.UINT16,
+    QuantType.INT16: ir.DataType.INT16,
     QuantType.INT32: ir.DataType.INT32,
 }
+
+
+def ir_type(dtype: QuantType) -> ir.DataType:
+    """The ONNX element type of ``dtype``'s codes (4-bit codes are held wider in numpy)."""
+    return _IR_TYPES[dtype]
+
 
 # (scale, zero point) initializers shared by the Q and DQ nodes of one tensor.
 QDQParameters = tuple[ir.Value, ir.Value]
 
 
-def add_initializer(graph: ir.Graph, names: NameAllocator, base: str, array: np.ndarray) -> ir.Value:
-    """Register ``array`` as a new initializer named after ``base``."""
+def add_initializer(
+    graph: ir.Graph, names: NameAllocator, base: str, array: np.ndarray, dtype: QuantType | None = None
+) -> ir.Value:
+    """Register ``array`` as a new initializer named after ``base``; ``dtype`` gives the ONNX type
+    of integer codes whose numpy array is wider (4-bit codes in an int8 array)."""
     name = names.fresh(base)
-    tensor = ir.tensor(array, name=name)
+    tensor = (
+        ir.tensor(array, name=name) if dtype is None else ir.tensor(array, dtype=ir_type(dtype), name=name)
+    )
     value = ir.Value(
         name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
     )
@@ -46,14 +62,17 @@ def add_parameters(graph: ir.Graph, names: NameAllocator, base: str, qparams: QP
     QDQ selectors do not fuse a DequantizeLinear without one (tested).
     """
     scale = add_initializer(graph, names, f"{base}_scale", qparams.scale.astype(np.float32))
-    zero_point = add_initializer(graph, names, f"{base}_zero_point", qparams.zero_point)
+    zero_point = add_initializer(graph, names, f"{base}_zero_point", qparams.zero_point, qparams.dtype)
     return scale, zero_point
 
 
 def _axis_attributes(qparams: QParams) -> dict[str, ir.Attr]:
-    if qparams.axis is None:
-        return {}
-    return {"axis": ir.AttrInt64("axis", qparams.axis)}
+    attributes = {}
+    if qparams.axis is not None:
+        attributes["axis"] = ir.AttrInt64("axis", qparams.axis)
+    if qparams.block_size is not None:
+        attributes["block_size"] = ir.AttrInt64("block_size", qparams.block_size)
+    return attributes
 
 
 def _node(
@@ -82,7 +101,7 @@ def quantize_node(
     """A QuantizeLinear node reading ``value``, and its integer output."""
     base = value.name or "tensor"
     out = ir.Value(
-        name=names.fresh(f"{base}_quantized"), shape=value.shape, type=ir.TensorType(_IR_TYPES[qparams.dtype])
+        name=names.fresh(f"{base}_quantized"), shape=value.shape, type=ir.TensorType(ir_type(qparams.dtype))
     )
     return _node(
         "QuantizeLinear", names, value, parameters=parameters, qparams=qparams, out=out, base=base
@@ -110,7 +129,7 @@ def dequantize_node(
 
 
 def quantized_weight(value: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """(int8 weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
+    """(integer weight, scale, zero point) behind the DequantizeLinear that produces ``value``."""
     producer = value.producer()
     assert producer is not None and producer.op_type == "DequantizeLinear", value.name
     weight, scale, zero_point = producer.inputs

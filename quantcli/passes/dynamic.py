@@ -8,10 +8,14 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight
+from quantcli.passes._qdq import add_initializer, constant_array, ir_type, quantized_weight
 from quantcli.plan import DynamicSpec
+from quantcli.scheme import QuantType
 
 __all__ = ["QuantizeMatMulDynamicallyPass"]
+
+# DynamicQuantizeLinear's only output type (ONNX defines it for uint8 alone).
+_INPUT_TYPE = ir_type(QuantType.UINT8)
 
 
 class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
@@ -61,9 +65,9 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
             )
 
         x_q, x_scale, x_zero = (
-            value("input_quantized", ir.DataType.UINT8),
+            value("input_quantized", _INPUT_TYPE),
             value("input_scale", ir.DataType.FLOAT),
-            value("input_zero_point", ir.DataType.UINT8),
+            value("input_zero_point", _INPUT_TYPE),
         )
         product, product_float = value("int32", ir.DataType.INT32), value("int32_float", ir.DataType.FLOAT)
         combined, result = value("scale", ir.DataType.FLOAT), value("scaled", ir.DataType.FLOAT)

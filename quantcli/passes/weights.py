@@ -28,7 +28,7 @@ def _replace_initializer(
     assert tensor is not None
     if integers is None:
         integers = quantize(tensor.numpy(), qparams)
-    quantized = add_initializer(graph, names, f"{name}_quantized", integers)
+    quantized = add_initializer(graph, names, f"{name}_quantized", integers, qparams.dtype)
     uses = list(value.uses())
     graph.initializers.pop(name)
     value.name = names.fresh(f"{name}_float_removed")
