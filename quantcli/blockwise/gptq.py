@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from quantcli.blockwise.layout import BlockQuantized
-from quantcli.blockwise.rtn import block_params, encode
+from quantcli.blockwise.layout import CODE_TYPE, BlockQuantized
+from quantcli.blockwise.rtn import column_params
+from quantcli.scheme import QParams, block_params, dequantize, quantize
 
 __all__ = ["DAMPING", "gptq", "inverse_cholesky"]
 
@@ -67,18 +68,21 @@ def gptq(
     scale = np.empty((n, blocks), np.float32)
     zero_point = np.empty((n, blocks), np.uint8)
     batch = block_size * max(1, _BATCH // block_size)
+    column_qparams: QParams | None = None
     for start in range(0, k, batch):
         end = min(start + batch, k)
         errors = np.zeros((n, end - start), np.float64)
         for column in range(start, end):
-            if column % block_size == 0:
-                block = column // block_size
-                stop = min(column + block_size, k)
-                scale[:, block], zero_point[:, block] = block_params(w[:, column:stop], symmetric=symmetric)
             block = column // block_size
-            code = encode(w[:, column], scale[:, block], zero_point[:, block])
+            if column % block_size == 0:
+                stop = min(column + block_size, k)
+                found = block_params(w[:, column:stop], CODE_TYPE, block_size, 1, symmetric)
+                scale[:, block], zero_point[:, block] = found.scale[:, 0], found.zero_point[:, 0]
+                column_qparams = column_params(found, 0)
+            assert column_qparams is not None
+            code = quantize(w[:, column], column_qparams)
             codes[:, column] = code
-            rounded = (code.astype(np.float64) - zero_point[:, block]) * scale[:, block]
+            rounded = dequantize(code, column_qparams).astype(np.float64)
             error = (w[:, column] - rounded) / upper[column, column]
             w[:, column + 1 : end] -= np.outer(error, upper[column, column + 1 : end])
             errors[:, column - start] = error

@@ -17,13 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BITS", "BLOCK_SIZES", "BlockQuantized", "pack_nibbles", "unpack_nibbles"]
+from quantcli.scheme import QParams, QuantType, dequantize
 
-BITS = 4
+__all__ = ["BITS", "BLOCK_SIZES", "CODE_TYPE", "BlockQuantized", "pack_nibbles", "unpack_nibbles"]
+
+# Codes are unsigned 4-bit (held in uint8 arrays); a symmetric weight uses zero point 8.
+CODE_TYPE = QuantType.UINT4
+BITS = CODE_TYPE.bits
 # Block sizes onnxruntime's kernels take (a power of two, at least 16) that the CLI will offer.
 BLOCK_SIZES = (16, 32, 64, 128)
-CODE_MAX = (1 << BITS) - 1
-SYMMETRIC_ZERO_POINT = 1 << (BITS - 1)
+SYMMETRIC_ZERO_POINT = CODE_TYPE.symmetric_zero_point
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,6 +55,25 @@ class BlockQuantized:
         assert self.scale.shape == self.zero_point.shape == (n, padded // self.block_size)
         assert self.input_scale is None or self.input_scale.shape == (self.k,)
 
+    @classmethod
+    def from_qparams(
+        cls,
+        codes: npt.NDArray[np.uint8],
+        qparams: QParams,
+        k: int,
+        symmetric: bool,
+        input_scale: npt.NDArray[np.float32] | None = None,
+    ) -> BlockQuantized:
+        """From scheme's block-wise parameters of the ``[N, K]`` weight (block axis 1)."""
+        assert qparams.block_size is not None and qparams.axis == 1 and qparams.dtype is CODE_TYPE
+        zero_point = qparams.zero_point.astype(np.uint8)
+        return cls(codes, qparams.scale, zero_point, qparams.block_size, k, symmetric, input_scale)
+
+    @property
+    def qparams(self) -> QParams:
+        """scheme's view of the block-wise parameters (block axis 1 of ``[N, K]``)."""
+        return QParams(self.scale, self.zero_point, 1, CODE_TYPE, self.block_size)
+
     @property
     def n(self) -> int:
         return int(self.codes.shape[0])
@@ -63,10 +85,7 @@ class BlockQuantized:
     def dequantized_codes(self) -> npt.NDArray[np.float32]:
         """``(code - zero point) x scale``, ``[N, K]`` float32: the weight the codes hold, as a
         kernel computes it (before any input scale)."""
-        codes = self.codes.reshape(self.n, self.blocks, self.block_size).astype(np.float32)
-        shifted = codes - self.zero_point[:, :, np.newaxis].astype(np.float32)
-        values = shifted * self.scale[:, :, np.newaxis]
-        return values.reshape(self.n, -1)[:, : self.k].astype(np.float32)
+        return dequantize(self.codes[:, : self.k], self.qparams)
 
     def dequantize(self) -> npt.NDArray[np.float32]:
         """The weight the written model computes with, ``[N, K]``: with AWQ's input scale undone."""
