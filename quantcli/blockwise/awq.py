@@ -5,7 +5,8 @@ rounded. Multiplying column ``k`` by ``s_k`` and dividing the activation by it l
 product unchanged but gives that column finer steps within its block. ``s = a^alpha`` with ``a``
 the mean absolute activation per channel; ``alpha`` is searched on a grid, each candidate scored
 by the output error ``tr(dW H dW^T)`` computed from the observed statistics. ``alpha = 0`` is
-plain RTN, so the search never does worse than RTN on those statistics.
+plain RTN, so the search never does worse than RTN on those statistics. The scaled weights can
+then be rounded by GPTQ instead of RTN (AWQ scales, GPTQ rounding).
 
 Layers reading the same activation (attention's Q, K and V) share one ``s``: the written model
 divides that activation once.
@@ -56,20 +57,20 @@ def awq(
     """The best ``alpha`` for the layers ``weights`` (each ``[N_i, K]``) reading one activation
     with statistics ``hessian`` and ``mean_abs``, and their weights quantized with it.
 
-    ``rounder`` rounds the scaled weights (default RTN); the search scores every candidate with it.
+    The search rounds with RTN (cheap, and what the scale is meant to help); ``rounder``, when
+    given (GPTQ on the layer's statistics), rounds the scaled weights once alpha is chosen.
     """
-
-    def default(weight: npt.NDArray[np.float32], scale: npt.NDArray[np.float32] | None) -> BlockQuantized:
-        return rtn(weight, block_size, symmetric=symmetric, input_scale=scale)
-
-    round_weight = rounder or default
     best: tuple[float, float, list[BlockQuantized]] | None = None
     for step in range(grid + 1):
         alpha = step / grid
         scale = awq_scale(mean_abs, alpha)
-        quantized = [round_weight(w, scale) for w in weights]
+        quantized = [rtn(w, block_size, symmetric=symmetric, input_scale=scale) for w in weights]
         loss = sum(output_error(q.dequantize() - w, hessian) for q, w in zip(quantized, weights, strict=True))
         if best is None or loss < best[0]:
             best = (loss, alpha, quantized)
     assert best is not None
-    return best[1], best[2]
+    _, alpha, quantized = best
+    if rounder is not None:
+        scale = quantized[0].input_scale
+        quantized = [rounder(w, scale) for w in weights]
+    return alpha, quantized

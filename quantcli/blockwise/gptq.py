@@ -33,9 +33,10 @@ def inverse_cholesky(hessian: npt.NDArray[np.float64], damping: float = DAMPING)
     dead = diagonal <= 0
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h)))
-    lower = np.linalg.cholesky(h)
-    lower_inverse = np.linalg.solve(lower, np.eye(len(h)))
-    upper: npt.NDArray[np.float64] = np.linalg.cholesky(lower_inverse.T @ lower_inverse).T
+    # With J the reversal permutation and J H J = L L^T, U = J L^-1 J is upper triangular and
+    # U^T U = J L^-T L^-1 J = H^-1: one Cholesky and one triangular inverse, no explicit H^-1.
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    upper: npt.NDArray[np.float64] = np.triu(np.linalg.inv(lower)[::-1, ::-1])
     return upper
 
 
@@ -55,37 +56,40 @@ def gptq(
     becomes ``diag(1/s) H diag(1/s)``.
     """
     n, k = weight.shape
-    w = np.array(weight, np.float64)
+    # Transposed, [K, N]: each column of the weight is a contiguous row here.
+    w = np.array(np.asarray(weight, np.float64).T, order="C")
     h = np.asarray(hessian, np.float64)
     if input_scale is not None:
-        w *= input_scale[np.newaxis, :]
+        w *= input_scale[:, np.newaxis]
         inverse = 1.0 / input_scale.astype(np.float64)
         h = h * inverse[:, np.newaxis] * inverse[np.newaxis, :]
-    w[:, np.diag(h) <= 0] = 0.0  # an input that was always 0: its weights do not matter
+    w[np.diag(h) <= 0, :] = 0.0  # an input that was always 0: its weights do not matter
     upper = inverse_cholesky(h, damping)
     blocks = -(-k // block_size)
-    codes = np.empty((n, blocks * block_size), np.uint8)
+    codes = np.empty((blocks * block_size, n), np.uint8)
     scale = np.empty((n, blocks), np.float32)
     zero_point = np.empty((n, blocks), np.uint8)
     batch = block_size * max(1, _BATCH // block_size)
     column_qparams: QParams | None = None
     for start in range(0, k, batch):
         end = min(start + batch, k)
-        errors = np.zeros((n, end - start), np.float64)
+        errors = np.zeros((end - start, n), np.float64)
         for column in range(start, end):
             block = column // block_size
             if column % block_size == 0:
                 stop = min(column + block_size, k)
-                found = block_params(w[:, column:stop], CODE_TYPE, block_size, 1, symmetric)
+                found = block_params(w[column:stop].T, CODE_TYPE, block_size, 1, symmetric)
                 scale[:, block], zero_point[:, block] = found.scale[:, 0], found.zero_point[:, 0]
                 column_qparams = column_params(found, 0)
             assert column_qparams is not None
-            code = quantize(w[:, column], column_qparams)
-            codes[:, column] = code
+            code = quantize(w[column], column_qparams)
+            codes[column] = code
             rounded = dequantize(code, column_qparams).astype(np.float64)
-            error = (w[:, column] - rounded) / upper[column, column]
-            w[:, column + 1 : end] -= np.outer(error, upper[column, column + 1 : end])
-            errors[:, column - start] = error
-        w[:, end:] -= errors @ upper[start:end, end:]
-    codes[:, k:] = zero_point[:, -1:]  # the tail of the last block dequantizes to 0.0
-    return BlockQuantized(codes, scale, zero_point, block_size, k, symmetric, input_scale=input_scale)
+            error = (w[column] - rounded) / upper[column, column]
+            w[column + 1 : end] -= np.outer(upper[column, column + 1 : end], error)
+            errors[column - start] = error
+        w[end:] -= upper[start:end, end:].T @ errors
+    codes[k:] = zero_point[:, -1]  # the tail of the last block dequantizes to 0.0
+    return BlockQuantized(
+        np.ascontiguousarray(codes.T), scale, zero_point, block_size, k, symmetric, input_scale=input_scale
+    )
