@@ -141,3 +141,34 @@ def test_dequantize_form_needs_opset_21() -> None:
     weights = _quantize(model, symmetric=True, awq=False)
     with pytest.raises(QuantizationError, match="opset 21"):
         WriteBlockwiseWeightsPass(weights, form=BlockForm.DEQUANTIZE_LINEAR)(model)
+
+
+def test_only_float_constant_weights_in_the_matmul_form_are_targets() -> None:
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((K, N)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal((N, K)).astype(np.float32), "wt"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "y"], ["xy"], name="two_activations"),
+        helper.make_node("Gemm", ["x", "w"], ["scaled"], name="alpha_gemm", alpha=0.5),
+        helper.make_node("Gemm", ["x", "wt"], ["transposed_a"], name="trans_a_gemm", transA=1),
+        helper.make_node("MatMul", ["x", "w"], ["plain"], name="plain"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [K, K]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [K, K]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("xy", "scaled", "plain")]
+        + [helper.make_tensor_value_info("transposed_a", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    assert [t.node for t in block_targets(model.graph)] == ["plain"]
+    # The weight "w" is still read by the alpha Gemm: it stays, beside its 4-bit copy.
+    weights = {"plain": rtn(block_targets(model.graph)[0].rows(model.graph), 32, symmetric=True)}
+    WriteBlockwiseWeightsPass(weights)(model)
+    assert "w" in model.graph.initializers
