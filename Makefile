@@ -123,9 +123,10 @@ modes: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py --modes
 
 ## 4-bit block-wise MatMul weights on the zoo's MiniLM-L6 (ZOO=dir): which form onnxruntime runs fastest,
-## then RTN, GPTQ and AWQ beside onnxruntime's MatMulNBitsQuantizer (about 15 min on 2 cores).
-bench-int4: $(STAMP)
-	$(PY) bench/int4.py --zoo $(ZOO)
+## then RTN, GPTQ and AWQ beside onnxruntime's MatMulNBitsQuantizer (about 15 min on 2 cores; in .benchenv:
+## onnxruntime's GPTQ imports torch).
+bench-int4: $(BENCHSTAMP)
+	$(BENCHPY) bench/int4.py --zoo $(ZOO)
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)

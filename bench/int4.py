@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import sys
 import time
@@ -424,28 +425,36 @@ def _methods_table(variants: list[Variant]) -> list[str]:
     return lines
 
 
+def _measured(meta: dict[str, Any]) -> str:
+    return (
+        f"Measured on {machine()}, quantcli at commit {meta['commit']}; {meta['minutes']:.1f} min "
+        f"(load average at start {meta['load_start']:.1f}, at end {meta['load_end']:.1f}; the machine "
+        f"is shared); latency: median of {meta['rounds']} interleaved rounds."
+    )
+
+
 def markdown(
     form_rows: list[Variant],
     why: str,
     method_rows: list[Variant],
     form: tuple[BlockForm, int | None],
-    meta: dict[str, Any],
+    metas: tuple[dict[str, Any], dict[str, Any]],
 ) -> str:
     lines = [
         "## 4-bit block-wise weights on MiniLM-L6 (`make bench-int4`, bench/int4.py)",
         "",
-        f"Measured on {machine()}, quantcli at commit {meta['commit']}; the run took "
-        f"{meta['minutes']:.1f} min (load average at start {meta['load_start']:.1f}, at end "
-        f"{meta['load_end']:.1f}; the machine is shared).",
-        "Only the 36 MatMul weights are 4-bit; the word-embedding table (47 MB of the 90 MB) stays float32, "
-        "so whole-model size ratios stop near 1.7x until Gather tables are quantized too. Cosine: each eval "
-        "sentence's embedding against fp32's (48 sentences, sequence 128). Latency: ratio to fp32 on "
-        f"the first eval sample, median of {meta['rounds']} interleaved rounds, in one process.",
+        "Only the 36 MatMul weights are 4-bit; the word-embedding table (47 MB of the 90 MB) stays "
+        "float32, so whole-model size ratios stop near 1.7x until Gather tables are quantized too. "
+        "Cosine: each eval sentence's embedding against fp32's (48 sentences, sequence 128). "
+        "Latency: ratio to fp32 on the first eval sample, all models of a table timed in one "
+        "rotating loop in one process.",
         "",
     ]
     if form_rows:
         lines += [
             "### Which form onnxruntime runs fastest (RTN weights)",
+            "",
+            _measured(metas[0]),
             "",
             *_forms_table(form_rows),
             "",
@@ -457,6 +466,7 @@ def markdown(
             f"### Methods at block 32, written as {_form_label(*form)}, beside onnxruntime's "
             "MatMulNBitsQuantizer",
             "",
+            _measured(metas[1]),
             "quantcli's methods observe each MatMul input's `X^T X` on calib/ (64 sentences) streaming; "
             "layer SQNR is `tr(W H W^T) / tr(dW H dW^T)` on those statistics. onnxruntime rows: "
             "`MatMulNBitsQuantizer(block_size=32, accuracy_level=4)` with its default algorithm, and with "
@@ -482,14 +492,30 @@ def _stacked(path: Path) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
+def _previous_forms() -> dict[str, Any]:
+    """The forms part of the last run (bench/results/int4.json), for --reuse-forms."""
+    stored = json.loads((BENCH / "results" / "int4.json").read_text())
+    stored["forms"] = [Variant(**(row | {"path": Path(row["path"])})) for row in stored["forms"]]
+    return stored
+
+
+def _meta(begin: float, load_start: float, rounds: int) -> dict[str, Any]:
+    return {
+        "commit": _commit(),
+        "minutes": (time.perf_counter() - begin) / 60,
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "rounds": rounds,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--work", type=Path, default=BENCH / "_work" / "int4")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--skip-forms", action="store_true")
+    parser.add_argument("--reuse-forms", action="store_true", help="keep the last run's forms part and pick")
     parser.add_argument("--skip-methods", action="store_true")
-    parser.add_argument("--form", choices=[f"{f.value}:{lv}" for f, lv in FORMS], help="with --skip-forms")
     args = parser.parse_args(argv)
     folder = args.zoo / MODEL
     model_path = folder / "model.onnx"
@@ -502,32 +528,28 @@ def main(argv: list[str] | None = None) -> int:
     calib_feeds, eval_feeds = _stacked(folder / "calib.npz"), _stacked(folder / "eval.npz")
     reference = compare.run_all(model_path, eval_feeds, OUTPUT)
     setup = Setup(proto, model_path, args.work, calib_feeds, eval_feeds, reference, args.rounds)
-    form_rows: list[Variant] = []
-    why = "given with --form"
-    chosen: tuple[BlockForm, int | None] = (BlockForm.MATMUL_NBITS, 4)
-    if args.form:
-        kind, level = args.form.split(":")
-        chosen = (BlockForm(kind), None if level == "None" else int(level))
-    if not args.skip_forms:
+    if args.reuse_forms:
+        previous = _previous_forms()
+        form_rows, forms_meta = previous["forms"], previous.get("forms_meta") or previous["meta"]
+        chosen = (BlockForm(previous["form"]["form"]), previous["form"]["accuracy_level"])
+        why = previous["form"]["why"]
+    else:
         form_rows = forms(setup)
-        *chosen, why = pick_form(form_rows)  # type: ignore[assignment]
-    method_rows: list[Variant] = []
-    if not args.skip_methods:
-        method_rows = methods(setup, (chosen[0], chosen[1]))
-    meta = {
-        "commit": _commit(),
-        "minutes": (time.perf_counter() - begin) / 60,
-        "load_start": load_start,
-        "load_end": os.getloadavg()[0],
-        "rounds": args.rounds,
-    }
+        form, level, why = pick_form(form_rows)
+        chosen = (form, level)
+        forms_meta = _meta(begin, load_start, args.rounds)
+    begin, load_start = time.perf_counter(), os.getloadavg()[0]
+    method_rows = [] if args.skip_methods else methods(setup, chosen)
+    methods_meta = _meta(begin, load_start, args.rounds)
     rows = {
-        "meta": meta,
+        "forms_meta": forms_meta,
+        "methods_meta": methods_meta,
         "form": {"form": chosen[0].value, "accuracy_level": chosen[1], "why": why},
         "forms": [vars(v) | {"path": v.path.name} for v in form_rows],
         "methods": [vars(v) | {"path": v.path.name} for v in method_rows],
     }
-    target = write_section("int4", markdown(form_rows, why, method_rows, (chosen[0], chosen[1]), meta), rows)
+    body = markdown(form_rows, why, method_rows, chosen, (forms_meta, methods_meta))
+    target = write_section("int4", body, rows)
     sys.stderr.write(f"int4: wrote {target}\n")
     return 0
 

@@ -2,8 +2,9 @@
 
 Two forms onnxruntime's CPU provider runs:
 - ``com.microsoft.MatMulNBits``: the node takes the packed codes (``uint8[N, blocks, block/2]``,
-  low nibble first), per-block float32 scales (the type of its input ``A``) and, for asymmetric
-  weights, packed zero points; ``accuracy_level`` 4 lets it compute in int8 on VNNI.
+  low nibble first), per-block scales and, for asymmetric weights, packed zero points;
+  ``accuracy_level`` 4 lets it compute in int8 on VNNI. Scales must have the type of its input
+  ``A``; targets are float32 MatMuls (``block_targets``), so scales are float32.
 - ``DequantizeLinear`` (opset 21, ``block_size``, int4/uint4 codes ``[K, N]``) feeding the original
   MatMul, which onnxruntime's graph optimizer fuses into the same kernel; standard ONNX.
 
