@@ -8,7 +8,15 @@ Two forms onnxruntime's CPU provider runs:
 - ``DequantizeLinear`` (opset 21, ``block_size``, int4/uint4 codes ``[K, N]``) feeding the original
   MatMul, which onnxruntime's graph optimizer fuses into the same kernel; standard ONNX.
 
-Which one quantcli writes by default is decided by bench/int4.py's measurement (bench/RESULTS.md).
+Which one to write was decided by measurement (bench/int4.py, section "4-bit block-wise weights"
+of bench/RESULTS.md; MiniLM-L6, 128 tokens, onnxruntime 1.32 CPU on AVX-512 VNNI, 1 thread):
+``MatMulNBits`` with ``accuracy_level`` 0, :data:`DEFAULT_FORM` and :data:`DEFAULT_ACCURACY_LEVEL`.
+At block 32 it ran at 0.96x fp32's latency, against 1.10x for ``accuracy_level`` 4 and 1.13x for
+the DequantizeLinear form, at the same embedding cosine (0.9669 / 0.9670 / 0.9670), and level 0
+was the faster at blocks 16 and 64 too. The DequantizeLinear form is fused into MatMulNBits at
+the *session's* accuracy level (``session.qdq_matmulnbits_accuracy_level``, default 4), so the
+model cannot carry the faster choice, and it needs the whole model converted to opset 21; its
+one advantage is being standard ONNX, for runtimes without com.microsoft ops.
 AWQ's input scale becomes one ``Mul`` by ``1/s`` on the activation, shared by every layer that
 reads it with the same ``s``.
 """
@@ -29,7 +37,7 @@ from quantcli.graph.names import NameAllocator
 from quantcli.passes._qdq import add_initializer
 from quantcli.passes._rewrite import replace_node
 
-__all__ = ["BlockForm", "WriteBlockwiseWeightsPass"]
+__all__ = ["DEFAULT_ACCURACY_LEVEL", "DEFAULT_FORM", "BlockForm", "WriteBlockwiseWeightsPass"]
 
 MICROSOFT = "com.microsoft"
 # The first opset whose DequantizeLinear takes int4 and block_size.
@@ -43,18 +51,24 @@ class BlockForm(StrEnum):
     DEQUANTIZE_LINEAR = "dequantizelinear"
 
 
+# Measured (module docstring): the form and compute precision onnxruntime's CPU provider ran fastest.
+DEFAULT_FORM = BlockForm.MATMUL_NBITS
+DEFAULT_ACCURACY_LEVEL = 0
+
+
 class WriteBlockwiseWeightsPass(ir.passes.InPlacePass):
     """Replace the weights of the nodes named in ``weights`` (node name -> its quantized weight).
 
     A weight initializer no other node reads is removed; the float model is not kept alongside.
+    ``accuracy_level`` is MatMulNBits' attribute; the DequantizeLinear form cannot carry it.
     """
 
     def __init__(
         self,
         weights: Mapping[str, BlockQuantized],
         *,
-        form: BlockForm = BlockForm.MATMUL_NBITS,
-        accuracy_level: int = 4,
+        form: BlockForm = DEFAULT_FORM,
+        accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
     ) -> None:
         super().__init__()
         self.weights = dict(weights)
