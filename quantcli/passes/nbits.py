@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
@@ -180,10 +179,11 @@ def _write_dequantize(
     """
     codes = quantized.codes[:, : quantized.k]
     if quantized.symmetric:
-        values = (codes.astype(np.int8) - SYMMETRIC_ZERO_POINT).astype(ml_dtypes.int4)
+        values = (codes.astype(np.int8) - SYMMETRIC_ZERO_POINT).astype(ir.DataType.INT4.numpy())
         zero_point = None
     else:
-        values, zero_point = codes.astype(ml_dtypes.uint4), quantized.zero_point.astype(ml_dtypes.uint4)
+        uint4 = ir.DataType.UINT4.numpy()
+        values, zero_point = codes.astype(uint4), quantized.zero_point.astype(uint4)
     scale = quantized.scale
     axis = 1
     if not target.transposed:  # the initializer is [K, N]: block along axis 0
