@@ -9,17 +9,14 @@ fallback :mod:`quantcli.repair`.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from quantcli import inputs
 from quantcli.build import Job, reference_for
 from quantcli.calibration.collect import Progress, reporting, stage, within
-from quantcli.calibration.data import Dataset, InputSpec, model_inputs
-from quantcli.calibration.file import CalibrationFile
+from quantcli.calibration.data import Dataset, model_inputs
+from quantcli.calibration.file import CalibrationFile, read_calibration
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Part, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source
@@ -31,7 +28,7 @@ from quantcli.choice import (
     roles,
     unmeasured_mode,
 )
-from quantcli.config import QuantConfig, QuantMode
+from quantcli.config import Overrides, QuantConfig, QuantMode, merge
 from quantcli.errors import ConfigError, QuantizationError
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, check_model_file, fingerprint
@@ -46,21 +43,17 @@ from quantcli.inputs import (
     ShardWork,
     observe_shard,
 )
-from quantcli.inputs import prepare as _prepare
-from quantcli.inputs import read_calibration_for as _read_calibration_for
 from quantcli.modes import strategy
-from quantcli.plan import QuantPlan, candidate_tensors, select
+from quantcli.plan import candidate_tensors, select
 from quantcli.report import CalibrationSummary, QuantReport, SizeSummary
 from quantcli.search import auto_choice, report_for, search_candidates
 
 __all__ = [
     "Collector",
-    "ModelSummary",
     "QuantResult",
     "ShardResult",
     "ShardWork",
     "calibrate",
-    "inspect_model",
     "observe_shard",
     "quantize",
 ]
@@ -99,7 +92,7 @@ def quantize(
     model_path: Path,
     output: Path,
     *,
-    config: QuantConfig | None = None,
+    config: QuantConfig | Overrides | None = None,
     data: DataSource | None = None,
     calibration: Path | None = None,
     eval_data: DataSource | None = None,
@@ -118,14 +111,22 @@ def quantize(
     files the caller commits together (a report, say); otherwise it is moved into place before
     returning. On any error nothing new is left behind. ``collector`` runs the calibration pass
     elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples.
+
+    ``config`` is taken whole; given as :class:`Overrides` (or None), what it leaves unset comes
+    from the defaults, and the calibration method from ``calibration``'s file unless given, as
+    on the command line (see :func:`quantcli.config.merge`).
     """
+    if not isinstance(config, QuantConfig):
+        given = config or Overrides()
+        recorded = read_calibration(calibration) if calibration is not None and given.method is None else None
+        config = merge(QuantConfig(), given, calibration=recorded)
     request = Request(model_path, output, data, calibration, eval_data, labels, progress, collector)
     if staging is not None:
         with reporting(progress):
-            return _quantize_into(staging, request, config or QuantConfig())
+            return _quantize_into(staging, request, config)
     with StagedOutput(force=force) as own:
         with reporting(progress):
-            result = _quantize_into(own, request, config or QuantConfig())
+            result = _quantize_into(own, request, config)
         own.commit()
     return result
 
@@ -240,59 +241,4 @@ def _calibrate(request: CalibrationRequest, loaded: ModelFile, config: QuantConf
         stats=stats,
         shards=(str(request.shard),) if request.shard is not None else (),
         choice=choice,
-    )
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """What ``inspect`` shows: the model's interface, size, ops and the quantization plan."""
-
-    path: str
-    size_bytes: int
-    opset: int
-    inputs: tuple[InputSpec, ...]
-    outputs: tuple[tuple[str, str, str], ...]
-    parameters: int
-    op_types: dict[str, int]
-    plan: QuantPlan
-    mode_reason: str = ""
-
-
-def inspect_model(
-    model_path: Path, config: QuantConfig | None = None, *, calibration: Path | None = None
-) -> ModelSummary:
-    """Describe a model and the plan :func:`quantize` would follow for it: in the mode asked
-    for, or the one ``calibration`` records. Auto with no recorded decision decides by measuring,
-    which inspect does not do: it shows the static plan and says so."""
-    config = config or QuantConfig()
-    loaded = _prepare(model_path)
-    model = loaded.model
-    recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
-    mode, mode_reason, kept_float = recorded_mode(model, config, recorded)
-    if mode is QuantMode.AUTO:
-        mode = QuantMode.STATIC
-        mode_reason = "auto decides by measuring every mode (convert or calibrate); this is static's plan"
-    outputs = tuple(
-        (
-            str(v.name),
-            np.dtype(v.dtype.numpy()).name if v.dtype is not None else "?",
-            "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in v.shape.dims) + "]"
-            if v.shape
-            else "[?]",
-        )
-        for v in model.graph.outputs
-    )
-    parameters = sum(
-        int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None
-    )
-    return ModelSummary(
-        path=str(model_path),
-        size_bytes=loaded.size_bytes,
-        opset=loaded.opset,
-        inputs=model_inputs(model),
-        outputs=outputs,
-        parameters=parameters,
-        op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
-        plan=select(model, config, kept_float, mode=mode),
-        mode_reason=mode_reason,
     )
