@@ -1,0 +1,222 @@
+"""Rewrite a quantcli static (onnxruntime-placed) model by rule until OpenVINO's CPU plugin runs it in integer.
+
+This is the evidence tool behind docs/openvino.md, and the stand-in for `quantcli convert --target
+openvino` in bench/targets.py until that flag exists. It edits the ONNX graph quantcli wrote: it only
+removes activation Q/DQ pairs and turns quantized biases back into float constants; it never adds a
+pair nor changes a scale, so every pair it keeps has quantcli's own calibrated parameters.
+
+    .benchenv-openvino/bin/python bench/_openvino_rules.py IN.onnx OUT.onnx [--rules a,b,...]
+
+Rules (each can be switched on alone, to measure it; `--rules openvino` is the set docs/openvino.md
+arrives at):
+    conv-outputs     drop the pair on the output of Conv / ConvTranspose / MatMul / Gemm: OpenVINO
+                     quantizes a layer's *inputs*; a pair on the output of a heavy layer makes it
+                     write u8, then dequantize in bf16/f32 for the activation that follows
+    float-consumers  drop a pair none of whose consumers can take an integer input in OpenVINO's
+                     CPU plugin (INTEGER_CONSUMERS below): the pair on a Sigmoid feeding the Mul of a
+                     SiLU, on a Softmax, ... costs a Convert and a Subtract and saves nothing
+    after-movement   drop the pair on the output of Split / MaxPool / Resize / Reshape /
+                     Transpose / ... when that op's own input already comes out of a DequantizeLinear:
+                     the plugin carries the integer precision through these ops by itself
+    float-bias       DequantizeLinear of an int32 bias -> the float bias it stands for (what NNCF writes)
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+HEAVY = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+# Ops OpenVINO's CPU plugin runs with an integer input (low-precision transformations keep the
+# dequantization after them or fuse it in): the heavy layers, the eltwise Add/Sub of a residual,
+# concatenation and the data movement ops that keep a per-tensor scale.
+INTEGER_CONSUMERS = HEAVY | {
+    "Add",
+    "Sub",
+    "Concat",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Split",
+    "Resize",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+}
+# One-input ops that keep their input's scale (Concat is not one: its inputs' scales differ, and
+# without a pair on its output the Conv after it runs in float).
+MOVEMENT = {
+    "Split",
+    "MaxPool",
+    "Resize",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "Gather",
+}
+
+
+class Graph:
+    """Producer and consumer maps of an onnx graph, rebuilt after each edit."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.producer = {out: node for node in graph.node for out in node.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.outputs = {value.name for value in graph.output}
+        self.initializers = {tensor.name: tensor for tensor in graph.initializer}
+
+    def activation_pairs(self) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+        """Each activation QuantizeLinear with the DequantizeLinear nodes that read it (and nothing else)."""
+        pairs = []
+        for node in self.model.graph.node:
+            if node.op_type != "QuantizeLinear" or node.input[0] in self.initializers:
+                continue
+            readers = self.consumers.get(node.output[0], [])
+            if readers and all(r.op_type == "DequantizeLinear" for r in readers):
+                if node.output[0] in self.outputs or any(r.output[0] in self.outputs for r in readers):
+                    continue
+                pairs.append((node, readers))
+        return pairs
+
+    def users(self, dequantizers: list[onnx.NodeProto]) -> set[str]:
+        return {user.op_type for dq in dequantizers for user in self.consumers.get(dq.output[0], [])}
+
+
+def _drop_pairs(
+    model: onnx.ModelProto, drop: Callable[[Graph, onnx.NodeProto, list[onnx.NodeProto]], bool]
+) -> int:
+    graph = Graph(model)
+    rename: dict[str, str] = {}
+    removed: set[int] = set()
+    for quantize, dequantizers in graph.activation_pairs():
+        if drop(graph, quantize, dequantizers):
+            removed.add(id(quantize))
+            for dq in dequantizers:
+                removed.add(id(dq))
+                rename[dq.output[0]] = quantize.input[0]
+    kept = [node for node in model.graph.node if id(node) not in removed]
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in rename:
+                node.input[index] = rename[name]
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return len(rename)
+
+
+def conv_outputs(model: onnx.ModelProto) -> int:
+    def drop(graph: Graph, quantize: onnx.NodeProto, _dq: list[onnx.NodeProto]) -> bool:
+        source = graph.producer.get(quantize.input[0])
+        return source is not None and source.op_type in HEAVY
+
+    return _drop_pairs(model, drop)
+
+
+def float_consumers(model: onnx.ModelProto) -> int:
+    def drop(graph: Graph, _q: onnx.NodeProto, dequantizers: list[onnx.NodeProto]) -> bool:
+        return not graph.users(dequantizers) & INTEGER_CONSUMERS
+
+    return _drop_pairs(model, drop)
+
+
+def after_movement(model: onnx.ModelProto) -> int:
+    def drop(graph: Graph, quantize: onnx.NodeProto, _dq: list[onnx.NodeProto]) -> bool:
+        source = graph.producer.get(quantize.input[0])
+        if source is None or source.op_type not in MOVEMENT:
+            return False
+        feeder = graph.producer.get(source.input[0])
+        return feeder is not None and feeder.op_type == "DequantizeLinear"
+
+    return _drop_pairs(model, drop)
+
+
+def float_bias(model: onnx.ModelProto) -> int:
+    """Replace DequantizeLinear(int32 initializer) by the float initializer it computes."""
+    graph = Graph(model)
+    changed = 0
+    kept = []
+    for node in model.graph.node:
+        tensor = graph.initializers.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if tensor is None or tensor.data_type != onnx.TensorProto.INT32:
+            kept.append(node)
+            continue
+        values = numpy_helper.to_array(tensor).astype(np.float64)
+        scale = numpy_helper.to_array(graph.initializers[node.input[1]]).astype(np.float64)
+        zero = (
+            numpy_helper.to_array(graph.initializers[node.input[2]]).astype(np.float64)
+            if len(node.input) > 2 and node.input[2]
+            else 0.0
+        )
+        model.graph.initializer.append(
+            numpy_helper.from_array(((values - zero) * scale).astype(np.float32), node.output[0])
+        )
+        changed += 1
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    used = {name for node in kept for name in node.input} | {v.name for v in model.graph.output}
+    unused = [t for t in model.graph.initializer if t.name not in used]
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+    return changed
+
+
+RULES: dict[str, Callable[[onnx.ModelProto], int]] = {
+    "conv-outputs": conv_outputs,
+    "float-consumers": float_consumers,
+    "after-movement": after_movement,
+    "float-bias": float_bias,
+}
+# The set docs/openvino.md arrives at, in the order applied.
+OPENVINO = ("conv-outputs", "float-consumers", "after-movement", "float-bias")
+
+
+def apply(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
+    """Apply the rules in order (float-consumers runs again after the others, as dropping a pair can
+    leave another with only float consumers); return how many pairs / biases each changed."""
+    done = {}
+    for rule in rules:
+        done[rule] = RULES[rule](model)
+    return done
+
+
+def rewrite(source: Path, target: Path, rules: tuple[str, ...] = OPENVINO) -> dict[str, int]:
+    model = onnx.load(str(source))
+    done = apply(model, rules)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(target))
+    return done
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="quantcli static output -> OpenVINO placement, by rule")
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--rules", default="openvino", help=f"'openvino' or a comma list of {sorted(RULES)}")
+    args = parser.parse_args()
+    rules = OPENVINO if args.rules == "openvino" else tuple(r for r in args.rules.split(",") if r)
+    unknown = [r for r in rules if r not in RULES]
+    if unknown:
+        parser.error(f"unknown rules {unknown}; valid: {sorted(RULES)}")
+    print(rewrite(args.source, args.target, rules))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
