@@ -1,9 +1,10 @@
-"""Rewrite a quantcli static (onnxruntime-placed) model by rule until OpenVINO's CPU plugin runs it in integer.
+"""Rewrite quantcli's static output (placed for onnxruntime) by rule, for OpenVINO's CPU plugin.
 
 This is the evidence tool behind docs/openvino.md, and the stand-in for `quantcli convert --target
-openvino` in bench/targets.py until that flag exists. It edits the ONNX graph quantcli wrote: it only
-removes activation Q/DQ pairs and turns quantized biases back into float constants; it never adds a
-pair nor changes a scale, so every pair it keeps has quantcli's own calibrated parameters.
+openvino` in bench/targets.py until that flag exists. It edits the ONNX graph quantcli wrote: it
+removes activation Q/DQ pairs, turns quantized biases back into float constants and gives int8
+weights to the last Convs; it never adds an activation pair nor changes an activation scale, so every
+activation pair it keeps has quantcli's own calibrated parameters.
 
     .benchenv-openvino/bin/python bench/_openvino_rules.py IN.onnx OUT.onnx [--rules a,b,...]
 
@@ -19,6 +20,9 @@ arrives at):
                      Transpose / ... when that op's own input already comes out of a DequantizeLinear:
                      the plugin carries the integer precision through these ops by itself
     float-bias       DequantizeLinear of an int32 bias -> the float bias it stands for (what NNCF writes)
+    final-weights    int8 weights for a float Conv / MatMul whose input is already dequantized (the
+                     last Convs quantcli keeps float for onnxruntime): OpenVINO runs it on an integer
+                     kernel with a float output
 """
 
 from __future__ import annotations
@@ -177,19 +181,69 @@ def float_bias(model: onnx.ModelProto) -> int:
     return changed
 
 
+def final_weights(model: onnx.ModelProto) -> int:
+    """Give int8 weights to a float Conv / MatMul whose activation input already comes out of a
+    DequantizeLinear (quantcli's `keep_final_outputs_float` leaves a detector's last Convs so for
+    onnxruntime). On OpenVINO the output of such a layer is never quantized (no pair goes there), so
+    the clipping that rule guards against cannot happen, and the layer runs on an integer kernel with
+    a float output. Weights: symmetric int8, one scale per output channel (max |w| / 127), the
+    scheme quantcli uses for Conv weights."""
+    graph = Graph(model)
+    changed = 0
+    nodes = []
+    for node in model.graph.node:
+        weight = graph.initializers.get(node.input[1]) if node.op_type in ("Conv", "MatMul") else None
+        source = graph.producer.get(node.input[0])
+        if weight is None or weight.data_type != onnx.TensorProto.FLOAT or source is None:
+            nodes.append(node)
+            continue
+        if source.op_type != "DequantizeLinear":
+            nodes.append(node)
+            continue
+        values = numpy_helper.to_array(weight).astype(np.float64)
+        axis = 0 if node.op_type == "Conv" else values.ndim - 1
+        reduce = tuple(i for i in range(values.ndim) if i != axis)
+        scale = np.maximum(np.abs(values).max(axis=reduce), 1e-12) / 127.0
+        shape = [-1 if i == axis else 1 for i in range(values.ndim)]
+        q = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = f"{weight.name}_ov"
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{base}_quantized"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+                numpy_helper.from_array(np.zeros(len(scale), np.int8), f"{base}_zero_point"),
+            ]
+        )
+        nodes.append(
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_dequantized"],
+                axis=axis,
+                name=f"{base}_DequantizeLinear",
+            )
+        )
+        node.input[1] = f"{base}_dequantized"
+        nodes.append(node)
+        changed += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return changed
+
+
 RULES: dict[str, Callable[[onnx.ModelProto], int]] = {
     "conv-outputs": conv_outputs,
     "float-consumers": float_consumers,
     "after-movement": after_movement,
     "float-bias": float_bias,
+    "final-weights": final_weights,
 }
 # The set docs/openvino.md arrives at, in the order applied.
-OPENVINO = ("conv-outputs", "float-consumers", "after-movement", "float-bias")
+OPENVINO = ("conv-outputs", "float-consumers", "after-movement", "float-bias", "final-weights")
 
 
 def apply(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
-    """Apply the rules in order (float-consumers runs again after the others, as dropping a pair can
-    leave another with only float consumers); return how many pairs / biases each changed."""
+    """Apply the rules in order; return how many pairs, biases or weights each changed."""
     done = {}
     for rule in rules:
         done[rule] = RULES[rule](model)

@@ -61,6 +61,7 @@ RULE_STEPS = tuple(
         ("conv-outputs",),
         ("conv-outputs", "float-consumers"),
         ("conv-outputs", "float-consumers", "after-movement"),
+        ("conv-outputs", "float-consumers", "after-movement", "float-bias"),
         rules.OPENVINO,
     )
 )
@@ -79,7 +80,7 @@ class Row:
     runtime: dict[str, int] = field(default_factory=dict)
     profile_ms: dict[str, float] = field(default_factory=dict)
     rules_applied: dict[str, int] = field(default_factory=dict)
-    seconds: float | None = None
+    inference_precision: str = ""  # the plugin's default for float layers (fp32 row only)
 
 
 def _run(command: list[str], log: Path) -> str:
@@ -100,6 +101,13 @@ def static_command(model: Path, output: Path, data: compare.Data, activation: st
     return [*command, "--force", "--quiet"]
 
 
+def _own_folder(folder: Path) -> Path:
+    """Each output in a folder of its own, so its size on disk is that folder's (bench/compare.py's
+    disk_bytes: the model and any external data beside it); its log goes beside the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def produce(subject: compare.Subject, work: Path, data: compare.Data, with_rules: bool) -> dict[str, Any]:
     """Quantize with every tool; returns tool -> output path, or an error string."""
     fp32 = subject.folder / "model.onnx"
@@ -107,20 +115,30 @@ def produce(subject: compare.Subject, work: Path, data: compare.Data, with_rules
     applied: dict[str, dict[str, int]] = {}
     statics: dict[str, Path | str] = {}
     for activation in ("int8", "uint8") if with_rules else ("int8",):
-        out = work / f"static_{activation}.onnx"
-        error = _run(static_command(fp32, out, data, activation), out.with_suffix(".log"))
+        out = _own_folder(work / f"static_{activation}") / "model.onnx"
+        error = _run(static_command(fp32, out, data, activation), out.parent.with_suffix(".log"))
         statics[activation] = error or out
-    outputs = {NNCF: work / "nncf.onnx", DEFAULT: work / "default.onnx"}
+    outputs = {
+        NNCF: _own_folder(work / "nncf") / "model.onnx",
+        DEFAULT: _own_folder(work / "default") / "model.onnx",
+    }
     commands = {
-        NNCF: [sys.executable, str(BENCH / "_peer_quantize.py"), "nncf", str(fp32), str(outputs[NNCF])]
-        + ["--data", str(data.calib)],
+        NNCF: [
+            sys.executable,
+            str(BENCH / "_peer_quantize.py"),
+            "nncf",
+            str(fp32),
+            str(outputs[NNCF]),
+            "--data",
+            str(data.calib),
+        ],
         # bench/compare.py's default command, with this worktree's quantcli (not the venv's: this
         # venv has OpenVINO, not quantcli)
         DEFAULT: [str(QUANTCLI), *compare.default_command(fp32, outputs[DEFAULT], data)[1:]],
     }
     for tool, command in commands.items():
         sys.stderr.write(f"targets: {subject.name}: {tool}\n")
-        made[tool] = _run(command, outputs[tool].with_suffix(".log")) or outputs[tool]
+        made[tool] = _run(command, outputs[tool].parent.with_suffix(".log")) or outputs[tool]
     steps = [(STAND_IN, "int8", rules.OPENVINO)]
     steps += list(RULE_STEPS) if with_rules else []
     for index, (label, activation, chosen) in enumerate(steps):
@@ -128,7 +146,7 @@ def produce(subject: compare.Subject, work: Path, data: compare.Data, with_rules
         if isinstance(source, str):
             made[label] = source
             continue
-        out = work / f"rules{index}.onnx"
+        out = _own_folder(work / f"rules{index}") / "model.onnx"
         applied[label] = rules.rewrite(source, out, tuple(chosen))
         made[label] = out
     made["_applied"] = applied
@@ -171,11 +189,13 @@ def measure_model(subject: compare.Subject, rounds: int, work_root: Path, with_r
             precision = "f32" if tool == FP32_F32 else None
             candidate = ovb.run_samples(result, feeds, output, precision=precision)
             row.runtime = runtime_counts(result)
+            if tool == FP32:
+                row.inference_precision = ovb.inference_precision(ovb.compile_model(result))
         except RuntimeError as exc:  # an OpenVINO failure is a result to record
             row.status, row.error = "does not compile or run in OpenVINO", str(exc)[:400]
             continue
         row.metrics = metric(reference, candidate, subject.task)
-        row.size_ratio = fp32_bytes / compare.disk_bytes(result)
+        row.size_ratio = 1.0 if tool in (FP32, FP32_F32) else fp32_bytes / compare.disk_bytes(result)
         loaded[tool] = result
     sys.stderr.write(f"targets: {subject.name}: timing {len(loaded)} models, {rounds} rounds\n")
     times = ovb.timing(loaded, FP32, feeds[0], rounds, precisions={FP32_F32: "f32"})
@@ -211,6 +231,11 @@ def model_table(subject: compare.Subject, rows: list[Row]) -> list[str]:
     return lines
 
 
+def _precision(results: list[tuple[compare.Subject, list[Row]]]) -> str:
+    found = {row.inference_precision for _, rows in results for row in rows if row.inference_precision}
+    return ", ".join(sorted(found)) or "unknown"
+
+
 def markdown(
     results: list[tuple[compare.Subject, list[Row]]], rounds: int, seconds: float, argv: list[str]
 ) -> str:
@@ -220,11 +245,12 @@ def markdown(
         "",
         f"OpenVINO {ov.get_version().split('-')[0]}, NNCF 3.4.0, CPU plugin, 1 inference thread, 1 stream; "
         f"{rounds} interleaved rounds; {seconds / 60:.0f} min; 1-min load average at the end "
-        f"{os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the ratios).",
-        "The plugin's default inference precision on this CPU is bf16 (AMX), so `openvino fp32` runs its",
-        "float layers in bf16; `f32 hint` is the same model forced to float32. `× OV fp32` is the median of",
-        "each round's time over `openvino fp32`'s in the same round (below 1 is faster). Task metric: OpenVINO",
-        "outputs against onnxruntime's fp32 outputs on eval/. `quantcli openvino*` is a STAND-IN for",
+        f"{os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the",
+        f"ratios). The plugin's default inference precision on this CPU is {_precision(results)}, so",
+        "`openvino fp32` runs its float layers in that precision; `f32 hint` is the same model forced to",
+        "float32. `× OV fp32` is the median of each round's time over `openvino fp32`'s in the same round",
+        "(below 1 is faster). Task metric: OpenVINO outputs against onnxruntime's fp32 outputs on eval/.",
+        "`quantcli openvino*` is a STAND-IN for",
         "`--target openvino` (not built yet): `quantcli convert --mode static --activation-type int8`, then",
         "bench/_openvino_rules.py's rules (docs/openvino.md). heavy = Convolution / FullyConnected / MatMul",
         "layers of the compiled runtime graph by runtime precision; FQ = FakeQuantize layers left.",
