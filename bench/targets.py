@@ -233,11 +233,17 @@ def model_table(subject: compare.Subject, rows: list[Row]) -> list[str]:
 
 def _precision(results: list[tuple[compare.Subject, list[Row]]]) -> str:
     found = {row.inference_precision for _, rows in results for row in rows if row.inference_precision}
-    return ", ".join(sorted(found)) or "unknown"
+    if not found and results:  # rows stored before the field existed: ask the plugin on this machine
+        found = {ovb.inference_precision(ovb.compile_model(results[0][0].folder / "model.onnx"))}
+    return ", ".join(sorted(found))
 
 
 def markdown(
-    results: list[tuple[compare.Subject, list[Row]]], rounds: int, seconds: float, argv: list[str]
+    results: list[tuple[compare.Subject, list[Row]]],
+    rounds: int,
+    seconds: float,
+    argv: list[str],
+    load: float,
 ) -> str:
     command = "bench/targets.py " + " ".join(argv) if argv else "make bench-targets"
     out = [
@@ -245,7 +251,7 @@ def markdown(
         "",
         f"OpenVINO {ov.get_version().split('-')[0]}, NNCF 3.4.0, CPU plugin, 1 inference thread, 1 stream; "
         f"{rounds} interleaved rounds; {seconds / 60:.0f} min; 1-min load average at the end "
-        f"{os.getloadavg()[0]:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the",
+        f"{load:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the",
         f"ratios). The plugin's default inference precision on this CPU is {_precision(results)}, so",
         "`openvino fp32` runs its float layers in that precision; `f32 hint` is the same model forced to",
         "float32. `× OV fp32` is the median of each round's time over `openvino fp32`'s in the same round",
@@ -261,6 +267,19 @@ def markdown(
     return "\n".join(out)
 
 
+def render(stored: Path, zoo: Path) -> int:
+    """The section again from stored rows (after a change to the text only); rounds and minutes
+    are not stored, so they come from bench/results/targets.meta.json."""
+    data = json.loads(stored.read_text())
+    meta = json.loads(stored.with_suffix(".meta.json").read_text())
+    names = list(dict.fromkeys(item["model"] for item in data))
+    subjects = {s.name: s for s in compare.subjects(zoo, set(names))}
+    results = [(subjects[name], [Row(**item) for item in data if item["model"] == name]) for name in names]
+    text = markdown(results, meta["rounds"], meta["seconds"], meta["argv"], meta["load"])
+    write_section("targets", text, data)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantcli vs NNCF on OpenVINO's CPU plugin")
     parser.add_argument("--zoo", type=Path, default=ROOT / "bench" / "zoo")
@@ -268,7 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--rules", action="store_true", help="also measure each rule alone (slower)")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        help="rewrite the section from a results JSON this script wrote; measure nothing",
+    )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.zoo)
     if not QUANTCLI.exists():
         parser.error(f"{QUANTCLI} missing: run `make install`")
     wanted = set(args.models.split(",")) if args.models else None
@@ -279,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure_model(subject, args.rounds, Path(scratch), args.rules)
             results.append((subject, rows))
             print("\n".join(model_table(subject, rows)), flush=True)
-    text = markdown(results, args.rounds, time.perf_counter() - started, argv or sys.argv[1:])
+    seconds, load = time.perf_counter() - started, os.getloadavg()[0]
+    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
     data = [asdict(row) for _, rows in results for row in rows]
     if args.no_write:
         print(text)
         print(json.dumps(data, indent=1))
     else:
         write_section("targets", text, data)
+        meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
+        (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return 0
 
 
