@@ -10,6 +10,9 @@ activation pair it keeps has quantcli's own calibrated parameters.
 
 Rules (each can be switched on alone, to measure it; `--rules openvino` is the set docs/openvino.md
 arrives at):
+    nonnegative-uint8  an int8 activation pair with zero point -128 (quantcli's int8 form of a
+                     non-negative tensor) -> uint8 with zero point 0: the same values, exactly, in
+                     the one form OpenVINO folds into its integer kernels
     conv-outputs     drop the pair on the output of Conv / ConvTranspose / MatMul / Gemm: OpenVINO
                      quantizes a layer's *inputs*; a pair on the output of a heavy layer makes it
                      write u8, then dequantize in bf16/f32 for the activation that follows
@@ -125,6 +128,34 @@ def _drop_pairs(
     return len(rename)
 
 
+def nonnegative_uint8(model: onnx.ModelProto) -> int:
+    """An activation pair in int8 with zero point -128 (quantcli's int8 form of a non-negative
+    tensor, e.g. a ReLU output) -> the same pair in uint8 with zero point 0. The two represent the
+    same values exactly (q_uint8 = q_int8 + 128, same scale), but OpenVINO's CPU plugin folds only a
+    zero point of 0 into its integer kernels: with -128 a Conv runs in f32, or the model does not
+    compile at all ("No suitable implementations")."""
+    graph = Graph(model)
+    zero = "ov_uint8_zero_point"
+    changed = 0
+    for quantize, dequantizers in graph.activation_pairs():
+        nodes = [quantize, *dequantizers]
+        points = {node.input[2] for node in nodes if len(node.input) > 2}
+        if len(points) != 1:
+            continue
+        tensor = graph.initializers.get(points.pop())
+        if tensor is None or tensor.data_type != onnx.TensorProto.INT8 or list(tensor.dims):
+            continue
+        if int(numpy_helper.to_array(tensor)) != -128:
+            continue
+        for node in nodes:
+            node.input[2] = zero
+        changed += 1
+    if changed:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.uint8), zero))
+        _drop_unused_initializers(model)
+    return changed
+
+
 def conv_outputs(model: onnx.ModelProto) -> int:
     def drop(graph: Graph, quantize: onnx.NodeProto, _dq: list[onnx.NodeProto]) -> bool:
         source = graph.producer.get(quantize.input[0])
@@ -174,11 +205,14 @@ def float_bias(model: onnx.ModelProto) -> int:
         changed += 1
     del model.graph.node[:]
     model.graph.node.extend(kept)
-    used = {name for node in kept for name in node.input} | {v.name for v in model.graph.output}
-    unused = [t for t in model.graph.initializer if t.name not in used]
-    for tensor in unused:
-        model.graph.initializer.remove(tensor)
+    _drop_unused_initializers(model)
     return changed
+
+
+def _drop_unused_initializers(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input} | {v.name for v in model.graph.output}
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(tensor)
 
 
 def final_weights(model: onnx.ModelProto) -> int:
@@ -193,7 +227,7 @@ def final_weights(model: onnx.ModelProto) -> int:
     nodes = []
     for node in model.graph.node:
         weight = graph.initializers.get(node.input[1]) if node.op_type in ("Conv", "MatMul") else None
-        source = graph.producer.get(node.input[0])
+        source = graph.producer.get(node.input[0]) if weight is not None else None
         if weight is None or weight.data_type != onnx.TensorProto.FLOAT or source is None:
             nodes.append(node)
             continue
@@ -232,6 +266,7 @@ def final_weights(model: onnx.ModelProto) -> int:
 
 
 RULES: dict[str, Callable[[onnx.ModelProto], int]] = {
+    "nonnegative-uint8": nonnegative_uint8,
     "conv-outputs": conv_outputs,
     "float-consumers": float_consumers,
     "after-movement": after_movement,
@@ -239,7 +274,9 @@ RULES: dict[str, Callable[[onnx.ModelProto], int]] = {
     "final-weights": final_weights,
 }
 # The set docs/openvino.md arrives at, in the order applied.
-OPENVINO = ("conv-outputs", "float-consumers", "after-movement", "float-bias", "final-weights")
+# conv-outputs is not in it: float-consumers already drops a heavy layer's output pair when only
+# float ops read it (a SiLU), and one read by pooling must stay (digits_cnn: Conv -> MaxPool).
+OPENVINO = ("nonnegative-uint8", "float-consumers", "after-movement", "float-bias", "final-weights")
 
 
 def apply(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:

@@ -48,7 +48,7 @@ QUANTCLI = ROOT / ".venv" / "bin" / "quantcli"
 
 FP32 = "openvino fp32"
 FP32_F32 = "openvino fp32 (f32 hint)"
-STAND_IN = "quantcli openvino* (static int8 + rules)"
+STAND_IN = "quantcli openvino* (static int8 + rules)"  # a STAND-IN until --target openvino exists
 NNCF = "nncf"
 DEFAULT = "quantcli default (ort-cpu)"
 TOOLS = (FP32, FP32_F32, STAND_IN, NNCF, DEFAULT)
@@ -56,14 +56,7 @@ TOOLS = (FP32, FP32_F32, STAND_IN, NNCF, DEFAULT)
 RULE_STEPS = tuple(
     (f"static {act}" + (" + " + " + ".join(steps) if steps else ""), act, steps)
     for act in ("uint8", "int8")
-    for steps in (
-        (),
-        ("conv-outputs",),
-        ("conv-outputs", "float-consumers"),
-        ("conv-outputs", "float-consumers", "after-movement"),
-        ("conv-outputs", "float-consumers", "after-movement", "float-bias"),
-        rules.OPENVINO,
-    )
+    for steps in (("conv-outputs",), *(rules.OPENVINO[:count] for count in range(len(rules.OPENVINO) + 1)))
 )
 
 
@@ -83,8 +76,13 @@ class Row:
     inference_precision: str = ""  # the plugin's default for float layers (fp32 row only)
 
 
+REUSE = False  # --reuse: keep an output a previous run left in --work instead of quantizing again
+
+
 def _run(command: list[str], log: Path) -> str:
     """Run a quantizer; '' when it wrote its output, else the last lines of its log."""
+    if REUSE and (log.with_suffix("") / "model.onnx").exists() and log.exists():
+        return ""
     with log.open("w") as sink:
         code = subprocess.run(
             command, stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, check=False
@@ -147,8 +145,11 @@ def produce(subject: compare.Subject, work: Path, data: compare.Data, with_rules
             made[label] = source
             continue
         out = _own_folder(work / f"rules{index}") / "model.onnx"
-        applied[label] = rules.rewrite(source, out, tuple(chosen))
-        made[label] = out
+        try:
+            applied[label] = rules.rewrite(source, out, tuple(chosen))
+            made[label] = out
+        except Exception as exc:  # a rule that breaks on a model is a result for its row, not a crash
+            made[label] = f"rule rewrite failed: {type(exc).__name__}: {exc}"
     made["_applied"] = applied
     return made
 
@@ -167,8 +168,9 @@ def runtime_counts(path: Path) -> dict[str, int]:
 
 def measure_model(subject: compare.Subject, rounds: int, work_root: Path, with_rules: bool) -> list[Row]:
     work = work_root / subject.name
-    work.mkdir(parents=True)
-    data = compare.sample_folders(subject, work)
+    work.mkdir(parents=True, exist_ok=REUSE)
+    split = compare.Data(work / "data" / "calib", work / "data" / "eval")
+    data = split if REUSE and split.eval.is_dir() else compare.sample_folders(subject, work)
     started = time.perf_counter()
     made = produce(subject, work, data, with_rules)
     applied = made.pop("_applied")
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--rules", action="store_true", help="also measure each rule alone (slower)")
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    parser.add_argument("--work", type=Path, help="keep every output here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="with --work: reuse outputs a run left there")
     parser.add_argument(
         "--render",
         type=Path,
@@ -300,9 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     wanted = set(args.models.split(",")) if args.models else None
     started = time.perf_counter()
     results = []
+    global REUSE  # noqa: PLW0603 - set once, from the command line
+    REUSE = args.reuse and args.work is not None
     with tempfile.TemporaryDirectory(prefix="quantcli-targets-") as scratch:
         for subject in compare.subjects(args.zoo, wanted):
-            rows = measure_model(subject, args.rounds, Path(scratch), args.rules)
+            rows = measure_model(subject, args.rounds, args.work or Path(scratch), args.rules)
             results.append((subject, rows))
             print("\n".join(model_table(subject, rows)), flush=True)
     seconds, load = time.perf_counter() - started, os.getloadavg()[0]
