@@ -265,6 +265,62 @@ def final_weights(model: onnx.ModelProto) -> int:
     return changed
 
 
+def convtranspose_inputs(model: onnx.ModelProto, fp32: Path, calib: Path, samples: int = 32) -> int:
+    """Give each ConvTranspose whose input is float an activation pair, with a min/max range measured
+    here by onnxruntime on the fp32 model over the first calibration samples (quantcli keeps such a
+    ConvTranspose weight-only, which makes OpenVINO run it in f32 with its Relu / Sigmoid unfused).
+    Not in the OPENVINO set: its scale is this script's, not quantcli's calibration (the Target will
+    have quantcli's ranges); `--rules openvino,convtranspose-inputs --fp32 M --calib DIR` measures it."""
+    import onnxruntime as ort  # noqa: PLC0415 - only this experiment needs it
+
+    graph = Graph(model)
+    wanted = [
+        node
+        for node in model.graph.node
+        if node.op_type == "ConvTranspose"
+        and getattr(graph.producer.get(node.input[0]), "op_type", "") != "DequantizeLinear"
+    ]
+    names = list(dict.fromkeys(node.input[0] for node in wanted))
+    if not names:
+        return 0
+    reference = onnx.load(str(fp32))
+    reference.graph.output.extend(
+        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names
+    )
+    session = ort.InferenceSession(reference.SerializeToString(), providers=["CPUExecutionProvider"])
+    low, high = dict.fromkeys(names, np.inf), dict.fromkeys(names, -np.inf)
+    for path in sorted(calib.glob("*.npz"))[:samples]:
+        with np.load(path) as archive:
+            values = session.run(names, {key: archive[key] for key in archive.files})
+        for name, value in zip(names, values, strict=True):
+            low[name], high[name] = min(low[name], float(value.min())), max(high[name], float(value.max()))
+    nodes = []
+    chosen = {id(node) for node in wanted}
+    placed: set[str] = set()  # one pair per tensor, however many ConvTransposes read it
+    for node in model.graph.node:
+        if id(node) in chosen and f"{node.input[0]}_ov_input" in placed:
+            node.input[0] = f"{node.input[0]}_ov_input"
+        elif id(node) in chosen:
+            name = node.input[0]
+            placed.add(f"{name}_ov_input")
+            nonnegative = low[name] >= 0
+            scale = high[name] / 255.0 if nonnegative else max(-low[name], high[name]) / 127.0
+            zero = np.array(0, np.uint8 if nonnegative else np.int8)
+            base = f"{name}_ov_input"
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
+                 numpy_helper.from_array(zero, f"{base}_zero_point")]
+            )  # fmt: skip
+            params = [f"{base}_scale", f"{base}_zero_point"]
+            nodes.append(onnx.helper.make_node("QuantizeLinear", [name, *params], [f"{base}_quantized"]))
+            nodes.append(onnx.helper.make_node("DequantizeLinear", [f"{base}_quantized", *params], [base]))
+            node.input[0] = base
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return len(names)
+
+
 RULES: dict[str, Callable[[onnx.ModelProto], int]] = {
     "nonnegative-uint8": nonnegative_uint8,
     "conv-outputs": conv_outputs,
@@ -287,9 +343,20 @@ def apply(model: onnx.ModelProto, rules: tuple[str, ...]) -> dict[str, int]:
     return done
 
 
-def rewrite(source: Path, target: Path, rules: tuple[str, ...] = OPENVINO) -> dict[str, int]:
+def rewrite(
+    source: Path,
+    target: Path,
+    rules: tuple[str, ...] = OPENVINO,
+    *,
+    fp32: Path | None = None,
+    calib: Path | None = None,
+) -> dict[str, int]:
+    """rules may end with "convtranspose-inputs", which needs fp32 and calib (see that function)."""
     model = onnx.load(str(source))
-    done = apply(model, rules)
+    done = apply(model, tuple(r for r in rules if r != "convtranspose-inputs"))
+    if "convtranspose-inputs" in rules:
+        assert fp32 is not None and calib is not None, "convtranspose-inputs needs fp32 and calib"
+        done["convtranspose-inputs"] = convtranspose_inputs(model, fp32, calib)
     onnx.checker.check_model(model)
     onnx.save(model, str(target))
     return done
@@ -300,12 +367,19 @@ def main() -> int:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--rules", default="openvino", help=f"'openvino' or a comma list of {sorted(RULES)}")
+    parser.add_argument(
+        "--fp32", type=Path, help="the float model (convtranspose-inputs measures ranges on it)"
+    )
+    parser.add_argument("--calib", type=Path, help="folder of one-sample .npz files (convtranspose-inputs)")
     args = parser.parse_args()
-    rules = OPENVINO if args.rules == "openvino" else tuple(r for r in args.rules.split(",") if r)
-    unknown = [r for r in rules if r not in RULES]
+    words = [r for r in args.rules.split(",") if r]
+    rules = tuple(item for word in words for item in (OPENVINO if word == "openvino" else (word,)))
+    unknown = [r for r in rules if r not in RULES and r != "convtranspose-inputs"]
     if unknown:
-        parser.error(f"unknown rules {unknown}; valid: {sorted(RULES)}")
-    print(rewrite(args.source, args.target, rules))
+        parser.error(f"unknown rules {unknown}; valid: {sorted(RULES)}, convtranspose-inputs")
+    if "convtranspose-inputs" in rules and (args.fp32 is None or args.calib is None):
+        parser.error("convtranspose-inputs needs --fp32 MODEL and --calib DIR")
+    print(rewrite(args.source, args.target, rules, fp32=args.fp32, calib=args.calib))
     return 0
 
 
