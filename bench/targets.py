@@ -187,6 +187,10 @@ def measure_model(subject: compare.Subject, rounds: int, work_root: Path, with_r
         if isinstance(result, str):
             row.status, row.error = "quantizer failed", result[:400]
             continue
+        crashed = ovb.survives(result, sorted(data.eval.glob("*.npz"))[0])
+        if crashed:
+            row.status, row.error = "crashes OpenVINO", crashed
+            continue
         try:
             precision = "f32" if tool == FP32_F32 else None
             candidate = ovb.run_samples(result, feeds, output, precision=precision)
