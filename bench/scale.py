@@ -196,10 +196,10 @@ def costs(model: Path, data: Path, calibration: Path) -> dict[str, float]:
     from quantcli.calibration.file import merge_calibrations, read_calibration  # noqa: PLC0415
     from quantcli.calibration.sampling import Selection  # noqa: PLC0415
     from quantcli.calibration.sources import open_source  # noqa: PLC0415
-    from quantcli.pipeline import ShardWork, _prepare, observe_shard  # noqa: PLC0415
+    from quantcli.inputs import ShardWork, observe_shard, prepare  # noqa: PLC0415
     from quantcli.plan import candidate_tensors  # noqa: PLC0415
 
-    loaded = _prepare(model)
+    loaded = prepare(model)
     tensors = tuple(candidate_tensors(loaded.model))
     specs = model_inputs(loaded.model)
     began = time.perf_counter()
