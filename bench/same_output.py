@@ -60,6 +60,8 @@ def _stable(value: Any) -> Any:
 
 def _convert(model: Path, data: Path, flags: list[str], work: Path) -> dict[str, str]:
     output, report = work / "out.onnx", work / "report.json"
+    for stale in (output, report):
+        stale.unlink(missing_ok=True)
     command = [str(Path(sys.executable).parent / "quantcli"), "convert", str(model), "-o", str(output)]
     command += ["--data", str(data), "--report", str(report), "--force", "--quiet"]
     command += flags
