@@ -32,9 +32,9 @@ VARIANTS = {
     "weight-only": ["--mode", "weight-only"],
     "fallback": ["--auto-fallback"],
 }
-# Report fields that name paths, tool versions or wall time: they differ between checkouts and runs
+# Report fields that name paths (the data source too), tool versions or wall time: they differ between checkouts and runs
 # without the quantization changing.
-VOLATILE = {"command", "model", "output", "versions", "report", "elapsed_s", "seconds", "wall_s"}
+VOLATILE = {"command", "model", "output", "source", "versions", "report", "elapsed_s", "seconds", "wall_s"}
 
 
 def _models(zoo: Path | None) -> list[tuple[str, Path, Path]]:

@@ -18,19 +18,19 @@ shift, and Gemm is left for when a model needs it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 import onnx_ir as ir
 
 from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Dataset
+from quantcli.graph.exchange import expose
 from quantcli.graph.io import open_session, serialize
 from quantcli.params import PlanParams
+from quantcli.passes.bias import CorrectBiasesPass
 from quantcli.scheme import QParams, dequantize, quantize
 
 __all__ = ["BiasCorrection", "ConvTerms", "CorrectBiasesPass", "bias_corrections", "corrected_bias"]
@@ -123,12 +123,7 @@ def _input_means(
     """Per input channel (axis 1), the mean of each Conv input and of its quantized value."""
     quantizers = {t.input: t.input_qparams for t in terms}
     names = sorted(quantizers)
-    proto = serialize(model)
-    present = {o.name for o in proto.graph.output}
-    for name in names:
-        if name not in present:
-            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = open_session(proto, data_folder=data_folder)
+    session = open_session(expose(serialize(model), names), data_folder=data_folder)
     sums: dict[str, npt.NDArray[np.float64]] = {}
     quantized_sums: dict[str, npt.NDArray[np.float64]] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
@@ -180,19 +175,3 @@ def bias_corrections(
         shifts[t.bias] = float(np.max(np.abs(biases[t.bias] - bias))) if bias.size else 0.0
     logger.info("bias correction: %d Conv bias(es) corrected", len(biases))
     return BiasCorrection(biases, shifts)
-
-
-class CorrectBiasesPass(ir.passes.InPlacePass):
-    """Replace the values of float bias initializers (before they are quantized)."""
-
-    def __init__(self, biases: Mapping[str, npt.NDArray[np.float32]]) -> None:
-        super().__init__()
-        self.biases = biases
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        initializers = model.graph.initializers
-        for name, values in self.biases.items():
-            value = initializers[name]
-            assert value.const_value is not None and value.const_value.shape == values.shape
-            value.const_value = ir.tensor(values, name=name)
-        return ir.passes.PassResult(model, modified=bool(self.biases))

@@ -20,19 +20,23 @@ onnxruntime from fusing some Q/DQ pairs, so a tensor's numbers come from the unf
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
-from onnx import helper, numpy_helper
 
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.evaluate import compare_models, sqnr_db
-from quantcli.graph.io import open_session
+from quantcli.graph.exchange import expose, ir_copy, ir_view
+from quantcli.graph.io import open_session, serialize
+from quantcli.passes import InsertActivationQDQPass, ReplaceInitializerValuesPass
+from quantcli.passes._base import produced_by, values_by_name
+from quantcli.passes._qdq import dequantize_qparams
+from quantcli.scheme import QParams, dequantize
 
 __all__ = ["LayerDiagnosis", "TensorError", "diagnose"]
 
@@ -101,7 +105,7 @@ class LayerDiagnosis:
         return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Twin:
     """One DequantizeLinear output and the float tensor it stands for."""
 
@@ -111,7 +115,7 @@ class _Twin:
     kind: str
     nodes: tuple[str, ...]
     order: int
-    qparams: tuple[str, str, int]  # scale and zero-point initializer names, axis
+    qparams: QParams  # what the DequantizeLinear applies
     # The quantizer saturates at 0 (zero point at the type's minimum): a folded Relu, whose
     # clipping of negative values is intended and not quantization error.
     floor_at_zero: bool = False
@@ -138,71 +142,87 @@ class _Sums:
             self.high = max(self.high, float(ref.max()))
 
 
-def _axis(node: onnx.NodeProto) -> int:
-    for attribute in node.attribute:
-        if attribute.name == "axis":
-            return int(attribute.i)
-    return 1
-
-
-def _saturates_at_zero(zero_point: onnx.TensorProto | None) -> bool:
-    if zero_point is None:
+def _saturates_at_zero(node: ir.Node, qparams: QParams) -> bool:
+    """The quantizer's explicit zero point is one value, the type's lowest code."""
+    if len(node.inputs) < 3 or node.inputs[2] is None or qparams.zero_point.size != 1:
         return False
-    array = numpy_helper.to_array(zero_point)
-    return bool(array.size == 1 and int(array.reshape(())) == int(np.iinfo(array.dtype).min))
+    return int(qparams.zero_point.reshape(())) == qparams.dtype.qmin
 
 
-def _twins(float_model: onnx.ModelProto, quant_model: onnx.ModelProto) -> list[_Twin]:
-    graph = quant_model.graph
-    float_values = {v.name for v in float_model.graph.input} | {
-        o for n in float_model.graph.node for o in n.output
-    }
-    float_weights = {i.name for i in float_model.graph.initializer}
-    float_nodes = {n.name for n in float_model.graph.node}
-    producers = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    initializers = {i.name: i for i in graph.initializer}
+@dataclass(frozen=True)
+class _FloatModel:
+    """What pairing a DequantizeLinear with the float model needs to know of the float model."""
+
+    values: frozenset[str]  # graph inputs and node outputs
+    weights: frozenset[str]
+    nodes: frozenset[str]
+
+    @classmethod
+    def of(cls, model: ir.Model) -> _FloatModel:
+        graph = model.graph
+        return cls(
+            frozenset(values_by_name(graph)),
+            frozenset(graph.initializers),
+            frozenset(n.name or "" for n in graph),
+        )
+
+    def node(self, node: ir.Node | None) -> str | None:
+        """``node``'s name when the float model has it and it is not a quantizer."""
+        if node is None or node.op_type in _QDQ_OPS or (node.name or "") not in self.nodes:
+            return None
+        return node.name or ""
+
+
+def _consumers(graph: ir.Graph) -> dict[str, list[ir.Node]]:
+    """Readers of each value, in graph order (a node reading a value twice is listed twice)."""
+    consumers: dict[str, list[ir.Node]] = {}
+    for node in graph:
+        for value in node.inputs:
+            if value is not None and value.name:
+                consumers.setdefault(value.name, []).append(node)
+    return consumers
+
+
+def _twin(node: ir.Node, order: int, readers: list[ir.Node], float_model: _FloatModel) -> _Twin | None:
+    """The twin one DequantizeLinear of the quantized model yields, if the float model has one."""
+    source, out = node.inputs[0], node.outputs[0]
+    qparams = dequantize_qparams(node)
+    if source is None or qparams is None or not out.name:
+        return None
+    users = [name for name in map(float_model.node, readers) if name is not None]
+    if source.is_initializer():
+        stored = source.const_value
+        if out.name in float_model.weights and stored is not None and stored.dtype != ir.DataType.INT32:
+            return _Twin(out.name, out.name, None, "weight", tuple(users), order, qparams)
+        return None
+    quantizer = produced_by(source, "QuantizeLinear")
+    pre = None if quantizer is None else quantizer.inputs[0]
+    if pre is None or not pre.name:
+        return None  # e.g. rows gathered from an int8 table
+    twin = (
+        out.name if out.name in float_model.values else pre.name if pre.name in float_model.values else None
+    )
+    if twin is None:
+        return None
+    producer = float_model.node(pre.producer())
+    if producer is not None:
+        users.append(producer)
+    nodes = tuple(dict.fromkeys(users))
+    floor = _saturates_at_zero(node, qparams)
+    return _Twin(twin, out.name, pre.name, "activation", nodes, order, qparams, floor_at_zero=floor)
+
+
+def _twins(float_model: ir.Model, quant_model: ir.Model) -> list[_Twin]:
+    known = _FloatModel.of(float_model)
+    consumers = _consumers(quant_model.graph)
     twins = []
-    for order, node in enumerate(graph.node):
-        if node.op_type != "DequantizeLinear" or len(node.input) < 2:
+    for order, node in enumerate(quant_model.graph):
+        if node.op_type != "DequantizeLinear" or len(node.inputs) < 2:
             continue
-        source, out = node.input[0], node.output[0]
-        users = [
-            n.name for n in consumers.get(out, []) if n.op_type not in _QDQ_OPS and n.name in float_nodes
-        ]
-        params = (node.input[1], node.input[2] if len(node.input) > 2 else "", _axis(node))
-        if source in initializers:
-            if out in float_weights and initializers[source].data_type != onnx.TensorProto.INT32:
-                twins.append(_Twin(out, out, None, "weight", tuple(users), order, params))
-            continue
-        quantizer = producers.get(source)
-        if quantizer is None or quantizer.op_type != "QuantizeLinear":
-            continue  # e.g. rows gathered from an int8 table
-        pre = quantizer.input[0]
-        twin = out if out in float_values else pre if pre in float_values else None
-        if twin is None:
-            continue
-        producer = producers.get(pre)
-        if producer is not None and producer.name in float_nodes and producer.op_type not in _QDQ_OPS:
-            users.append(producer.name)
-        nodes = tuple(dict.fromkeys(users))
-        floor = _saturates_at_zero(initializers.get(params[1]))
-        twins.append(_Twin(twin, out, pre, "activation", nodes, order, params, floor_at_zero=floor))
+        twin = _twin(node, order, consumers.get(node.outputs[0].name or "", []), known)
+        if twin is not None:
+            twins.append(twin)
     return twins
-
-
-def _with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    inputs = {v.name for v in copy.graph.input}
-    present = {o.name for o in copy.graph.output}
-    for name in dict.fromkeys(names):
-        if name not in present and name not in inputs:
-            copy.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    return copy
 
 
 def _fetch(
@@ -218,40 +238,72 @@ def _fetch(
     return result
 
 
-def _measure(
-    float_model: onnx.ModelProto,
-    quant_model: onnx.ModelProto,
-    twins: list[_Twin],
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    data_folder: Path | None,
-    quant_folder: Path | None,
-) -> dict[str, _Sums]:
-    float_names = [t.float_name for t in twins]
-    quant_names = [t.dq_output for t in twins] + [t.pre for t in twins if t.pre is not None]
-    reference = open_session(_with_outputs(float_model, float_names), data_folder=data_folder)
-    candidate = open_session(_with_outputs(quant_model, quant_names), data_folder=quant_folder)
-    sums = {t.dq_output: _Sums() for t in twins}
-    weights = [t for t in twins if t.kind == "weight"]
-    floats = {
-        i.name: numpy_helper.to_array(i, base_dir=str(data_folder or ""))
-        for i in float_model.graph.initializer
-        if i.name in {t.float_name for t in weights}
-    }
-    quantized = _dequantized_weights(quant_model, weights, quant_folder)
+@dataclass(frozen=True)
+class _Pair:
+    """The float and the quantized model, as protobufs (to run) and onnx_ir models (to read)."""
+
+    float_proto: onnx.ModelProto
+    quant_proto: onnx.ModelProto
+    float_model: ir.Model
+    quant_model: ir.Model
+    data_folder: Path | None
+    quant_folder: Path | None
+
+    @classmethod
+    def of(
+        cls,
+        float_proto: onnx.ModelProto,
+        quant_proto: onnx.ModelProto,
+        data_folder: Path | None,
+        quant_folder: Path | None,
+    ) -> _Pair:
+        # Read only: the trials that change the float model change copies of it.
+        float_model, quant_model = ir_view(float_proto, data_folder), ir_view(quant_proto, quant_folder)
+        return cls(float_proto, quant_proto, float_model, quant_model, data_folder, quant_folder)
+
+
+def _dequantized_weight(quant_model: ir.Model, twin: _Twin) -> npt.NDArray[np.float32]:
+    """A weight as the quantized model's DequantizeLinear computes it."""
+    node = values_by_name(quant_model.graph)[twin.dq_output].producer()
+    assert node is not None and node.inputs[0] is not None and node.inputs[0].const_value is not None
+    return dequantize(node.inputs[0].const_value.numpy(), twin.qparams)
+
+
+def _weight_sums(pair: _Pair, weights: list[_Twin], sums: dict[str, _Sums]) -> None:
+    initializers = pair.float_model.graph.initializers
     for twin in weights:
-        ref, got = floats[twin.float_name].astype(np.float64), quantized[twin.dq_output].astype(np.float64)
-        sums[twin.dq_output].add(ref, got, ref)
+        tensor = initializers[twin.float_name].const_value
+        assert tensor is not None
+        ref = tensor.numpy().astype(np.float64)
+        sums[twin.dq_output].add(ref, _dequantized_weight(pair.quant_model, twin).astype(np.float64), ref)
+
+
+def _exposed_session(
+    model: ir.Model, proto: onnx.ModelProto, names: list[str], folder: Path | None
+) -> ort.InferenceSession:
+    inputs = {v.name for v in model.graph.inputs}
+    return open_session(expose(proto, [n for n in names if n not in inputs]), data_folder=folder)
+
+
+def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: int) -> dict[str, _Sums]:
+    # Every twin is exposed, weights too: an exposed tensor keeps onnxruntime from fusing its
+    # Q/DQ, and the activations' numbers are those of that unfused graph.
+    reference = _exposed_session(
+        pair.float_model, pair.float_proto, [t.float_name for t in twins], pair.data_folder
+    )
+    quant_names = [t.dq_output for t in twins] + [t.pre for t in twins if t.pre is not None]
+    candidate = _exposed_session(pair.quant_model, pair.quant_proto, quant_names, pair.quant_folder)
+    sums = {t.dq_output: _Sums() for t in twins}
+    _weight_sums(pair, [t for t in twins if t.kind == "weight"], sums)
     activations = [t for t in twins if t.kind == "activation"]
     if not activations:
         return sums
+    float_names = [t.float_name for t in activations]
+    quant_names = [t.dq_output for t in activations] + [t.pre or "" for t in activations]
     # Sums pool over feeds, each of samples of one shape: nothing of two shapes is concatenated.
     for feed in dataset.batches(batch_size):
-        ref_values = _fetch(reference, [t.float_name for t in activations], feed.arrays)
-        got_values = _fetch(
-            candidate, [t.dq_output for t in activations] + [t.pre or "" for t in activations], feed.arrays
-        )
+        ref_values = _fetch(reference, float_names, feed.arrays)
+        got_values = _fetch(candidate, quant_names, feed.arrays)
         for twin in activations:
             ref = ref_values[twin.float_name].astype(np.float64)
             got = got_values[twin.dq_output].astype(np.float64)
@@ -262,91 +314,42 @@ def _measure(
     return sums
 
 
-def _dequantized_weights(
-    model: onnx.ModelProto, weights: list[_Twin], folder: Path | None
-) -> dict[str, npt.NDArray[np.float32]]:
-    """The weights as the quantized model's DequantizeLinear computes them (external data read
-    from ``folder``, the model's own)."""
-    initializers = {i.name: i for i in model.graph.initializer}
-
-    def array(name: str) -> npt.NDArray[np.generic]:
-        return numpy_helper.to_array(initializers[name], base_dir=str(folder or ""))
-
-    producers = {o: n for n in model.graph.node for o in n.output}
-    result = {}
-    for twin in weights:
-        node = producers[twin.dq_output]
-        q = array(node.input[0]).astype(np.float64)
-        scale_name, zero_name, axis = twin.qparams
-        scale = array(scale_name).astype(np.float64)
-        zero = array(zero_name).astype(np.float64) if zero_name else np.zeros(())
-        if scale.ndim == 1 and q.ndim > 0:
-            shape = [1] * q.ndim
-            shape[axis % q.ndim] = scale.shape[0]
-            scale, zero = scale.reshape(shape), zero.reshape(shape)
-        result[twin.dq_output] = ((q - zero) * scale).astype(np.float32)
-    return result
-
-
 def _alone(
-    float_model: onnx.ModelProto,
-    quant_model: onnx.ModelProto,
-    twin: _Twin,
-    *,
-    dataset: Dataset,
-    batch_size: int,
-    reference: ort.InferenceSession,
-    data_folder: Path | None,
-    quant_folder: Path | None,
+    pair: _Pair, twin: _Twin, *, dataset: Dataset, batch_size: int, reference: ort.InferenceSession
 ) -> float | None:
-    """Worst output SQNR of the float model with only ``twin`` quantized."""
-    model = onnx.ModelProto()
-    model.CopyFrom(float_model)
-    graph = model.graph
+    """Worst output SQNR of the float model with only ``twin`` quantized, with the quantized
+    model's parameters."""
+    model = ir_copy(pair.float_proto, pair.data_folder)
     if twin.kind == "weight":
-        array = _dequantized_weights(quant_model, [twin], quant_folder)[twin.dq_output]
-        for index, init in enumerate(graph.initializer):
-            if init.name == twin.float_name:
-                graph.initializer[index].CopyFrom(numpy_helper.from_array(array, twin.float_name))
+        ReplaceInitializerValuesPass({twin.float_name: _dequantized_weight(pair.quant_model, twin)})(model)
+    elif any(out.name == twin.float_name for out in model.graph.outputs):
+        return None  # its effect on the output is its local error
     else:
-        if twin.float_name in {o.name for o in graph.output}:
-            return None  # its effect on the output is its local error
-        _insert_qdq(graph, quant_model, twin, quant_folder)
-    session = open_session(model, data_folder=data_folder)
+        InsertActivationQDQPass({twin.float_name: twin.qparams})(model)
+    session = open_session(serialize(model), data_folder=pair.data_folder)
     fidelity = compare_models(reference, session, dataset, batch_size=batch_size, source="")
     return min(o.sqnr_db for o in fidelity.outputs)
 
 
-def _insert_qdq(
-    graph: onnx.GraphProto, quant_model: onnx.ModelProto, twin: _Twin, quant_folder: Path | None
-) -> None:
-    """Quantize one float tensor with the quantized model's scale and zero point."""
-    initializers = {i.name: i for i in quant_model.graph.initializer}
-    for name in twin.qparams[:2]:  # inline copies: the float model's folder is not the quantized one's
-        if name and initializers[name].data_location == onnx.TensorProto.EXTERNAL:
-            proto = onnx.TensorProto()
-            proto.CopyFrom(initializers[name])
-            onnx.external_data_helper.load_external_data_for_tensor(proto, str(quant_folder or ""))
-            initializers[name] = proto
-    scale_name, zero_name, axis = twin.qparams
-    taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
-    base = f"{twin.float_name}__alone"
-    scale = numpy_helper.from_array(numpy_helper.to_array(initializers[scale_name]), f"{base}_scale")
-    zero = numpy_helper.from_array(numpy_helper.to_array(initializers[zero_name]), f"{base}_zero_point")
-    assert not {scale.name, zero.name, f"{base}_q", f"{base}_dq"} & taken
-    graph.initializer.extend([scale, zero])
-    q = helper.make_node("QuantizeLinear", [twin.float_name, scale.name, zero.name], [f"{base}_q"], axis=axis)
-    dq = helper.make_node("DequantizeLinear", [f"{base}_q", scale.name, zero.name], [f"{base}_dq"], axis=axis)
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name == twin.float_name:
-                node.input[index] = f"{base}_dq"
-    position = 0
-    for index, node in enumerate(graph.node):
-        if twin.float_name in node.output:
-            position = index + 1
-    graph.node.insert(position, dq)
-    graph.node.insert(position, q)
+def _errors(pair: _Pair, twins: list[_Twin], sums: dict[str, _Sums]) -> list[TensorError]:
+    ops = {n.name or "": n.op_type for n in pair.float_model.graph}
+    tensors = []
+    for twin in twins:
+        s = sums[twin.dq_output]
+        tensors.append(
+            TensorError(
+                name=twin.float_name,
+                kind=twin.kind,
+                op_type=ops.get(twin.nodes[0], "?") if twin.nodes else "?",
+                nodes=twin.nodes,
+                order=twin.order,
+                range_min=s.low if math.isfinite(s.low) else 0.0,
+                range_max=s.high if math.isfinite(s.high) else 0.0,
+                sqnr_db=sqnr_db(s.signal, s.noise),
+                local_sqnr_db=sqnr_db(s.local_signal, s.local_noise),
+            )
+        )
+    return tensors
 
 
 def diagnose(
@@ -369,47 +372,15 @@ def diagnose(
     also measured alone; each costs one more onnxruntime session and pass over the samples.
     """
     data = dataset.limit(max_samples)
-    twins = _twins(float_model, quant_model)
-    sums = _measure(
-        float_model,
-        quant_model,
-        twins,
-        data,
-        batch_size=batch_size,
-        data_folder=data_folder,
-        quant_folder=quant_folder,
-    )
-    ops = {n.name: n.op_type for n in float_model.graph.node}
-    tensors = []
-    for twin in twins:
-        s = sums[twin.dq_output]
-        tensors.append(
-            TensorError(
-                name=twin.float_name,
-                kind=twin.kind,
-                op_type=ops.get(twin.nodes[0], "?") if twin.nodes else "?",
-                nodes=twin.nodes,
-                order=twin.order,
-                range_min=s.low if math.isfinite(s.low) else 0.0,
-                range_max=s.high if math.isfinite(s.high) else 0.0,
-                sqnr_db=sqnr_db(s.signal, s.noise),
-                local_sqnr_db=sqnr_db(s.local_signal, s.local_noise),
-            )
-        )
+    pair = _Pair.of(float_model, quant_model, data_folder, quant_folder)
+    twins = _twins(pair.float_model, pair.quant_model)
+    sums = _measure(pair, twins, data, batch_size=batch_size)
+    tensors = _errors(pair, twins, sums)
     by_local = sorted(range(len(tensors)), key=lambda i: tensors[i].local_sqnr_db)[:top_k]
     if by_local:
         reference = open_session(float_model, data_folder=data_folder)
         for i in by_local:
-            alone = _alone(
-                float_model,
-                quant_model,
-                twins[i],
-                dataset=data,
-                batch_size=batch_size,
-                reference=reference,
-                data_folder=data_folder,
-                quant_folder=quant_folder,
-            )
+            alone = _alone(pair, twins[i], dataset=data, batch_size=batch_size, reference=reference)
             tensors[i] = replace(
                 tensors[i], alone_sqnr_db=alone if alone is not None else tensors[i].local_sqnr_db
             )

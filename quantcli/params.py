@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.calibration.collect import TensorRange
-from quantcli.config import ActivationType, QuantConfig, WeightMethod
+from quantcli.config import QuantConfig, WeightMethod
 from quantcli.errors import CalibrationFileError
 from quantcli.graph.io import unmap
 from quantcli.plan import QuantPlan
@@ -23,6 +23,10 @@ from quantcli.scheme import (
 )
 
 __all__ = ["PlanParams", "compute_params"]
+
+# Weights are stored as symmetric int8 (the only weight precision exposed so far); activations
+# take the config's type, whose values are QuantType's.
+_WEIGHT_TYPE = QuantType.INT8
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def compute_params(
             f"the calibration has no range for {len(missing)} tensor(s), e.g. '{missing[0]}'; "
             "re-run calibrate on this model"
         )
-    act_type = QuantType.INT8 if config.activation_type is ActivationType.INT8 else QuantType.UINT8
+    act_type = QuantType(config.activation_type.value)
     initializers = model.graph.initializers
     weights: dict[str, QParams] = {}
     integers: dict[str, np.ndarray] = {}
@@ -58,7 +62,7 @@ def compute_params(
         array = tensor.numpy()
         if spec.symmetric:
             weights[spec.name] = weight_qparams(
-                array, spec.axis, minimize_mse=config.weight_method is WeightMethod.MSE
+                array, spec.axis, minimize_mse=config.weight_method is WeightMethod.MSE, dtype=_WEIGHT_TYPE
             )
         else:
             weights[spec.name] = activation_qparams(float(np.min(array)), float(np.max(array)), act_type)

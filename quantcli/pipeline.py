@@ -58,6 +58,7 @@ from quantcli.evaluate import (
     measure_latency,
 )
 from quantcli.fallback import FallbackResult, fall_back
+from quantcli.graph.exchange import ir_copy
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import (
     ModelFile,
@@ -1180,12 +1181,7 @@ def _copy(proto: onnx.ModelProto | None, data_folder: Path | None) -> ir.Model:
     wrap, so deserializing ``proto`` itself would let one candidate's rewrite corrupt the next.
     External weights stay references to the input's files, resolved in ``data_folder``."""
     assert proto is not None
-    fresh = onnx.ModelProto()
-    fresh.CopyFrom(proto)
-    model = ir.serde.deserialize_model(fresh)
-    if data_folder is not None:
-        ir.external_data.set_base_dir(model.graph, data_folder)
-    return model
+    return ir_copy(proto, data_folder)
 
 
 def calibrate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
@@ -15,14 +16,18 @@ from quantcli.scheme import (
     QuantType,
     activation_qparams,
     bias_qparams,
+    block_params,
     dequantize,
+    min_opset,
     quantize,
     weight_qparams,
 )
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 ranges = st.tuples(finite, finite).map(lambda pair: sorted(v + 0.0 for v in pair))  # -0.0 -> 0.0
-act_types = st.sampled_from([QuantType.UINT8, QuantType.INT8])
+# Every type an activation or weight may be stored as (int32 is for biases only).
+act_types = st.sampled_from([t for t in QuantType if t is not QuantType.INT32])
+eight_bit_types = st.sampled_from([QuantType.UINT8, QuantType.INT8])
 
 
 @given(ranges, act_types, st.booleans())
@@ -117,7 +122,7 @@ def _onnxruntime_quantize(x: np.ndarray, qp: QParams) -> np.ndarray:
 
 
 @settings(max_examples=60, deadline=None)
-@given(ranges, act_types, st.data())
+@given(ranges, eight_bit_types, st.data())
 def test_bit_exact_with_onnxruntime_per_tensor(
     bounds: list[float], dtype: QuantType, data: st.DataObject
 ) -> None:
@@ -140,3 +145,140 @@ def test_rejects_invalid_range() -> None:
         activation_qparams(1.0, -1.0, QuantType.UINT8)
     with pytest.raises(ValueError):
         activation_qparams(float("nan"), 1.0, QuantType.UINT8)
+
+
+def test_bit_width_and_signedness_come_from_the_type() -> None:
+    expected = {
+        QuantType.INT4: (-8, 7, 7, 0),
+        QuantType.UINT4: (0, 15, 7, 8),
+        QuantType.INT8: (-128, 127, 127, 0),
+        QuantType.UINT8: (0, 255, 127, 128),
+        QuantType.INT16: (-32768, 32767, 32767, 0),
+        QuantType.UINT16: (0, 65535, 32767, 32768),
+    }
+    for dtype, (qmin, qmax, half, zero) in expected.items():
+        assert (dtype.qmin, dtype.qmax, dtype.half_range, dtype.symmetric_zero_point) == (
+            qmin,
+            qmax,
+            half,
+            zero,
+        )
+        if dtype.bits >= 8:  # numpy holds 4-bit codes in 8-bit arrays
+            info = np.iinfo(dtype.numpy_dtype)
+            assert (info.min, info.max) == (qmin, qmax)
+
+
+def test_min_opset_per_type() -> None:
+    assert min_opset(QuantType.INT8) == min_opset(QuantType.UINT8) == 13
+    assert min_opset(QuantType.INT4) == min_opset(QuantType.UINT4) == 21
+    assert min_opset(QuantType.INT16) == min_opset(QuantType.UINT16) == 21
+    assert min_opset(QuantType.INT8, block_wise=True) == 21
+
+
+def _within_half_step(x: np.ndarray, qp: QParams) -> bool:
+    """|dequantize(quantize(x)) - x| <= scale / 2 elementwise (plus float32 rounding of x / scale)."""
+    back = dequantize(quantize(x, qp), qp)
+    # Each element's scale: what one code more is worth.
+    scale = dequantize(np.ones(x.shape, np.int64), qp) - dequantize(np.zeros(x.shape, np.int64), qp)
+    return bool(np.all(np.abs(back - x) <= np.abs(scale) * 0.5 * (1 + 1e-5) + 1e-6 * np.abs(x)))
+
+
+weights = hnp.arrays(np.float32, st.tuples(st.integers(1, 7), st.integers(1, 9)), elements=finite)
+
+
+@given(weights, act_types, st.sampled_from([0, 1, None]), st.booleans())
+def test_weights_symmetric_for_every_type(
+    weight: np.ndarray, dtype: QuantType, axis: int | None, mse: bool
+) -> None:
+    qp = weight_qparams(weight, axis, minimize_mse=mse, dtype=dtype)
+    assert qp.dtype is dtype and np.all(qp.zero_point == dtype.symmetric_zero_point)
+    q = quantize(weight, qp).astype(np.int64)
+    assert np.all(dequantize(quantize(np.zeros_like(weight), qp), qp) == 0.0)
+    assert q.min() >= dtype.qmin and q.max() <= dtype.qmax
+    if not mse:  # the mse search clips on purpose: its clipped values saturate
+        zero = dtype.symmetric_zero_point
+        assert q.min() >= zero - dtype.half_range and q.max() <= zero + dtype.half_range
+        assert _within_half_step(weight, qp)
+
+
+@given(weights, act_types, st.integers(1, 5), st.sampled_from([0, 1, -1]), st.booleans())
+def test_block_params(weight: np.ndarray, dtype: QuantType, block: int, axis: int, symmetric: bool) -> None:
+    qp = block_params(weight, dtype, block, axis, symmetric)
+    along = axis % weight.ndim
+    expected = list(weight.shape)
+    expected[along] = -(-weight.shape[along] // block)
+    assert qp.block_size == block and qp.axis == along
+    assert list(qp.scale.shape) == expected == list(qp.zero_point.shape)
+    assert np.all(qp.scale > 0)
+    assert np.all((qp.zero_point >= dtype.qmin) & (qp.zero_point <= dtype.qmax))
+    q = quantize(weight, qp).astype(np.int64)
+    assert q.shape == weight.shape and q.min() >= dtype.qmin and q.max() <= dtype.qmax
+    assert _within_half_step(weight, qp)
+    # 0.0 is exact in every block.
+    assert np.all(dequantize(quantize(np.zeros_like(weight), qp), qp) == 0.0)
+
+
+def test_block_params_scale_each_block_alone() -> None:
+    # Blocks of 2 rows: a large column does not coarsen its neighbour, nor its own other block.
+    weight = np.array([[1.0, 100.0], [-7.0, 100.0], [7.0, 1.0], [0.5, -3.5]], np.float32)
+    qp = block_params(weight, QuantType.INT4, 2, 0, True)
+    np.testing.assert_allclose(qp.scale, np.array([[7.0, 100.0], [7.0, 3.5]]) / 7, rtol=1e-6)
+    assert quantize(weight, qp).tolist() == [[1, 7], [-7, 7], [7, 2], [0, -7]]  # 0.5 rounds to even
+
+
+def test_block_params_rejects_bad_blocks() -> None:
+    with pytest.raises(ValueError):
+        block_params(np.ones((4, 4), np.float32), QuantType.INT4, 0, 0, True)
+    with pytest.raises(ValueError):
+        block_params(np.ones((4, 4), np.float32), QuantType.INT32, 2, 0, True)
+
+
+def _onnxruntime_round_trip(x: np.ndarray, qp: QParams) -> np.ndarray:
+    """QuantizeLinear -> DequantizeLinear through onnxruntime at opset 21 (its Python API cannot
+    return 4-bit tensors, so the codes are compared through their dequantized values)."""
+    attrs = {} if qp.axis is None else {"axis": qp.axis}
+    if qp.block_size is not None:
+        attrs["block_size"] = qp.block_size
+    ir_types = {
+        QuantType.INT4: ir.DataType.INT4,
+        QuantType.UINT4: ir.DataType.UINT4,
+        QuantType.INT8: ir.DataType.INT8,
+        QuantType.UINT8: ir.DataType.UINT8,
+        QuantType.INT16: ir.DataType.INT16,
+        QuantType.UINT16: ir.DataType.UINT16,
+    }
+    zero_point = ir.serde.serialize_tensor(ir.tensor(qp.zero_point, dtype=ir_types[qp.dtype], name="z"))
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], **attrs),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], **attrs),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(x.shape))],
+        [numpy_helper.from_array(qp.scale, "s"), zero_point],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the pair
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]  # type: ignore[no-any-return]
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights, act_types, st.integers(1, 4), st.booleans(), st.data())
+def test_bit_exact_with_onnxruntime_every_type(
+    weight: np.ndarray, dtype: QuantType, block: int, symmetric: bool, data: st.DataObject
+) -> None:
+    lo, hi = float(weight.min()), float(weight.max())
+    choices = [
+        activation_qparams(lo, hi, dtype),
+        weight_qparams(weight, 1, dtype=dtype),
+        block_params(weight, dtype, block, 0, symmetric),
+    ]
+    qp = choices[data.draw(st.integers(0, 2))]
+    # Beyond the range too: saturation must agree.
+    x = (weight * np.float32(1.5)).astype(np.float32)
+    np.testing.assert_array_equal(dequantize(quantize(x, qp), qp), _onnxruntime_round_trip(x, qp))

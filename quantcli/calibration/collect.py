@@ -28,6 +28,7 @@ import onnx_ir as ir
 from quantcli.calibration.data import Batch, Dataset, Feed
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
 from quantcli.errors import CalibrationDataError
+from quantcli.graph.exchange import expose
 from quantcli.graph.io import external_folder, open_session
 
 __all__ = [
@@ -109,19 +110,6 @@ def within(advance: Advance | None, offset: int, samples: int, total: int) -> Ad
 
 # Bytes of observed tensors one onnxruntime run may return.
 MEMORY_BUDGET = 256 * 2**20
-
-
-def _expose(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
-    """``proto`` with ``names`` added as graph outputs, so onnxruntime returns them."""
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(proto)
-    present = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    return exposed
 
 
 def _run(session: object, names: list[str], feed: Batch, source: str) -> list[np.ndarray]:
@@ -285,7 +273,7 @@ def collect_stats(
     total = dataset.num_samples * len(groups)
     done = 0
     for group in groups:
-        session = open_session(_expose(proto, group), threads, data_folder=external_folder(model))
+        session = open_session(expose(proto, group), threads, data_folder=external_folder(model))
         for feed, outputs in run_batches(session, list(group), dataset, batch):
             for name, array in zip(group, outputs, strict=True):
                 observers[name].update(array)

@@ -1,5 +1,6 @@
 """Graph layer: loading, saving and naming on top of onnx_ir."""
 
+from quantcli.graph.exchange import expose, ir_copy
 from quantcli.graph.io import (
     ModelFile,
     check_model_file,
@@ -20,8 +21,10 @@ __all__ = [
     "StagedOutput",
     "check_model_file",
     "check_writable",
+    "expose",
     "external_folder",
     "fingerprint",
+    "ir_copy",
     "load_model",
     "open_session",
     "serialize",

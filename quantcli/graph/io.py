@@ -25,6 +25,7 @@ import onnxruntime as ort
 from quantcli import target as _target
 from quantcli.errors import ModelLoadError, QuantizationError
 from quantcli.graph.output import check_writable, write_atomic
+from quantcli.scheme import QuantType, min_opset
 
 __all__ = [
     "ModelFile",
@@ -42,8 +43,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# QuantizeLinear/DequantizeLinear with per-axis parameters exist from opset 13 on.
-MIN_OPSET = 13
+# The opset every model is brought to on load: that of the int8 Q/DQ quantcli writes (per-axis
+# parameters exist from opset 13 on). 4- and 16-bit or block-wise types need more (scheme.min_opset).
+MIN_OPSET = min_opset(QuantType.INT8)
 # The newest opset the installed onnx knows; a model beyond it cannot be checked.
 MAX_OPSET = onnx.defs.onnx_opset_version()
 # Graphs of more nodes (or initializers) are refused when loaded: building, checking and running

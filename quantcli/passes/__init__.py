@@ -1,10 +1,14 @@
 """Graph rewrites, each an onnx_ir pass that carries out part of a :class:`~quantcli.plan.QuantPlan`.
 
 Passes decide nothing: every choice was made by ``plan.select`` and every number by ``scheme``.
-They modify the model in place and report whether they changed it.
+They modify the model in place and report whether they changed it. Each states the order it
+needs as onnx_ir pre/post conditions (``requires``/``ensures``: the dynamic MatMul, LSTM and
+gathered-row passes read what QuantizeInitializersPass leaves), and why it does not walk
+If/Loop/Scan bodies (``MainGraphPass.subgraphs``).
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.bias import CorrectBiasesPass, ReplaceInitializerValuesPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -14,6 +18,7 @@ from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
+    "CorrectBiasesPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
@@ -22,4 +27,5 @@ __all__ = [
     "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
+    "ReplaceInitializerValuesPass",
 ]

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass, values_by_name
 from quantcli.passes._qdq import add_parameters, dequantize_node, quantize_node
 from quantcli.scheme import QParams
 
 __all__ = ["InsertActivationQDQPass"]
 
 
-class InsertActivationQDQPass(ir.passes.InPlacePass):
+class InsertActivationQDQPass(MainGraphPass[tuple[ir.Value, QParams]]):
     """Put a Q/DQ pair right after each named tensor; every consumer then reads the DQ output.
 
     For a tensor in ``replace_outputs`` the pair also replaces it as graph output, keeping the
@@ -26,25 +27,26 @@ class InsertActivationQDQPass(ir.passes.InPlacePass):
         self.params = dict(params)
         self.replace_outputs = replace_outputs
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        values = {v.name: v for v in graph.inputs}
-        values.update({out.name: out for node in graph for out in node.outputs})
-        for name in sorted(self.params):
-            self._insert(graph, names, values[name], self.params[name])
-        return ir.passes.PassResult(model, modified=bool(self.params))
+    def requires(self, model: ir.Model) -> None:
+        missing = sorted(set(self.params) - set(values_by_name(model.graph)))
+        if missing:
+            raise ir.passes.PreconditionError(f"no graph input or node output is named '{missing[0]}'")
 
-    def _insert(self, graph: ir.Graph, names: NameAllocator, value: ir.Value, qparams: QParams) -> None:
+    def targets(self, graph: ir.Graph) -> list[tuple[ir.Value, QParams]]:
+        values = values_by_name(graph)
+        return [(values[name], self.params[name]) for name in sorted(self.params)]
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: tuple[ir.Value, QParams]) -> bool:
+        value, qparams = target
         name = value.name or ""
         uses = list(value.uses())
         as_output = name in self.replace_outputs and value.is_graph_output()
         if as_output:
             value.name = names.fresh(f"{name}_before_quantize")
         parameters = add_parameters(graph, names, name, qparams)
-        q_node, quantized = quantize_node(names, value, parameters, qparams)
+        q_node, quantized = quantize_node(names, value, parameters)
         dq_node, output = dequantize_node(
-            names, quantized, parameters, qparams, base=name, output_name=name if as_output else None
+            names, quantized, parameters, base=name, output_name=name if as_output else None
         )
         producer = value.producer()
         if producer is None:
@@ -58,3 +60,4 @@ class InsertActivationQDQPass(ir.passes.InPlacePass):
             for index, out in enumerate(graph.outputs):
                 if out is value:
                     graph.outputs[index] = output
+        return True

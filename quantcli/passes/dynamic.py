@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight
+from quantcli.passes._base import MainGraphPass, producers
+from quantcli.passes._qdq import add_initializer, constant_array, ir_type, quantized_weight, require_quantized
 from quantcli.plan import DynamicSpec
+from quantcli.scheme import QuantType
 
 __all__ = ["QuantizeMatMulDynamicallyPass"]
 
+# DynamicQuantizeLinear's only output type (ONNX defines it for uint8 alone).
+_INPUT_TYPE = ir_type(QuantType.UINT8)
 
-class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
+
+class QuantizeMatMulDynamicallyPass(MainGraphPass[tuple[ir.Node, DynamicSpec]]):
     """Rewrite each planned MatMul/Gemm as the node pattern onnxruntime fuses into
     DynamicQuantizeMatMul (its DynamicQuantizeMatMulFusion after MatMulIntegerToFloatFusion):
 
         DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_q, x_zp, W_zp) -> Cast(float)
             -> Mul(., Mul(x_scale, W_scale)) [-> Add(., bias)]
 
-    Runs after QuantizeInitializersPass, whose int8 weight, scale and zero point it reads from
-    the weight's DequantizeLinear (left for RemoveUnusedNodesPass when nothing else reads it).
+    Runs after QuantizeInitializersPass (``requires`` checks it), whose int8 weight, scale and zero
+    point it reads from the weight's DequantizeLinear (left for RemoveUnusedNodesPass when nothing
+    else reads it).
     Each MatMul gets its own DynamicQuantizeLinear: the fusion requires it to feed one MatMul.
     """
 
@@ -30,15 +36,16 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
         super().__init__()
         self.specs = tuple(specs)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        by_output = {node.outputs[0].name: node for node in graph if node.outputs}
-        for spec in self.specs:
-            self._rewrite(graph, names, by_output[spec.output], spec)
-        return ir.passes.PassResult(model, modified=bool(self.specs))
+    def requires(self, model: ir.Model) -> None:
+        nodes = producers(model.graph, [spec.output for spec in self.specs])
+        weights = {spec.weight: node.inputs[1] for spec, node in zip(self.specs, nodes, strict=True)}
+        require_quantized(type(self).__name__, weights)
 
-    def _rewrite(self, graph: ir.Graph, names: NameAllocator, node: ir.Node, spec: DynamicSpec) -> None:
+    def targets(self, graph: ir.Graph) -> Iterator[tuple[ir.Node, DynamicSpec]]:
+        return zip(producers(graph, [spec.output for spec in self.specs]), self.specs, strict=True)
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: tuple[ir.Node, DynamicSpec]) -> bool:
+        node, spec = target
         data, weight_value = node.inputs[0], node.inputs[1]
         assert data is not None and weight_value is not None
         weight, scale, zero_point = quantized_weight(weight_value)
@@ -61,9 +68,9 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
             )
 
         x_q, x_scale, x_zero = (
-            value("input_quantized", ir.DataType.UINT8),
+            value("input_quantized", _INPUT_TYPE),
             value("input_scale", ir.DataType.FLOAT),
-            value("input_zero_point", ir.DataType.UINT8),
+            value("input_zero_point", _INPUT_TYPE),
         )
         product, product_float = value("int32", ir.DataType.INT32), value("int32_float", ir.DataType.FLOAT)
         combined, result = value("scale", ir.DataType.FLOAT), value("scaled", ir.DataType.FLOAT)
@@ -91,3 +98,4 @@ class QuantizeMatMulDynamicallyPass(ir.passes.InPlacePass):
         original.replace_all_uses_with(result, replace_graph_outputs=True)
         graph.remove(node, safe=True)
         result.name, result.shape = spec.output, original.shape
+        return True

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass
 from quantcli.passes._qdq import add_initializer
 from quantcli.passes._rewrite import replace_node
 
@@ -56,7 +59,7 @@ def _matmul_transpose(node: ir.Node) -> bool | None:
     return w[1] == contracted
 
 
-class EinsumToMatMulPass(ir.passes.InPlacePass):
+class EinsumToMatMulPass(MainGraphPass[tuple[ir.Node, bool]]):
     """Einsum("...d,dk->...k", x, W) -> MatMul(x, W), and ("...d,kd->...k") -> MatMul(x, W.T).
 
     Exporters write projections both ways; onnxruntime has integer kernels (and quantcli's rules)
@@ -67,22 +70,27 @@ class EinsumToMatMulPass(ir.passes.InPlacePass):
     while something else reads it.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        modified = False
+    subgraphs = (
+        "skipped: the plan quantizes main-graph nodes only, so a MatMul inside an If/Loop/Scan body "
+        "would stay float and the rewrite would buy nothing"
+    )
+
+    def targets(self, graph: ir.Graph) -> Iterator[tuple[ir.Node, bool]]:
+        """Each matrix-product Einsum, and whether its weight is transposed."""
         for node in list(graph):
             transpose = _matmul_transpose(node)
-            if transpose is None:
-                continue
-            data, constant = node.inputs
-            assert data is not None and constant is not None and constant.const_value is not None
-            weight = constant
-            if transpose:
-                array = np.ascontiguousarray(constant.const_value.numpy().T)
-                weight = add_initializer(graph, names, f"{constant.name}_transposed", array)
-            replace_node(graph, names, node, "MatMul", [data, weight])
-            if constant is not weight and not constant.uses() and not constant.is_graph_output():
-                graph.initializers.pop(constant.name or "")
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+            if transpose is not None:
+                yield node, transpose
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: tuple[ir.Node, bool]) -> bool:
+        node, transpose = target
+        data, constant = node.inputs
+        assert data is not None and constant is not None and constant.const_value is not None
+        weight = constant
+        if transpose:
+            array = np.ascontiguousarray(constant.const_value.numpy().T)
+            weight = add_initializer(graph, names, f"{constant.name}_transposed", array)
+        replace_node(graph, names, node, "MatMul", [data, weight])
+        if constant is not weight and not constant.uses() and not constant.is_graph_output():
+            graph.initializers.pop(constant.name or "")
+        return True

@@ -7,47 +7,50 @@ from collections.abc import Sequence
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.passes._qdq import dequantized_constant, require_quantized
 
 __all__ = ["GatherQuantizedRowsPass"]
 
 
-class GatherQuantizedRowsPass(ir.passes.InPlacePass):
+class GatherQuantizedRowsPass(MainGraphPass[ir.Value]):
     """Move a table's DequantizeLinear from before its Gather nodes to after them.
 
     ``table -> DequantizeLinear -> Gather`` would rebuild the whole float table at every run (an
     embedding table is the largest tensor of a small encoder); ``Gather -> DequantizeLinear``
     dequantizes the few rows a batch uses. Runs after QuantizeInitializersPass; the tables must
-    have per-tensor parameters, which the plan guarantees. Other readers of the table keep the
-    original DequantizeLinear.
+    have per-tensor parameters, which the plan guarantees (``requires`` checks both). Other
+    readers of the table keep the original DequantizeLinear.
     """
 
     def __init__(self, tables: Sequence[str]) -> None:
         super().__init__()
         self.tables = tuple(tables)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        modified = False
-        for table in self.tables:
-            dequantized = self._find_output(graph, table)
-            dequantize = dequantized.producer()
-            assert dequantize is not None and dequantize.op_type == "DequantizeLinear", table
-            quantized = dequantize.inputs[0]
-            assert quantized is not None
-            for use in list(dequantized.uses()):
-                if use.node.op_type == "Gather" and use.idx == 0:
-                    self._move_after(graph, names, use.node, dequantize, quantized)
-                    modified = True
-        return ir.passes.PassResult(model, modified=modified)
+    def requires(self, model: ir.Model) -> None:
+        values = values_by_name(model.graph)
+        tables = {table: values.get(table) for table in self.tables}
+        require_quantized(type(self).__name__, tables)
+        for table, value in tables.items():
+            found = dequantized_constant(value)
+            assert found is not None
+            if found[1].const_value is None or found[1].const_value.size != 1:
+                raise ir.passes.PreconditionError(f"table '{table}' is not quantized per tensor")
 
-    @staticmethod
-    def _find_output(graph: ir.Graph, name: str) -> ir.Value:
-        for node in graph:
-            for out in node.outputs:
-                if out.name == name:
-                    return out
-        raise AssertionError(f"no value named {name}")
+    def targets(self, graph: ir.Graph) -> list[ir.Value]:
+        """Each table's DequantizeLinear output."""
+        values = values_by_name(graph)
+        return [values[table] for table in self.tables]
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: ir.Value) -> bool:
+        dequantize = target.producer()
+        assert dequantize is not None and dequantize.op_type == "DequantizeLinear", target.name
+        quantized = dequantize.inputs[0]
+        assert quantized is not None
+        gathers = [use.node for use in list(target.uses()) if use.node.op_type == "Gather" and use.idx == 0]
+        for gather in gathers:
+            self._move_after(graph, names, gather, dequantize, quantized)
+        return bool(gathers)
 
     @staticmethod
     def _move_after(

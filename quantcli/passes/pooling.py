@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass
 
 __all__ = ["ReduceMeanToGlobalPoolPass"]
 
@@ -32,7 +35,7 @@ def _spatial_mean(node: ir.Node) -> bool:
     return axes is not None and sorted(a % 4 for a in axes) == [2, 3]
 
 
-class ReduceMeanToGlobalPoolPass(ir.passes.InPlacePass):
+class ReduceMeanToGlobalPoolPass(MainGraphPass[ir.Node]):
     """ReduceMean over H and W of an NCHW tensor -> GlobalAveragePool (-> Flatten without keepdims).
 
     Exporters write a classifier's global pooling either way; onnxruntime fuses only
@@ -40,42 +43,44 @@ class ReduceMeanToGlobalPoolPass(ir.passes.InPlacePass):
     int8 output. The two are the same arithmetic, so the rewrite changes no result.
     """
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        modified = False
-        for node in list(graph):
-            if not _spatial_mean(node):
-                continue
-            keepdims = node.attributes.get("keepdims")
-            keep = keepdims is None or keepdims.as_int() == 1
-            original = node.outputs[0]
-            pooled = ir.Value(name=names.fresh(f"{original.name}_pooled"), type=original.type)
-            replacement = [
+    subgraphs = (
+        "skipped: the plan quantizes main-graph nodes only, so a pool inside an If/Loop/Scan body "
+        "would stay float and the rewrite would buy nothing"
+    )
+
+    def targets(self, graph: ir.Graph) -> Iterator[ir.Node]:
+        return (node for node in list(graph) if _spatial_mean(node))
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: ir.Node) -> bool:
+        node = target
+        keepdims = node.attributes.get("keepdims")
+        keep = keepdims is None or keepdims.as_int() == 1
+        original = node.outputs[0]
+        pooled = ir.Value(name=names.fresh(f"{original.name}_pooled"), type=original.type)
+        replacement = [
+            ir.Node(
+                "",
+                "GlobalAveragePool",
+                [node.inputs[0]],
+                outputs=[pooled],
+                name=names.fresh(f"{node.name}_pool"),
+            )
+        ]
+        result = pooled
+        if not keep:
+            result = ir.Value(name=names.fresh(f"{original.name}_flat"), type=original.type)
+            replacement.append(
                 ir.Node(
                     "",
-                    "GlobalAveragePool",
-                    [node.inputs[0]],
-                    outputs=[pooled],
-                    name=names.fresh(f"{node.name}_pool"),
+                    "Flatten",
+                    [pooled],
+                    [ir.AttrInt64("axis", 1)],
+                    outputs=[result],
+                    name=names.fresh(f"{node.name}_flatten"),
                 )
-            ]
-            result = pooled
-            if not keep:
-                result = ir.Value(name=names.fresh(f"{original.name}_flat"), type=original.type)
-                replacement.append(
-                    ir.Node(
-                        "",
-                        "Flatten",
-                        [pooled],
-                        [ir.AttrInt64("axis", 1)],
-                        outputs=[result],
-                        name=names.fresh(f"{node.name}_flatten"),
-                    )
-                )
-            graph.insert_before(node, replacement)
-            original.replace_all_uses_with(result, replace_graph_outputs=True)
-            graph.remove(node, safe=True)
-            result.name, result.shape = original.name, original.shape
-            modified = True
-        return ir.passes.PassResult(model, modified=modified)
+            )
+        graph.insert_before(node, replacement)
+        original.replace_all_uses_with(result, replace_graph_outputs=True)
+        graph.remove(node, safe=True)
+        result.name, result.shape = original.name, original.shape
+        return True

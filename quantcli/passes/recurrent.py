@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight
+from quantcli.passes._base import MainGraphPass, producers
+from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight, require_quantized
 from quantcli.plan import LstmSpec
 
 __all__ = ["MICROSOFT_DOMAIN", "QuantizeLSTMDynamicallyPass"]
@@ -28,37 +29,49 @@ _ATTRIBUTES = (
 )
 
 
-class QuantizeLSTMDynamicallyPass(ir.passes.InPlacePass):
+class QuantizeLSTMDynamicallyPass(MainGraphPass[ir.Node]):
     """Replace each planned LSTM by com.microsoft DynamicQuantizeLSTM on its int8 W and R.
 
-    Runs after QuantizeInitializersPass, whose int8 tensor, scale and zero point it reads from
-    the DequantizeLinear in front of W and R (left for RemoveUnusedNodesPass when nothing else
-    reads it). The kernel wants each weight as [directions, size, 4 x hidden], the transpose of
-    the ONNX layout, and its scale per direction ([directions]) or per direction and gate row
-    ([directions, 4 x hidden]): the plan's per-tensor scale or per-row scale (axis 1, shared by
-    the directions) is repeated to that shape. A weight shared by several LSTMs is transposed once.
+    Runs after QuantizeInitializersPass (``requires`` checks it), whose int8 tensor, scale and
+    zero point it reads from the DequantizeLinear in front of W and R (left for
+    RemoveUnusedNodesPass when nothing else reads it). The kernel wants each weight as
+    [directions, size, 4 x hidden], the transpose of the ONNX layout, and its scale per direction
+    ([directions]) or per direction and gate row ([directions, 4 x hidden]): the plan's per-tensor
+    scale or per-row scale (axis 1, shared by the directions) is repeated to that shape. A weight
+    shared by several LSTMs is transposed once.
     """
 
     def __init__(self, specs: Sequence[LstmSpec]) -> None:
         super().__init__()
         self.specs = tuple(specs)
 
+    def requires(self, model: ir.Model) -> None:
+        weights: dict[str, ir.Value | None] = {}
+        for spec, node in zip(self.specs, producers(model.graph, self._outputs()), strict=True):
+            found = [v.name if v is not None else None for v in node.inputs[1:3]]
+            if node.op_type != "LSTM" or found != [spec.weight, spec.recurrence]:
+                raise ir.passes.PreconditionError(f"'{node.name}' reads {found}, not the planned W and R")
+            weights.update({spec.weight: node.inputs[1], spec.recurrence: node.inputs[2]})
+        require_quantized(type(self).__name__, weights)
+
+    def _outputs(self) -> list[str]:
+        return [spec.output for spec in self.specs]
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        names = NameAllocator(graph)
-        by_output = {out.name: node for node in graph for out in node.outputs if out.name}
-        converted: dict[str, tuple[ir.Value, ir.Value, ir.Value]] = {}
-        for spec in self.specs:
-            node = by_output[spec.output]
-            assert [v.name if v is not None else None for v in node.inputs[1:3]] == [
-                spec.weight,
-                spec.recurrence,
-            ]
-            weights = [self._kernel_weight(graph, names, node.inputs[i], converted) for i in (1, 2)]
-            self._rewrite(graph, names, node, weights)
-        if self.specs and MICROSOFT_DOMAIN not in model.opset_imports:
+        # Kernel-layout weights made so far in this run, by weight name (shared weights once).
+        self._converted: dict[str, tuple[ir.Value, ir.Value, ir.Value]] = {}
+        result = super().call(model)
+        if result.modified and MICROSOFT_DOMAIN not in model.opset_imports:
             model.opset_imports[MICROSOFT_DOMAIN] = 1
-        return ir.passes.PassResult(model, modified=bool(self.specs))
+        return result
+
+    def targets(self, graph: ir.Graph) -> Iterator[ir.Node]:
+        return producers(graph, self._outputs())
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: ir.Node) -> bool:
+        weights = [self._kernel_weight(graph, names, target.inputs[i], self._converted) for i in (1, 2)]
+        self._replace(graph, names, target, weights)
+        return True
 
     @staticmethod
     def _kernel_weight(
@@ -92,7 +105,7 @@ class QuantizeLSTMDynamicallyPass(ir.passes.InPlacePass):
         return converted[name]
 
     @staticmethod
-    def _rewrite(
+    def _replace(
         graph: ir.Graph,
         names: NameAllocator,
         node: ir.Node,

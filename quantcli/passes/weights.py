@@ -8,7 +8,8 @@ import numpy as np
 import onnx_ir as ir
 
 from quantcli.graph.names import NameAllocator
-from quantcli.passes._qdq import add_initializer, add_parameters, dequantize_node
+from quantcli.passes._base import MainGraphPass, values_by_name
+from quantcli.passes._qdq import add_initializer, add_parameters, dequantize_node, require_quantized
 from quantcli.scheme import QParams, quantize
 
 __all__ = ["QuantizeInitializersPass"]
@@ -28,12 +29,12 @@ def _replace_initializer(
     assert tensor is not None
     if integers is None:
         integers = quantize(tensor.numpy(), qparams)
-    quantized = add_initializer(graph, names, f"{name}_quantized", integers)
+    quantized = add_initializer(graph, names, f"{name}_quantized", integers, qparams.dtype)
     uses = list(value.uses())
     graph.initializers.pop(name)
     value.name = names.fresh(f"{name}_float_removed")
     parameters = add_parameters(graph, names, name, qparams)
-    node, output = dequantize_node(names, quantized, parameters, qparams, base=name, output_name=name)
+    node, output = dequantize_node(names, quantized, parameters, base=name, output_name=name)
     first = next(iter(graph), None)
     if first is None:
         graph.append(node)
@@ -43,11 +44,13 @@ def _replace_initializer(
         use.node.replace_input_with(use.idx, output)
 
 
-class QuantizeInitializersPass(ir.passes.InPlacePass):
+class QuantizeInitializersPass(MainGraphPass[str]):
     """Quantize constant weights, int32 biases and constant activation-slot inputs.
 
     Biases need no pass of their own: their parameters (input scale x weight scale) are computed
-    before any rewrite, like every other parameter.
+    before any rewrite, like every other parameter. ``ensures`` states what the passes after it
+    (dynamic MatMul, LSTM, gathered rows) require: each name is now an integer constant behind a
+    DequantizeLinear.
     """
 
     def __init__(
@@ -57,8 +60,19 @@ class QuantizeInitializersPass(ir.passes.InPlacePass):
         self.params = dict(params)
         self.integers = dict(integers or {})
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        names = NameAllocator(model.graph)
-        for name in sorted(self.params):
-            _replace_initializer(model.graph, names, name, self.params[name], self.integers.get(name))
-        return ir.passes.PassResult(model, modified=bool(self.params))
+    def requires(self, model: ir.Model) -> None:
+        initializers = model.graph.initializers
+        for name in self.params:
+            if name not in initializers or initializers[name].const_value is None:
+                raise ir.passes.PreconditionError(f"'{name}' is not a constant initializer of the main graph")
+
+    def targets(self, graph: ir.Graph) -> list[str]:
+        return sorted(self.params)
+
+    def rewrite(self, graph: ir.Graph, names: NameAllocator, target: str) -> bool:
+        _replace_initializer(graph, names, target, self.params[target], self.integers.get(target))
+        return True
+
+    def ensures(self, model: ir.Model) -> None:
+        values = values_by_name(model.graph)
+        require_quantized(type(self).__name__, {name: values.get(name) for name in self.params})
