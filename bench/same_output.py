@@ -32,8 +32,8 @@ VARIANTS = {
     "weight-only": ["--mode", "weight-only"],
     "fallback": ["--auto-fallback"],
 }
-# Report fields that name paths (the data source too), tool versions or wall time: they differ between
-# checkouts and runs without the quantization changing.
+# Report fields that name paths (the data source too), tool versions or wall time: they differ
+# between checkouts and runs without the quantization changing.
 VOLATILE = {"command", "model", "output", "source", "versions", "report", "elapsed_s", "seconds", "wall_s"}
 
 
