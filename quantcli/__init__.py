@@ -25,9 +25,19 @@ if TYPE_CHECKING:
         write_calibration,
     )
     from quantcli.comparison import compare
-    from quantcli.config import ActivationType, CalibrationMethod, GateMetric, QuantConfig, QuantMode
+    from quantcli.config import (
+        ActivationType,
+        CalibrationMethod,
+        CompareConfig,
+        GateMetric,
+        Overrides,
+        QuantConfig,
+        QuantMode,
+        merge,
+    )
     from quantcli.errors import QuantCliError
-    from quantcli.pipeline import ModelSummary, QuantResult, calibrate, inspect_model, quantize
+    from quantcli.inspection import ModelSummary, inspect_model
+    from quantcli.pipeline import QuantResult, calibrate, quantize
     from quantcli.report import CompareReport, QuantReport
 
 __version__ = "0.1.0"
@@ -37,9 +47,11 @@ _EXPORTS = {
     "ActivationType": "quantcli.config",
     "CalibrationFile": "quantcli.calibration.file",
     "CalibrationMethod": "quantcli.config",
+    "CompareConfig": "quantcli.config",
     "CompareReport": "quantcli.report",
     "GateMetric": "quantcli.config",
-    "ModelSummary": "quantcli.pipeline",
+    "ModelSummary": "quantcli.inspection",
+    "Overrides": "quantcli.config",
     "QuantCliError": "quantcli.errors",
     "QuantConfig": "quantcli.config",
     "QuantMode": "quantcli.config",
@@ -47,7 +59,8 @@ _EXPORTS = {
     "QuantResult": "quantcli.pipeline",
     "calibrate": "quantcli.pipeline",
     "compare": "quantcli.comparison",
-    "inspect_model": "quantcli.pipeline",
+    "inspect_model": "quantcli.inspection",
+    "merge": "quantcli.config",
     "merge_calibrations": "quantcli.calibration.file",
     "quantize": "quantcli.pipeline",
     "read_calibration": "quantcli.calibration.file",
@@ -58,9 +71,11 @@ __all__ = [
     "ActivationType",
     "CalibrationFile",
     "CalibrationMethod",
+    "CompareConfig",
     "CompareReport",
     "GateMetric",
     "ModelSummary",
+    "Overrides",
     "QuantCliError",
     "QuantConfig",
     "QuantMode",
@@ -70,6 +85,7 @@ __all__ = [
     "calibrate",
     "compare",
     "inspect_model",
+    "merge",
     "merge_calibrations",
     "quantize",
     "read_calibration",

@@ -34,13 +34,13 @@ import tomllib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from quantcli.calibration.sources import DataSource
-from quantcli.config import GateMetric, QuantConfig, QuantMode, Recipe, load_recipe
+from quantcli.config import GateMetric, Overrides, QuantConfig, QuantMode, load_recipe, merge
 from quantcli.errors import ConfigError, QuantCliError
 from quantcli.graph.output import StagedOutput
 from quantcli.pipeline import quantize
@@ -191,7 +191,7 @@ class Settings:
     eval_data: Path | None = None
     labels: Path | None = None
     recipe: Path | None = None
-    flags: Mapping[str, Any] | None = None  # QuantConfig fields from flags (None: not given)
+    overrides: Overrides = field(default_factory=Overrides)  # from flags; a manifest wins
     force: bool = False
 
 
@@ -210,27 +210,23 @@ def _check_unique(names: Sequence[str], where: str) -> None:
         )
 
 
-def _config(recipe: Path | None, flags: Mapping[str, Any]) -> QuantConfig:
-    loaded = (
-        load_recipe(recipe)
-        if recipe is not None
-        else Recipe(path="", defaults={}, skip=frozenset(), per_tensor=frozenset())
-    )
-    return loaded.config(**flags)
-
-
 def _job(name: str, model: Path, settings: Settings, entry: Mapping[str, Any]) -> BatchJob:
-    flags = dict(settings.flags or {})
-    for key in ("mode", "metric", "max_drop", "min_sqnr"):
-        if key in entry:
-            flags[key] = entry[key]
+    manifest = Overrides(
+        mode=entry.get("mode"),
+        metric=entry.get("metric"),
+        max_drop=entry.get("max_drop"),
+        min_sqnr=entry.get("min_sqnr"),
+    )
+    recipe = entry.get("recipe", settings.recipe)
     data = entry.get("data", settings.data)
     return BatchJob(
         name=name,
         model=model.absolute(),
         output=(settings.out_dir / f"{name}.int8.onnx").absolute(),
         report=(settings.out_dir / f"{name}.report.json").absolute(),
-        config=_config(entry.get("recipe", settings.recipe), flags),
+        config=merge(
+            QuantConfig() if recipe is None else load_recipe(recipe), manifest.over(settings.overrides)
+        ),
         data=data.absolute() if isinstance(data, Path) else data,
         eval_data=entry.get("eval_data", settings.eval_data),
         labels=entry.get("labels", settings.labels),

@@ -12,12 +12,19 @@ from pathlib import Path
 from quantcli.calibration.collect import Progress, reporting, stage
 from quantcli.calibration.data import model_inputs
 from quantcli.calibration.sources import DataSource, open_source, source_paths
-from quantcli.config import GateMetric, QuantConfig
+from quantcli.config import CompareConfig
 from quantcli.diagnose import diagnose
 from quantcli.errors import ConfigError
 from quantcli.evaluate import compare_models, first_sample, gate, load_labels, measure_latency
 from quantcli.graph.guard import PathGuard
-from quantcli.graph.io import external_files, external_folder, load_model, open_session, serialize
+from quantcli.graph.io import (
+    ModelFile,
+    external_files,
+    external_folder,
+    load_model,
+    open_session,
+    serialize,
+)
 from quantcli.report import CompareReport, SizeSummary
 
 __all__ = ["compare"]
@@ -27,31 +34,20 @@ def compare(
     float_path: Path,
     quantized_path: Path,
     data: DataSource,
+    config: CompareConfig | None = None,
     *,
     labels: Path | None = None,
-    threads: int | None = None,
-    batch_size: int = 16,
-    latency_runs: int = 30,
-    per_layer: bool = False,
-    top_k: int = 10,
-    metric: GateMetric = GateMetric.AUTO,
-    max_drop: float | None = None,
-    min_sqnr: float | None = None,
     progress: Progress | None = None,
     guard: PathGuard | None = None,
 ) -> CompareReport:
     """Measure ``quantized_path`` against ``float_path`` on the samples in ``data``; with a
-    bound (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate says whether
-    the quantized model meets it, exactly as ``quantize`` judges its own output.
+    bound in ``config`` (``max_drop`` points of ``metric``, or ``min_sqnr`` dB) the report's gate
+    says whether the quantized model meets it, exactly as ``quantize`` judges its own output.
 
     Each model's external data is read from its own folder, never the current one. ``guard``
     holds the files the caller will write (see :mod:`quantcli.graph.guard`).
     """
-    for flag, value in (("--threads", threads), ("--runs", latency_runs), ("--batch-size", batch_size)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be at least 1, got {value}")
-    if per_layer and top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+    config = config or CompareConfig()
     guard = guard if guard is not None else PathGuard()
     guard.reads(float_path, "the float model")
     guard.reads(quantized_path, "the quantized model")
@@ -59,43 +55,18 @@ def compare(
         guard.reads(path, "--data")
     if labels is not None:
         guard.reads(labels, "--labels")
-    bounds = QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)  # checks the combination
     with reporting(progress):
-        return _compare(
-            float_path,
-            quantized_path,
-            data,
-            labels=labels,
-            threads=threads,
-            batch_size=batch_size,
-            latency_runs=latency_runs,
-            per_layer=per_layer,
-            top_k=top_k,
-            bounds=bounds,
-            guard=guard,
-        )
+        reference_file, candidate_file = _load_pair(float_path, quantized_path, guard)
+        return _compare(reference_file, candidate_file, data, config, labels=labels)
 
 
-def _compare(
-    float_path: Path,
-    quantized_path: Path,
-    data: DataSource,
-    *,
-    labels: Path | None,
-    threads: int | None,
-    batch_size: int,
-    latency_runs: int,
-    per_layer: bool,
-    top_k: int,
-    bounds: QuantConfig,
-    guard: PathGuard,
-) -> CompareReport:
+def _load_pair(float_path: Path, quantized_path: Path, guard: PathGuard) -> tuple[ModelFile, ModelFile]:
+    """Both models, refused unless they have the same inputs and outputs."""
     stage("load")
     reference_file, candidate_file = load_model(float_path), load_model(quantized_path)
     for loaded in (reference_file, candidate_file):
         for path in external_files(loaded.model):
             guard.reads(path, f"{loaded.path}'s external data")
-    float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
     specs = model_inputs(reference_file.model)
     theirs = model_inputs(candidate_file.model)
     if [(s.name, s.dtype) for s in specs] != [(s.name, s.dtype) for s in theirs]:
@@ -109,44 +80,57 @@ def _compare(
         raise ConfigError(
             f"{quantized_path}: outputs {quant_outputs} differ from {float_path}'s {float_outputs}"
         )
-    dataset = open_source(data, specs)
+    return reference_file, candidate_file
+
+
+def _compare(
+    reference_file: ModelFile,
+    candidate_file: ModelFile,
+    data: DataSource,
+    config: CompareConfig,
+    *,
+    labels: Path | None,
+) -> CompareReport:
+    float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
+    dataset = open_source(data, model_inputs(reference_file.model))
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, threads, data_folder=float_folder, for_timing=True)
-    candidate = open_session(quant_proto, threads, data_folder=quant_folder, for_timing=True)
+    reference = open_session(float_proto, config.threads, data_folder=float_folder, for_timing=True)
+    candidate = open_session(quant_proto, config.threads, data_folder=quant_folder, for_timing=True)
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     stage("evaluate")
     fidelity = compare_models(
-        reference, candidate, dataset, batch_size=batch_size, source=str(data), labels=label_array
+        reference, candidate, dataset, batch_size=config.batch_size, source=str(data), labels=label_array
     )
     stage("time")
     latency = measure_latency(
-        {"float": reference, "quantized": candidate}, first_sample(dataset), runs=latency_runs
+        {"float": reference, "quantized": candidate}, first_sample(dataset), runs=config.latency_runs
     )
-    if per_layer:
+    if config.per_layer:
         stage("diagnose")
     diagnosis = (
         diagnose(
             float_proto,
             quant_proto,
             dataset,
-            top_k=top_k,
+            top_k=config.top_k,
             data_folder=float_folder,
             quant_folder=quant_folder,
         )
-        if per_layer
+        if config.per_layer
         else None
     )
     verdict = None
+    bounds = config.bounds
     if bounds.has_gate:
         measured, bound = bounds.gate(has_labels=label_array is not None)
         verdict = gate(fidelity, measured, bound)
     return CompareReport(
-        float_model=str(float_path),
-        quantized_model=str(quantized_path),
+        float_model=str(reference_file.path),
+        quantized_model=str(candidate_file.path),
         size=SizeSummary(reference_file.size_bytes, candidate_file.size_bytes),
         fidelity=fidelity,
         latency=latency,
-        threads=threads,
+        threads=config.threads,
         per_layer=diagnosis,
         gate=verdict,
     )

@@ -7,14 +7,17 @@ it whole, so there is no dict of options whose typos pass silently.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantcli.errors import ConfigError
 from quantcli.files import parse_json, parse_toml, read_bounded
+
+if TYPE_CHECKING:
+    from quantcli.calibration.file import CalibrationFile
 
 __all__ = [
     "DEFAULT_MAX_DROP",
@@ -22,7 +25,9 @@ __all__ = [
     "DEFAULT_MIN_CHANNEL_SQNR",
     "ActivationType",
     "CalibrationMethod",
+    "CompareConfig",
     "GateMetric",
+    "Overrides",
     "QuantConfig",
     "QuantMode",
     "Recipe",
@@ -31,6 +36,7 @@ __all__ = [
     "config_settings",
     "expand_patterns",
     "load_recipe",
+    "merge",
     "pattern_files",
     "recipe_from_report",
 ]
@@ -236,10 +242,7 @@ class QuantConfig:
 
     def __post_init__(self) -> None:
         # Validated here so that a library user gets the same errors as the CLI.
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+        self._check_counts()
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile:g} (e.g. 99.99)")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -252,11 +255,20 @@ class QuantConfig:
             raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
         if self.max_drop is not None and self.max_drop < 0:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
+        self._check_rounds()
+        self._check_gate()
+
+    def _check_counts(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max samples must be at least 1, got {self.max_samples}")
+
+    def _check_rounds(self) -> None:
         if self.max_trials < 1:
             raise ConfigError(f"max trials must be at least 1, got {self.max_trials}")
         if self.top_k < 1:
             raise ConfigError(f"top k must be at least 1, got {self.top_k}")
-        self._check_gate()
 
     def _check_gate(self) -> None:
         sqnr = self.metric.in_db
@@ -281,6 +293,121 @@ class QuantConfig:
         if self.metric is GateMetric.AUTO and not has_labels:
             return GateMetric.CHANNEL_SQNR, DEFAULT_MIN_CHANNEL_SQNR
         return self.metric, DEFAULT_MAX_DROP
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overrides:
+    """Settings one layer gives (command-line flags, a recipe, a calibration file's method), to
+    lay over a :class:`QuantConfig` with :func:`merge`. Every field is a QuantConfig field; None
+    means "not given here", so a lower layer's value, or the default, stands.
+
+    A misspelt setting is a type error here, not a dict key nobody reads.
+    """
+
+    activation_type: ActivationType | None = None
+    method: CalibrationMethod | None = None
+    percentile: float | None = None
+    weight_method: WeightMethod | None = None
+    bias_correction: bool | None = None
+    per_channel: bool | None = None
+    batch_size: int | None = None
+    max_samples: int | None = None
+    seed: int | None = None
+    eval_fraction: float | None = None
+    exclude: frozenset[str] | None = None
+    skip_nonfinite: bool | None = None
+    allow_noop: bool | None = None
+    mode: QuantMode | None = None
+    metric: GateMetric | None = None
+    max_drop: float | None = None
+    include: frozenset[str] | None = None
+    per_tensor: frozenset[str] | None = None
+    min_sqnr: float | None = None
+    auto_fallback: bool | None = None
+    speed: SpeedSource | None = None
+    max_trials: int | None = None
+    per_layer: bool | None = None
+    top_k: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The settings this layer gives, by QuantConfig field."""
+        return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
+
+    def over(self, lower: Overrides) -> Overrides:
+        """This layer on top of ``lower``: a value given here wins; the node patterns kept float
+        (``exclude``) or per tensor (``per_tensor``) are those of both layers."""
+        values = self.given()
+        for name in _ADDED_UP:
+            values[name] = (getattr(lower, name) or frozenset()) | (getattr(self, name) or frozenset())
+        return replace(lower, **values)
+
+
+# Pattern settings every layer adds to rather than replaces (a recipe's skipped nodes and the
+# --exclude flag both stay float).
+_ADDED_UP = ("exclude", "per_tensor")
+
+
+def merge(
+    base: QuantConfig | Recipe,
+    overrides: Overrides | None = None,
+    *,
+    calibration: CalibrationFile | None = None,
+) -> QuantConfig:
+    """The config a run uses: ``overrides`` (flags) over the method ``calibration`` records over
+    ``base`` (a recipe over the defaults, or a whole config) -- flag > calibration file > recipe >
+    default. The calibration method thus comes from the calibration file unless given; the
+    command line and :func:`quantcli.quantize` both resolve it here.
+
+    The result is validated once, whole: a recipe may name a metric whose bound a flag gives.
+    """
+    recorded = Overrides(method=None if calibration is None else calibration.method)
+    layer = (overrides or Overrides()).over(recorded)
+    if isinstance(base, Recipe):
+        layer, base = layer.over(base.overrides), QuantConfig()
+    values = layer.given()
+    for name in _ADDED_UP:
+        values[name] = getattr(base, name) | values.get(name, frozenset())
+    return replace(base, **values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareConfig:
+    """Everything that decides what :func:`quantcli.compare` measures.
+
+    Attributes:
+        threads: onnxruntime intra-op threads for both models (None: onnxruntime's choice).
+        batch_size: samples per run when the batch axis is dynamic.
+        latency_runs: timed runs per model, after warm-up.
+        per_layer: diagnose every quantized tensor against its float twin.
+        top_k: how many of the worst tensors the diagnosis measures alone.
+        metric, max_drop, min_sqnr: the accuracy bound, as in :class:`QuantConfig` (no bound: no
+            verdict).
+    """
+
+    threads: int | None = None
+    batch_size: int = 16
+    latency_runs: int = 30
+    per_layer: bool = False
+    top_k: int = 10
+    metric: GateMetric = GateMetric.AUTO
+    max_drop: float | None = None
+    min_sqnr: float | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--threads", self.threads), ("--runs", self.latency_runs)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.per_layer and self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+        _ = self.bounds  # checks the metric and bound combination
+
+    @property
+    def bounds(self) -> QuantConfig:
+        """The accuracy bound as a QuantConfig, whose :meth:`QuantConfig.gate` judges exactly as
+        ``quantize`` judges its own output."""
+        return QuantConfig(metric=self.metric, max_drop=self.max_drop, min_sqnr=self.min_sqnr)
 
 
 # Recipes and @FILE selection lists larger than these are refused unread.
@@ -341,25 +468,18 @@ _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """A TOML recipe: defaults for QuantConfig fields and per-node or per-op overrides.
-
-    ``defaults`` holds validated values keyed by QuantConfig field; ``skip`` and ``per_tensor``
-    the node patterns the overrides name. :meth:`config` applies flags on top.
+    """A TOML recipe (or a report's settings): validated settings for QuantConfig fields, the
+    node patterns its per-node or per-op overrides skip (``overrides.exclude``) or keep per
+    tensor (``overrides.per_tensor``). :func:`merge` lays flags over it.
     """
 
     path: str
-    defaults: Mapping[str, Any]
-    skip: frozenset[str]
-    per_tensor: frozenset[str]
+    overrides: Overrides = field(default_factory=Overrides)
 
-    def config(self, **flags: Any) -> QuantConfig:
-        """A QuantConfig: each flag that is not None wins over the recipe, the recipe over the
-        defaults; ``exclude`` and ``per_tensor`` are the union of both."""
-        values: dict[str, Any] = dict(self.defaults)
-        values.update({k: v for k, v in flags.items() if v is not None})
-        values["exclude"] = frozenset(flags.get("exclude") or ()) | self.skip
-        values["per_tensor"] = frozenset(flags.get("per_tensor") or ()) | self.per_tensor
-        return QuantConfig(**values)
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The [defaults] settings the recipe gives, by QuantConfig field."""
+        return {k: v for k, v in self.overrides.given().items() if k not in _ADDED_UP}
 
 
 def _unknown(where: str, keys: Iterable[str], valid: Iterable[str], path: Path) -> None:
@@ -430,7 +550,8 @@ def load_recipe(path: Path) -> Recipe:
         if per_channel is False:
             per_tensor |= targets
     assert set(_RECIPE_DEFAULTS) <= {f.name for f in fields(QuantConfig)}
-    return Recipe(path=str(path), defaults=defaults, skip=frozenset(skip), per_tensor=frozenset(per_tensor))
+    settings = Overrides(**defaults, exclude=frozenset(skip), per_tensor=frozenset(per_tensor))
+    return Recipe(path=str(path), overrides=settings)
 
 
 # What a report's "config" holds beyond the recipe keys: every setting that changes the result.
@@ -483,6 +604,5 @@ def recipe_from_report(path: Path) -> Recipe:
         patterns[key] = frozenset(value)
     if patterns["include"]:
         defaults["include"] = patterns["include"]
-    return Recipe(
-        path=str(path), defaults=defaults, skip=patterns["exclude"], per_tensor=patterns["per_tensor"]
-    )
+    settings = Overrides(**defaults, exclude=patterns["exclude"], per_tensor=patterns["per_tensor"])
+    return Recipe(path=str(path), overrides=settings)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.choice import LATENCY_TIE, ModeChoice, unmeasured_mode
-from quantcli.config import QuantConfig, QuantMode, SpeedSource
+from quantcli.config import Overrides, QuantConfig, QuantMode, SpeedSource, merge
 from quantcli.correction import CorrectBiasesPass, bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis, diagnose
@@ -96,12 +95,10 @@ from quantcli.report import (
 
 __all__ = [
     "Collector",
-    "ModelSummary",
     "QuantResult",
     "ShardResult",
     "ShardWork",
     "calibrate",
-    "inspect_model",
     "observe_shard",
     "quantize",
 ]
@@ -659,7 +656,7 @@ def quantize(
     model_path: Path,
     output: Path,
     *,
-    config: QuantConfig | None = None,
+    config: QuantConfig | Overrides | None = None,
     data: DataSource | None = None,
     calibration: Path | None = None,
     eval_data: DataSource | None = None,
@@ -678,8 +675,15 @@ def quantize(
     files the caller commits together (a report, say); otherwise it is moved into place before
     returning. On any error nothing new is left behind. ``collector`` runs the calibration pass
     elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples.
+
+    ``config`` is taken whole; given as :class:`Overrides` (or None), what it leaves unset comes
+    from the defaults, and the calibration method from ``calibration``'s file unless given, as
+    on the command line (see :func:`quantcli.config.merge`).
     """
-    config = config or QuantConfig()
+    if not isinstance(config, QuantConfig):
+        given = config or Overrides()
+        recorded = read_calibration(calibration) if calibration is not None and given.method is None else None
+        config = merge(QuantConfig(), given, calibration=recorded)
     if staging is None:
         with StagedOutput(force=force) as own:
             result = quantize(
@@ -1365,59 +1369,4 @@ def _measured_choice(
     winner = staged.winner
     return ModeChoice(
         winner.plan.mode, f"auto: {reason}", _roles(winner.plan), tuple(s.to_dict() for s in summaries)
-    )
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """What ``inspect`` shows: the model's interface, size, ops and the quantization plan."""
-
-    path: str
-    size_bytes: int
-    opset: int
-    inputs: tuple[InputSpec, ...]
-    outputs: tuple[tuple[str, str, str], ...]
-    parameters: int
-    op_types: dict[str, int]
-    plan: QuantPlan
-    mode_reason: str = ""
-
-
-def inspect_model(
-    model_path: Path, config: QuantConfig | None = None, *, calibration: Path | None = None
-) -> ModelSummary:
-    """Describe a model and the plan :func:`quantize` would follow for it: in the mode asked
-    for, or the one ``calibration`` records. Auto with no recorded decision decides by measuring,
-    which inspect does not do: it shows the static plan and says so."""
-    config = config or QuantConfig()
-    loaded = _prepare(model_path)
-    model = loaded.model
-    recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
-    config, mode_reason, kept_float = _settle_recorded_mode(model, config, recorded)
-    if config.mode is QuantMode.AUTO:
-        config = replace(config, mode=QuantMode.STATIC)
-        mode_reason = "auto decides by measuring every mode (convert or calibrate); this is static's plan"
-    outputs = tuple(
-        (
-            str(v.name),
-            np.dtype(v.dtype.numpy()).name if v.dtype is not None else "?",
-            "[" + ",".join(str(d) if isinstance(d, int) else "?" for d in v.shape.dims) + "]"
-            if v.shape
-            else "[?]",
-        )
-        for v in model.graph.outputs
-    )
-    parameters = sum(
-        int(v.const_value.size) for v in model.graph.initializers.values() if v.const_value is not None
-    )
-    return ModelSummary(
-        path=str(model_path),
-        size_bytes=loaded.size_bytes,
-        opset=loaded.opset,
-        inputs=model_inputs(model),
-        outputs=outputs,
-        parameters=parameters,
-        op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
-        plan=select(model, config, kept_float),
-        mode_reason=mode_reason,
     )

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from quantcli.batch import Settings, jobs_from_manifest, jobs_from_paths
 from quantcli.cli.app import app
-from quantcli.config import QuantMode
+from quantcli.config import Overrides, QuantMode
 from quantcli.errors import ConfigError
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ SAMPLES = Path(__file__).parent.parent / "sample_models"
 
 
 def test_models_in_a_folder_are_named_by_their_folder_when_files_share_a_name(tmp_path: Path) -> None:
-    jobs = jobs_from_paths([SAMPLES], Settings(out_dir=tmp_path, flags={"mode": QuantMode.STATIC}))
+    jobs = jobs_from_paths([SAMPLES], Settings(out_dir=tmp_path, overrides=Overrides(mode=QuantMode.STATIC)))
     assert [j.name for j in jobs] == ["digits_cnn", "digits_transformer"]
     assert jobs[0].output == tmp_path.absolute() / "digits_cnn.int8.onnx"
     assert jobs[0].report == tmp_path.absolute() / "digits_cnn.report.json"

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 from quantcli.cli.app import app
 from quantcli.comparison import compare
+from quantcli.config import CompareConfig
 from quantcli.errors import ConfigError
 from quantcli.graph import io, output
 
@@ -831,7 +832,7 @@ def test_bad_numbers_are_usage_errors(tmp_path: Path, command: str, flag: list[s
 def test_the_library_refuses_counts_below_one_too(tmp_path: Path) -> None:
     model, data = _cnn_folder(tmp_path)
     with pytest.raises(ConfigError, match="--runs must be at least 1"):
-        compare(model, model, data, latency_runs=0)
+        compare(model, model, data, CompareConfig(latency_runs=0))
 
 
 @pytest.mark.parametrize("name", HONEST, ids=HONEST)

@@ -18,8 +18,8 @@ import pytest
 
 from quantcli import QuantConfig, quantize
 from quantcli.config import QuantMode
+from quantcli.inspection import inspect_model
 from quantcli.passes import EinsumToMatMulPass
-from quantcli.pipeline import inspect_model
 
 _MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
 

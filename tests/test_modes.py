@@ -20,7 +20,8 @@ from quantcli.calibration.sampling import Shard
 from quantcli.config import GateMetric, QuantMode, SpeedSource
 from quantcli.errors import ConfigError
 from quantcli.evaluate import Latency
-from quantcli.pipeline import calibrate, inspect_model
+from quantcli.inspection import inspect_model
+from quantcli.pipeline import calibrate
 from quantcli.report import QuantReport
 
 

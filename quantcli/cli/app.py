@@ -1,5 +1,6 @@
-"""quantcli's command line. Each command parses flags, builds a config, calls one library
-function and renders; exit codes come from :mod:`quantcli.cli.exits`.
+"""quantcli's command line. Each command parses flags, builds its config (recipe, then
+:class:`~quantcli.config.Overrides` from the flags), calls one library function and renders;
+exit codes come from :mod:`quantcli.cli.exits`, options from :mod:`quantcli.cli.options`.
 
 numpy, onnx and onnxruntime are imported inside the commands that use them, never at the top
 of this module: ``quantcli --version``, ``--help`` and shell completion stay fast.
@@ -12,52 +13,115 @@ import logging
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from quantcli import __version__
 from quantcli.cli.exits import ExitCode, guarded
+from quantcli.cli.options import (
+    ActivationTypeOpt,
+    AllowNoopOpt,
+    AutoAliasOpt,
+    AutoFallbackOpt,
+    BatchOpt,
+    BiasCorrectionOpt,
+    CalibrationOpt,
+    CalibrationOutputOpt,
+    ChoiceMaxDropOpt,
+    CompareMetricOpt,
+    DataOpt,
+    DebugOpt,
+    EvalDataOpt,
+    EvalSamplesOpt,
+    ExcludeOpt,
+    FloatModelArg,
+    ForceOpt,
+    FromReportOpt,
+    IncludeOpt,
+    InspectCalibrationOpt,
+    InspectExcludeOpt,
+    InspectIncludeOpt,
+    InspectModeOpt,
+    InspectRecipeOpt,
+    JsonOpt,
+    LabelsOpt,
+    LoaderOpt,
+    ManyDataOpt,
+    ManyRayOpt,
+    ManyRecipeOpt,
+    MaxDropOpt,
+    MaxSamplesOpt,
+    MaxTrialsOpt,
+    MergedOutputOpt,
+    MethodOpt,
+    MetricOpt,
+    MinSqnrOpt,
+    ModelArg,
+    ModelOutputOpt,
+    ModelsArg,
+    ModeOpt,
+    OutputDirOpt,
+    PercentileOpt,
+    PerLayerOpt,
+    PerTensorOpt,
+    PoolWorkersOpt,
+    PreprocessOpt,
+    QuantizedModelArg,
+    QuietOpt,
+    RayAddressOpt,
+    RayOpt,
+    RecipeOpt,
+    RecordedMethodOpt,
+    ReportHtmlOpt,
+    ReportMdOpt,
+    ReportOpt,
+    RunsOpt,
+    SeedOpt,
+    ShardFilesArg,
+    ShardOpt,
+    SkipNonfiniteOpt,
+    SpeedOpt,
+    ThreadsOpt,
+    TopKOpt,
+    VersionOpt,
+    WeightMethodOpt,
+    WorkerCpusOpt,
+    WorkersOpt,
+    WriteExcludeOpt,
+)
 from quantcli.cli.progress import StageDisplay
 from quantcli.cli.text import markup, shown
 from quantcli.config import (
-    ActivationType,
-    CalibrationMethod,
+    CompareConfig,
     GateMetric,
+    Overrides,
     QuantConfig,
-    QuantMode,
     Recipe,
-    SpeedSource,
-    WeightMethod,
     expand_patterns,
     load_recipe,
+    merge,
     pattern_files,
     recipe_from_report,
 )
 from quantcli.errors import ConfigError
 
 if TYPE_CHECKING:
-    from quantcli.batch import JobResult
+    from quantcli.batch import BatchJob, JobResult, Settings
     from quantcli.calibration.file import CalibrationFile
     from quantcli.calibration.sampling import Shard
     from quantcli.calibration.sources import DataSource
+    from quantcli.diagnose import LayerDiagnosis
     from quantcli.evaluate import GateResult
+    from quantcli.graph.output import StagedOutput
     from quantcli.pipeline import Collector
-
-# Help panels, in the order a user meets them.
-INPUT = "Input and data"
-MODE = "Mode and precision"
-GATE = "Accuracy gate"
-DIAGNOSIS = "Diagnosis"
-OUTPUT = "Output"
-DISTRIBUTED = "More than one machine"
 
 app = typer.Typer(
     name="quantcli",
@@ -67,345 +131,6 @@ app = typer.Typer(
     rich_markup_mode="rich",  # help text is markup: a literal bracket is written \[
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def _default(value: object) -> str:
-    """Every default in help looks the same, Typer's own style (show_default is off
-    everywhere: a flag left at None defers to a recipe, so Typer cannot know the default)."""
-    return f" [dim]\\[default: {value}][/dim]"
-
-
-ModelArg = Annotated[Path, typer.Argument(help="fp32 ONNX model.", show_default=False, metavar="MODEL")]
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data",
-        "-d",
-        help=".npz file (arrays keyed by input name, axis 0 = samples), a folder of .npz/.npy files, "
-        "or a folder of images (see --preprocess).",
-        metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-PreprocessOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--preprocess",
-        help="How images in a --data folder become the input, e.g. "
-        "'resize=224,224;layout=nchw;scale=1/255;mean=0.485,0.456,0.406;std=0.229,0.224,0.225;channels=rgb' "
-        "(resize is HEIGHT,WIDTH; defaults: the model's size, layout from its shape, scale 1/255, rgb).",
-        metavar="SPEC",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-LoaderOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--data-loader",
-        help="package.module:function returning an iterable of {input name: array} dicts, instead of "
-        "--data. This runs your code.",
-        metavar="MODULE:FUNCTION",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-EvalDataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--eval-data",
-        "-e",
-        help="Evaluation data." + _default("the last 20% of --data, held back"),
-        metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-LabelsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--labels",
-        help=".npy of integer labels for the evaluation samples.",
-        metavar="PATH",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-BatchOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-size",
-        help="Samples per onnxruntime run when the batch axis is dynamic." + _default(16),
-        min=1,
-        metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-MaxSamplesOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-samples",
-        help="Use at most this many calibration samples." + _default("all"),
-        min=1,
-        metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-SkipNonfiniteOpt = Annotated[
-    bool,
-    typer.Option(
-        "--skip-nonfinite",
-        help="Skip samples holding NaN or Inf (and log how many) instead of failing.",
-        metavar="",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-SeedOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--seed",
-        help="Shuffle samples with this seed before --max-samples/--shard pick them."
-        + _default("file order"),
-        metavar="N",
-        rich_help_panel=INPUT,
-        show_default=False,
-    ),
-]
-ModeOpt = Annotated[
-    QuantMode | None,
-    typer.Option(
-        "--mode",
-        "-m",
-        metavar="MODE",
-        help="auto: build each mode below, keep the fastest within the accuracy bound (1 point unless "
-        "given); with no evaluation data a fixed rule; a calibration file's recorded decision is "
-        "replayed. static: calibrated integer kernels. dynamic: MatMul/Gemm inputs quantized at run "
-        "time, no data needed. mixed: dynamic MatMul/Gemm, static rest. weight-only: int8 storage, "
-        "float compute." + _default("auto"),
-        rich_help_panel=MODE,
-        show_default=False,
-    ),
-]
-MethodOpt = Annotated[
-    CalibrationMethod | None,
-    typer.Option(
-        "--method",
-        metavar="METHOD",
-        help="Activation ranges: minmax, percentile, entropy (KL) or mse."
-        + _default("the calibration file's, else minmax"),
-        rich_help_panel=MODE,
-        show_default=False,
-    ),
-]
-PercentileOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--percentile",
-        help="Percent of values the percentile method keeps in range." + _default(99.99),
-        metavar="P",
-        rich_help_panel=MODE,
-        show_default=False,
-    ),
-]
-WeightMethodOpt = Annotated[
-    WeightMethod | None,
-    typer.Option(
-        "--weight-method",
-        metavar="METHOD",
-        help="Weight channel ranges: minmax or mse." + _default("minmax"),
-        rich_help_panel=MODE,
-        show_default=False,
-    ),
-]
-MetricOpt = Annotated[
-    GateMetric | None,
-    typer.Option(
-        "--metric",
-        metavar="METRIC",
-        help="What the gate measures: accuracy (vs --labels), top1 (arg-max agreement), "
-        "cosine (100 x (1 - mean cosine)), sqnr (worst output SQNR, bounded by --min-sqnr), "
-        "channel-sqnr (per-channel SQNR averaged in dB, bounded by --min-sqnr). auto: accuracy with "
-        "--labels, else cosine under --max-drop; with no bound, auto mode chooses by channel-sqnr >= "
-        "15 dB." + _default("auto"),
-        rich_help_panel=GATE,
-        show_default=False,
-    ),
-]
-MaxDropOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-drop",
-        help="Fail (exit 3) if the quantized model loses more than this, in points of --metric "
-        "(the model and report are still written)." + _default("no gate"),
-        min=0.0,
-        metavar="POINTS",
-        rich_help_panel=GATE,
-        show_default=False,
-    ),
-]
-MinSqnrOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--min-sqnr",
-        help="Fail (exit 3) unless the worst output's SQNR (--metric sqnr, the default with this "
-        "flag, or channel-sqnr) reaches DB." + _default("no gate"),
-        metavar="DB",
-        rich_help_panel=GATE,
-        show_default=False,
-    ),
-]
-PerLayerOpt = Annotated[
-    bool,
-    typer.Option(
-        "--per-layer",
-        help="Rank every quantized tensor by SQNR against its float twin; show the worst.",
-        metavar="",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
-    ),
-]
-TopKOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--top-k",
-        help="How many of the worst tensors to measure alone and show." + _default(10),
-        min=1,
-        metavar="K",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
-    ),
-]
-WriteExcludeOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--write-exclude",
-        help="With --per-layer: write the nodes behind the worst tensors, for --exclude @FILE.",
-        metavar="PATH",
-        rich_help_panel=DIAGNOSIS,
-        show_default=False,
-    ),
-]
-ReportOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--report",
-        help="Also write the report as JSON to this file.",
-        metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-ReportMdOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--report-md",
-        help="Also write a compact Markdown summary (CI page, PR comment).",
-        metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-ReportHtmlOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--report-html",
-        help="Also write one self-contained HTML page with a per-layer SQNR chart.",
-        metavar="PATH",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[
-    bool,
-    typer.Option(
-        "--json",
-        help="Print exactly one JSON document on stdout; nothing else.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-QuietOpt = Annotated[
-    bool,
-    typer.Option(
-        "--quiet",
-        "-q",
-        help="No tables or progress on stderr; only errors and a failed gate's one line.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-DebugOpt = Annotated[
-    bool,
-    typer.Option(
-        "--debug",
-        help="Show tracebacks of internal errors.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-ForceOpt = Annotated[
-    bool,
-    typer.Option(
-        "--force",
-        "-f",
-        help="Replace an existing output file.",
-        metavar="",
-        rich_help_panel=OUTPUT,
-        show_default=False,
-    ),
-]
-
-
-RayOpt = Annotated[
-    bool,
-    typer.Option(
-        "--ray",
-        help="Run the calibration pass as Ray tasks, one per shard of the samples (needs "
-        "'quantcli\\[ray]'; the model and data must be at the same path on every node).",
-        metavar="",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
-    ),
-]
-RayAddressOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--ray-address",
-        help="With --ray: the cluster." + _default("$RAY_ADDRESS, else a local Ray started for this run"),
-        metavar="ADDRESS",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
-    ),
-]
-WorkersOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--workers",
-        help="With --ray: Ray tasks the samples are split into." + _default("the cluster's CPUs"),
-        min=1,
-        metavar="N",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
-    ),
-]
-WorkerCpusOpt = Annotated[
-    int,
-    typer.Option(
-        "--worker-cpus",
-        help="With --ray: CPUs per task, and onnxruntime's threads in it." + _default(1),
-        min=1,
-        metavar="C",
-        rich_help_panel=DISTRIBUTED,
-        show_default=False,
-    ),
-]
 
 
 @contextmanager
@@ -430,19 +155,6 @@ def _collector(options: Any) -> Collector | None:
     from quantcli import distributed
 
     return distributed.RayCollector(options)
-
-
-def _flag(name: str, help_text: str, panel: str, *aliases: str, hidden: bool = False) -> Any:
-    """A boolean flag, off unless given (no ``<bool>`` metavar, no default shown)."""
-    return typer.Option(
-        name, *aliases, help=help_text, metavar="", rich_help_panel=panel, show_default=False, hidden=hidden
-    )
-
-
-def _path(name: str, help_text: str, panel: str, *aliases: str) -> Any:
-    return typer.Option(
-        name, *aliases, help=help_text, metavar="PATH", rich_help_panel=panel, show_default=False
-    )
 
 
 def _source(data: Path | None, loader: str | None, preprocess: str | None) -> DataSource | None:
@@ -516,48 +228,139 @@ def _word(value: object) -> str:
     return value.value if isinstance(value, Enum) else str(value)
 
 
-def _outputs(
-    staging: Any,
-    document: dict[str, Any],
-    *,
-    report: Path | None,
-    markdown: Path | None,
-    page: Path | None,
-) -> None:
-    """Stage the report files that were asked for: JSON, Markdown, HTML."""
-    from quantcli.pages import html_report, markdown_report
+@dataclass(frozen=True)
+class _Sink:
+    """Where a command's results go: tables on ``console`` (stderr), or one JSON document."""
 
-    dated = document | {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    if report is not None:
-        staging.write_bytes(report, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
-    if markdown is not None:
-        staging.write_bytes(markdown, markdown_report(dated).encode())
-    if page is not None:
-        staging.write_bytes(page, html_report(dated).encode())
+    console: Console
+    as_json: bool
+    quiet: bool
 
+    @classmethod
+    def of(cls, quiet: bool, as_json: bool) -> _Sink:
+        return cls(_stderr(quiet, as_json), as_json, quiet)
 
-def _report_flags(
-    report: Path | None, markdown: Path | None, page: Path | None, exclude: Path | None
-) -> dict[str, Path | None]:
-    return {"--report": report, "--report-md": markdown, "--report-html": page, "--write-exclude": exclude}
+    def result(self, document: dict[str, Any], render: Callable[[], None]) -> None:
+        """The JSON document on stdout under --json, else the tables ``render`` prints."""
+        if self.as_json:
+            _print_json(document)
+        else:
+            render()
 
 
-def _config(recipe: Path | None, from_report: Path | None = None, **flags: Any) -> QuantConfig:
-    """Flags over the recipe (or a report's settings) over the defaults; a flag left at None
-    was not given. Flags that contradict each other are a usage error (exit 2)."""
-    try:
-        QuantConfig(**{k: v for k, v in flags.items() if v is not None})
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+@dataclass(frozen=True)
+class _Ray:
+    """--ray and its options, as given."""
+
+    enabled: bool
+    address: str | None
+    workers: int | None
+    cpus: int
+
+    def session(self) -> Any:
+        return _on_ray(self.enabled, self.address, self.workers, self.cpus)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The data flags of convert and calibrate."""
+
+    data: Path | None
+    loader: str | None
+    preprocess: str | None
+    eval_data: Path | None
+    labels: Path | None
+
+    def source(self) -> DataSource | None:
+        return _source(self.data, self.loader, self.preprocess)
+
+    def evaluation(self) -> DataSource | None:
+        """The evaluation data, preprocessed as the calibration data is."""
+        return _source(self.eval_data, None, self.preprocess) if self.eval_data is not None else None
+
+
+@dataclass(frozen=True)
+class _ReportFiles:
+    """The report files convert and compare write beside their result: staged with it, so all
+    are moved into place together or none is."""
+
+    report: Path | None
+    markdown: Path | None
+    page: Path | None
+    exclude: Path | None  # --write-exclude
+
+    @property
+    def flags(self) -> dict[str, Path | None]:
+        return {
+            "--report": self.report,
+            "--report-md": self.markdown,
+            "--report-html": self.page,
+            "--write-exclude": self.exclude,
+        }
+
+    @property
+    def need_diagnosis(self) -> bool:
+        """The exclude file and the HTML page's chart come from the per-layer diagnosis."""
+        return self.exclude is not None or self.page is not None
+
+    def check(self, *, force: bool) -> None:
+        from quantcli.graph.output import check_writable
+
+        for path in self.flags.values():
+            if path is not None:
+                check_writable(path, force=force)
+
+    def stage(
+        self, staging: StagedOutput, report: dict[str, Any], command: str, per_layer: LayerDiagnosis | None
+    ) -> dict[str, Any]:
+        """Stage every file asked for; returns the report document (as --json prints it)."""
+        from quantcli.pages import html_report, markdown_report
+
+        document = report | {"versions": _versions(), "command": command}
+        dated = document | {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
+        if self.report is not None:
+            staging.write_bytes(self.report, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+        if self.markdown is not None:
+            staging.write_bytes(self.markdown, markdown_report(dated).encode())
+        if self.page is not None:
+            staging.write_bytes(self.page, html_report(dated).encode())
+        if self.exclude is not None and per_layer is not None:
+            staging.write_bytes(self.exclude, per_layer.exclude_file().encode())
+        return document
+
+
+def _base(recipe: Path | None, from_report: Path | None) -> QuantConfig | Recipe:
+    """What flags are laid over: a recipe, a report's settings, or the defaults."""
     if recipe is not None and from_report is not None:
         raise typer.BadParameter("give --recipe or --from-report, not both")
     if recipe is not None:
-        loaded = load_recipe(recipe)
-    elif from_report is not None:
-        loaded = recipe_from_report(from_report)
-    else:
-        loaded = Recipe(path="", defaults={}, skip=frozenset(), per_tensor=frozenset())
-    return loaded.config(**flags)
+        return load_recipe(recipe)
+    if from_report is not None:
+        return recipe_from_report(from_report)
+    return QuantConfig()
+
+
+def _config(
+    overrides: Overrides,
+    recipe: Path | None,
+    from_report: Path | None = None,
+    calibration: CalibrationFile | None = None,
+) -> QuantConfig:
+    """Flags over the calibration file's method over the recipe (or a report's settings) over
+    the defaults (:func:`quantcli.config.merge`). Flags that contradict each other are a usage
+    error (exit 2); a recipe that contradicts a flag, a user error (exit 1)."""
+    try:
+        merge(QuantConfig(), overrides)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    return merge(_base(recipe, from_report), overrides, calibration=calibration)
+
+
+def _recorded(calibration: Path | None, method: object) -> CalibrationFile | None:
+    """The calibration file whose method is the default, read only when --method is not given."""
+    from quantcli.calibration.file import read_calibration
+
+    return read_calibration(calibration) if calibration is not None and method is None else None
 
 
 def _finish(result: Any) -> None:
@@ -585,6 +388,21 @@ def _warn(warnings: tuple[str, ...], quiet: bool) -> None:
         console.print(f"[yellow]warning:[/] {markup(warning)}", highlight=False, soft_wrap=True)
 
 
+@dataclass(frozen=True, kw_only=True)
+class _ConvertJob:
+    """Everything convert does besides its config: what to read, where to write, how to run."""
+
+    model: Path
+    output: Path
+    calibration: Path | None
+    inputs: _Inputs
+    files: _ReportFiles
+    reads: dict[str, list[Path | None] | list[Path]]  # the files read besides the model and data
+    ray: _Ray
+    force: bool
+    command: str
+
+
 @app.command(no_args_is_help=True)
 def convert(
     ctx: typer.Context,
@@ -592,120 +410,36 @@ def convert(
     data: DataOpt = None,
     data_loader: LoaderOpt = None,
     preprocess: PreprocessOpt = None,
-    calibration: Annotated[
-        Path | None,
-        _path(
-            "--calibration", "Calibration file from 'quantcli calibrate' (instead of --data).", INPUT, "-c"
-        ),
-    ] = None,
+    calibration: CalibrationOpt = None,
     eval_data: EvalDataOpt = None,
     labels: LabelsOpt = None,
     batch_size: BatchOpt = None,
     max_samples: MaxSamplesOpt = None,
     seed: SeedOpt = None,
     skip_nonfinite: SkipNonfiniteOpt = False,
-    from_report: Annotated[
-        Path | None,
-        _path(
-            "--from-report",
-            "Rerun the settings a JSON report records (its config, in the mode it wrote); flags win.",
-            INPUT,
-        ),
-    ] = None,
+    from_report: FromReportOpt = None,
     mode: ModeOpt = None,
-    recipe: Annotated[
-        Path | None,
-        _path("--recipe", "TOML recipe: \\[defaults] and \\[\\[override]] tables (flags win over it).", MODE),
-    ] = None,
-    activation_type: Annotated[
-        ActivationType | None,
-        typer.Option(
-            "--activation-type",
-            metavar="TYPE",
-            help="uint8 (asymmetric) or int8 (symmetric)." + _default("uint8"),
-            rich_help_panel=MODE,
-            show_default=False,
-        ),
-    ] = None,
-    per_tensor: Annotated[
-        bool, _flag("--per-tensor", "One weight scale per tensor instead of per channel.", MODE)
-    ] = False,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude",
-            "-x",
-            help="Keep in float: a node name, a glob over node names, an op type, or @FILE (one per "
-            "line, # comments). Repeatable.",
-            metavar="PATTERN",
-            rich_help_panel=MODE,
-            show_default=False,
-        ),
-    ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--include",
-            help="Quantize only these (name, glob, op type or @FILE). Repeatable.",
-            metavar="PATTERN",
-            rich_help_panel=MODE,
-            show_default=False,
-        ),
-    ] = None,
+    recipe: RecipeOpt = None,
+    activation_type: ActivationTypeOpt = None,
+    per_tensor: PerTensorOpt = False,
+    exclude: ExcludeOpt = None,
+    include: IncludeOpt = None,
     method: MethodOpt = None,
     percentile: PercentileOpt = None,
     weight_method: WeightMethodOpt = None,
-    bias_correction: Annotated[
-        bool,
-        _flag(
-            "--bias-correction",
-            "Subtract from each int8 Conv's bias the mean shift quantization adds (measured on --data).",
-            MODE,
-        ),
-    ] = False,
-    allow_noop: Annotated[
-        bool, _flag("--allow-noop", "Write a model with nothing to quantize unchanged (exit 0).", MODE)
-    ] = False,
+    bias_correction: BiasCorrectionOpt = False,
+    allow_noop: AllowNoopOpt = False,
     metric: MetricOpt = None,
     max_drop: MaxDropOpt = None,
     min_sqnr: MinSqnrOpt = None,
-    auto_fallback: Annotated[
-        bool,
-        _flag(
-            "--auto-fallback",
-            "If the gate fails, return the most harmful nodes to float a few at a time until it passes.",
-            GATE,
-        ),
-    ] = False,
-    auto_alias: Annotated[
-        bool, _flag("--auto", "Old spelling of --auto-fallback (not --mode auto).", GATE, hidden=True)
-    ] = False,
-    max_trials: Annotated[
-        int | None,
-        typer.Option(
-            "--max-trials",
-            help="Models --auto-fallback may build and measure." + _default(8),
-            min=1,
-            metavar="N",
-            rich_help_panel=GATE,
-            show_default=False,
-        ),
-    ] = None,
-    speed: Annotated[
-        SpeedSource | None,
-        typer.Option(
-            "--speed",
-            metavar="HOW",
-            help="How auto compares candidates' speed: predicted (cost model, reproducible) "
-            "or measured (timed on this machine; can change with machine load)." + _default("predicted"),
-            rich_help_panel=MODE,
-            show_default=False,
-        ),
-    ] = None,
+    auto_fallback: AutoFallbackOpt = False,
+    auto_alias: AutoAliasOpt = False,
+    max_trials: MaxTrialsOpt = None,
+    speed: SpeedOpt = None,
     per_layer: PerLayerOpt = False,
     top_k: TopKOpt = None,
     write_exclude: WriteExcludeOpt = None,
-    output: Annotated[Path, _path("--output", "Where to write the int8 model.", OUTPUT, "-o")] = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
+    output: ModelOutputOpt = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
     report: ReportOpt = None,
     report_md: ReportMdOpt = None,
     report_html: ReportHtmlOpt = None,
@@ -719,21 +453,24 @@ def convert(
     debug: DebugOpt = False,
 ) -> None:
     """Quantize MODEL to int8 (QDQ) and report size and fidelity."""
-    console = _stderr(quiet, as_json)
-    command = _command_line(ctx)
+    out = _Sink.of(quiet, as_json)
+    files = _ReportFiles(report, report_md, report_html, write_exclude)
+    patterns = [*(exclude or ()), *(include or ())]
+    job = _ConvertJob(
+        model=model,
+        output=output,
+        calibration=calibration,
+        inputs=_Inputs(data, data_loader, preprocess, eval_data, labels),
+        files=files,
+        reads={"--recipe": [recipe], "--from-report": [from_report], "@FILE": pattern_files(patterns)},
+        ray=_Ray(ray, ray_address, workers, worker_cpus),
+        force=force,
+        command=_command_line(ctx),
+    )
 
     def run() -> ExitCode | None:
-        from quantcli.calibration.file import read_calibration
-        from quantcli.cli.render import render_report
-        from quantcli.graph.output import StagedOutput, check_writable
-        from quantcli.pipeline import quantize
-
-        chosen = method
-        if chosen is None and calibration is not None:  # flag, the file's choice, the recipe, minmax
-            chosen = read_calibration(calibration).method
-        config = _config(
-            recipe,
-            from_report,
+        recorded = _recorded(calibration, method)  # its method is the default: flag > file > recipe
+        flags = Overrides(
             activation_type=activation_type,
             per_channel=False if per_tensor else None,
             batch_size=batch_size,
@@ -742,7 +479,7 @@ def convert(
             include=expand_patterns(include or ()) or None,
             skip_nonfinite=skip_nonfinite or None,
             allow_noop=allow_noop or None,
-            method=chosen,
+            method=method,
             percentile=percentile,
             weight_method=weight_method,
             bias_correction=bias_correction or None,
@@ -754,70 +491,53 @@ def convert(
             auto_fallback=auto_fallback or auto_alias or None,
             max_trials=max_trials,
             speed=speed,
-            per_layer=per_layer or write_exclude is not None or report_html is not None or None,
+            per_layer=per_layer or files.need_diagnosis or None,
             top_k=top_k,
         )
-        source = _source(data, data_loader, preprocess)
-        evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
-        for path in (report, report_md, report_html, write_exclude):
-            if path is not None:
-                check_writable(path, force=force)
-        # The model and the report files are moved into place together, or none is.
-        with (
-            _on_ray(ray, ray_address, workers, worker_cpus) as on_ray,
-            StageDisplay(console) as progress,
-            StagedOutput(force=force) as staging,
-        ):
-            staging.guard.declare(
-                reads={
-                    "--recipe": [recipe],
-                    "--from-report": [from_report],
-                    "@FILE": pattern_files([*(exclude or ()), *(include or ())]),
-                },
-                writes=_report_flags(report, report_md, report_html, write_exclude),
-            )
-            result = quantize(
-                model,
-                output,
-                config=config,
-                data=source,
-                calibration=calibration,
-                eval_data=evaluation,
-                labels=labels,
-                force=force,
-                progress=progress,
-                staging=staging,
-                collector=_collector(on_ray),
-            )
-            progress.stage("write")
-            document = result.report.to_dict() | {"versions": _versions(), "command": command}
-            _outputs(staging, document, report=report, markdown=report_md, page=report_html)
-            if write_exclude is not None and result.report.per_layer is not None:
-                staging.write_bytes(write_exclude, result.report.per_layer.exclude_file().encode())
-            staging.commit()
-        if as_json:
-            _print_json(document)
-        else:
-            render_report(result.report, console)
-        _warn(result.report.barely_changed, quiet)  # the library logs its own warnings
-        return _gate_outcome(result.report.gate, quiet)
+        return _convert(job, _config(flags, recipe, from_report, recorded), out)
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, out.console, debug=debug))
+
+
+def _convert(job: _ConvertJob, config: QuantConfig, out: _Sink) -> ExitCode | None:
+    from quantcli.cli.render import render_report
+    from quantcli.graph.output import StagedOutput
+    from quantcli.pipeline import quantize
+
+    source, evaluation = job.inputs.source(), job.inputs.evaluation()
+    job.files.check(force=job.force)
+    # The model and the report files are moved into place together, or none is.
+    with (
+        job.ray.session() as on_ray,
+        StageDisplay(out.console) as progress,
+        StagedOutput(force=job.force) as staging,
+    ):
+        staging.guard.declare(reads=job.reads, writes=job.files.flags)
+        result = quantize(
+            job.model,
+            job.output,
+            config=config,
+            data=source,
+            calibration=job.calibration,
+            eval_data=evaluation,
+            labels=job.inputs.labels,
+            force=job.force,
+            progress=progress,
+            staging=staging,
+            collector=_collector(on_ray),
+        )
+        progress.stage("write")
+        document = job.files.stage(staging, result.report.to_dict(), job.command, result.report.per_layer)
+        staging.commit()
+    out.result(document, lambda: render_report(result.report, out.console))
+    _warn(result.report.barely_changed, out.quiet)  # the library logs its own warnings
+    return _gate_outcome(result.report.gate, out.quiet)
 
 
 @app.command("convert-many", no_args_is_help=True)
 def convert_many_command(
-    models: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Model files, folders of them, or one TOML manifest with per-model data, recipe and gate.",
-            show_default=False,
-            metavar="MODELS...",
-        ),
-    ],
-    data: Annotated[
-        Path | None, _path("--data", "Calibration data for every model (as for convert).", INPUT, "-d")
-    ] = None,
+    models: ModelsArg,
+    data: ManyDataOpt = None,
     data_loader: LoaderOpt = None,
     preprocess: PreprocessOpt = None,
     eval_data: EvalDataOpt = None,
@@ -825,30 +545,16 @@ def convert_many_command(
     max_samples: MaxSamplesOpt = None,
     seed: SeedOpt = None,
     mode: ModeOpt = None,
-    recipe: Annotated[Path | None, _path("--recipe", "TOML recipe for every model.", MODE)] = None,
+    recipe: ManyRecipeOpt = None,
     method: MethodOpt = None,
     metric: MetricOpt = None,
     max_drop: MaxDropOpt = None,
     min_sqnr: MinSqnrOpt = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            help="Models converted at once here (1: one after another)." + _default("one per CPU"),
-            min=1,
-            metavar="N",
-            rich_help_panel=DISTRIBUTED,
-            show_default=False,
-        ),
-    ] = None,
-    ray: Annotated[
-        bool, _flag("--ray", "Convert each model as a Ray task (needs 'quantcli\\[ray]').", DISTRIBUTED)
-    ] = False,
+    workers: PoolWorkersOpt = None,
+    ray: ManyRayOpt = False,
     ray_address: RayAddressOpt = None,
     worker_cpus: WorkerCpusOpt = 1,
-    output_dir: Annotated[
-        Path, _path("--output-dir", "Folder for NAME.int8.onnx and NAME.report.json.", OUTPUT, "-o")
-    ] = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
+    output_dir: OutputDirOpt = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -856,16 +562,21 @@ def convert_many_command(
 ) -> None:
     """Convert every model with its own settings; one failure never stops the others. Ends with a
     summary table (and one JSON document with --json) and exits with the worst model's code."""
-    console = _stderr(quiet, as_json)
+    out = _Sink.of(quiet, as_json)
+    flags = Overrides(
+        mode=mode,
+        metric=metric,
+        max_drop=max_drop,
+        min_sqnr=min_sqnr,
+        method=method,
+        max_samples=max_samples,
+        seed=seed,
+    )
 
     def run() -> ExitCode:
-        from quantcli.batch import Settings, jobs_from_manifest, jobs_from_paths, run_local
-        from quantcli.cli.exits import exit_code
-        from quantcli.cli.render import render_batch
+        from quantcli.batch import Settings
 
-        manifests = [m for m in models if m.suffix == ".toml"]
-        if manifests and len(models) > 1:
-            raise typer.BadParameter(f"{shown(manifests[0])}: a manifest lists every model; give it alone")
+        manifest = _manifest(models)
         if ray and workers is not None:
             raise typer.BadParameter("--workers sizes the local pool; with --ray the cluster decides")
         settings = Settings(
@@ -874,95 +585,83 @@ def convert_many_command(
             eval_data=eval_data,
             labels=labels,
             recipe=recipe,
-            flags={
-                "mode": mode,
-                "metric": metric,
-                "max_drop": max_drop,
-                "min_sqnr": min_sqnr,
-                "method": method,
-                "max_samples": max_samples,
-                "seed": seed,
-            },
+            overrides=flags,
             force=force,
         )
-        jobs = jobs_from_manifest(manifests[0], settings) if manifests else jobs_from_paths(models, settings)
-        if output_dir.exists() and not output_dir.is_dir():
-            raise ConfigError(f"{output_dir}: not a folder")
-        output_dir.mkdir(parents=True, exist_ok=True)
-        results: list[JobResult] = []
+        jobs = _batch_jobs(models, manifest, settings)
+        results = _convert_all(jobs, _Ray(ray, ray_address, None, worker_cpus), workers, out.console)
+        return _show_batch(results, out)
 
-        def finished(result: JobResult) -> None:
-            results.append(result)
-            console.print(
-                f"\\[{len(results)}/{len(jobs)}] {markup(result.name)}: {result.outcome}", highlight=False
-            )
+    _finish(guarded(run, out.console, debug=debug))
 
-        with _on_ray(ray, ray_address, None, worker_cpus) as on_ray:
-            if on_ray is None:
-                run_local(jobs, workers=workers, on_result=finished)
-            else:
-                from quantcli import distributed
 
-                distributed.convert_on_ray(jobs, on_ray, finished)
-        order = {job.name: index for index, job in enumerate(jobs)}
-        results.sort(key=lambda r: order[r.name])
-        codes = [exit_code(r.outcome) for r in results]
-        worst = max(codes, default=ExitCode.OK)
-        rows = [r.to_dict() | {"exit_code": int(code)} for r, code in zip(results, codes, strict=True)]
-        if as_json:
-            _print_json({"exit_code": int(worst), "models": rows})
+def _manifest(models: Sequence[Path]) -> Path | None:
+    """The TOML manifest given, if one is (then alone)."""
+    manifests = [m for m in models if m.suffix == ".toml"]
+    if manifests and len(models) > 1:
+        raise typer.BadParameter(f"{shown(manifests[0])}: a manifest lists every model; give it alone")
+    return manifests[0] if manifests else None
+
+
+def _batch_jobs(models: Sequence[Path], manifest: Path | None, settings: Settings) -> list[BatchJob]:
+    """The batch's jobs, from paths or one manifest; the output folder made ready."""
+    from quantcli.batch import jobs_from_manifest, jobs_from_paths
+
+    jobs = jobs_from_manifest(manifest, settings) if manifest else jobs_from_paths(models, settings)
+    if settings.out_dir.exists() and not settings.out_dir.is_dir():
+        raise ConfigError(f"{settings.out_dir}: not a folder")
+    settings.out_dir.mkdir(parents=True, exist_ok=True)
+    return jobs
+
+
+def _convert_all(
+    jobs: Sequence[BatchJob], ray: _Ray, workers: int | None, console: Console
+) -> list[JobResult]:
+    """Every job's result, in the jobs' order; a line on stderr as each one ends."""
+    from quantcli.batch import run_local
+
+    results: list[JobResult] = []
+
+    def finished(result: JobResult) -> None:
+        results.append(result)
+        console.print(
+            f"\\[{len(results)}/{len(jobs)}] {markup(result.name)}: {result.outcome}", highlight=False
+        )
+
+    with ray.session() as on_ray:
+        if on_ray is None:
+            run_local(jobs, workers=workers, on_result=finished)
         else:
-            render_batch(rows, console)
-        return worst
+            from quantcli import distributed
 
-    _finish(guarded(run, console, debug=debug))
+            distributed.convert_on_ray(jobs, on_ray, finished)
+    order = {job.name: index for index, job in enumerate(jobs)}
+    return sorted(results, key=lambda r: order[r.name])
+
+
+def _show_batch(results: Sequence[JobResult], out: _Sink) -> ExitCode:
+    """The summary table or document; the worst model's exit code."""
+    from quantcli.cli.exits import exit_code
+    from quantcli.cli.render import render_batch
+
+    codes = [exit_code(r.outcome) for r in results]
+    worst = max(codes, default=ExitCode.OK)
+    rows = [r.to_dict() | {"exit_code": int(code)} for r, code in zip(results, codes, strict=True)]
+    out.result({"exit_code": int(worst), "models": rows}, lambda: render_batch(rows, out.console))
+    return worst
 
 
 @app.command("compare", no_args_is_help=True)
 def compare_command(
     ctx: typer.Context,
-    float_model: Annotated[
-        Path, typer.Argument(help="The fp32 ONNX model.", show_default=False, metavar="FLOAT_MODEL")
-    ],
-    quantized_model: Annotated[
-        Path, typer.Argument(help="Its quantized version.", show_default=False, metavar="QUANTIZED_MODEL")
-    ],
-    data: Annotated[Path, _path("--data", "Evaluation samples (.npz or folder).", INPUT, "-d")],
+    float_model: FloatModelArg,
+    quantized_model: QuantizedModelArg,
+    data: EvalSamplesOpt,
     labels: LabelsOpt = None,
     batch_size: BatchOpt = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            "--threads",
-            help="onnxruntime intra-op threads for both models." + _default("onnxruntime's"),
-            min=1,
-            metavar="N",
-            rich_help_panel=INPUT,
-            show_default=False,
-        ),
-    ] = None,
-    runs: Annotated[
-        int,
-        typer.Option(
-            "--runs",
-            help="Timed runs per model, after warm-up." + _default(30),
-            min=1,
-            metavar="N",
-            rich_help_panel=INPUT,
-            show_default=False,
-        ),
-    ] = 30,
-    metric: Annotated[
-        GateMetric,
-        typer.Option(
-            "--metric",
-            metavar="METRIC",
-            help="What the gate measures: auto, accuracy, top1, cosine, sqnr or channel-sqnr, as for convert."
-            + _default("auto"),
-            rich_help_panel=GATE,
-            show_default=False,
-        ),
-    ] = GateMetric.AUTO,
+    threads: ThreadsOpt = None,
+    runs: RunsOpt = 30,
+    metric: CompareMetricOpt = GateMetric.AUTO,
     max_drop: MaxDropOpt = None,
     min_sqnr: MinSqnrOpt = None,
     per_layer: PerLayerOpt = False,
@@ -978,57 +677,73 @@ def compare_command(
 ) -> None:
     """Run FLOAT_MODEL and QUANTIZED_MODEL on the same samples: fidelity, size, latency; with
     --max-drop or --min-sqnr, PASSED or FAILED (exit 3) like convert's gate."""
-    console = _stderr(quiet, as_json)
-    command = _command_line(ctx)
+    out = _Sink.of(quiet, as_json)
+    files = _ReportFiles(report, report_md, report_html, write_exclude)
+    job = _CompareJob(float_model, quantized_model, data, labels, files, force, _command_line(ctx))
 
     def run() -> ExitCode | None:
-        from quantcli.cli.render import gate_line, render_compare
-        from quantcli.comparison import compare
-        from quantcli.graph.guard import PathGuard
-        from quantcli.graph.output import StagedOutput, check_writable
-
         try:
-            QuantConfig(metric=metric, max_drop=max_drop, min_sqnr=min_sqnr)
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-        for path in (report, report_md, report_html, write_exclude):
-            if path is not None:
-                check_writable(path, force=force)
-        guard = PathGuard()
-        guard.declare(reads={}, writes=_report_flags(report, report_md, report_html, write_exclude))
-        with StageDisplay(console) as progress:
-            result = compare(
-                float_model,
-                quantized_model,
-                data,
-                labels=labels,
+            config = CompareConfig(
                 threads=threads,
-                batch_size=16 if batch_size is None else batch_size,
+                batch_size=CompareConfig.batch_size if batch_size is None else batch_size,
                 latency_runs=runs,
-                per_layer=per_layer or write_exclude is not None or report_html is not None,
-                top_k=10 if top_k is None else top_k,
+                per_layer=per_layer or files.need_diagnosis,
+                top_k=CompareConfig.top_k if top_k is None else top_k,
                 metric=metric,
                 max_drop=max_drop,
                 min_sqnr=min_sqnr,
-                progress=progress,
-                guard=guard,
             )
-            progress.stage("write")
-            document = result.to_dict() | {"versions": _versions(), "command": command}
-            with StagedOutput(force=force, guard=guard) as staging:
-                _outputs(staging, document, report=report, markdown=report_md, page=report_html)
-                if write_exclude is not None and result.per_layer is not None:
-                    staging.write_bytes(write_exclude, result.per_layer.exclude_file().encode())
-                staging.commit()
-        if as_json:
-            _print_json(document)
-        else:
-            render_compare(result, console)
-            if result.gate is not None:
-                console.print(gate_line(result.gate), markup=False, highlight=False)
-        return _gate_outcome(result.gate, quiet)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        return _compare(job, config, out)
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, out.console, debug=debug))
+
+
+@dataclass(frozen=True)
+class _CompareJob:
+    """Everything compare does besides its config."""
+
+    float_model: Path
+    quantized_model: Path
+    data: Path
+    labels: Path | None
+    files: _ReportFiles
+    force: bool
+    command: str
+
+
+def _compare(job: _CompareJob, config: CompareConfig, out: _Sink) -> ExitCode | None:
+    from quantcli.cli.render import gate_line, render_compare
+    from quantcli.comparison import compare
+    from quantcli.graph.guard import PathGuard
+    from quantcli.graph.output import StagedOutput
+
+    job.files.check(force=job.force)
+    guard = PathGuard()
+    guard.declare(reads={}, writes=job.files.flags)
+    with StageDisplay(out.console) as progress:
+        result = compare(
+            job.float_model,
+            job.quantized_model,
+            job.data,
+            config,
+            labels=job.labels,
+            progress=progress,
+            guard=guard,
+        )
+        progress.stage("write")
+        with StagedOutput(force=job.force, guard=guard) as staging:
+            document = job.files.stage(staging, result.to_dict(), job.command, result.per_layer)
+            staging.commit()
+
+    def render() -> None:
+        render_compare(result, out.console)
+        if result.gate is not None:
+            out.console.print(gate_line(result.gate), markup=False, highlight=False)
+
+    out.result(document, render)
+    return _gate_outcome(result.gate, out.quiet)
 
 
 class _CalibrateGroup(typer.core.TyperGroup):
@@ -1072,42 +787,14 @@ def calibrate_command(
     max_samples: MaxSamplesOpt = None,
     skip_nonfinite: SkipNonfiniteOpt = False,
     seed: SeedOpt = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard",
-            help="K/N: observe only the K-th of N disjoint parts of the samples." + _default("all"),
-            metavar="K/N",
-            rich_help_panel=INPUT,
-            show_default=False,
-        ),
-    ] = None,
+    shard: ShardOpt = None,
     mode: ModeOpt = None,
-    method: Annotated[
-        CalibrationMethod,
-        typer.Option(
-            "--method",
-            metavar="METHOD",
-            help="Method convert uses by default with this file: minmax, percentile, entropy or mse."
-            + _default("minmax"),
-            rich_help_panel=MODE,
-            show_default=False,
-        ),
-    ] = CalibrationMethod.MINMAX,
+    recipe: RecipeOpt = None,
+    method: RecordedMethodOpt = None,
     percentile: PercentileOpt = None,
     metric: MetricOpt = None,
-    max_drop: Annotated[
-        float | None,
-        typer.Option(
-            "--max-drop",
-            help="The bound --mode auto chooses within, in points of --metric." + _default(1),
-            min=0.0,
-            metavar="POINTS",
-            rich_help_panel=GATE,
-            show_default=False,
-        ),
-    ] = None,
-    output: Annotated[Path, _path("--output", "Calibration file to write (JSON).", OUTPUT, "-o")] = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
+    max_drop: ChoiceMaxDropOpt = None,
+    output: CalibrationOutputOpt = ...,  # type: ignore[assignment]  # required; declared here to list it in the Output panel
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
@@ -1120,69 +807,81 @@ def calibrate_command(
     """Run DATA through MODEL, record every tensor's min, max and histogram in a file, and decide
     the mode (--mode auto measures the candidates, as convert would) so that a later
     'convert --calibration FILE' replays the decision without timing anything."""
-    console = _stderr(quiet, as_json)
-    part = _shard(shard)
+    out = _Sink.of(quiet, as_json)
+    job = _CalibrateJob(
+        model=model,
+        output=output,
+        inputs=_Inputs(data, data_loader, preprocess, eval_data, labels),
+        shard=_shard(shard),
+        ray=_Ray(ray, ray_address, workers, worker_cpus),
+        force=force,
+    )
+    flags = Overrides(
+        method=method,
+        percentile=percentile,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        seed=seed,
+        skip_nonfinite=skip_nonfinite or None,
+        mode=mode,
+        metric=metric,
+        max_drop=max_drop,
+    )
+    _finish(guarded(lambda: _calibrate(job, _config(flags, recipe), out), out.console, debug=debug))
 
-    def run() -> None:
-        from quantcli.calibration.file import write_calibration
-        from quantcli.graph.guard import PathGuard
-        from quantcli.graph.output import check_writable
-        from quantcli.pipeline import calibrate
 
-        defaults = QuantConfig()
-        try:
-            config = QuantConfig(
-                method=method,
-                percentile=defaults.percentile if percentile is None else percentile,
-                batch_size=defaults.batch_size if batch_size is None else batch_size,
-                max_samples=max_samples,
-                seed=seed,
-                skip_nonfinite=skip_nonfinite,
-                mode=defaults.mode if mode is None else mode,
-                metric=defaults.metric if metric is None else metric,
-                max_drop=max_drop,
-            )
-        except ConfigError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-        if part is not None and (eval_data is not None or labels is not None):
-            raise typer.BadParameter(
-                "--shard observes part of the data; the mode is decided over all of it (no --eval-data)"
-            )
-        source = _source(data, data_loader, preprocess)
-        if source is None:
-            raise typer.BadParameter("calibrate needs samples: give --data or --data-loader")
-        check_writable(output, force=force)
-        guard = PathGuard()
-        guard.writes(output, "-o")
-        evaluation = _source(eval_data, None, preprocess) if eval_data is not None else None
-        if ray and part is not None:
-            raise typer.BadParameter("--shard observes one part here; --ray splits the samples itself")
-        with _on_ray(ray, ray_address, workers, worker_cpus) as on_ray, StageDisplay(console) as progress:
-            result = calibrate(
-                model,
-                source,
-                config=config,
-                shard=part,
-                eval_data=evaluation,
-                labels=labels,
-                progress=progress,
-                collector=_collector(on_ray),
-                guard=guard,
-            )
-            progress.stage("write")
-            write_calibration(result, output, force=force, guard=guard)
-        _show_calibration(result, output, console, as_json=as_json)
+@dataclass(frozen=True, kw_only=True)
+class _CalibrateJob:
+    """Everything calibrate does besides its config."""
 
-    _finish(guarded(run, console, debug=debug))
+    model: Path
+    output: Path
+    inputs: _Inputs
+    shard: Shard | None
+    ray: _Ray
+    force: bool
+
+
+def _calibrate(job: _CalibrateJob, config: QuantConfig, out: _Sink) -> None:
+    from quantcli.calibration.file import write_calibration
+    from quantcli.graph.guard import PathGuard
+    from quantcli.graph.output import check_writable
+    from quantcli.pipeline import calibrate
+
+    if job.shard is not None and (job.inputs.eval_data is not None or job.inputs.labels is not None):
+        raise typer.BadParameter(
+            "--shard observes part of the data; the mode is decided over all of it (no --eval-data)"
+        )
+    source = job.inputs.source()
+    if source is None:
+        raise typer.BadParameter("calibrate needs samples: give --data or --data-loader")
+    check_writable(job.output, force=job.force)
+    guard = PathGuard()
+    guard.writes(job.output, "-o")
+    evaluation = job.inputs.evaluation()
+    if job.ray.enabled and job.shard is not None:
+        raise typer.BadParameter("--shard observes one part here; --ray splits the samples itself")
+    with job.ray.session() as on_ray, StageDisplay(out.console) as progress:
+        result = calibrate(
+            job.model,
+            source,
+            config=config,
+            shard=job.shard,
+            eval_data=evaluation,
+            labels=job.inputs.labels,
+            progress=progress,
+            collector=_collector(on_ray),
+            guard=guard,
+        )
+        progress.stage("write")
+        write_calibration(result, job.output, force=job.force, guard=guard)
+    _show_calibration(result, job.output, out.console, as_json=out.as_json)
 
 
 @calibrate_app.command("merge", no_args_is_help=True)
 def merge_command(
-    files: Annotated[
-        list[Path],
-        typer.Argument(help="Calibration files of disjoint shards.", show_default=False, metavar="FILES..."),
-    ],
-    output: Annotated[Path, _path("--output", "Merged calibration file to write.", OUTPUT, "-o")],
+    files: ShardFilesArg,
+    output: MergedOutputOpt,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -1231,84 +930,35 @@ def _show_calibration(
 @app.command("inspect", no_args_is_help=True)
 def inspect_command(
     model: ModelArg,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option("--exclude", "-x", help="As for convert.", metavar="PATTERN", show_default=False),
-    ] = None,
-    include: Annotated[
-        list[str] | None,
-        typer.Option("--include", help="As for convert.", metavar="PATTERN", show_default=False),
-    ] = None,
-    recipe: Annotated[
-        Path | None, typer.Option("--recipe", help="As for convert.", metavar="PATH", show_default=False)
-    ] = None,
-    mode: Annotated[
-        QuantMode | None,
-        typer.Option(
-            "--mode",
-            "-m",
-            metavar="MODE",
-            help="The plan of this mode: static, dynamic, mixed, weight-only, or auto (the static plan, or "
-            "--calibration's)." + _default("auto"),
-            show_default=False,
-        ),
-    ] = None,
-    calibration: Annotated[
-        Path | None,
-        typer.Option(
-            "--calibration",
-            "-c",
-            help="Show the mode decision this calibration file records.",
-            metavar="PATH",
-            show_default=False,
-        ),
-    ] = None,
+    exclude: InspectExcludeOpt = None,
+    include: InspectIncludeOpt = None,
+    recipe: InspectRecipeOpt = None,
+    mode: InspectModeOpt = None,
+    calibration: InspectCalibrationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Show MODEL's inputs, outputs, size, ops, and what convert would quantize and why."""
-    console = Console(stderr=True)
 
     def run() -> None:
         from quantcli.cli.render import render_summary
-        from quantcli.pipeline import inspect_model
-        from quantcli.plan import NodeRole
+        from quantcli.inspection import inspect_model
 
-        config = _config(
-            recipe,
-            exclude=expand_patterns(exclude or ()),
-            include=expand_patterns(include or ()) or None,
-            mode=mode,
+        flags = Overrides(
+            exclude=expand_patterns(exclude or ()), include=expand_patterns(include or ()) or None, mode=mode
         )
-        summary = inspect_model(model, config, calibration=calibration)
+        summary = inspect_model(model, _config(flags, recipe), calibration=calibration)
         if as_json:
-            document = {
-                "path": summary.path,
-                "size_bytes": summary.size_bytes,
-                "opset": summary.opset,
-                "parameters": summary.parameters,
-                "inputs": [
-                    {"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in summary.inputs
-                ],
-                "outputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in summary.outputs],
-                "op_types": summary.op_types,
-                "mode": summary.plan.mode.value,
-                "mode_reason": summary.mode_reason,
-                "nodes": [asdict(d) | {"role": d.role.value} for d in summary.plan.decisions],
-                "quantized_nodes": sum(d.role is not NodeRole.FLOAT for d in summary.plan.decisions),
-            }
-            _print_json(document)
+            _print_json(summary.to_dict())
         else:
             render_summary(summary, Console())  # the summary is this command's data: stdout
 
-    _finish(guarded(run, console, debug=debug))
+    _finish(guarded(run, Console(stderr=True), debug=debug))
 
 
 @app.callback(invoke_without_command=True)
 def main_callback(
-    version: Annotated[
-        bool, typer.Option("--version", help="Print the version and exit.", metavar="", show_default=False)
-    ] = False,
+    version: VersionOpt = False,
 ) -> None:
     if version:
         sys.stdout.write(f"quantcli {__version__}\n")

@@ -15,8 +15,8 @@ from quantcli.cli.text import text
 from quantcli.config import GateMetric
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult
+from quantcli.inspection import ModelSummary
 from quantcli.pages import NOTHING_TO_DIAGNOSE
-from quantcli.pipeline import ModelSummary
 from quantcli.plan import NodeDecision, NodeRole
 from quantcli.report import CompareReport, FallbackSummary, QuantReport
 
