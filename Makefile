@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration zoo compare evidence modes samples golden constraints clean peers
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration bench-int4 zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ bench-cost-model: $(STAMP)
 	$(PY) bench/cost_model.py --zoo $(ZOO)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration
+bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration bench-int4
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
@@ -121,6 +121,12 @@ evidence: $(BENCHSTAMP)
 ## quantcli's modes (static, mixed, dynamic, weight-only, auto) side by side on the same models.
 modes: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/compare.py --modes
+
+## 4-bit block-wise MatMul weights on the zoo's MiniLM-L6 (ZOO=dir): which form onnxruntime runs fastest,
+## then RTN, GPTQ and AWQ beside onnxruntime's MatMulNBitsQuantizer (about 15 min on 2 cores; in .benchenv:
+## onnxruntime's GPTQ imports torch).
+bench-int4: $(BENCHSTAMP)
+	$(BENCHPY) bench/int4.py --zoo $(ZOO)
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)

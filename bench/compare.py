@@ -339,10 +339,12 @@ def run_samples(path: Path, feeds: list[dict[str, np.ndarray]], output: str) -> 
     return [np.asarray(runner.run([output], feed)[0]).astype(np.float64) for feed in feeds]
 
 
-def latency(paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int) -> dict[str, dict[str, float]]:
+def latency(
+    paths: dict[str, Path], feed: dict[str, np.ndarray], rounds: int, threads_list: tuple[int, ...] = THREADS
+) -> dict[str, dict[str, float]]:
     """Median ms per model at each thread count, all models timed in one rotating loop."""
     results: dict[str, dict[str, float]] = {name: {} for name in paths}
-    for threads in THREADS:
+    for threads in threads_list:
         sessions = {name: session(path, threads) for name, path in paths.items()}
         for runner in sessions.values():  # warm-up, and size the repeats on the slowest model
             runner.run(None, feed)

@@ -18,7 +18,7 @@ import contextlib
 import contextvars
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "Progress",
     "TensorRange",
     "collect_stats",
+    "observe",
     "plan_groups",
     "reporting",
     "run_batches",
@@ -252,8 +253,39 @@ def collect_stats(
     ``threads`` sizes onnxruntime's intra-op pool (None: its default, every core).
     """
     names = sorted(set(tensors))
+    observers: dict[str, MinMaxObserver] = {
+        name: HistogramObserver() if histograms else MinMaxObserver() for name in names
+    }
+    observe(
+        model, observers, dataset, batch_size=batch_size, progress=progress, budget=budget, threads=threads
+    )
+    return {name: observer.result() for name, observer in observers.items()}
+
+
+class TensorObserver(Protocol):
+    """Reduces every batch of one tensor; ``finite`` turns False once a batch held a NaN."""
+
+    @property
+    def finite(self) -> bool: ...
+
+    def update(self, values: np.ndarray) -> None: ...
+
+
+def observe(
+    model: ir.Model,
+    observers: Mapping[str, TensorObserver],
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    progress: Advance | None = None,
+    budget: int = MEMORY_BUDGET,
+    threads: int | None = None,
+) -> None:
+    """Run ``dataset`` through ``model`` and feed every batch of each tensor named in
+    ``observers`` to its observer, in passes that each return at most ``budget`` bytes."""
+    names = sorted(observers)
     if not names:
-        return {}
+        return
     proto = ir.serde.serialize_model(model)
     # The largest sample sets the budget: samples may differ in every dynamic dim.
     largest = dataset.largest_sample()
@@ -267,9 +299,6 @@ def collect_stats(
             batch,
             budget >> 20,
         )
-    observers: dict[str, MinMaxObserver] = {
-        name: HistogramObserver() if histograms else MinMaxObserver() for name in names
-    }
     total = dataset.num_samples * len(groups)
     done = 0
     for group in groups:
@@ -284,4 +313,3 @@ def collect_stats(
     for name, observer in observers.items():
         if not observer.finite:
             raise CalibrationDataError(f"{dataset.source}: tensor '{name}' took NaN values on this data")
-    return {name: observer.result() for name, observer in observers.items()}

@@ -1,0 +1,50 @@
+"""What 4 bits cost one layer: weight-reconstruction error and an output-error proxy.
+
+For a layer ``y = x W^T`` with ``H = sum x^T x`` over the calibration data, the squared error of
+its outputs is exactly ``tr(dW H dW^T)`` (``dW`` the weight's error): the proxy GPTQ minimizes,
+computed from the statistics alone, no activation kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from quantcli.blockwise.layout import BlockQuantized
+
+__all__ = ["LayerError", "layer_error", "output_error"]
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """Errors of one quantized weight, each relative to the float layer's own size.
+
+    ``weight``: ``|dW|_F / |W|_F``. ``output``: ``tr(dW H dW^T) / tr(W H W^T)``, the squared
+    output error over the calibration data as a fraction of the output's energy (1 / SQNR).
+    """
+
+    weight: float
+    output: float
+
+    @property
+    def output_sqnr_db(self) -> float:
+        return float(10 * np.log10(1.0 / max(self.output, 1e-30)))
+
+
+def output_error(delta: npt.NDArray[np.floating], hessian: npt.NDArray[np.float64]) -> float:
+    """``tr(dW H dW^T)`` for ``dW`` ``[N, K]`` and ``H`` ``[K, K]``."""
+    d = np.asarray(delta, np.float64)
+    return float(np.sum((d @ hessian) * d))
+
+
+def layer_error(
+    weight: npt.NDArray[np.floating], quantized: BlockQuantized, hessian: npt.NDArray[np.float64]
+) -> LayerError:
+    """Both errors of ``quantized`` against the float ``weight`` (``[N, K]``)."""
+    w = np.asarray(weight, np.float64)
+    delta = quantized.dequantize().astype(np.float64) - w
+    weight_norm = max(float(np.linalg.norm(w)), 1e-30)
+    energy = max(output_error(w, hessian), 1e-30)
+    return LayerError(float(np.linalg.norm(delta)) / weight_norm, output_error(delta, hessian) / energy)
