@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration bench-int4 zoo compare evidence modes samples golden constraints clean peers
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-targets bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration bench-int4 zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ bench-cost-model: $(STAMP)
 	$(PY) bench/cost_model.py --zoo $(ZOO)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration bench-int4
+bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration bench-int4 bench-targets
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
@@ -103,6 +103,22 @@ $(NNCFENV)/.installed: Makefile
 	touch $@
 
 peers: $(INCENV)/.installed $(NNCFENV)/.installed
+
+## OpenVINO (the `openvino` extra's pin) with NNCF 3.4 beside it, for bench/targets.py: quantized models
+## compiled and timed on OpenVINO's CPU plugin. onnx, onnxruntime and numpy at quantcli's tested versions.
+OVENV := .benchenv-openvino
+$(OVENV)/.installed: Makefile
+	test -x $(OVENV)/bin/python || $(PYTHON) -m venv $(OVENV)
+	$(OVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OVENV)/bin/python -m pip install --quiet openvino==2026.4.1 nncf==3.4.0 onnx==1.23.2 onnxruntime==1.32.0 \
+		numpy==2.4.6
+	touch $@
+
+## OpenVINO fp32 vs quantcli for OpenVINO vs NNCF 3.4 vs quantcli's default, all on OpenVINO's CPU plugin
+## (bench/targets.py; ZOO=dir, MODELS=a,b to run some; docs/openvino.md has the placement rules).
+MODELS ?=
+bench-targets: $(STAMP) $(OVENV)/.installed
+	$(OVENV)/bin/python bench/targets.py --zoo $(ZOO) $(if $(MODELS),--models $(MODELS))
 
 ## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's six) with its data
 ## into bench/zoo/, offline (silero_vad's audio needs espeak-ng: apt-get install espeak-ng).
@@ -147,4 +163,4 @@ constraints: $(STAMP)
 	  $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(BENCHENV) $(INCENV) $(NNCFENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BENCHENV) $(INCENV) $(NNCFENV) $(OVENV) out .pytest_cache .mypy_cache .ruff_cache
