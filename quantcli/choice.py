@@ -9,12 +9,30 @@ replays it without timing anything. When auto has nothing to measure on, it foll
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from quantcli.config import QuantMode
+import onnx_ir as ir
 
-__all__ = ["LATENCY_TIE", "ModeChoice", "unmeasured_mode"]
+from quantcli.config import QuantConfig, QuantMode
+from quantcli.modes import auto_candidates, strategy
+from quantcli.plan import NodeRole, QuantPlan, select
+
+if TYPE_CHECKING:
+    from quantcli.calibration.file import CalibrationFile
+
+__all__ = [
+    "LATENCY_TIE",
+    "ModeChoice",
+    "candidate_plans",
+    "recorded_config",
+    "recorded_mode",
+    "roles",
+    "unmeasured_mode",
+]
+
 
 # Candidates whose median latencies are within this factor of the fastest count as equally fast
 # (shared machines vary by a few percent run to run); among those the most faithful wins.
@@ -80,3 +98,60 @@ def unmeasured_mode(*, has_ranges: bool, dynamic_applies: bool) -> tuple[QuantMo
         "auto had no data and the model has no MatMul/Gemm for dynamic mode; weight-only shrinks it "
         "without calibration (give --data to let auto measure static)",
     )
+
+
+def recorded_mode(
+    model: ir.Model, config: QuantConfig, recorded: tuple[Path, CalibrationFile] | None
+) -> tuple[QuantMode, str, dict[str, str]]:
+    """Auto replays the mode decision a calibration file records; any other mode is the user's.
+
+    A replay also leaves float the nodes the decision left float beyond the plan's rules (the
+    cost model's unprofitable Convs, fallback's returns), by their recorded roles, so it writes the
+    model the decision measured. Returns the mode, its reason and those nodes.
+    """
+    if config.mode is not QuantMode.AUTO:
+        return config.mode, f"{config.mode} was asked for", {}
+    if recorded is None or recorded[1].choice is None:
+        return config.mode, "", {}  # decided later, by measuring or by rule
+    path, choice = recorded[0], recorded[1].choice
+    ruled = {d.name: d.role for d in select(model, config, mode=choice.mode).decisions}
+    kept = {
+        name: f"float: left float by the decision recorded in {path}"
+        for name, role in sorted(choice.roles.items())
+        if role == NodeRole.FLOAT.value and ruled.get(name, NodeRole.FLOAT) is not NodeRole.FLOAT
+    }
+    return choice.mode, f"auto: the decision recorded in {path} ({choice.reason})", kept
+
+
+def candidate_plans(
+    model: ir.Model,
+    config: QuantConfig,
+    mode: QuantMode,
+    *,
+    has_ranges: bool = True,
+    kept_float: Mapping[str, str] | None = None,
+) -> list[QuantPlan]:
+    """The plans to build: ``mode``'s, or for auto one per registered mode it may build
+    (:func:`quantcli.modes.auto_candidates`), each distinct and changing the model."""
+    strategies = auto_candidates(has_ranges=has_ranges) if mode is QuantMode.AUTO else (strategy(mode),)
+    plans: list[QuantPlan] = []
+    seen: set[tuple[str, ...]] = set()
+    for each in strategies:
+        plan = select(model, config, kept_float, mode=each)
+        signature = tuple(d.role.value for d in plan.decisions)
+        if not each.changes(plan) or signature in seen:
+            continue  # e.g. mixed is static again on a model without MatMul
+        seen.add(signature)
+        plans.append(plan)
+    return plans
+
+
+def roles(plan: QuantPlan) -> dict[str, str]:
+    """Every node's fate in ``plan``, as a decision records it."""
+    return {d.name: d.role.value for d in plan.decisions}
+
+
+def recorded_config(config: QuantConfig, mode: QuantMode) -> QuantConfig:
+    """The settings a report records: those that reproduce its model, so in the mode settled
+    before any candidate was built (a recorded decision, auto's rule without data)."""
+    return replace(config, mode=mode)

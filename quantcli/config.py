@@ -201,7 +201,7 @@ class QuantConfig:
         min_sqnr: the bound of the ``sqnr`` metric, in dB (the worst output must reach it).
         auto_fallback: when the model misses the bound (the one stated, else the default of
             :meth:`gate`), return the most harmful nodes to float a few at a time until it passes
-            (see :mod:`quantcli.fallback`). In auto mode it also repairs a candidate that missed
+            (see :mod:`quantcli.repair`). In auto mode it also repairs a candidate that missed
             the bound but ran clearly faster than the one that met it.
         speed: how auto mode compares its candidates' speed (see :class:`SpeedSource`).
         max_trials: rounds --auto-fallback may spend after the first model.

@@ -7,15 +7,17 @@ file's recorded decision), so inspecting a large model costs its load and one pl
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from quantcli.calibration.data import InputSpec, model_inputs
+from quantcli.choice import recorded_mode
 from quantcli.config import QuantConfig, QuantMode
-from quantcli.pipeline import _prepare, _read_calibration_for, _settle_recorded_mode
+from quantcli.inputs import prepare as _prepare
+from quantcli.inputs import read_calibration_for as _read_calibration_for
 from quantcli.plan import NodeRole, QuantPlan, select
 
 __all__ = ["ModelSummary", "inspect_model"]
@@ -63,9 +65,9 @@ def inspect_model(
     loaded = _prepare(model_path)
     model = loaded.model
     recorded = (calibration, _read_calibration_for(loaded, calibration)) if calibration is not None else None
-    config, mode_reason, kept_float = _settle_recorded_mode(model, config, recorded)
-    if config.mode is QuantMode.AUTO:
-        config = replace(config, mode=QuantMode.STATIC)
+    mode, mode_reason, kept_float = recorded_mode(model, config, recorded)
+    if mode is QuantMode.AUTO:
+        mode = QuantMode.STATIC
         mode_reason = "auto decides by measuring every mode (convert or calibrate); this is static's plan"
     outputs = tuple(
         (
@@ -88,6 +90,6 @@ def inspect_model(
         outputs=outputs,
         parameters=parameters,
         op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
-        plan=select(model, config, kept_float),
+        plan=select(model, config, kept_float, mode=mode),
         mode_reason=mode_reason,
     )

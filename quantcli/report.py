@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantcli.config import QuantConfig, config_settings
 from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult, Latency
-from quantcli.fallback import FallbackResult
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
+
+if TYPE_CHECKING:  # repair builds models, which import this module
+    from quantcli.repair import FallbackResult
 
 __all__ = [
     "BARELY_INT8",

@@ -11,7 +11,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from quantcli import QuantConfig, pipeline, quantize
+from quantcli import QuantConfig, inputs, quantize
 from quantcli.config import QuantMode
 from quantcli.errors import ModelLoadError
 from quantcli.graph.io import load_model
@@ -92,7 +92,7 @@ def test_large_output_switches_to_external_data(
 ) -> None:
     """Above the inline limit (about 2 GB; lowered here) a one-file input gets a data file."""
     model, data = cnn
-    monkeypatch.setattr(pipeline, "INLINE_LIMIT", 1000)
+    monkeypatch.setattr(inputs, "INLINE_LIMIT", 1000)
     out = tmp_path / "q.onnx"
     quantize(model, out, data=data, config=STATIC)
     assert (tmp_path / "q.onnx.data").stat().st_size > 1000

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from quantcli import QuantConfig, pipeline, quantize
+from quantcli import QuantConfig, build, quantize
 from quantcli.calibration.file import merge_calibrations, read_calibration, write_calibration
 from quantcli.calibration.sampling import Shard
 from quantcli.config import GateMetric, QuantMode, SpeedSource
@@ -170,7 +170,7 @@ def _fixed_latencies(monkeypatch: pytest.MonkeyPatch, by_mode: dict[str, float])
     def measure(sessions: dict[str, object], *_: object, **__: object) -> dict[str, Latency]:
         return {mode: Latency(by_mode[mode], by_mode[mode], 30) for mode in sessions}
 
-    monkeypatch.setattr(pipeline, "measure_latency", measure)
+    monkeypatch.setattr(build, "measure_latency", measure)
 
 
 def test_auto_is_the_default_mode() -> None:
@@ -257,7 +257,7 @@ def test_calibrate_records_auto_decision_and_convert_replays_it_without_timing(
     def no_timing(*_: object, **__: object) -> None:
         raise AssertionError("a recorded decision must not be timed again")
 
-    monkeypatch.setattr(pipeline, "measure_latency", no_timing)
+    monkeypatch.setattr(build, "measure_latency", no_timing)
     for report in _converted_twice_identically(model, tmp_path, calibration=path):
         assert report.plan.mode is QuantMode.DYNAMIC and str(path) in report.mode_reason
         assert {d.name: d.role.value for d in report.plan.decisions} == choice.roles
@@ -321,7 +321,7 @@ def test_default_auto_decides_by_prediction_and_gives_the_same_bytes_twice(
     def no_timing(*_: object, **__: object) -> None:
         raise AssertionError("the default must not time candidates")
 
-    monkeypatch.setattr(pipeline, "measure_latency", no_timing)
+    monkeypatch.setattr(build, "measure_latency", no_timing)
     report = _converted_twice_identically(model, tmp_path, data=data)[-1]
     assert all(c.predicted is not None and c.latency is None for c in report.candidates)
     winner = next(c for c in report.candidates if c.chosen)

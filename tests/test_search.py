@@ -1,0 +1,105 @@
+"""The choice among candidates (quantcli.search.decide) and fallback's ranges in, ranges out
+(quantcli.repair.fall_back): both are functions of plain values, tested here without a model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from quantcli.calibration.observers import TensorRange
+from quantcli.config import GateMetric, QuantMode, SpeedSource
+from quantcli.evaluate import GateResult
+from quantcli.repair import fall_back
+from quantcli.search import Figures, Repair, decide
+
+PREDICTED = SpeedSource.PREDICTED
+
+
+def _figures(mode: QuantMode, drop: float, ms: float, *, heavy: bool = True, size: int = 100) -> Figures:
+    """A candidate whose cosine drop is ``drop`` points against a bound of 1 point."""
+    return Figures(mode, GateResult(GateMetric.COSINE, drop, 1.0), ms, size, heavy)
+
+
+def test_the_fastest_passing_integer_mode_wins_and_every_candidate_says_why() -> None:
+    figures = [
+        _figures(QuantMode.STATIC, 0.5, 10.0),
+        _figures(QuantMode.DYNAMIC, 0.2, 20.0),
+        _figures(QuantMode.MIXED, 3.0, 5.0),
+        # Fastest of all, within the bound, but its heavy compute stays float.
+        _figures(QuantMode.WEIGHT_ONLY, 0.1, 4.0, heavy=False),
+    ]
+    given = list(figures)
+    decision = decide(figures, PREDICTED)
+    assert figures == given  # nothing is reordered or replaced
+    assert decision.winner == 0 and not decision.repaired
+    assert decision.reasons[1] == "within the bound, 5.00x predicted slower"
+    assert decision.reasons[2] == "misses the bound by 2.00 points"
+    # mixed missed the bound but is clearly faster than static: it is the one to repair.
+    assert decision.start == 2
+    assert decide(figures, PREDICTED) == decision  # deterministic
+
+
+def test_a_tie_goes_to_the_most_faithful_then_the_smaller() -> None:
+    figures = [
+        _figures(QuantMode.STATIC, 0.5, 10.0, size=90),
+        _figures(QuantMode.MIXED, 0.3, 10.4, size=120),  # within 5% of static, more faithful
+    ]
+    decision = decide(figures, PREDICTED)
+    assert decision.winner == 1
+    assert decision.reasons == (
+        "within 5% of the fastest (a tie), less faithful",
+        "within 5% of the fastest (a tie), more faithful",
+    )
+    assert decision.reason == decision.reasons[1]
+
+
+def test_with_none_passing_the_least_shortfall_wins() -> None:
+    figures = [_figures(QuantMode.STATIC, 3.0, 10.0), _figures(QuantMode.DYNAMIC, 1.5, 30.0)]
+    decision = decide(figures, PREDICTED)
+    assert decision.winner == 1 and decision.start == 1  # nothing passed: repair the winner itself
+    assert decision.reasons[1] == "no mode met the bound; this one lost the least"
+
+
+def test_a_repaired_faster_candidate_replaces_the_winner_only_when_clearly_faster() -> None:
+    figures = [_figures(QuantMode.STATIC, 3.0, 5.0), _figures(QuantMode.DYNAMIC, 0.5, 10.0)]
+    first = decide(figures, PREDICTED)
+    assert first.winner == 1 and first.start == 0
+    repaired = Repair(0, _figures(QuantMode.STATIC, 0.8, 6.0), changed=True, returned=3)
+    kept = decide(figures, PREDICTED, repaired)
+    assert kept.winner == 0 and kept.repaired
+    assert "with 3 node(s) returned to float" in kept.note and "1.67x as fast as dynamic" in kept.note
+    assert kept.reasons[0].startswith("missed the bound; repaired by fallback")
+    slow = Repair(0, _figures(QuantMode.STATIC, 0.8, 9.8), changed=True, returned=3)
+    lost = decide(figures, PREDICTED, slow)
+    assert lost.winner == 1 and not lost.repaired
+    assert lost.note == "dynamic: static repaired by fallback passes but is not faster (1.02x)"
+    # Timed side by side, the timing decides, not the figures given.
+    timed = Repair(0, _figures(QuantMode.STATIC, 0.8, 9.8), changed=True, returned=3, timed=(10.0, 5.0))
+    assert decide(figures, SpeedSource.MEASURED, timed).winner == 0
+
+
+@dataclass(frozen=True)
+class _Trial:
+    gate: GateResult | None
+    int8_weight_fraction: float
+    size_bytes: int
+
+
+def test_fallback_takes_ranges_in_and_gives_ranges_out() -> None:
+    known: Mapping[str, TensorRange] = {"a": TensorRange(-1.0, 1.0)}
+    seen: list[frozenset[str]] = []
+
+    def build(
+        excluded: frozenset[str], ranges: Mapping[str, TensorRange]
+    ) -> tuple[_Trial, dict[str, TensorRange]]:
+        seen.append(excluded)
+        extended = {**ranges, f"t{len(seen)}": TensorRange(0.0, float(len(seen)))}
+        drop = 2.0 if len(excluded) < 2 else 0.5
+        return _Trial(GateResult(GateMetric.COSINE, drop, 1.0), 0.5, 10), extended
+
+    first = _Trial(GateResult(GateMetric.COSINE, 3.0, 1.0), 1.0, 8)
+    result, ranges = fall_back(first, [("n1",), ("n2",), ("n3",)], build, known, max_trials=4)
+    assert known == {"a": TensorRange(-1.0, 1.0)}  # what it was given is not changed
+    assert set(ranges) == {"a"} | {f"t{i}" for i in range(1, len(seen) + 1)}
+    assert seen[0] == frozenset({"n1"}) and frozenset({"n1", "n2"}) in seen
+    assert result.passed and [s.excluded for s in result.steps if s.chosen] == [("n1", "n2")]
