@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import models  # noqa: E402  (the test suite's tiny models)
 
 from quantcli.config import ActivationType, QuantConfig, QuantMode  # noqa: E402
-from quantcli.pipeline import _prepare  # noqa: E402
+from quantcli.inputs import prepare  # noqa: E402
 from quantcli.plan import QuantPlan, candidate_tensors, select  # noqa: E402
 
 CONFIGS = {
@@ -78,7 +78,7 @@ def _paths(zoo: Path | None, scratch: Path) -> dict[str, Path]:
 
 
 def _plans(name: str, path: Path) -> dict[str, Any]:
-    model = _prepare(path).model
+    model = prepare(path).model
     plans: dict[str, Any] = {f"{name}/candidates": list(candidate_tensors(model))}
     for label, config in CONFIGS.items():
         for mode in MODES:
