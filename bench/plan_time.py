@@ -15,7 +15,7 @@ from pathlib import Path
 
 import quantcli
 from quantcli.config import QuantConfig, QuantMode
-from quantcli.pipeline import _prepare
+from quantcli.inputs import prepare
 from quantcli.plan import select
 
 MODES = (QuantMode.STATIC, QuantMode.MIXED, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
@@ -31,7 +31,7 @@ def main() -> None:
     print(f"quantcli from {Path(quantcli.__file__).parent}")
     total = 0.0
     for folder in sorted(p for p in args.zoo.iterdir() if (p / "model.onnx").exists()):
-        model = _prepare(folder / "model.onnx").model
+        model = prepare(folder / "model.onnx").model
         best = float("inf")
         for _ in range(args.rounds):
             start = time.perf_counter()
