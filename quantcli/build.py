@@ -22,6 +22,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
+from quantcli.blockwise.layers import BlockedWeights, BlockLayer, quantize_layers, statistics_needed
+from quantcli.blockwise.statistics import collect_input_statistics
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import TensorStats
@@ -51,6 +53,7 @@ from quantcli.passes import (
     QuantizeInitializersPass,
     QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
+    WriteBlockwiseWeightsPass,
 )
 from quantcli.plan import QuantPlan, select
 
@@ -86,6 +89,8 @@ class Candidate:
     gate: GateResult | None = None
     latency: Latency | None = None
     predicted: Prediction | None = None
+    # What 4 bits cost each block-wise layer (``--weight-bits 4``), in graph order.
+    blockwise: tuple[BlockLayer, ...] = ()
 
     @property
     def size_bytes(self) -> int:
@@ -201,11 +206,12 @@ def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
     return total
 
 
-def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams) -> None:
+def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: BlockedWeights) -> None:
     """Carry out ``plan`` on ``model`` in place."""
     ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
+        WriteBlockwiseWeightsPass(blocked.weights),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
         QuantizeLSTMDynamicallyPass(plan.lstm),
         GatherQuantizedRowsPass(plan.gathered_tables),
@@ -243,15 +249,47 @@ def _predicted(staged: StagedModel, feed: Batch | None) -> Prediction | None:
     return default_cost_model().predict(kernels)
 
 
+def _block_weight_names(model: ir.Model, plan: QuantPlan) -> list[str]:
+    """The weight initializers of the plan's block-wise nodes."""
+    nodes = set(plan.blockwise)
+    return [w.name or "" for node in model.graph if node.name in nodes and (w := node.inputs[1]) is not None]
+
+
+def _blocked(model: ir.Model, plan: QuantPlan, config: QuantConfig, target: BuildTarget) -> BlockedWeights:
+    """The 4-bit weights of ``plan``'s block-wise nodes. GPTQ and AWQ first observe each of their
+    inputs' ``X^T X`` on the calibration data, streaming through calibration's observe loop (its
+    memory budget bounds every pass); only the K x K statistics are kept."""
+    statistics = {}
+    if plan.blockwise and config.block_method.needs_statistics:
+        assert target.calibration is not None, "check_request requires --data for gptq and awq"
+        stage("observe 4-bit layer inputs", total=target.calibration.num_samples)
+        statistics = collect_input_statistics(
+            model,
+            statistics_needed(model.graph, plan.blockwise),
+            target.calibration,
+            batch_size=config.batch_size,
+        )
+    return quantize_layers(
+        model.graph,
+        plan.blockwise,
+        method=config.block_method,
+        block_size=config.block_size,
+        symmetric=config.weight_symmetric,
+        statistics=statistics,
+    )
+
+
 def _built(
     model: ir.Model, job: Job, config: QuantConfig, target: BuildTarget, scratch: StagedOutput
 ) -> Candidate:
     """Quantize ``model`` (modified in place) by ``job``; stage it, check the staged file, and
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
+    blocked = _blocked(model, job.plan, config, target)
     params = _quantized(model, job, config, target)
     float_params = _parameter_count(model)
-    int8_params = _parameter_count(model, [w.name for w in job.plan.weights])
-    _rewrite(model, job.plan, params)
+    quantized = [w.name for w in job.plan.weights] + _block_weight_names(model, job.plan)
+    int8_params = _parameter_count(model, quantized)
+    _rewrite(model, job.plan, params, blocked)
     staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
     session = check_model_file(staged.path)
@@ -261,7 +299,10 @@ def _built(
             f"({target.input_bytes} bytes); nothing written"
         )
     fraction = int8_params / float_params if float_params else 0.0
-    return Candidate(job.plan, staged, scratch, session, fraction, predicted=_predicted(staged, target.feed))
+    predicted = _predicted(staged, target.feed)
+    return Candidate(
+        job.plan, staged, scratch, session, fraction, predicted=predicted, blockwise=blocked.layers
+    )
 
 
 def _measured(candidate: Candidate, reference: Reference, config: QuantConfig) -> Candidate:

@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_TRIALS",
     "DEFAULT_MIN_CHANNEL_SQNR",
     "ActivationType",
+    "BlockMethod",
     "CalibrationMethod",
     "CompareConfig",
     "GateMetric",
@@ -96,6 +97,31 @@ class WeightMethod(StrEnum):
 
     MINMAX = "minmax"
     MSE = "mse"
+
+
+class BlockMethod(StrEnum):
+    """How a 4-bit block-wise weight is rounded (``--weight-bits 4``; see :mod:`quantcli.blockwise`).
+
+    rtn rounds each block to nearest; gptq compensates each column's rounding error on the
+    columns after it, from the layer's input statistics ``X^T X``; awq scales input channels by
+    their activation magnitude first; awq+gptq scales, then rounds with GPTQ. All but rtn observe
+    the calibration data (--data).
+    """
+
+    RTN = "rtn"
+    GPTQ = "gptq"
+    AWQ = "awq"
+    AWQ_GPTQ = "awq+gptq"
+
+    @property
+    def needs_statistics(self) -> bool:
+        return self is not BlockMethod.RTN
+
+
+# Weight bit widths: 8 (int8 per channel, the default) or 4 (block-wise, weight-only mode).
+WEIGHT_BITS = (4, 8)
+# Block sizes of 4-bit weights (onnxruntime's MatMulNBits takes powers of two from 16).
+BLOCK_SIZES = (16, 32, 64, 128)
 
 
 class QuantMode(StrEnum):
@@ -208,6 +234,10 @@ class QuantConfig:
         per_layer: diagnose every quantized tensor against its float twin (see
             :mod:`quantcli.diagnose`).
         top_k: how many of the worst tensors the diagnosis measures alone and reports.
+        weight_bits: 8 (int8 weights) or 4 (block-wise int4 MatMul/Gemm weights, weight-only mode).
+        block_size: values per block of a 4-bit weight, along its reduction axis.
+        weight_symmetric: 4-bit blocks without a zero point (False: a zero point per block).
+        block_method: how 4-bit weights are rounded (see :class:`BlockMethod`).
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -234,6 +264,10 @@ class QuantConfig:
     max_trials: int = DEFAULT_MAX_TRIALS
     per_layer: bool = False
     top_k: int = 10
+    weight_bits: int = 8
+    block_size: int = 32
+    weight_symmetric: bool = True
+    block_method: BlockMethod = BlockMethod.RTN
 
     @property
     def has_gate(self) -> bool:
@@ -257,6 +291,33 @@ class QuantConfig:
             raise ConfigError(f"max drop must be >= 0 points, got {self.max_drop}")
         self._check_rounds()
         self._check_gate()
+        self._check_bits()
+
+    def _check_bits(self) -> None:
+        if self.weight_bits not in WEIGHT_BITS:
+            raise ConfigError(f"--weight-bits must be 4 or 8, got {self.weight_bits}")
+        if self.block_size not in BLOCK_SIZES:
+            sizes = ", ".join(map(str, BLOCK_SIZES))
+            raise ConfigError(f"--block-size must be one of {sizes}, got {self.block_size}")
+        if self.weight_bits == 8:
+            given = [
+                flag
+                for flag, differs in (
+                    (f"--block-size {self.block_size}", self.block_size != 32),
+                    ("--weight-asymmetric", not self.weight_symmetric),
+                    (f"--block-method {self.block_method}", self.block_method is not BlockMethod.RTN),
+                )
+                if differs
+            ]
+            if given:
+                raise ConfigError(f"{given[0]} is for 4-bit weights: add --weight-bits 4 (8-bit is int8)")
+            return
+        if self.mode is not QuantMode.WEIGHT_ONLY:
+            raise ConfigError(f"--weight-bits 4 needs --mode weight-only (got --mode {self.mode})")
+        if self.weight_method is not WeightMethod.MINMAX:
+            raise ConfigError(
+                f"--weight-method {self.weight_method} is for int8 weights; 4-bit weights take --block-method"
+            )
 
     def _check_counts(self) -> None:
         if self.batch_size < 1:
@@ -328,6 +389,10 @@ class Overrides:
     max_trials: int | None = None
     per_layer: bool | None = None
     top_k: int | None = None
+    weight_bits: int | None = None
+    block_size: int | None = None
+    weight_symmetric: bool | None = None
+    block_method: BlockMethod | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings this layer gives, by QuantConfig field."""
@@ -462,6 +527,10 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "bias_correction": bool,
     "seed": int,
     "speed": SpeedSource,
+    "weight_bits": int,
+    "block_size": int,
+    "weight_symmetric": bool,
+    "block_method": BlockMethod,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 

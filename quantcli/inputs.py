@@ -233,7 +233,8 @@ def split_data(
     if eval_data is not None:
         evaluation = open_source(eval_data, specs, skip_nonfinite=config.skip_nonfinite)
         return Datasets(calibration, evaluation, str(eval_data))
-    if calibration is not None and not uses_calibration(mode):
+    observes = uses_calibration(mode) or (config.weight_bits == 4 and config.block_method.needs_statistics)
+    if calibration is not None and not observes:
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return Datasets(None, calibration, f"{data} (not needed for calibration in {mode} mode)")
     if calibration is not None and calibration.num_samples > 1 and config.eval_fraction > 0:
@@ -433,6 +434,11 @@ def check_request(request: Request, config: QuantConfig) -> None:
         )
     if config.bias_correction and request.data is None:
         raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
+    if config.weight_bits == 4 and config.block_method.needs_statistics and request.data is None:
+        raise ConfigError(
+            f"--block-method {config.block_method} observes each layer's inputs on --data; give --data "
+            "(or use --block-method rtn, which needs none)"
+        )
 
 
 def labels_for(labels: Path | None, datasets: Datasets) -> npt.NDArray[np.int64] | None:

@@ -15,12 +15,13 @@ registered modes only).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 import onnx_ir as ir
 
-from quantcli.config import QuantMode
+from quantcli.blockwise.targets import block_targets
+from quantcli.config import QuantConfig, QuantMode
 from quantcli.plan.facts import constant, dynamic_form
 from quantcli.plan.values import DynamicSpec, LstmSpec, NodeRole, QuantPlan
 from quantcli.target import OpKind, OpRule, Target
@@ -86,6 +87,11 @@ class ModeStrategy:
             why_not = f"{target.runtime} has no integer {node.op_type} kernel"
         return Placed(NodeRole.WEIGHT_ONLY, f"int8 weights behind DequantizeLinear, float compute: {why_not}")
 
+    def with_block_weights(self, model: ir.Model, plan: QuantPlan, config: QuantConfig) -> QuantPlan:
+        """``plan`` with the MatMul/Gemm weights ``config`` asks 4 bits for moved from int8 to
+        block-wise; only weight-only mode writes them (config refuses 4 bits elsewhere)."""
+        return plan
+
     def changes(self, plan: QuantPlan) -> bool:
         """Whether this mode's plan changes the model at all."""
         return not plan.is_noop
@@ -145,6 +151,36 @@ class WeightOnlyStrategy(_FloatActivations):
 
     def place_stored(self, node: ir.Node, rule: OpRule, target: Target) -> Placed:
         return Placed(NodeRole.WEIGHT_ONLY, WEIGHT_ONLY_REASON)
+
+    def with_block_weights(self, model: ir.Model, plan: QuantPlan, config: QuantConfig) -> QuantPlan:
+        """Every weight-only MatMul/Gemm whose 2-D weight only it reads takes 4-bit blocks; a
+        weight shared with another node stays int8 (one initializer cannot be both)."""
+        if config.weight_bits != 4:
+            return plan
+        weights = {spec.name for spec in plan.weights}
+        roles = {d.name: d.role for d in plan.decisions}
+        chosen = {
+            t.node: t.weight
+            for t in block_targets(model.graph)
+            if roles.get(t.node) is NodeRole.WEIGHT_ONLY
+            and t.weight in weights
+            and len(list(model.graph.initializers[t.weight].uses())) == 1
+        }
+        if not chosen:
+            return plan
+        zero_point = "symmetric" if config.weight_symmetric else "a zero point per block"
+        reason = (
+            f"int4 weights in blocks of {config.block_size} ({config.block_method}, {zero_point}), "
+            "float compute (MatMulNBits)"
+        )
+        moved = set(chosen.values())
+        return replace(
+            plan,
+            decisions=tuple(replace(d, reason=reason) if d.name in chosen else d for d in plan.decisions),
+            weights=tuple(spec for spec in plan.weights if spec.name not in moved),
+            biases=tuple(b for b in plan.biases if b.node not in chosen),
+            blockwise=tuple(chosen),
+        )
 
 
 # In the order auto tries them.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from quantcli.config import BLOCK_SIZES
 from quantcli.scheme import QParams, QuantType, dequantize
 
 __all__ = ["BITS", "BLOCK_SIZES", "CODE_TYPE", "BlockQuantized", "pack_nibbles", "unpack_nibbles"]
@@ -24,8 +25,6 @@ __all__ = ["BITS", "BLOCK_SIZES", "CODE_TYPE", "BlockQuantized", "pack_nibbles",
 # Codes are unsigned 4-bit (held in uint8 arrays); a symmetric weight uses zero point 8.
 CODE_TYPE = QuantType.UINT4
 BITS = CODE_TYPE.bits
-# Block sizes onnxruntime's kernels take (a power of two, at least 16) that the CLI will offer.
-BLOCK_SIZES = (16, 32, 64, 128)
 SYMMETRIC_ZERO_POINT = CODE_TYPE.symmetric_zero_point
 
 

@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from quantcli.blockwise.layout import BlockQuantized
 
-__all__ = ["LayerError", "layer_error", "output_error"]
+__all__ = ["LayerError", "layer_error", "output_error", "weight_error"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,18 @@ def output_error(delta: npt.NDArray[np.floating], hessian: npt.NDArray[np.float6
     return float(np.sum((d @ hessian) * d))
 
 
+def weight_error(weight: npt.NDArray[np.floating], quantized: BlockQuantized) -> float:
+    """``|dW|_F / |W|_F`` of ``quantized`` against the float ``weight`` (``[N, K]``)."""
+    w = np.asarray(weight, np.float64)
+    delta = quantized.dequantize().astype(np.float64) - w
+    return float(np.linalg.norm(delta)) / max(float(np.linalg.norm(w)), 1e-30)
+
+
 def layer_error(
     weight: npt.NDArray[np.floating], quantized: BlockQuantized, hessian: npt.NDArray[np.float64]
 ) -> LayerError:
     """Both errors of ``quantized`` against the float ``weight`` (``[N, K]``)."""
     w = np.asarray(weight, np.float64)
     delta = quantized.dequantize().astype(np.float64) - w
-    weight_norm = max(float(np.linalg.norm(w)), 1e-30)
     energy = max(output_error(w, hessian), 1e-30)
-    return LayerError(float(np.linalg.norm(delta)) / weight_norm, output_error(delta, hessian) / energy)
+    return LayerError(weight_error(weight, quantized), output_error(delta, hessian) / energy)

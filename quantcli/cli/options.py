@@ -13,6 +13,7 @@ import typer
 
 from quantcli.config import (
     ActivationType,
+    BlockMethod,
     CalibrationMethod,
     GateMetric,
     QuantMode,
@@ -184,6 +185,44 @@ WeightMethodOpt = Annotated[
     option(
         "--weight-method",
         help="Weight channel ranges: minmax or mse." + default("minmax"),
+        metavar="METHOD",
+        panel=MODE,
+    ),
+]
+WeightBitsOpt = Annotated[
+    int | None,
+    option(
+        "--weight-bits",
+        help="Bits of MatMul/Gemm weights: 8 (int8 per channel) or 4 (blocks along the reduction axis, "
+        "written as MatMulNBits; needs --mode weight-only)." + default(8),
+        metavar="BITS",
+        panel=MODE,
+    ),
+]
+BlockSizeOpt = Annotated[
+    int | None,
+    option(
+        "--block-size",
+        help="Values per block of a 4-bit weight: 16, 32, 64 or 128." + default(32),
+        metavar="N",
+        panel=MODE,
+    ),
+]
+WeightSymmetricOpt = Annotated[
+    bool | None,
+    option(
+        "--weight-symmetric/--weight-asymmetric",
+        help="4-bit blocks without a zero point, or with one per block." + default("symmetric"),
+        metavar="",
+        panel=MODE,
+    ),
+]
+BlockMethodOpt = Annotated[
+    BlockMethod | None,
+    option(
+        "--block-method",
+        help="Rounding of 4-bit weights: rtn, gptq, awq or awq+gptq (all but rtn observe --data)."
+        + default("rtn"),
         metavar="METHOD",
         panel=MODE,
     ),

@@ -13,6 +13,7 @@ from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
 from quantcli.passes.gather import GatherQuantizedRowsPass
+from quantcli.passes.nbits import WriteBlockwiseWeightsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
 from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
@@ -28,4 +29,5 @@ __all__ = [
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
     "ReplaceInitializerValuesPass",
+    "WriteBlockwiseWeightsPass",
 ]

@@ -112,7 +112,7 @@ def select(
     placement = Placement()
     for phase in PHASES:
         placement = phase(ctx, placement)
-    return assemble(ctx, placement)
+    return strategy.with_block_weights(model, assemble(ctx, placement), config)
 
 
 def candidate_tensors(model: ir.Model, target: Target = ORT_CPU) -> tuple[str, ...]:

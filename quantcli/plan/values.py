@@ -155,6 +155,9 @@ class QuantPlan:
     # Nodes select() was told to leave float (a stage after the rules: the cost model, a recorded
     # decision), with their reasons, so a plan built from this one can keep them float too.
     kept_float: tuple[tuple[str, str], ...] = field(default=())
+    # MatMul/Gemm nodes whose weight is written in 4-bit blocks (MatMulNBits) instead of int8,
+    # with the block layout and rounding of the config (``--weight-bits 4``).
+    blockwise: tuple[str, ...] = field(default=())
 
     @property
     def quantized_op_counts(self) -> dict[str, int]:
@@ -167,4 +170,4 @@ class QuantPlan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.weights and not self.activations
+        return not self.weights and not self.activations and not self.blockwise

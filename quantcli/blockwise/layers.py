@@ -1,0 +1,141 @@
+"""The 4-bit weights of a plan's block-wise nodes, rounded by the chosen method, with their cost.
+
+Given the nodes (``QuantPlan.blockwise``) and, for the methods that need them, each activation's
+:class:`~quantcli.blockwise.statistics.InputStatistics`, :func:`quantize_layers` returns what
+:class:`~quantcli.passes.nbits.WriteBlockwiseWeightsPass` writes and, per layer, what the
+report shows: the weight-reconstruction error and, with statistics, the output-error proxy.
+Layers reading one activation are rounded together by AWQ (they share its input scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import onnx_ir as ir
+
+from quantcli.blockwise.awq import awq
+from quantcli.blockwise.gptq import gptq
+from quantcli.blockwise.layout import BlockQuantized
+from quantcli.blockwise.metrics import layer_error, weight_error
+from quantcli.blockwise.rtn import rtn
+from quantcli.blockwise.statistics import InputStatistics
+from quantcli.blockwise.targets import BlockTarget, block_targets
+from quantcli.config import BlockMethod
+
+__all__ = ["BlockLayer", "BlockedWeights", "quantize_layers", "statistics_needed"]
+
+
+@dataclass(frozen=True)
+class BlockLayer:
+    """What 4 bits cost one layer. ``weight_error``: ``|dW|_F / |W|_F``; ``output_error``:
+    ``tr(dW H dW^T) / tr(W H W^T)`` on the calibration data (None: no statistics observed);
+    ``alpha``: AWQ's exponent (None: no AWQ)."""
+
+    node: str
+    op_type: str
+    k: int
+    n: int
+    weight_error: float
+    output_error: float | None
+    alpha: float | None = None
+
+    @property
+    def output_sqnr_db(self) -> float | None:
+        if self.output_error is None:
+            return None
+        return float(10 * np.log10(1.0 / max(self.output_error, 1e-30)))
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "op_type": self.op_type,
+            "k": self.k,
+            "n": self.n,
+            "weight_error": self.weight_error,
+            "output_error": self.output_error,
+            "output_sqnr_db": self.output_sqnr_db,
+            "awq_alpha": self.alpha,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class BlockedWeights:
+    """The quantized weights by node name, and their layers' costs in graph order."""
+
+    weights: Mapping[str, BlockQuantized]
+    layers: tuple[BlockLayer, ...]
+
+
+def _targets(graph: ir.Graph, nodes: Sequence[str]) -> list[BlockTarget]:
+    wanted = set(nodes)
+    found = [t for t in block_targets(graph) if t.node in wanted]
+    assert len(found) == len(wanted), (sorted(wanted), [t.node for t in found])
+    return found
+
+
+def statistics_needed(graph: ir.Graph, nodes: Sequence[str]) -> dict[str, int]:
+    """The activations the nodes read, each with its K: what GPTQ and AWQ observe."""
+    return {t.activation: t.k for t in _targets(graph, nodes)}
+
+
+def _round(
+    method: BlockMethod,
+    rows: list[npt.NDArray[np.float32]],
+    stats: InputStatistics | None,
+    block_size: int,
+    symmetric: bool,
+) -> tuple[list[BlockQuantized], float | None]:
+    """The layers ``rows`` (one activation's readers) rounded by ``method``, and AWQ's alpha."""
+    if method is BlockMethod.RTN:
+        return [rtn(w, block_size, symmetric=symmetric) for w in rows], None
+    assert stats is not None, "gptq and awq need the layer's statistics"
+    hessian = stats.gram
+    if method is BlockMethod.GPTQ:
+        return [gptq(w, hessian, block_size, symmetric=symmetric) for w in rows], None
+
+    def with_gptq(w: npt.NDArray[np.float32], scale: npt.NDArray[np.float32] | None) -> BlockQuantized:
+        return gptq(w, hessian, block_size, symmetric=symmetric, input_scale=scale)
+
+    rounder = with_gptq if method is BlockMethod.AWQ_GPTQ else None
+    alpha, quantized = awq(rows, hessian, stats.mean_abs, block_size, symmetric=symmetric, rounder=rounder)
+    return quantized, alpha
+
+
+def quantize_layers(
+    graph: ir.Graph,
+    nodes: Sequence[str],
+    *,
+    method: BlockMethod,
+    block_size: int,
+    symmetric: bool,
+    statistics: Mapping[str, InputStatistics],
+) -> BlockedWeights:
+    """The 4-bit weights of ``nodes`` (MatMul/Gemm of ``graph``), and their costs.
+
+    ``statistics``: by activation name, as :func:`statistics_needed` lists them; required for
+    gptq and awq, optional for rtn (then the output-error proxy is reported too).
+    """
+    targets = _targets(graph, nodes)
+    by_activation: dict[str, list[BlockTarget]] = {}
+    for target in targets:
+        by_activation.setdefault(target.activation, []).append(target)
+    weights: dict[str, BlockQuantized] = {}
+    costs: dict[str, BlockLayer] = {}
+    for activation, group in by_activation.items():
+        stats = statistics.get(activation)
+        rows = [t.rows(graph) for t in group]
+        quantized, alpha = _round(method, rows, stats, block_size, symmetric)
+        for target, w, q in zip(group, rows, quantized, strict=True):
+            weights[target.node] = q
+            if stats is not None:
+                error = layer_error(w, q, stats.gram)
+                reconstruction, output = error.weight, error.output
+            else:
+                reconstruction, output = weight_error(w, q), None
+            costs[target.node] = BlockLayer(
+                target.node, target.op_type, target.k, target.n, reconstruction, output, alpha
+            )
+    return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
