@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from quantcli.blockwise.layers import BlockLayer
 from quantcli.config import QuantConfig, config_settings
 from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
@@ -24,6 +25,7 @@ __all__ = [
     "BARELY_INT8",
     "BARELY_SMALLER",
     "SCHEMA_VERSION",
+    "BlockwiseSummary",
     "CalibrationSummary",
     "CandidateSummary",
     "CompareReport",
@@ -88,6 +90,31 @@ class CandidateSummary:
             "predicted": None if self.predicted is None else self.predicted.to_dict(),
             "chosen": self.chosen,
             "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class BlockwiseSummary:
+    """The 4-bit weights written (``--weight-bits 4``): their layout, how they were rounded, the
+    kernel's compute precision, and what the 4 bits cost each layer."""
+
+    bits: int
+    block_size: int
+    symmetric: bool
+    method: str
+    form: str
+    accuracy_level: int
+    layers: tuple[BlockLayer, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bits": self.bits,
+            "block_size": self.block_size,
+            "symmetric": self.symmetric,
+            "method": self.method,
+            "form": self.form,
+            "accuracy_level": self.accuracy_level,
+            "layers": [layer.to_dict() for layer in self.layers],
         }
 
 
@@ -243,6 +270,7 @@ class QuantReport:
     fallback: FallbackSummary | None = None  # --auto-fallback
     speed: SpeedSummary | None = None  # auto mode's predicted speed of the model written
     warnings: tuple[str, ...] = ()  # one line each, also logged (the report adds barely_changed's)
+    blockwise: BlockwiseSummary | None = None  # --weight-bits 4
 
     @property
     def calibration_line(self) -> str:
@@ -314,6 +342,7 @@ class QuantReport:
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
             "speed": None if self.speed is None else self.speed.to_dict(),
+            "blockwise": None if self.blockwise is None else self.blockwise.to_dict(),
             "warnings": [*self.warnings, *self.barely_changed],
         }
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from quantcli.blockwise.layout import BITS
 from quantcli.build import (
     Candidate,
     Job,
@@ -45,9 +46,11 @@ from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
+from quantcli.passes.nbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_FORM
 from quantcli.plan import NodeRole, select
 from quantcli.repair import FallbackResult, repair
 from quantcli.report import (
+    BlockwiseSummary,
     CalibrationSummary,
     CandidateSummary,
     FallbackSummary,
@@ -440,6 +443,21 @@ def report_for(
         fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
         speed=speed,
         warnings=warnings,
+        blockwise=_blockwise_summary(config, winner),
+    )
+
+
+def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSummary | None:
+    if not winner.blockwise:
+        return None
+    return BlockwiseSummary(
+        bits=BITS,
+        block_size=config.block_size,
+        symmetric=config.weight_symmetric,
+        method=config.block_method.value,
+        form=DEFAULT_FORM.value,
+        accuracy_level=DEFAULT_ACCURACY_LEVEL,
+        layers=winner.blockwise,
     )
 
 

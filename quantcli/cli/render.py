@@ -18,7 +18,7 @@ from quantcli.evaluate import Fidelity, GateResult
 from quantcli.inspection import ModelSummary
 from quantcli.pages import NOTHING_TO_DIAGNOSE
 from quantcli.plan import NodeDecision, NodeRole
-from quantcli.report import CompareReport, FallbackSummary, QuantReport
+from quantcli.report import BlockwiseSummary, CompareReport, FallbackSummary, QuantReport
 
 __all__ = [
     "gate_line",
@@ -93,6 +93,8 @@ def render_report(report: QuantReport, console: Console) -> None:
         console.print(_float_table(report.float_nodes, "left in float"))
     if report.fallback is not None:
         console.print(_fallback_table(report.fallback))
+    if report.blockwise is not None:
+        console.print(_blockwise_table(report.blockwise))
     if report.per_layer is not None:
         render_per_layer(report.per_layer, console)
     if report.fidelity is None:
@@ -101,6 +103,27 @@ def render_report(report: QuantReport, console: Console) -> None:
     _render_fidelity(report.fidelity, console)
     if report.gate is not None:
         console.print(_verdict(report.gate))
+
+
+def _blockwise_table(summary: BlockwiseSummary) -> Table:
+    zero_point = "symmetric" if summary.symmetric else "zero point per block"
+    title = (
+        f"{summary.bits}-bit weights: blocks of {summary.block_size}, {summary.method}, {zero_point}, "
+        f"{summary.form} accuracy_level {summary.accuracy_level}"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("node", "op", "K x N", "weight error", "output SQNR"):
+        table.add_column(column, justify="left" if column in ("node", "op") else "right")
+    for layer in summary.layers:
+        sqnr = layer.output_sqnr_db
+        table.add_row(
+            text(layer.node),
+            layer.op_type,
+            f"{layer.k} x {layer.n}",
+            f"{100 * layer.weight_error:.2f} %",
+            "not observed" if sqnr is None else f"{sqnr:.1f} dB",
+        )
+    return table
 
 
 def _verdict(result: GateResult) -> Text:
