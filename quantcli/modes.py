@@ -20,7 +20,6 @@ from types import MappingProxyType
 
 import onnx_ir as ir
 
-from quantcli.blockwise.targets import block_targets
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.plan.facts import constant, dynamic_form
 from quantcli.plan.values import DynamicSpec, LstmSpec, NodeRole, QuantPlan
@@ -157,6 +156,10 @@ class WeightOnlyStrategy(_FloatActivations):
         weight shared with another node stays int8 (one initializer cannot be both)."""
         if config.weight_bits != 4:
             return plan
+        # Imported here: quantcli.blockwise's statistics import calibration, which imports this
+        # registry (through the pipeline's inputs), so a module-level import would be circular.
+        from quantcli.blockwise.targets import block_targets
+
         weights = {spec.name for spec in plan.weights}
         roles = {d.name: d.role for d in plan.decisions}
         chosen = {

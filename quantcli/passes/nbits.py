@@ -33,6 +33,7 @@ from quantcli.blockwise.layout import BITS, SYMMETRIC_ZERO_POINT, BlockQuantized
 from quantcli.blockwise.targets import BlockTarget, block_targets
 from quantcli.errors import QuantizationError
 from quantcli.graph.names import NameAllocator
+from quantcli.passes._base import MainGraphPass
 from quantcli.passes._qdq import add_initializer
 from quantcli.passes._rewrite import replace_node
 
@@ -55,11 +56,13 @@ DEFAULT_FORM = BlockForm.MATMUL_NBITS
 DEFAULT_ACCURACY_LEVEL = 0
 
 
-class WriteBlockwiseWeightsPass(ir.passes.InPlacePass):
+class WriteBlockwiseWeightsPass(MainGraphPass[BlockTarget]):
     """Replace the weights of the nodes named in ``weights`` (node name -> its quantized weight).
 
     A weight initializer no other node reads is removed; the float model is not kept alongside.
     ``accuracy_level`` is MatMulNBits' attribute; the DequantizeLinear form cannot carry it.
+    It rewrites all its targets in one :meth:`call` (a shared AWQ division is made once across
+    them), so it overrides the per-target loop of :class:`MainGraphPass`.
     """
 
     def __init__(
