@@ -158,7 +158,7 @@ class WeightOnlyStrategy(_FloatActivations):
             return plan
         # Imported here: quantcli.blockwise's statistics import calibration, which imports this
         # registry (through the pipeline's inputs), so a module-level import would be circular.
-        from quantcli.blockwise.targets import block_targets
+        from quantcli.blockwise.targets import block_targets  # noqa: PLC0415 (import cycle, above)
 
         weights = {spec.name for spec in plan.weights}
         roles = {d.name: d.role for d in plan.decisions}
