@@ -634,12 +634,16 @@ _REPORT_SETTINGS: dict[str, type] = {
     "top_k": int,
 }
 _REPORT_PATTERNS = ("exclude", "include", "per_tensor")
+# The 4-bit weight settings, recorded only when --weight-bits 4 is in effect.
+_BLOCK_SETTINGS = ("weight_bits", "block_size", "weight_symmetric", "block_method")
 
 
 def config_settings(config: QuantConfig) -> dict[str, Any]:
     """``config`` as JSON values: every setting, so a report can reproduce its run."""
     settings: dict[str, Any] = {}
     for name in sorted((*_REPORT_SETTINGS, *_REPORT_PATTERNS)):
+        if name in _BLOCK_SETTINGS and config.weight_bits == 8:
+            continue  # int8 weights: their defaults (config refuses others); int8 reports unchanged
         value = getattr(config, name)
         settings[name] = sorted(value) if isinstance(value, frozenset) else value
     return settings

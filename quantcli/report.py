@@ -307,7 +307,7 @@ class QuantReport:
 
     def to_dict(self) -> dict[str, Any]:
         roles = Counter(d.role.value for d in self.plan.decisions)
-        return {
+        document = {
             "schema_version": SCHEMA_VERSION,
             "kind": "convert",
             "model": self.model,
@@ -342,9 +342,11 @@ class QuantReport:
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
             "speed": None if self.speed is None else self.speed.to_dict(),
-            "blockwise": None if self.blockwise is None else self.blockwise.to_dict(),
             "warnings": [*self.warnings, *self.barely_changed],
         }
+        if self.blockwise is not None:  # --weight-bits 4 only: an int8 report keeps its keys
+            document["blockwise"] = self.blockwise.to_dict()
+        return document
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def test_default_is_int8_and_has_no_blockwise(wide: tuple[Path, Path], tmp_path:
     code, document, stderr = _convert(model, out, "--mode", "weight-only")
     assert code == 0, stderr
     assert _nbits(out) == {}
-    assert document["blockwise"] is None
+    assert "blockwise" not in document and "weight_bits" not in document["config"]  # type: ignore[operator]
     assert QuantConfig().weight_bits == 8
 
 
@@ -218,3 +218,16 @@ def test_recipe_and_overrides_carry_the_settings() -> None:
     assert (config.weight_bits, config.block_size, config.block_method) == (4, 128, BlockMethod.AWQ_GPTQ)
     with pytest.raises(ConfigError, match="needs --mode weight-only"):
         QuantConfig(weight_bits=4)
+
+
+def test_from_report_reproduces_the_4_bit_model(wide: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = wide
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    report = tmp_path / "a.json"
+    flags = ("--mode", "weight-only", "--weight-bits", "4", "--block-size", "16", "--weight-asymmetric")
+    code, _, stderr = _convert(model, first, *flags, "--report", str(report))
+    assert code == 0, stderr
+    code, document, stderr = _convert(model, second, "--from-report", str(report))
+    assert code == 0, stderr
+    assert document["config"]["block_size"] == 16  # type: ignore[index]
+    assert first.read_bytes() == second.read_bytes()
