@@ -22,7 +22,13 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import onnxruntime as ort
 
-from quantcli.blockwise.layers import BlockedWeights, BlockLayer, quantize_layers, statistics_needed
+from quantcli.blockwise.layers import (
+    BlockedWeights,
+    BlockLayer,
+    quantize_layers,
+    quantize_tables,
+    statistics_needed,
+)
 from quantcli.blockwise.statistics import collect_input_statistics
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
@@ -53,6 +59,7 @@ from quantcli.passes import (
     QuantizeInitializersPass,
     QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
+    WriteBlockwiseTablesPass,
     WriteBlockwiseWeightsPass,
 )
 from quantcli.plan import QuantPlan, select
@@ -212,6 +219,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: Bloc
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
         WriteBlockwiseWeightsPass(blocked.weights),
+        WriteBlockwiseTablesPass(blocked.tables),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
         QuantizeLSTMDynamicallyPass(plan.lstm),
         GatherQuantizedRowsPass(plan.gathered_tables),
@@ -269,13 +277,17 @@ def _blocked(model: ir.Model, plan: QuantPlan, config: QuantConfig, target: Buil
             target.calibration,
             batch_size=config.batch_size,
         )
-    return quantize_layers(
+    layers = quantize_layers(
         model.graph,
         plan.blockwise,
         method=config.block_method,
         block_size=config.block_size,
         symmetric=config.weight_symmetric,
         statistics=statistics,
+    )
+    tables = plan.blockwise_tables
+    return quantize_tables(
+        layers, model.graph, tables, block_size=config.block_size, symmetric=config.weight_symmetric
     )
 
 
@@ -288,6 +300,7 @@ def _built(
     params = _quantized(model, job, config, target)
     float_params = _parameter_count(model)
     quantized = [w.name for w in job.plan.weights] + _block_weight_names(model, job.plan)
+    quantized += job.plan.blockwise_tables
     int8_params = _parameter_count(model, quantized)
     _rewrite(model, job.plan, params, blocked)
     staged = scratch.write_model(model, target.output, external_data=target.external_data)

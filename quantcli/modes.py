@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.plan.facts import constant, dynamic_form
-from quantcli.plan.values import DynamicSpec, LstmSpec, NodeRole, QuantPlan
+from quantcli.plan.values import DynamicSpec, LstmSpec, NodeDecision, NodeRole, QuantPlan
 from quantcli.target import OpKind, OpRule, Target
 
 __all__ = [
@@ -152,38 +152,83 @@ class WeightOnlyStrategy(_FloatActivations):
         return Placed(NodeRole.WEIGHT_ONLY, WEIGHT_ONLY_REASON)
 
     def with_block_weights(self, model: ir.Model, plan: QuantPlan, config: QuantConfig) -> QuantPlan:
-        """Every weight-only MatMul/Gemm whose 2-D weight only it reads takes 4-bit blocks; a
-        weight shared with another node stays int8 (one initializer cannot be both)."""
+        """Every weight-only MatMul/Gemm whose 2-D weight only it reads takes 4-bit blocks, and
+        every gathered table whose rows are whole blocks; a weight shared with another node
+        stays int8 (one initializer cannot be both)."""
         if config.weight_bits != 4:
             return plan
-        # Imported here: quantcli.blockwise's statistics import calibration, which imports this
-        # registry (through the pipeline's inputs), so a module-level import would be circular.
-        from quantcli.blockwise.targets import block_targets  # noqa: PLC0415 (import cycle, above)
-
-        weights = {spec.name for spec in plan.weights}
-        roles = {d.name: d.role for d in plan.decisions}
-        chosen = {
-            t.node: t.weight
-            for t in block_targets(model.graph)
-            if roles.get(t.node) is NodeRole.WEIGHT_ONLY
-            and t.weight in weights
-            and len(list(model.graph.initializers[t.weight].uses())) == 1
-        }
-        if not chosen:
+        chosen = _block_nodes(model, plan)
+        tables = _block_tables(model, plan, config.block_size)
+        if not chosen and not tables:
             return plan
         zero_point = "symmetric" if config.weight_symmetric else "a zero point per block"
         reason = (
             f"int4 weights in blocks of {config.block_size} ({config.block_method}, {zero_point}), "
             "float compute (MatMulNBits)"
         )
-        moved = set(chosen.values())
+        table_reason = (
+            f"int4 table in blocks of {config.block_size} (rtn, {zero_point}): GatherBlockQuantized"
+        )
+        readers = {node.name for node in model.graph if node.op_type == "Gather" and _reads(node, tables)}
+
+        def decided(d: NodeDecision) -> NodeDecision:
+            if d.name in chosen:
+                return replace(d, reason=reason)
+            return replace(d, reason=table_reason) if d.name in readers else d
+
+        moved = set(chosen.values()) | set(tables)
         return replace(
             plan,
-            decisions=tuple(replace(d, reason=reason) if d.name in chosen else d for d in plan.decisions),
+            decisions=tuple(decided(d) for d in plan.decisions),
             weights=tuple(spec for spec in plan.weights if spec.name not in moved),
             biases=tuple(b for b in plan.biases if b.node not in chosen),
+            gathered_tables=tuple(t for t in plan.gathered_tables if t not in tables),
             blockwise=tuple(chosen),
+            blockwise_tables=tables,
         )
+
+
+def _reads(node: ir.Node, tables: tuple[str, ...]) -> bool:
+    table = node.inputs[0]
+    return table is not None and table.name in tables
+
+
+def _block_nodes(model: ir.Model, plan: QuantPlan) -> dict[str, str]:
+    """Weight-only MatMul/Gemm nodes that can take 4-bit blocks: node name -> weight name."""
+    # Imported here: quantcli.blockwise's statistics import calibration, which imports this
+    # registry (through the pipeline's inputs), so a module-level import would be circular.
+    from quantcli.blockwise.targets import block_targets  # noqa: PLC0415 (import cycle, above)
+
+    weights = {spec.name for spec in plan.weights}
+    roles = {d.name: d.role for d in plan.decisions}
+    return {
+        t.node: t.weight
+        for t in block_targets(model.graph)
+        if roles.get(t.node) is NodeRole.WEIGHT_ONLY
+        and t.weight in weights
+        and len(list(model.graph.initializers[t.weight].uses())) == 1
+    }
+
+
+def _block_tables(model: ir.Model, plan: QuantPlan, block_size: int) -> tuple[str, ...]:
+    """Gathered tables GatherBlockQuantized can read: 2-D, rows of whole blocks, every reader a
+    Gather along axis 0 of its table."""
+    found = []
+    for name in plan.gathered_tables:
+        value = model.graph.initializers.get(name)
+        tensor = None if value is None else value.const_value
+        dims = () if tensor is None else tensor.shape.numpy()
+        if value is None or len(dims) != 2 or dims[1] % block_size:
+            continue
+        uses = list(value.uses())
+        if uses and all(u.node.op_type == "Gather" and u.idx == 0 and _axis(u.node) == 0 for u in uses):
+            found.append(name)
+    return tuple(found)
+
+
+def _axis(node: ir.Node) -> int:
+    attribute = node.attributes.get("axis")
+    return 0 if attribute is None else int(attribute.value)
 
 
 # In the order auto tries them.

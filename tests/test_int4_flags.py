@@ -10,6 +10,7 @@ import models
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
@@ -51,7 +52,7 @@ def _nbits(path: Path) -> dict[str, dict[str, int]]:
 def _output_errors(document: dict[str, object]) -> list[float]:
     blockwise = document["blockwise"]
     assert isinstance(blockwise, dict)
-    return [layer["output_error"] for layer in blockwise["layers"]]
+    return [layer["output_error"] for layer in blockwise["layers"] if layer["op_type"] != "Gather"]
 
 
 @pytest.mark.parametrize("block", [16, 64])
@@ -80,7 +81,7 @@ def test_flags_reach_the_written_model(wide: tuple[Path, Path], tmp_path: Path, 
     blockwise = document["blockwise"]
     assert isinstance(blockwise, dict)
     assert (blockwise["bits"], blockwise["block_size"], blockwise["method"]) == (4, block, "rtn")
-    assert [layer["node"] for layer in blockwise["layers"]] == LAYERS
+    assert [layer["node"] for layer in blockwise["layers"]] == [*LAYERS, "emb"]  # the table last
     assert all(
         0 < layer["weight_error"] < 0.5 and layer["output_error"] is None for layer in blockwise["layers"]
     )
@@ -157,7 +158,7 @@ def test_gptq_model_runs_and_beats_rtn(wide: tuple[Path, Path], tmp_path: Path) 
     awq_errors = _output_errors(found["awq"])
     assert all(awq_errors[i] <= rtn_errors[i] * (1 + 1e-6) for i in (3, 4)), (awq_errors, rtn_errors)
     layers = found["awq"]["blockwise"]["layers"]  # type: ignore[index]
-    assert all(layer["awq_alpha"] is not None for layer in layers)
+    assert all(layer["awq_alpha"] is not None for layer in layers if layer["op_type"] != "Gather")
 
 
 @pytest.mark.parametrize(
@@ -231,3 +232,45 @@ def test_from_report_reproduces_the_4_bit_model(wide: tuple[Path, Path], tmp_pat
     assert code == 0, stderr
     assert document["config"]["block_size"] == 16  # type: ignore[index]
     assert first.read_bytes() == second.read_bytes()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gather_table_is_written_as_gather_block_quantized(
+    wide: tuple[Path, Path], tmp_path: Path, symmetric: bool
+) -> None:
+    """The embedding table (20 x 64) becomes GatherBlockQuantized; onnxruntime's rows equal the
+    table's dequantized 4-bit rows, and the float table is gone."""
+    model, _ = wide
+    out = tmp_path / "q.onnx"
+    flag = "--weight-symmetric" if symmetric else "--weight-asymmetric"
+    code, document, stderr = _convert(model, out, "--mode", "weight-only", "--weight-bits", "4", flag)
+    assert code == 0, stderr
+    written = onnx.load(str(out))
+    gathers = [n for n in written.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert [(n.name, n.domain) for n in gathers] == [("embed", "com.microsoft")]
+    assert {a.name: a.i for a in gathers[0].attribute}["block_size"] == 32
+    assert "emb" not in {i.name for i in written.graph.initializer}
+    blockwise = document["blockwise"]
+    assert isinstance(blockwise, dict)
+    table = blockwise["layers"][-1]
+    assert (table["node"], table["op_type"], table["k"], table["n"]) == ("emb", "Gather", 64, 20)
+    float_table = onnx.numpy_helper.to_array(
+        next(i for i in models.tiny_transformer(d=64).graph.initializer if i.name == "emb")
+    )
+    expected = rtn(float_table, 32, symmetric=symmetric).dequantize()
+    # The table's rows as the written model gathers them: cut the model at the gather's output.
+    cut = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [gathers[0]],
+            "rows",
+            list(written.graph.input),
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+            [i for i in written.graph.initializer if i.name in gathers[0].input],
+        ),
+        opset_imports=list(written.opset_import),
+    )
+    tokens = np.arange(20, dtype=np.int64).reshape(1, 20)[:, :8]
+    session = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(
+        session.run(None, {"tokens": tokens})[0][0], expected[:8], rtol=1e-6, atol=1e-6
+    )

@@ -10,7 +10,7 @@ Layers reading one activation are rounded together by AWQ (they share its input 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,7 @@ from quantcli.blockwise.statistics import InputStatistics
 from quantcli.blockwise.targets import BlockTarget, block_targets
 from quantcli.config import BlockMethod
 
-__all__ = ["BlockLayer", "BlockedWeights", "quantize_layers", "statistics_needed"]
+__all__ = ["BlockLayer", "BlockedWeights", "quantize_layers", "quantize_tables", "statistics_needed"]
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,12 @@ class BlockLayer:
 
 @dataclass(frozen=True, eq=False)
 class BlockedWeights:
-    """The quantized weights by node name, and their layers' costs in graph order."""
+    """The quantized weights by node name, and their layers' costs in graph order; the
+    quantized Gather tables by initializer name (their costs follow the layers')."""
 
     weights: Mapping[str, BlockQuantized]
     layers: tuple[BlockLayer, ...]
+    tables: Mapping[str, BlockQuantized] = field(default_factory=dict)
 
 
 def _targets(graph: ir.Graph, nodes: Sequence[str]) -> list[BlockTarget]:
@@ -139,3 +141,21 @@ def quantize_layers(
                 target.node, target.op_type, target.k, target.n, reconstruction, output, alpha
             )
     return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
+
+
+def quantize_tables(
+    blocked: BlockedWeights, graph: ir.Graph, tables: Sequence[str], *, block_size: int, symmetric: bool
+) -> BlockedWeights:
+    """``blocked`` with the Gather ``tables`` (``[V, D]`` initializers, rows of whole blocks)
+    rounded to nearest: a table's rows are looked up, not multiplied, so no statistic of an
+    input would weigh its error; its cost is the weight-reconstruction error alone."""
+    quantized: dict[str, BlockQuantized] = {}
+    costs = []
+    for name in tables:
+        tensor = graph.initializers[name].const_value
+        assert tensor is not None
+        rows = np.asarray(tensor.numpy(), np.float32)
+        q = rtn(rows, block_size, symmetric=symmetric)
+        quantized[name] = q
+        costs.append(BlockLayer(name, "Gather", q.k, q.n, weight_error(rows, q), None))
+    return replace(blocked, layers=(*blocked.layers, *costs), tables=quantized)

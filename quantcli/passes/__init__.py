@@ -16,6 +16,7 @@ from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.nbits import WriteBlockwiseWeightsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
 from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
+from quantcli.passes.tables import WriteBlockwiseTablesPass
 from quantcli.passes.weights import QuantizeInitializersPass
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
     "ReplaceInitializerValuesPass",
+    "WriteBlockwiseTablesPass",
     "WriteBlockwiseWeightsPass",
 ]

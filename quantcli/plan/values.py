@@ -158,6 +158,8 @@ class QuantPlan:
     # MatMul/Gemm nodes whose weight is written in 4-bit blocks (MatMulNBits) instead of int8,
     # with the block layout and rounding of the config (``--weight-bits 4``).
     blockwise: tuple[str, ...] = field(default=())
+    # Constant Gather tables written in 4-bit blocks (GatherBlockQuantized) instead of int8 rows.
+    blockwise_tables: tuple[str, ...] = field(default=())
 
     @property
     def quantized_op_counts(self) -> dict[str, int]:
@@ -170,4 +172,4 @@ class QuantPlan:
 
     @property
     def is_noop(self) -> bool:
-        return not self.weights and not self.activations and not self.blockwise
+        return not self.weights and not self.activations and not self.blockwise and not self.blockwise_tables
