@@ -43,7 +43,7 @@ from quantcli.build import (
     detach,
     land,
 )
-from quantcli.calibration.collect import Advance
+from quantcli.calibration.collect import Advance, stage
 from quantcli.calibration.file import CalibrationFile, merge_calibrations
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard
@@ -344,6 +344,7 @@ class RayBuilds:
             return LocalBuilds()(orders, config, shop)
         if not orders:
             return []
+        stage(*orders[0].progress)
         # The float model and the data once in the object store, not once per task.
         shared = _ray().put(detached)
         names = [f"{order.progress[0]} ({index + 1} of {len(orders)})" for index, order in enumerate(orders)]
