@@ -32,6 +32,7 @@ __all__ = [
     "QuantMode",
     "Recipe",
     "SpeedSource",
+    "TargetName",
     "WeightMethod",
     "config_settings",
     "expand_patterns",
@@ -126,6 +127,20 @@ class QuantMode(StrEnum):
         return self.needs_calibration or self is QuantMode.AUTO
 
 
+class TargetName(StrEnum):
+    """The runtime the model is quantized for (its facts: :data:`quantcli.target.TARGETS`).
+
+    ort-cpu (the default): onnxruntime's CPU provider. openvino: OpenVINO's CPU plugin, by the
+    placement read from its runtime graph (docs/openvino.md). tensorrt: TensorRT's explicit
+    quantization rules (int8 symmetric, zero point 0). The last two choose every activation's
+    type themselves, so ``activation_type`` applies to ort-cpu only.
+    """
+
+    ORT_CPU = "ort-cpu"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
 class SpeedSource(StrEnum):
     """How ``--mode auto`` compares its candidates' speed.
 
@@ -208,6 +223,7 @@ class QuantConfig:
         per_layer: diagnose every quantized tensor against its float twin (see
             :mod:`quantcli.diagnose`).
         top_k: how many of the worst tensors the diagnosis measures alone and reports.
+        target: the runtime the model is quantized for (see :class:`TargetName`).
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -234,6 +250,7 @@ class QuantConfig:
     max_trials: int = DEFAULT_MAX_TRIALS
     per_layer: bool = False
     top_k: int = 10
+    target: TargetName = TargetName.ORT_CPU
 
     @property
     def has_gate(self) -> bool:
@@ -328,6 +345,7 @@ class Overrides:
     max_trials: int | None = None
     per_layer: bool | None = None
     top_k: int | None = None
+    target: TargetName | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings this layer gives, by QuantConfig field."""
@@ -462,6 +480,7 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "bias_correction": bool,
     "seed": int,
     "speed": SpeedSource,
+    "target": TargetName,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 
