@@ -32,6 +32,7 @@ ORDER = [
     "large_model",
     "large_weight_ops",
     "scale",
+    "scale_quiet",
 ]
 
 HEADER = """# quantcli benchmark results

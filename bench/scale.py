@@ -348,6 +348,8 @@ def main() -> None:
         print(f"scale: {name}, {args.samples} samples (load {_load()})", file=sys.stderr)
         rows.append(run(model, data, workers, name.replace(" ", "")))
         rows[-1]["name"] = name
+        # Each row is kept as soon as it is measured: a failure later in the run loses nothing.
+        (WORK / f"{name.replace(' ', '')}.row.json").write_text(json.dumps(rows[-1]))
     if args.small:
         small = sample_folder(model_dir, args.small)
         print(f"scale: Ray 2, {args.small} samples", file=sys.stderr)

@@ -88,7 +88,7 @@ def _write_unchanged(run: Run, output: Path, staging: StagedOutput) -> QuantResu
     return QuantResult(output=output, report=report)
 
 
-def quantize(
+def quantize(  # noqa: PLR0913 (the Python API's option list: every argument after * is named by the caller)
     model_path: Path,
     output: Path,
     *,
@@ -163,7 +163,7 @@ def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig)
     )
 
 
-def calibrate(
+def calibrate(  # noqa: PLR0913 (the Python API's option list: every argument after * is named by the caller)
     model_path: Path,
     data: DataSource,
     *,
