@@ -302,9 +302,13 @@ def _never(_node: ir.Node) -> bool:
     return False
 
 
-def _compute(kernel: str, weight_axis: AxisRule, *, bias_input: int | None = None) -> OpRule:
+def _compute(
+    kernel: str, weight_axis: AxisRule, *, bias_input: int | None = None, matrix: bool = False
+) -> OpRule:
     """A layer quantized on its inputs only: int8 input and weights, float bias, and an output
-    pair only where a reader takes int8 (Target.output_pair_rule)."""
+    pair only where a reader takes int8 (Target.output_pair_rule). A matrix product's output
+    is never int8: its bias Add (a separate node after MatMul) is fused into the layer, and an
+    integer Add there would only add a rounding step."""
     return OpRule(
         kind=OpKind.COMPUTE,
         kernel=kernel,
@@ -312,6 +316,7 @@ def _compute(kernel: str, weight_axis: AxisRule, *, bias_input: int | None = Non
         weight_axis=weight_axis,
         bias_input=bias_input,
         bias_fuses=_never,  # the bias stays float: the runtime quantizes or folds it itself
+        output_required=not matrix,
     )
 
 
@@ -337,8 +342,10 @@ _OV = "OpenVINO CPU"
 _OPENVINO_RULES: dict[str, OpRule] = {
     "Conv": _compute(f"{_OV} Convolution, docs/openvino.md rule 2", _axis(0), bias_input=2),
     "ConvTranspose": _compute(f"{_OV} Deconvolution, docs/openvino.md rule 7", _axis(1), bias_input=2),
-    "MatMul": _compute(f"{_OV} MatMul/FullyConnected, docs/openvino.md rule 2", _matmul_axis),
-    "Gemm": _compute(f"{_OV} FullyConnected, docs/openvino.md rule 2", _gemm_axis, bias_input=2),
+    "MatMul": _compute(f"{_OV} MatMul/FullyConnected, docs/openvino.md rule 2", _matmul_axis, matrix=True),
+    "Gemm": _compute(f"{_OV} FullyConnected, docs/openvino.md rule 2", _gemm_axis, bias_input=2, matrix=True),
+    # an embedding table read as int8, as the stand-in kept it (Gather is an integer reader there)
+    "Gather": OpRule(kind=OpKind.TABLE, kernel="Gather", activation_inputs=(), weight_input=0),
     "Add": _elementwise(f"{_OV} Eltwise Add, docs/openvino.md rule 2", every_input=True),
     "Sub": _elementwise(f"{_OV} Eltwise Subtract, docs/openvino.md rule 2", every_input=True),
     "Concat": _elementwise(f"{_OV} Concat, docs/openvino.md rule 4", every_input=True),
@@ -384,8 +391,12 @@ _TENSORRT_RULES: dict[str, OpRule] = {
     "ConvTranspose": _compute(
         f"{_TRT} int8 deconvolution, Q/DQ on weighted-layer inputs", _axis(1), bias_input=2
     ),
-    "MatMul": _compute(f"{_TRT} int8 matrix multiply, Q/DQ on weighted-layer inputs", _matmul_axis),
-    "Gemm": _compute(f"{_TRT} int8 fully connected, Q/DQ on weighted-layer inputs", _gemm_axis, bias_input=2),
+    "MatMul": _compute(
+        f"{_TRT} int8 matrix multiply, Q/DQ on weighted-layer inputs", _matmul_axis, matrix=True
+    ),
+    "Gemm": _compute(
+        f"{_TRT} int8 fully connected, Q/DQ on weighted-layer inputs", _gemm_axis, bias_input=2, matrix=True
+    ),
     "Add": _elementwise(f"{_TRT} residual Add fused into the convolution", every_input=True),
     "Concat": _elementwise(f"{_TRT} int8 concatenation", every_input=True),
     "AveragePool": _elementwise(f"{_TRT} int8 pooling"),
