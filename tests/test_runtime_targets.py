@@ -251,3 +251,18 @@ def test_an_unknown_target_is_refused(cnn: tuple[Path, Path], tmp_path: Path) ->
     result = runner.invoke(app, ["inspect", str(model), "--recipe", str(recipe)])
     assert result.exit_code == 1
     assert "target = 'cuda' is not one of ort-cpu, openvino, tensorrt" in result.output
+
+
+@pytest.mark.parametrize("target", [TargetName.OPENVINO, TargetName.TENSORRT])
+def test_rule_a_matrix_product_writes_float_its_bias_add_is_fused(target: TargetName) -> None:
+    model = models.tiny_transformer()
+    plan = _plan(model, target)
+    products = {n.output[0] for n in model.graph.node if n.op_type == "MatMul"}
+    bias_adds = [n for n in model.graph.node if n.op_type == "Add" and set(n.input) & products]
+    assert bias_adds
+    read_by_add = {name for n in bias_adds for name in n.input if name in products}
+    # the product a bias Add reads gets no pair: the Add is fused into the layer, not integer
+    assert not read_by_add & {a.name for a in plan.activations}
+    roles = {d.name: d.role for d in plan.decisions}
+    assert all(roles[n.name] is not NodeRole.INTEGER for n in bias_adds)
+    assert any(roles[n.name] is NodeRole.INTEGER for n in model.graph.node if n.op_type == "MatMul")
