@@ -11,9 +11,10 @@ same values with a workshop of its own, and the choice reads only the figures me
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
-from quantcli.errors import ModelLoadError, QuantizationError
+from quantcli.errors import ModelLoadError, QuantCliError, QuantizationError
 from quantcli.evaluate import (
     Fidelity,
     GateResult,
@@ -56,14 +57,24 @@ from quantcli.plan import QuantPlan, select
 
 __all__ = [
     "BuildTarget",
+    "Builds",
+    "Built",
     "Candidate",
+    "Detached",
     "Job",
+    "LocalBuilds",
+    "Order",
     "Reference",
+    "Shipped",
     "Variant",
     "Workshop",
     "build_candidate",
+    "build_detached",
+    "build_order",
     "build_variant",
     "copy_model",
+    "detach",
+    "land",
     "reference_for",
     "time_side_by_side",
     "workshop_for",
@@ -336,3 +347,156 @@ def time_side_by_side(
     return measure_latency(
         dict(sessions), first_sample(evaluation), runs=30, budget_seconds=_LATENCY_BUDGET_SECONDS
     )
+
+
+@dataclass(frozen=True)
+class Order:
+    """One build to make: a job (on ``model``, consumed; None: a fresh copy of the float model),
+    or a variant of the float model with the ranges known so far. ``progress``: the stage it
+    shows as (name, index, count)."""
+
+    work: Job | Variant
+    ranges: Mapping[str, TensorRange] = field(default_factory=dict)
+    model: ir.Model | None = None
+    progress: tuple[str, int, int] = ("build", 0, 0)
+
+
+# A build's outcome: the candidate and the ranges it was built from, or why it could not be.
+Built = tuple[Candidate, dict[str, TensorRange]]
+
+
+class Builds(Protocol):
+    """Runs a round of independent builds and returns their outcomes in the orders' order.
+    ``width``: how many builds one round runs at once (a search asks for that many)."""
+
+    @property
+    def width(self) -> int: ...
+
+    def __call__(
+        self, orders: Sequence[Order], config: QuantConfig, shop: Workshop
+    ) -> list[Built | QuantCliError]: ...
+
+
+def build_order(order: Order, config: QuantConfig, shop: Workshop) -> Built | QuantCliError:
+    """``order`` built here; a user-facing failure is returned, not raised, so that a build
+    made elsewhere fails the same way."""
+    stage(*order.progress)
+    try:
+        if isinstance(order.work, Variant):
+            return build_variant(order.work, config, shop, order.ranges)
+        model = (
+            order.model
+            if order.model is not None
+            else copy_model(shop.reference.proto, shop.target.data_folder)
+        )
+        return build_candidate(model, order.work, config, shop), dict(order.work.ranges)
+    except QuantCliError as exc:
+        return exc
+
+
+@dataclass(frozen=True)
+class LocalBuilds:
+    """Every build in this process, one after another (the default)."""
+
+    width: int = 1
+
+    def __call__(
+        self, orders: Sequence[Order], config: QuantConfig, shop: Workshop
+    ) -> list[Built | QuantCliError]:
+        return [build_order(order, config, shop) for order in orders]
+
+
+@dataclass(frozen=True)
+class Detached:
+    """What a build needs of a workshop, as plain picklable values, for another process to
+    build in a workshop of its own (the float model as a proto, no session, no scratch)."""
+
+    path: Path
+    size_bytes: int
+    proto: onnx.ModelProto
+    target: BuildTarget
+    datasets: Datasets
+    labels: npt.NDArray[np.int64] | None
+    force: bool
+
+    def workshop(self) -> Workshop:
+        model = copy_model(self.proto, self.target.data_folder)
+        loaded = ModelFile(self.path, model, self.size_bytes)
+        session = None
+        if self.datasets.evaluation is not None:
+            with naming(self.path):
+                session = open_session(self.proto, data_folder=self.target.data_folder)
+        reference = Reference(loaded, self.proto, session, self.datasets, self.labels)
+        return Workshop(self.target, reference, contextlib.ExitStack(), self.force)
+
+
+def detach(shop: Workshop) -> Detached | None:
+    """``shop`` for another process; None when its builds must stay here: no float model to
+    copy, or weights in external files (the staged model would not be one file of bytes). The
+    speed profile (``feed``) stays here: kernel choices depend on the CPU, and candidates are
+    compared on one."""
+    reference, target = shop.reference, shop.target
+    if reference.proto is None or target.external_data or target.data_folder is not None:
+        return None
+    loaded = reference.loaded
+    return Detached(
+        loaded.path,
+        loaded.size_bytes,
+        reference.proto,
+        replace(target, feed=None),
+        reference.datasets,
+        reference.labels,
+        shop.force,
+    )
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A candidate built elsewhere: its model file's bytes and what was measured there."""
+
+    plan: QuantPlan
+    model: bytes
+    int8_weight_fraction: float
+    fidelity: Fidelity | None
+    gate: GateResult | None
+    ranges: dict[str, TensorRange]
+
+
+def build_detached(order: Order, config: QuantConfig, detached: Detached) -> Shipped | QuantCliError:
+    """``order`` built and measured in this process from ``detached`` (a Ray task's body)."""
+    shop = detached.workshop()
+    with shop.scratches:
+        built = build_order(order, config, shop)
+        if isinstance(built, QuantCliError):
+            return built
+        candidate, ranges = built
+        data = candidate.staged.path.read_bytes()
+    return Shipped(
+        candidate.plan, data, candidate.int8_weight_fraction, candidate.fidelity, candidate.gate, ranges
+    )
+
+
+def land(shipped: Shipped | QuantCliError, shop: Workshop) -> Built | QuantCliError:
+    """A candidate built elsewhere, staged and checked here as one built here is, with its
+    speed profiled here when the search predicts speeds."""
+    if isinstance(shipped, QuantCliError):
+        return shipped
+    scratch = shop.scratch()
+    path = scratch.write_bytes(shop.target.output, shipped.model)
+    staged = StagedModel(path, shop.target.output, len(shipped.model), external_data=False)
+    try:
+        session = check_model_file(path)
+        predicted = _predicted(staged, shop.target.feed)
+    except QuantCliError as exc:
+        return exc
+    candidate = Candidate(
+        shipped.plan,
+        staged,
+        scratch,
+        session,
+        shipped.int8_weight_fraction,
+        fidelity=shipped.fidelity,
+        gate=shipped.gate,
+        predicted=predicted,
+    )
+    return candidate, shipped.ranges

@@ -1,4 +1,4 @@
-"""quantcli's independent work as Ray tasks: calibration shards and batch conversions.
+"""quantcli's independent work as Ray tasks: calibration shards, search builds, batch conversions.
 
 Imported only when ``--ray`` is given (the rest of quantcli never imports ray). Nothing here
 decides anything: a statistics pass is split by :class:`~quantcli.calibration.sampling.Selection`
@@ -7,6 +7,11 @@ in a task with its own onnxruntime session, and the driver merges the results wi
 merge of calibration files. Min, max and counts merge exactly and histograms are aligned on
 powers of two, so the merged statistics are those of one local run, bit for bit, whatever the
 number of workers or the order in which they finish.
+
+A search (``--mode auto`` candidates, ``--auto-fallback`` trials) hands its rounds of builds to
+:class:`RayBuilds`: each build runs in a task from :class:`~quantcli.build.Detached` values and
+returns the model's bytes and its measured fidelity; the driver stages and checks them, and
+profiles or times every candidate itself, so the choice reads what a local run would.
 
 Workers read the model and the data themselves: both must be at the same path on every node
 (shared storage), or the data a ``--data-loader`` every node can import. That is checked on
@@ -27,16 +32,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from quantcli.batch import BatchJob, JobResult, Outcome, convert_job
-from quantcli.calibration.collect import Advance
+from quantcli.build import (
+    Built,
+    Detached,
+    LocalBuilds,
+    Order,
+    Shipped,
+    Workshop,
+    build_detached,
+    detach,
+    land,
+)
+from quantcli.calibration.collect import Advance, stage
 from quantcli.calibration.file import CalibrationFile, merge_calibrations
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Shard
 from quantcli.calibration.sources import DataSource, ImageFolder, UserLoader
-from quantcli.config import CalibrationMethod
+from quantcli.config import CalibrationMethod, QuantConfig
 from quantcli.errors import DistributedError, QuantCliError
 from quantcli.pipeline import ShardResult, ShardWork, observe_shard
 
 __all__ = [
+    "RayBuilds",
     "RayCollector",
     "RayOptions",
     "absolute_source",
@@ -246,8 +263,7 @@ class RayCollector:
     def shards(self, num_samples: int) -> int:
         if self.options.workers is not None:
             return self.options.workers
-        cpus = int(_ray().cluster_resources().get("CPU", 1))
-        return max(1, min(num_samples, cpus // self.options.cpus_per_task))
+        return max(1, min(num_samples, _width(self.options)))
 
     def __call__(self, work: ShardWork, progress: Advance | None) -> dict[str, TensorStats]:
         work = replace(work, model=work.model.absolute(), source=absolute_source(work.source))
@@ -293,6 +309,57 @@ class RayCollector:
                 f"{work.num_samples}; every node must see the same data"
             )
         return merged[0][1].stats
+
+
+def _width(options: RayOptions) -> int:
+    """Tasks run at once: ``--workers``, else the cluster's CPUs / CPUs per task."""
+    if options.workers is not None:
+        return options.workers
+    return max(1, int(_ray().cluster_resources().get("CPU", 1)) // options.cpus_per_task)
+
+
+def _build(order: Order, config: QuantConfig, detached: Detached) -> Shipped | QuantCliError:
+    return build_detached(order, config, detached)
+
+
+@dataclass(frozen=True)
+class RayBuilds:
+    """A search's rounds of builds as Ray tasks, ``width`` at once. A build that fails on a
+    worker comes back as the error it raised, and fails as it fails locally; one whose worker
+    died every time fails the run. A model with external weights is built here (its staged
+    model is not one file of bytes to return)."""
+
+    options: RayOptions
+
+    @property
+    def width(self) -> int:
+        return _width(self.options)
+
+    def __call__(
+        self, orders: Sequence[Order], config: QuantConfig, shop: Workshop
+    ) -> list[Built | QuantCliError]:
+        detached = detach(shop)
+        if detached is None:
+            logger.info("the model has external data: its search builds run on the driver")
+            return LocalBuilds()(orders, config, shop)
+        if not orders:
+            return []
+        stage(*orders[0].progress)
+        # The float model and the data once in the object store, not once per task.
+        shared = _ray().put(detached)
+        names = [f"{order.progress[0]} ({index + 1} of {len(orders)})" for index, order in enumerate(orders)]
+        shipped: dict[str, Shipped | QuantCliError] = {}
+        run_tasks(
+            _build,
+            [
+                (name, (replace(order, model=None), config, shared))
+                for name, order in zip(names, orders, strict=True)
+            ],
+            cpus=self.options.cpus_per_task,
+            retries=self.options.retries,
+            on_result=shipped.__setitem__,
+        )
+        return [land(shipped[name], shop) for name in names]
 
 
 def convert_on_ray(

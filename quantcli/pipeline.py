@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantcli import inputs
-from quantcli.build import Job, reference_for
+from quantcli.build import Builds, Job, reference_for
 from quantcli.calibration.collect import Progress, reporting, stage, within
 from quantcli.calibration.data import Dataset, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
@@ -101,6 +101,7 @@ def quantize(  # noqa: PLR0913 (the Python API's option list: every argument aft
     progress: Progress | None = None,
     staging: StagedOutput | None = None,
     collector: Collector | None = None,
+    builds: Builds | None = None,
 ) -> QuantResult:
     """Quantize ``model_path`` to int8 and write it to ``output``, checked and atomically.
 
@@ -110,7 +111,8 @@ def quantize(  # noqa: PLR0913 (the Python API's option list: every argument aft
     and the fastest one within the accuracy bound is written. With ``staging``, the model joins
     files the caller commits together (a report, say); otherwise it is moved into place before
     returning. On any error nothing new is left behind. ``collector`` runs the calibration pass
-    elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples.
+    elsewhere (on Ray: :mod:`quantcli.distributed`), on the same samples; ``builds`` the
+    candidates' and fallback trials' builds, with the same model and report as a local run.
 
     ``config`` is taken whole; given as :class:`Overrides` (or None), what it leaves unset comes
     from the defaults, and the calibration method from ``calibration``'s file unless given, as
@@ -123,15 +125,17 @@ def quantize(  # noqa: PLR0913 (the Python API's option list: every argument aft
     request = Request(model_path, output, data, calibration, eval_data, labels, progress, collector)
     if staging is not None:
         with reporting(progress):
-            return _quantize_into(staging, request, config)
+            return _quantize_into(staging, request, config, builds)
     with StagedOutput(force=force) as own:
         with reporting(progress):
-            result = _quantize_into(own, request, config)
+            result = _quantize_into(own, request, config, builds)
         own.commit()
     return result
 
 
-def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig) -> QuantResult:
+def _quantize_into(
+    staging: StagedOutput, request: Request, config: QuantConfig, builds: Builds | None
+) -> QuantResult:
     inputs.check_request(request, config)
     loaded, recorded = inputs.open_request(staging, request)
     mode, mode_reason, kept_float = recorded_mode(loaded.model, config, recorded)
@@ -156,7 +160,7 @@ def _quantize_into(staging: StagedOutput, request: Request, config: QuantConfig)
     ranges, calibration_summary = inputs.calibrated_ranges(run, plans, recorded, request)
     reference = reference_for(run, needed=datasets.evaluation is not None or len(plans) > 1)
     searched = search_candidates(
-        run, reference, [Job(plan, ranges) for plan in plans], staging, request.output
+        run, reference, [Job(plan, ranges) for plan in plans], staging, request.output, builds=builds
     )
     return QuantResult(
         request.output, report_for(run, searched, calibration_summary, mode_reason, request.output)

@@ -18,13 +18,13 @@ ranks the groups, then the loop, on builds of :func:`quantcli.build.build_varian
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 import onnx
 
-from quantcli.build import Candidate, Variant, Workshop, build_variant
+from quantcli.build import Builds, Built, Candidate, LocalBuilds, Order, Variant, Workshop
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.config import QuantConfig
 from quantcli.diagnose import LayerDiagnosis, diagnose
@@ -94,77 +94,139 @@ def _step(trial: int, groups: int, excluded: tuple[str, ...], measured: Measured
 Ranges = Mapping[str, TensorRange]
 
 
-def fall_back(
-    first: M,
-    groups: Sequence[tuple[str, ...]],
-    build: Callable[[frozenset[str], Ranges], tuple[M, Ranges]],
-    ranges: Ranges,
-    *,
-    max_trials: int,
-) -> tuple[FallbackResult[M], Ranges]:
-    """Search the smallest prefix of ``groups`` whose exclusion passes the gate.
+# A batch of trial builds: the nodes each returns to float and the ranges known so far in, the
+# measured model and the ranges it needed out (or why it could not be built), in the same order.
+BuildMany = Callable[[Sequence[frozenset[str]], Ranges], Sequence[tuple[M, Ranges] | QuantCliError]]
 
-    ``first`` is the full plan's measured model; ``build`` makes and measures the model with the
-    given nodes in float from the ranges known so far, and returns it with the ranges it needed.
-    At most ``max_trials`` builds. If none passes, the model that missed the bound by the least
-    is kept, and the result says so. Returns the result and the ranges after every trial.
-    """
-    assert first.gate is not None
-    trials = _Trials(first, groups, build, ranges)
-    failing, passing = 0, 0 if first.gate.passed else None
-    size = 1
+
+def _search(first_passed: bool, available: int, max_trials: int) -> Generator[int, bool | None, int | None]:
+    """The search as a sequence of prefixes to try: sent each one's outcome (True: it passes;
+    None: it could not be built), it yields the next; returns the passing prefix (None: none)."""
+    failing, passing = 0, 0 if first_passed else None
+    size, count = 1, 0
     # Grow: 1, 2, 4, ... groups in float, until the gate passes or the groups run out.
-    while passing is None and trials.count < max_trials and failing < len(groups):
-        prefix = min(failing + size, len(groups))
-        outcome = trials.attempt(prefix)
+    while passing is None and count < max_trials and failing < available:
+        prefix = min(failing + size, available)
+        count += 1
+        outcome = yield prefix
         if outcome is None:
-            break
+            return passing
         if outcome:
             passing = prefix
         else:
             failing, size = prefix, size * 2
     # Narrow: bisect between the last failing and the first passing prefix.
-    while passing is not None and trials.count < max_trials and passing - failing > 1:
+    while passing is not None and count < max_trials and passing - failing > 1:
         middle = (failing + passing) // 2
-        outcome = trials.attempt(middle)
+        count += 1
+        outcome = yield middle
         if outcome is None:
-            break
+            return passing
         if outcome:
             passing = middle
         else:
             failing = middle
-    return _finish(trials.results, trials.steps, passing, len(groups)), trials.ranges
+    return passing
 
 
-class _Trials(Generic[M]):
-    """The trials of one search: each build, its step, and the ranges known after it."""
+@dataclass(frozen=True)
+class _Replay:
+    """The search replayed over the outcomes known: the prefixes it tried, in order, and the next
+    one whose outcome is not known (None: the search is over, and ``passing`` is its answer)."""
 
-    def __init__(
-        self,
-        first: M,
-        groups: Sequence[tuple[str, ...]],
-        build: Callable[[frozenset[str], Ranges], tuple[M, Ranges]],
-        ranges: Ranges,
-    ) -> None:
-        self.groups, self.build, self.ranges = groups, build, ranges
-        self.results: dict[int, M] = {0: first}
-        self.steps = [_step(0, 0, (), first)]
-        self.count = 0
+    tried: tuple[int, ...]
+    next: int | None
+    passing: int | None
 
-    def attempt(self, prefix: int) -> bool | None:
-        """Build with ``prefix`` groups in float; True if it passes, None if it cannot be built."""
-        self.count += 1
-        excluded = tuple(n for group in self.groups[:prefix] for n in group)
-        try:
-            measured, self.ranges = self.build(frozenset(excluded), self.ranges)
-        except QuantCliError as exc:
-            logger.info("fallback trial with %d groups in float failed: %s", prefix, exc)
-            self.steps.append(FallbackStep(len(self.steps), prefix, excluded, None, 0.0, 0, note=str(exc)))
-            return None
-        assert measured.gate is not None
-        self.results[prefix] = measured
-        self.steps.append(_step(len(self.steps), prefix, excluded, measured))
-        return measured.gate.passed
+
+def _replay(first_passed: bool, available: int, max_trials: int, known: Mapping[int, bool | None]) -> _Replay:
+    search = _search(first_passed, available, max_trials)
+    tried: list[int] = []
+    try:
+        prefix = next(search)
+        while prefix in known:
+            tried.append(prefix)
+            prefix = search.send(known[prefix])
+    except StopIteration as done:
+        return _Replay(tuple(tried), None, done.value)
+    return _Replay(tuple(tried), prefix, None)
+
+
+# Outcomes a round's lookahead considers at most (the tree of outcomes doubles with each trial).
+_LOOKAHEAD_BRANCHES = 256
+
+
+def _lookahead(
+    first_passed: bool, available: int, max_trials: int, known: Mapping[int, bool | None], width: int
+) -> list[int]:
+    """Up to ``width`` prefixes to build in one round: the next the search tries, then those it
+    would try after it whichever way the unknown outcomes turn out, nearest first. With width 1
+    this is the plain search; wider, a build the search turns out not to need is discarded."""
+    wanted: list[int] = []
+    branches: list[dict[int, bool | None]] = [dict(known)]
+    for branch in branches:
+        if len(wanted) >= width or len(branches) > _LOOKAHEAD_BRANCHES:
+            break
+        prefix = _replay(first_passed, available, max_trials, branch).next
+        if prefix is None:
+            continue
+        if prefix not in wanted:
+            wanted.append(prefix)
+        branches += [{**branch, prefix: False}, {**branch, prefix: True}]
+    return wanted
+
+
+def fall_back(
+    first: M,
+    groups: Sequence[tuple[str, ...]],
+    build: BuildMany[M],
+    ranges: Ranges,
+    *,
+    max_trials: int,
+    width: int = 1,
+) -> tuple[FallbackResult[M], Ranges]:
+    """Search the smallest prefix of ``groups`` whose exclusion passes the gate.
+
+    ``first`` is the full plan's measured model; ``build`` makes and measures models with the
+    given nodes in float from the ranges known so far, and returns each with the ranges it
+    needed. At most ``max_trials`` trials. If none passes, the model that missed the bound by
+    the least is kept, and the result says so. Returns the result and the ranges after it.
+
+    Each round builds up to ``width`` prefixes at once (the next trial and those that may follow
+    it); the trials reported, and the model kept, are those of the search one trial at a time.
+    A tensor's range does not depend on which trial observed it, so the order is immaterial.
+    """
+    assert first.gate is not None
+    passed, available = first.gate.passed, len(groups)
+    built: dict[int, tuple[M, Ranges] | QuantCliError] = {}
+    known: dict[int, bool | None] = {}
+    while wanted := _lookahead(passed, available, max_trials, known, max(1, width)):
+        excluded = [frozenset(_excluded(groups, prefix)) for prefix in wanted]
+        for prefix, outcome in zip(wanted, build(excluded, ranges), strict=True):
+            built[prefix] = outcome
+            if isinstance(outcome, QuantCliError):
+                known[prefix] = None
+                continue
+            measured, needed = outcome
+            assert measured.gate is not None
+            known[prefix] = measured.gate.passed
+            ranges = {**ranges, **needed}
+    replay = _replay(passed, available, max_trials, known)
+    results: dict[int, M] = {0: first}
+    steps = [_step(0, 0, (), first)]
+    for prefix in replay.tried:
+        outcome, excluded_names = built[prefix], _excluded(groups, prefix)
+        if isinstance(outcome, QuantCliError):
+            logger.info("fallback trial with %d groups in float failed: %s", prefix, outcome)
+            steps.append(FallbackStep(len(steps), prefix, excluded_names, None, 0.0, 0, note=str(outcome)))
+            continue
+        results[prefix] = outcome[0]
+        steps.append(_step(len(steps), prefix, excluded_names, outcome[0]))
+    return _finish(results, steps, replay.passing, available), ranges
+
+
+def _excluded(groups: Sequence[tuple[str, ...]], prefix: int) -> tuple[str, ...]:
+    return tuple(n for group in groups[:prefix] for n in group)
 
 
 def _shortfall(measured: Measured) -> float:
@@ -207,7 +269,13 @@ class Repaired:
 
 
 def repair(
-    start: Candidate, shop: Workshop, config: QuantConfig, ranges: Ranges, *, auto: bool = False
+    start: Candidate,
+    shop: Workshop,
+    config: QuantConfig,
+    ranges: Ranges,
+    *,
+    auto: bool = False,
+    builds: Builds | None = None,
 ) -> Repaired:
     """--per-layer: rank ``start``'s tensors. --auto-fallback, when ``start`` misses the bound:
     return the nodes behind the worst ones to float, on its mode's plan. Ranges in, ranges out.
@@ -217,6 +285,7 @@ def repair(
     measures fewer tensors alone, so that the default stays affordable on a large model
     (PP-OCRv4 det at 640x640: 743 s of diagnosis with 32 samples and 32 tensors alone).
     """
+    builds = builds if builds is not None else LocalBuilds()
     reference = shop.reference
     evaluation, proto = reference.datasets.evaluation, reference.proto
     missed = start.gate is not None and not start.gate.passed
@@ -241,9 +310,22 @@ def repair(
     trials = iter(range(1, config.max_trials + 1))
     kept_float = dict(start.plan.kept_float)
 
-    def build(excluded: frozenset[str], known: Ranges) -> tuple[Candidate, Ranges]:
-        stage("fallback trial", next(trials, config.max_trials), config.max_trials)
-        return build_variant(Variant(start.plan.mode, excluded, kept_float), config, shop, known)
+    def build(excluded: Sequence[frozenset[str]], known: Ranges) -> list[Built | QuantCliError]:
+        orders = [
+            Order(
+                Variant(start.plan.mode, names, kept_float),
+                known,
+                progress=(
+                    "fallback trial",
+                    min(next(trials, config.max_trials), config.max_trials),
+                    config.max_trials,
+                ),
+            )
+            for names in excluded
+        ]
+        return builds(orders, config, shop)
 
-    fallback, ranges = fall_back(start, diagnosis.node_groups(), build, ranges, max_trials=config.max_trials)
+    fallback, ranges = fall_back(
+        start, diagnosis.node_groups(), build, ranges, max_trials=config.max_trials, width=builds.width
+    )
     return Repaired(fallback.chosen, replace(diagnosis, top_k=config.top_k), fallback, ranges)

@@ -22,12 +22,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from quantcli.build import (
+    Builds,
+    Built,
     Candidate,
     Job,
+    LocalBuilds,
+    Order,
     Reference,
     Workshop,
-    build_candidate,
-    copy_model,
     reference_for,
     time_side_by_side,
     workshop_for,
@@ -40,7 +42,7 @@ from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, recorded_c
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis
-from quantcli.errors import ConfigError, QuantizationError
+from quantcli.errors import ConfigError, QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
@@ -268,20 +270,33 @@ class Searched:
     float_prediction: Prediction | None  # the float model's, when auto predicted speeds
 
 
-def _built(run: Run, jobs: list[Job], shop: Workshop) -> list[Candidate]:
-    """Every job built and measured; among several, one that fails is dropped with a warning.
-    Every candidate but the last rewrites a fresh copy; the last may consume the original."""
+def _built(run: Run, jobs: list[Job], shop: Workshop, builds: Builds) -> list[Candidate]:
+    """Every job built and measured, ``builds.width`` at a time; among several, one that fails
+    is dropped with a warning. Every candidate but the last rewrites a fresh copy; the last may
+    consume the original."""
+    last = len(jobs) - 1
+    orders = [
+        Order(
+            job,
+            model=run.loaded.model if index == last else None,
+            progress=(f"build candidate {job.plan.mode}", index + 1, len(jobs)),
+        )
+        for index, job in enumerate(jobs)
+    ]
+    width = max(1, builds.width)
+    outcomes: list[Built | QuantCliError] = []
+    for start in range(0, len(orders), width):
+        outcomes += builds(orders[start : start + width], run.config, shop)
     candidates = []
-    for index, job in enumerate(jobs):
-        last = index == len(jobs) - 1
-        model = run.loaded.model if last else copy_model(shop.reference.proto, shop.target.data_folder)
-        stage(f"build candidate {job.plan.mode}", index + 1, len(jobs))
-        try:
-            candidates.append(build_candidate(model, job, run.config, shop))
-        except QuantizationError as exc:
-            if len(jobs) == 1:
-                raise QuantizationError(f"{run.loaded.path}: {exc}") from exc
-            logger.warning("%s mode candidate dropped: %s", job.plan.mode, exc)
+    for job, built in zip(jobs, outcomes, strict=True):
+        if isinstance(built, QuantizationError) and len(jobs) > 1:
+            logger.warning("%s mode candidate dropped: %s", job.plan.mode, built)
+        elif isinstance(built, QuantizationError):
+            raise QuantizationError(f"{run.loaded.path}: {built}") from built
+        elif isinstance(built, QuantCliError):
+            raise built
+        else:
+            candidates.append(built[0])
     if not candidates:
         raise QuantizationError(f"{run.loaded.path}: no candidate mode produced a smaller, valid model")
     return candidates
@@ -319,11 +334,19 @@ def _repair_outcome(run: Run, first: Decision, candidates: list[Candidate], resu
 
 
 def search_candidates(
-    run: Run, reference: Reference, jobs: list[Job], staging: StagedOutput, output: Path
+    run: Run,
+    reference: Reference,
+    jobs: list[Job],
+    staging: StagedOutput,
+    output: Path,
+    *,
+    builds: Builds | None = None,
 ) -> Searched:
     """Build, stage, check and measure every job; choose; repair (--per-layer, --auto-fallback,
     and in auto mode the winner or a clearly faster candidate that missed the bound); the model
-    written joins ``staging``, the rest go."""
+    written joins ``staging``, the rest go. ``builds`` runs the builds (elsewhere: on Ray, see
+    :mod:`quantcli.distributed`); timing and the choice stay here, so the outcome is the same."""
+    builds = builds if builds is not None else LocalBuilds()
     config, auto = run.config, run.mode is QuantMode.AUTO
     shop = workshop_for(run, reference, output, staging.force)
     float_prediction = None
@@ -332,9 +355,9 @@ def search_candidates(
             kernels = profile_kernels(reference.proto, shop.target.feed, data_folder=shop.target.data_folder)
         float_prediction = default_cost_model().predict(kernels)
     with shop.scratches:
-        candidates = _timed(run, _built(run, jobs, shop))
+        candidates = _timed(run, _built(run, jobs, shop, builds))
         first = decide([figures_of(c, config.speed) for c in candidates], config.speed)
-        repaired = repair(candidates[first.start], shop, config, jobs[0].ranges, auto=auto)
+        repaired = repair(candidates[first.start], shop, config, jobs[0].ranges, auto=auto, builds=builds)
         outcome = _repair_outcome(run, first, candidates, repaired.candidate)
         final = decide([figures_of(c, config.speed) for c in candidates], config.speed, outcome)
         written = repaired.candidate if final.winner == first.start else candidates[final.winner]

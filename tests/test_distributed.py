@@ -13,14 +13,18 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import models
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'quantcli[ray]')")
 
+from quantcli import build  # noqa: E402
 from quantcli.calibration.file import write_calibration  # noqa: E402
 from quantcli.calibration.sources import UserLoader  # noqa: E402
 from quantcli.cli.app import app  # noqa: E402
@@ -226,3 +230,115 @@ def test_convert_many_on_ray_reports_every_model(loaders: Path, tmp_path: Path) 
         rows["digits_cnn"]["size_ratio"],
         json.loads((out / "digits_cnn.report.json").read_text())["size"]["ratio"],
     )
+
+
+def _without_paths(document: dict[str, Any]) -> dict[str, Any]:
+    """A report without the output path and the command line (all two runs into two files, one
+    with --ray, differ by); predicted speeds, not wall times, decide by default, and nothing
+    else may differ."""
+    return {k: v for k, v in document.items() if k not in {"output", "command"}}
+
+
+def _nothing_built_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on a build in this process fails the test: with --ray every one is a task (the
+    workers import quantcli afresh, unpatched)."""
+
+    def refuse(*_: object) -> None:
+        raise AssertionError("a search build ran on the driver")
+
+    monkeypatch.setattr(build, "build_order", refuse)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("cnn", "--mode", "auto"),
+        ("outlier", "--mode", "static", "--min-sqnr", "25", "--auto-fallback"),
+        ("cnn", "--mode", "static", "--min-sqnr", "900", "--auto-fallback", "--max-trials", "4"),
+    ],
+    ids=["auto", "fallback-passes", "fallback-never-passes"],
+)
+def test_a_search_on_ray_writes_the_model_and_report_a_local_run_writes(
+    loaders: Path,
+    cnn: tuple[Path, Path],
+    tmp_path: Path,
+    case: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    which, *flags = case
+    if which == "outlier":
+        model = models.save(models.outlier_mlp(), tmp_path)
+        data, evaluation = tmp_path / "calib.npz", tmp_path / "eval.npz"
+        np.savez(data, **models.outlier_mlp_data(32, outlier=2000.0))
+        np.savez(evaluation, **models.outlier_mlp_data(16, seed=2))
+        inputs = ["--data", str(data), "--eval-data", str(evaluation)]
+    else:
+        model, data = cnn
+        inputs = ["--data", str(data)]
+    base = ["convert", str(model), *inputs, *flags, "--json"]
+    local = runner.invoke(app, [*base, "-o", str(tmp_path / "local.onnx")])
+    assert local.exit_code in {0, 3}, local.output
+    _nothing_built_here(monkeypatch)
+    remote = runner.invoke(app, [*base, "-o", str(tmp_path / "ray.onnx"), "--ray", "--workers", "3"])
+    assert remote.exit_code == local.exit_code, remote.output
+    assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "ray.onnx").read_bytes()
+    mine, theirs = json.loads(local.stdout), json.loads(remote.stdout)
+    assert _without_paths(theirs) == _without_paths(mine)
+    if "--auto-fallback" in flags:
+        # The first model and its trials; when none passes, the last (every group in float) cannot
+        # be built on the worker, and is reported as locally.
+        steps = mine["fallback"]["steps"]
+        assert (
+            len(steps) >= 2 if mine["fallback"]["passed"] else steps[-1]["gate"] is None and len(steps) >= 3
+        )
+    else:
+        assert len(mine["candidates"]) >= 2
+
+
+def _too_small(tmp_path: Path) -> tuple[Path, Path]:
+    """A MatMul on an 8x8 weight, whose QDQ model is larger than the float one (static refuses
+    it), and 8 samples of its input."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"])],
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [weight],
+    )
+    model = tmp_path / "small.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    data = tmp_path / "small.npz"
+    np.savez(data, x=np.random.default_rng(1).normal(size=(8, 1, 8)).astype(np.float32))
+    return model, data
+
+
+@pytest.mark.parametrize("mode", ["static", "auto"])
+def test_a_candidate_failing_on_a_worker_fails_as_it_fails_locally(
+    loaders: Path,
+    tmp_path: Path,
+    mode: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model, data = _too_small(tmp_path)
+    base = ["convert", str(model), "--data", str(data), "--mode", mode, "-f"]
+    local = runner.invoke(app, [*base, "-o", str(tmp_path / "local.onnx")])
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    caplog.clear()
+    _nothing_built_here(monkeypatch)
+    remote = runner.invoke(app, [*base, "-o", str(tmp_path / "ray.onnx"), "--ray", "--workers", "2"])
+    assert remote.exit_code == local.exit_code, remote.output
+    assert remote.stderr.replace("ray.onnx", "local.onnx") == local.stderr
+    again = [
+        r.getMessage().replace("ray.onnx", "local.onnx")
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    ]
+    assert again == warned
+    if mode == "static":  # refused, one line, nothing written
+        assert local.exit_code == 1 and "would not be smaller than the input" in local.stderr
+        assert not (tmp_path / "ray.onnx").exists()
+    else:  # the candidates that grew are dropped with the same warning, the same model written
+        assert local.exit_code == 0 and any("static mode candidate dropped" in w for w in warned)
+        assert (tmp_path / "local.onnx").read_bytes() == (tmp_path / "ray.onnx").read_bytes()

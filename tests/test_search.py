@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import pytest
 
 from quantcli.calibration.observers import TensorRange
 from quantcli.config import GateMetric, QuantMode, SpeedSource
+from quantcli.errors import QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult
 from quantcli.repair import fall_back
 from quantcli.search import Figures, Repair, decide
@@ -90,12 +93,13 @@ def test_fallback_takes_ranges_in_and_gives_ranges_out() -> None:
     seen: list[frozenset[str]] = []
 
     def build(
-        excluded: frozenset[str], ranges: Mapping[str, TensorRange]
-    ) -> tuple[_Trial, dict[str, TensorRange]]:
-        seen.append(excluded)
+        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+    ) -> list[tuple[_Trial, dict[str, TensorRange]]]:
+        assert len(excluded) == 1  # one trial at a time by default
+        seen.append(excluded[0])
         extended = {**ranges, f"t{len(seen)}": TensorRange(0.0, float(len(seen)))}
-        drop = 2.0 if len(excluded) < 2 else 0.5
-        return _Trial(GateResult(GateMetric.COSINE, drop, 1.0), 0.5, 10), extended
+        drop = 2.0 if len(excluded[0]) < 2 else 0.5
+        return [(_Trial(GateResult(GateMetric.COSINE, drop, 1.0), 0.5, 10), extended)]
 
     first = _Trial(GateResult(GateMetric.COSINE, 3.0, 1.0), 1.0, 8)
     result, ranges = fall_back(first, [("n1",), ("n2",), ("n3",)], build, known, max_trials=4)
@@ -103,3 +107,44 @@ def test_fallback_takes_ranges_in_and_gives_ranges_out() -> None:
     assert set(ranges) == {"a"} | {f"t{i}" for i in range(1, len(seen) + 1)}
     assert seen[0] == frozenset({"n1"}) and frozenset({"n1", "n2"}) in seen
     assert result.passed and [s.excluded for s in result.steps if s.chosen] == [("n1", "n2")]
+
+
+def _search_rounds(width: int, passes_from: int, broken: int | None = None) -> tuple[object, int, int]:
+    """A fallback over 12 groups whose trials pass from ``passes_from`` groups in float (the trial
+    of ``broken`` groups cannot be built), run ``width`` builds a round: its steps, rounds, builds."""
+    rounds = builds = 0
+
+    def build(
+        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+    ) -> list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError]:
+        nonlocal rounds, builds
+        assert 1 <= len(excluded) <= width
+        rounds, builds = rounds + 1, builds + len(excluded)
+        out: list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError] = []
+        for names in excluded:
+            if len(names) == broken:
+                out.append(QuantizationError("the quantized model fails to run"))
+                continue
+            drop = 0.5 if len(names) >= passes_from else 2.0 + 1.0 / (1 + len(names))
+            out.append((_Trial(GateResult(GateMetric.COSINE, drop, 1.0), 1.0 - len(names) / 12, 10), ranges))
+        return out
+
+    first = _Trial(GateResult(GateMetric.COSINE, 3.0, 1.0), 1.0, 8)
+    groups = [(f"n{i}",) for i in range(1, 13)]
+    result, _ = fall_back(first, groups, build, {}, max_trials=8, width=width)
+    return result, rounds, builds
+
+
+@pytest.mark.parametrize(("passes_from", "broken"), [(1, None), (5, None), (11, None), (13, None), (6, 4)])
+def test_fallback_builds_ahead_in_rounds_and_reports_the_one_at_a_time_search(
+    passes_from: int, broken: int | None
+) -> None:
+    alone, one_rounds, one_builds = _search_rounds(1, passes_from, broken)
+    assert one_rounds == one_builds
+    for width in (2, 3, 7):
+        wide, rounds, builds = _search_rounds(width, passes_from, broken)
+        assert wide == alone  # the same trials, in the same order, the same model kept
+        assert rounds <= one_rounds and builds >= one_builds
+    _, rounds, _ = _search_rounds(7, passes_from, broken)
+    if one_rounds >= 3:
+        assert rounds < one_rounds  # three levels of the search per round

@@ -116,6 +116,7 @@ from quantcli.errors import ConfigError
 
 if TYPE_CHECKING:
     from quantcli.batch import BatchJob, JobResult, Settings
+    from quantcli.build import Builds
     from quantcli.calibration.file import CalibrationFile
     from quantcli.calibration.sampling import Shard
     from quantcli.calibration.sources import DataSource
@@ -156,6 +157,14 @@ def _collector(options: Any) -> Collector | None:
     from quantcli import distributed
 
     return distributed.RayCollector(options)
+
+
+def _builds(options: Any) -> Builds | None:
+    if options is None:
+        return None
+    from quantcli import distributed
+
+    return distributed.RayBuilds(options)
 
 
 def _source(data: Path | None, loader: str | None, preprocess: str | None) -> DataSource | None:
@@ -528,6 +537,7 @@ def _convert(job: _ConvertJob, config: QuantConfig, out: _Sink) -> ExitCode | No
             progress=progress,
             staging=staging,
             collector=_collector(on_ray),
+            builds=_builds(on_ray),
         )
         progress.stage("write")
         document = job.files.stage(staging, result.report.to_dict(), job.command, result.report.per_layer)

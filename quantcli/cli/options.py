@@ -322,7 +322,8 @@ WorkersOpt = Annotated[
     int | None,
     option(
         "--workers",
-        help="With --ray: Ray tasks the samples are split into." + default("the cluster's CPUs"),
+        help="With --ray: Ray tasks the samples are split into, and (convert) search builds run at once."
+        + default("the cluster's CPUs"),
         metavar="N",
         panel=DISTRIBUTED,
         low=1,
