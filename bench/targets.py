@@ -8,9 +8,11 @@ Per model, side by side in one run (one process, one rotating timing loop):
     openvino fp32         the float model, at the plugin's default inference precision (bf16 on a
                           CPU with AMX / AVX512-BF16, which this machine is), the base of every ratio
     openvino fp32 (f32)   the same model with INFERENCE_PRECISION_HINT=f32: true float32
-    quantcli openvino*    STAND-IN until `--target openvino` exists: `quantcli convert --mode static
-                          --activation-type int8` then bench/_openvino_rules.py's rule set (the rules
-                          docs/openvino.md derives); labelled as such in every table
+    quantcli --target openvino (static)
+                          `quantcli convert --target openvino --mode static`: the Target's placement
+    quantcli openvino*    the stand-in it replaces: `quantcli convert --mode static --activation-type
+                          int8` then bench/_openvino_rules.py's rule set (the rules docs/openvino.md
+                          derives), kept to compare the two
     nncf                  nncf.quantize(onnx.ModelProto, nncf.Dataset(calib samples)) at its defaults
     quantcli default      exactly `quantcli convert MODEL -o OUT --data calib/` (today: --target ort-cpu)
 With --rules, each rule's effect is measured too: quantcli static (uint8 and int8 activations)
@@ -48,10 +50,11 @@ QUANTCLI = ROOT / ".venv" / "bin" / "quantcli"
 
 FP32 = "openvino fp32"
 FP32_F32 = "openvino fp32 (f32 hint)"
-STAND_IN = "quantcli openvino* (static int8 + rules)"  # a STAND-IN until --target openvino exists
+STAND_IN = "quantcli openvino* (static int8 + rules)"  # the stand-in, kept beside the real target
+TARGET = "quantcli --target openvino (static)"
 NNCF = "nncf"
 DEFAULT = "quantcli default (ort-cpu)"
-TOOLS = (FP32, FP32_F32, STAND_IN, NNCF, DEFAULT)
+TOOLS = (FP32, FP32_F32, TARGET, STAND_IN, NNCF, DEFAULT)
 # --rules: (label, activation type, rules applied to quantcli static's output)
 RULE_STEPS = tuple(
     (f"static {act}" + (" + " + " + ".join(steps) if steps else ""), act, steps)
@@ -93,9 +96,9 @@ def _run(command: list[str], log: Path) -> str:
     return f"exit {code}: " + " | ".join(lines[-3:])
 
 
-def static_command(model: Path, output: Path, data: compare.Data, activation: str) -> list[str]:
-    command = [str(QUANTCLI), "convert", str(model), "-o", str(output), "--mode", "static"]
-    command += ["--activation-type", activation, "--data", str(data.calib), "--eval-data", str(data.eval)]
+def static_command(model: Path, output: Path, data: compare.Data, *flags: str) -> list[str]:
+    command = [str(QUANTCLI), "convert", str(model), "-o", str(output), "--mode", "static", *flags]
+    command += ["--data", str(data.calib), "--eval-data", str(data.eval)]
     return [*command, "--force", "--quiet"]
 
 
@@ -114,13 +117,16 @@ def produce(subject: compare.Subject, work: Path, data: compare.Data, with_rules
     statics: dict[str, Path | str] = {}
     for activation in ("int8", "uint8") if with_rules else ("int8",):
         out = _own_folder(work / f"static_{activation}") / "model.onnx"
-        error = _run(static_command(fp32, out, data, activation), out.parent.with_suffix(".log"))
+        command = static_command(fp32, out, data, "--activation-type", activation)
+        error = _run(command, out.parent.with_suffix(".log"))
         statics[activation] = error or out
     outputs = {
+        TARGET: _own_folder(work / "target_openvino") / "model.onnx",
         NNCF: _own_folder(work / "nncf") / "model.onnx",
         DEFAULT: _own_folder(work / "default") / "model.onnx",
     }
     commands = {
+        TARGET: static_command(fp32, outputs[TARGET], data, "--target", "openvino"),
         NNCF: [
             sys.executable,
             str(BENCH / "_peer_quantize.py"),
@@ -262,10 +268,11 @@ def markdown(
         "`openvino fp32` runs its float layers in that precision; `f32 hint` is the same model forced to",
         "float32. `× OV fp32` is the median of each round's time over `openvino fp32`'s in the same round",
         "(below 1 is faster). Task metric: OpenVINO outputs against onnxruntime's fp32 outputs on eval/.",
-        "`quantcli openvino*` is a STAND-IN for",
-        "`--target openvino` (not built yet): `quantcli convert --mode static --activation-type int8`, then",
-        "bench/_openvino_rules.py's rules (docs/openvino.md). heavy = Convolution / FullyConnected / MatMul",
-        "layers of the compiled runtime graph by runtime precision; FQ = FakeQuantize layers left.",
+        "`quantcli --target openvino (static)` is `quantcli convert --target openvino --mode static`;",
+        "`quantcli openvino*` the stand-in it replaces: `quantcli convert --mode static",
+        "--activation-type int8`, then bench/_openvino_rules.py's rules (docs/openvino.md). heavy =",
+        "Convolution / FullyConnected / MatMul layers of the compiled runtime graph by runtime precision;",
+        "FQ = FakeQuantize layers left.",
         "",
     ]
     for subject, rows in results:

@@ -33,6 +33,7 @@ __all__ = [
     "QuantMode",
     "Recipe",
     "SpeedSource",
+    "TargetName",
     "WeightMethod",
     "config_settings",
     "expand_patterns",
@@ -152,6 +153,20 @@ class QuantMode(StrEnum):
         return self.needs_calibration or self is QuantMode.AUTO
 
 
+class TargetName(StrEnum):
+    """The runtime the model is quantized for (its facts: :data:`quantcli.target.TARGETS`).
+
+    ort-cpu (the default): onnxruntime's CPU provider. openvino: OpenVINO's CPU plugin, by the
+    placement read from its runtime graph (docs/openvino.md). tensorrt: TensorRT's explicit
+    quantization rules (int8 symmetric, zero point 0). The last two choose every activation's
+    type themselves, so ``activation_type`` applies to ort-cpu only.
+    """
+
+    ORT_CPU = "ort-cpu"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+
+
 class SpeedSource(StrEnum):
     """How ``--mode auto`` compares its candidates' speed.
 
@@ -238,6 +253,7 @@ class QuantConfig:
         block_size: values per block of a 4-bit weight, along its reduction axis.
         weight_symmetric: 4-bit blocks without a zero point (False: a zero point per block).
         block_method: how 4-bit weights are rounded (see :class:`BlockMethod`).
+        target: the runtime the model is quantized for (see :class:`TargetName`).
     """
 
     activation_type: ActivationType = ActivationType.UINT8
@@ -268,6 +284,7 @@ class QuantConfig:
     block_size: int = 32
     weight_symmetric: bool = True
     block_method: BlockMethod = BlockMethod.RTN
+    target: TargetName = TargetName.ORT_CPU
 
     @property
     def has_gate(self) -> bool:
@@ -393,6 +410,7 @@ class Overrides:
     block_size: int | None = None
     weight_symmetric: bool | None = None
     block_method: BlockMethod | None = None
+    target: TargetName | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings this layer gives, by QuantConfig field."""
@@ -531,6 +549,7 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "block_size": int,
     "weight_symmetric": bool,
     "block_method": BlockMethod,
+    "target": TargetName,
 }
 _OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
 

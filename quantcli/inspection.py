@@ -36,6 +36,7 @@ class ModelSummary:
     op_types: dict[str, int]
     plan: QuantPlan
     mode_reason: str = ""
+    target: str = "ort-cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON values (``inspect --json``)."""
@@ -48,6 +49,7 @@ class ModelSummary:
             "inputs": [{"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in self.inputs],
             "outputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in self.outputs],
             "op_types": self.op_types,
+            "target": self.target,
             "mode": self.plan.mode.value,
             "mode_reason": self.mode_reason,
             "nodes": [asdict(d) | {"role": d.role.value} for d in decisions],
@@ -92,4 +94,5 @@ def inspect_model(
         op_types=dict(sorted(Counter(n.op_type for n in model.graph).items())),
         plan=select(model, config, kept_float, mode=mode),
         mode_reason=mode_reason,
+        target=config.target.value,
     )

@@ -12,7 +12,7 @@ from quantcli.calibration.collect import TensorRange
 from quantcli.config import QuantConfig, WeightMethod
 from quantcli.errors import CalibrationFileError
 from quantcli.graph.io import unmap
-from quantcli.plan import QuantPlan
+from quantcli.plan import QuantPlan, target_of
 from quantcli.scheme import (
     QParams,
     QuantType,
@@ -53,6 +53,17 @@ def compute_params(
             "re-run calibrate on this model"
         )
     act_type = QuantType(config.activation_type.value)
+    target = target_of(config)
+
+    def activation(low: float, high: float, nonnegative: bool = False) -> QParams:
+        if not target.zero_point_zero:
+            return activation_qparams(low, high, act_type, nonnegative=nonnegative)
+        # Every zero point 0: a tensor from 0 (folded, or so calibrated) in the target's
+        # non-negative type, the rest int8 symmetric.
+        if (nonnegative or low >= 0.0) and target.nonnegative_type is not None:
+            return activation_qparams(0.0, high, QuantType(target.nonnegative_type.name.lower()))
+        return activation_qparams(low, high, QuantType.INT8)
+
     initializers = model.graph.initializers
     weights: dict[str, QParams] = {}
     integers: dict[str, np.ndarray] = {}
@@ -65,7 +76,7 @@ def compute_params(
                 array, spec.axis, minimize_mse=config.weight_method is WeightMethod.MSE, dtype=_WEIGHT_TYPE
             )
         else:
-            weights[spec.name] = activation_qparams(float(np.min(array)), float(np.max(array)), act_type)
+            weights[spec.name] = activation(float(np.min(array)), float(np.max(array)))
         integers[spec.name] = quantize(array, weights[spec.name])
         del array
         unmap(tensor)
@@ -75,8 +86,6 @@ def compute_params(
             activations[act.name] = weights[act.table]
             continue
         observed = ranges[act.range_of]
-        activations[act.name] = activation_qparams(
-            observed.min, observed.max, act_type, nonnegative=act.nonnegative
-        )
+        activations[act.name] = activation(observed.min, observed.max, act.nonnegative)
     biases = {b.name: bias_qparams(activations[b.activation].scale, weights[b.weight]) for b in plan.biases}
     return PlanParams(activations=activations, initializers={**weights, **biases}, integers=integers)

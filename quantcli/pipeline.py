@@ -44,7 +44,7 @@ from quantcli.inputs import (
     observe_shard,
 )
 from quantcli.modes import strategy
-from quantcli.plan import candidate_tensors, select
+from quantcli.plan import candidate_tensors, select, target_of
 from quantcli.report import CalibrationSummary, QuantReport, SizeSummary
 from quantcli.search import auto_choice, report_for, search_candidates
 
@@ -216,7 +216,7 @@ def _calibrate(request: CalibrationRequest, loaded: ModelFile, config: QuantConf
         shard=request.shard,
     )
     inputs.check_weights(loaded, candidate_plans(loaded.model, config, config.mode))
-    tensors = candidate_tensors(loaded.model)
+    tensors = candidate_tensors(loaded.model, target_of(config))
     if not tensors:
         raise QuantizationError(f"{request.model_path}: nothing to calibrate (no quantizable float tensors)")
 

@@ -5,8 +5,9 @@ with QuantizeLinear/DequantizeLinear into integer kernels (its op-rule table), w
 ops continue the integer path only when every input is int8 already, which weight axes take
 per-channel scales, whether final outputs stay float, the quantized types it accepts per role and
 the execution providers that check and time a model. :data:`ORT_CPU` is onnxruntime's CPU
-provider, today's only target; another runtime is another value of this type (its own table and
-facts), never a branch in the planner.
+provider (the default), :data:`OPENVINO` OpenVINO's CPU plugin (docs/openvino.md), :data:`TENSORRT`
+TensorRT's explicit quantization; another runtime is another value of this type (its own table
+and facts), never a branch in the planner. :data:`TARGETS` names them as ``--target`` spells them.
 
 This module depends on nothing else in quantcli: the planner, the graph layer and the modes
 read it.
@@ -23,7 +24,10 @@ import numpy as np
 import onnx_ir as ir
 
 __all__ = [
+    "OPENVINO",
     "ORT_CPU",
+    "TARGETS",
+    "TENSORRT",
     "AxisRule",
     "NodeTest",
     "OpKind",
@@ -91,6 +95,15 @@ class Target:
     activation_types: frozenset[ir.DataType] = frozenset({ir.DataType.UINT8, ir.DataType.INT8})
     weight_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT8})
     bias_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT32})
+    # Every activation zero point is 0 (a runtime that folds no zero point into its integer
+    # kernels): int8 symmetric for a tensor that may be negative, and for one whose calibrated
+    # range starts at 0 ``nonnegative_type`` from 0 (None: int8 symmetric as well). The config's
+    # activation type then does not apply. False: the config's type, uint8 asymmetric.
+    zero_point_zero: bool = False
+    nonnegative_type: ir.DataType | None = None
+    # The rule by which a compute op's output gets a pair only when some reader takes it as int8
+    # (the reason its decision gives); None: the kernel's ``output_required`` decides alone.
+    output_pair_rule: str | None = None
     # onnxruntime execution providers that check a written model and time it.
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -242,10 +255,19 @@ _ORT_RULES: dict[str, OpRule] = {
     "Relu": OpRule(kind=OpKind.ACTIVATION_FOLD),
     "Clip": OpRule(kind=OpKind.ACTIVATION_FOLD),
 }
-for _op in (
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Expand", "Tile",
-    "MaxPool", "Resize", "Split",
-):  # fmt: skip
+# One-input ops that carry their input's scale on every target here.
+_MOVEMENT_OPS = (
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Slice",
+    "MaxPool",
+    "Resize",
+    "Split",
+)
+for _op in (*_MOVEMENT_OPS, "Expand", "Tile"):
     _ORT_RULES[_op] = OpRule(kind=OpKind.DATA_MOVEMENT, kernel=_op)
 
 _ORT_FLOAT_REASONS = {
@@ -274,3 +296,132 @@ ORT_CPU = Target(
     rules=MappingProxyType(_ORT_RULES),
     float_reasons=MappingProxyType(_ORT_FLOAT_REASONS),
 )
+
+
+def _never(_node: ir.Node) -> bool:
+    return False
+
+
+def _compute(
+    kernel: str, weight_axis: AxisRule, *, bias_input: int | None = None, matrix: bool = False
+) -> OpRule:
+    """A layer quantized on its inputs only: int8 input and weights, float bias, and an output
+    pair only where a reader takes int8 (Target.output_pair_rule). A matrix product's output
+    is never int8: its bias Add (a separate node after MatMul) is fused into the layer, and an
+    integer Add there would only add a rounding step."""
+    return OpRule(
+        kind=OpKind.COMPUTE,
+        kernel=kernel,
+        weight_input=1,
+        weight_axis=weight_axis,
+        bias_input=bias_input,
+        bias_fuses=_never,  # the bias stays float: the runtime quantizes or folds it itself
+        output_required=not matrix,
+    )
+
+
+def _float_reasons(own: dict[str, str], name: str) -> Mapping[str, str]:
+    """A target's float reasons: its own, then onnxruntime's (true of these ops there too: no
+    integer form in the rules), each naming the target."""
+    shared = {op: r.replace("float:", f"float ({name}):", 1) for op, r in _ORT_FLOAT_REASONS.items()}
+    return MappingProxyType({**shared, **own})
+
+
+def _movement(rules: dict[str, OpRule], where: str) -> None:
+    for op in _MOVEMENT_OPS:
+        rules[op] = OpRule(kind=OpKind.DATA_MOVEMENT, kernel=f"{op}, {where}")
+
+
+# OpenVINO's CPU plugin (2026.4), by the rules read from its compiled runtime graph in
+# docs/openvino.md: a pair only where an integer kernel reads the tensor (rule 2), the integer
+# readers being the heavy layers, Add/Sub, Concat, pooling and data movement; ConvTranspose an
+# integer layer (rule 7); the bias float (rule 5); final layers quantized (rule 6); every
+# activation zero point 0, uint8 from 0 for non-negative tensors (rule 1). Relu/Clip(0, x) still
+# fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
+_OV = "OpenVINO CPU"
+_OPENVINO_RULES: dict[str, OpRule] = {
+    "Conv": _compute(f"{_OV} Convolution, docs/openvino.md rule 2", _axis(0), bias_input=2),
+    "ConvTranspose": _compute(f"{_OV} Deconvolution, docs/openvino.md rule 7", _axis(1), bias_input=2),
+    "MatMul": _compute(f"{_OV} MatMul/FullyConnected, docs/openvino.md rule 2", _matmul_axis, matrix=True),
+    "Gemm": _compute(f"{_OV} FullyConnected, docs/openvino.md rule 2", _gemm_axis, bias_input=2, matrix=True),
+    # an embedding table read as int8, as the stand-in kept it (Gather is an integer reader there)
+    "Gather": OpRule(kind=OpKind.TABLE, kernel="Gather", activation_inputs=(), weight_input=0),
+    "Add": _elementwise(f"{_OV} Eltwise Add, docs/openvino.md rule 2", every_input=True),
+    "Sub": _elementwise(f"{_OV} Eltwise Subtract, docs/openvino.md rule 2", every_input=True),
+    "Concat": _elementwise(f"{_OV} Concat, docs/openvino.md rule 4", every_input=True),
+    "AveragePool": _elementwise(f"{_OV} AvgPool, docs/openvino.md rule 2"),
+    "GlobalAveragePool": _elementwise(f"{_OV} AvgPool, docs/openvino.md rule 2"),
+    "Relu": OpRule(kind=OpKind.ACTIVATION_FOLD),
+    "Clip": OpRule(kind=OpKind.ACTIVATION_FOLD),
+}
+_movement(_OPENVINO_RULES, "docs/openvino.md rule 3")
+
+OPENVINO = Target(
+    name="openvino",
+    runtime="OpenVINO's CPU plugin",
+    rules=MappingProxyType(_OPENVINO_RULES),
+    float_reasons=_float_reasons(
+        {
+            "Sigmoid": "float: OpenVINO runs Sigmoid in float; a pair on it costs a Convert and a "
+            "Subtract (docs/openvino.md rule 2)",
+            "Mul": "float: OpenVINO runs Mul in float (docs/openvino.md rule 2)",
+        },
+        "openvino",
+    ),
+    keep_final_outputs_float=False,  # rule 6: no output pair on a final layer, so nothing clips
+    zero_point_zero=True,
+    nonnegative_type=ir.DataType.UINT8,
+    output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and OpenVINO "
+    "gets a pair only where an integer kernel reads the tensor (docs/openvino.md rule 2)",
+    activation_types=frozenset({ir.DataType.UINT8, ir.DataType.INT8}),
+)
+
+# TensorRT's explicit quantization (TensorRT developer guide, "Explicit Quantization" and
+# "Q/DQ Layer-Placement Recommendations"): Q/DQ are int8 with scale > 0 and zero point 0 only
+# (symmetric; no uint8); weights per channel along the output-channel axis (K: axis 0 of Conv,
+# axis 1 of ConvTranspose), activations per tensor; Q/DQ on the inputs of weighted layers and of
+# the residual Add, none on a weighted layer's output unless an int8 reader follows (TensorRT
+# fuses Conv, its bias, ReLU and the next Q); bias float; QuantizeLinear's axis needs opset 13.
+# A Relu is not folded (a symmetric int8 quantizer does not saturate at 0) but moved across:
+# with zero point 0, Relu(DQ(q)) = DQ(Relu(q)) exactly, so it carries its input's scale and
+# TensorRT fuses it into the layer before it.
+_TRT = "TensorRT"
+_TENSORRT_RULES: dict[str, OpRule] = {
+    "Conv": _compute(f"{_TRT} int8 convolution, Q/DQ on weighted-layer inputs", _axis(0), bias_input=2),
+    "ConvTranspose": _compute(
+        f"{_TRT} int8 deconvolution, Q/DQ on weighted-layer inputs", _axis(1), bias_input=2
+    ),
+    "MatMul": _compute(
+        f"{_TRT} int8 matrix multiply, Q/DQ on weighted-layer inputs", _matmul_axis, matrix=True
+    ),
+    "Gemm": _compute(
+        f"{_TRT} int8 fully connected, Q/DQ on weighted-layer inputs", _gemm_axis, bias_input=2, matrix=True
+    ),
+    "Add": _elementwise(f"{_TRT} residual Add fused into the convolution", every_input=True),
+    "Concat": _elementwise(f"{_TRT} int8 concatenation", every_input=True),
+    "AveragePool": _elementwise(f"{_TRT} int8 pooling"),
+    "GlobalAveragePool": _elementwise(f"{_TRT} int8 pooling"),
+}
+_movement(_TENSORRT_RULES, "TensorRT moves Q/DQ across it")
+_TENSORRT_RULES["Relu"] = OpRule(kind=OpKind.DATA_MOVEMENT, kernel="Relu, exact on a zero point of 0")
+
+TENSORRT = Target(
+    name="tensorrt",
+    runtime="TensorRT",
+    rules=MappingProxyType(_TENSORRT_RULES),
+    float_reasons=_float_reasons(
+        {
+            "Clip": "float: TensorRT fuses Clip into the layer before it; a symmetric int8 quantizer "
+            "cannot stand for its bounds",
+        },
+        "tensorrt",
+    ),
+    keep_final_outputs_float=False,  # no pair on a layer's output, so nothing clips
+    zero_point_zero=True,
+    nonnegative_type=None,  # int8 only: a non-negative tensor is int8 symmetric too
+    output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and TensorRT "
+    "places Q/DQ on the inputs of weighted layers and fuses the output (explicit quantization)",
+    activation_types=frozenset({ir.DataType.INT8}),
+)
+
+TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (ORT_CPU, OPENVINO, TENSORRT)})

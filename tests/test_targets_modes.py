@@ -208,6 +208,6 @@ def test_each_phase_returns_a_new_placement_and_leaves_its_input_alone() -> None
         placements.append(after)
     # Propagation put the residual Add on the integer path, pruning withdrew it; both are kept.
     residual = ctx.nodes[4]
-    _, seeded, propagated, pruned, final = placements
+    _, seeded, propagated, pruned, _unread, final = placements
     assert seeded.role(residual) is None and propagated.role(residual) is INTEGER
     assert pruned.role(residual) is FLOAT and final.role(residual) is FLOAT

@@ -24,6 +24,7 @@ from quantcli.calibration.histogram import BINS, Histogram
 from quantcli.calibration.observers import TensorRange, TensorStats
 from quantcli.config import ActivationType, CalibrationMethod, QuantConfig
 from quantcli.errors import CalibrationFileError
+from quantcli.target import TARGETS
 
 __all__ = [
     "choose_range",
@@ -208,7 +209,7 @@ def choose_ranges(
     stats: Mapping[str, TensorStats], names: Iterable[str], config: QuantConfig
 ) -> dict[str, TensorRange]:
     """The range of each of ``names`` under ``config``'s method (missing names are skipped)."""
-    symmetric = config.activation_type is ActivationType.INT8
+    symmetric = config.activation_type is ActivationType.INT8 or TARGETS[config.target].zero_point_zero
     ranges = {}
     for name in names:
         if name not in stats:

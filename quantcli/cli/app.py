@@ -91,6 +91,7 @@ from quantcli.cli.options import (
     ShardOpt,
     SkipNonfiniteOpt,
     SpeedOpt,
+    TargetOpt,
     ThreadsOpt,
     TopKOpt,
     VersionOpt,
@@ -433,6 +434,7 @@ def convert(
     from_report: FromReportOpt = None,
     mode: ModeOpt = None,
     recipe: RecipeOpt = None,
+    target: TargetOpt = None,
     activation_type: ActivationTypeOpt = None,
     per_tensor: PerTensorOpt = False,
     exclude: ExcludeOpt = None,
@@ -488,6 +490,7 @@ def convert(
     def run() -> ExitCode | None:
         recorded = _recorded(calibration, method)  # its method is the default: flag > file > recipe
         flags = Overrides(
+            target=target,
             activation_type=activation_type,
             per_channel=False if per_tensor else None,
             batch_size=batch_size,
@@ -812,6 +815,7 @@ def calibrate_command(
     shard: ShardOpt = None,
     mode: ModeOpt = None,
     recipe: RecipeOpt = None,
+    target: TargetOpt = None,
     method: RecordedMethodOpt = None,
     percentile: PercentileOpt = None,
     metric: MetricOpt = None,
@@ -846,6 +850,7 @@ def calibrate_command(
         seed=seed,
         skip_nonfinite=skip_nonfinite or None,
         mode=mode,
+        target=target,
         metric=metric,
         max_drop=max_drop,
     )
@@ -956,6 +961,7 @@ def inspect_command(
     include: InspectIncludeOpt = None,
     recipe: InspectRecipeOpt = None,
     mode: InspectModeOpt = None,
+    target: TargetOpt = None,
     calibration: InspectCalibrationOpt = None,
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
@@ -967,7 +973,10 @@ def inspect_command(
         from quantcli.inspection import inspect_model
 
         flags = Overrides(
-            exclude=expand_patterns(exclude or ()), include=expand_patterns(include or ()) or None, mode=mode
+            exclude=expand_patterns(exclude or ()),
+            include=expand_patterns(include or ()) or None,
+            mode=mode,
+            target=target,
         )
         summary = inspect_model(model, _config(flags, recipe), calibration=calibration)
         if as_json:

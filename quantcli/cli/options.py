@@ -18,6 +18,7 @@ from quantcli.config import (
     GateMetric,
     QuantMode,
     SpeedSource,
+    TargetName,
     WeightMethod,
 )
 
@@ -395,6 +396,18 @@ FromReportOpt = Annotated[
 RecipeOpt = Annotated[
     Path | None,
     path("--recipe", "TOML recipe: \\[defaults] and \\[\\[override]] tables (flags win over it).", MODE),
+]
+
+TargetOpt = Annotated[
+    TargetName | None,
+    option(
+        "--target",
+        help="The runtime that will run the model: ort-cpu (onnxruntime's CPU provider), openvino "
+        "(its CPU plugin) or tensorrt; openvino and tensorrt write zero points of 0 only and pick "
+        "each activation's type themselves." + default("ort-cpu"),
+        metavar="TARGET",
+        panel=MODE,
+    ),
 ]
 
 ActivationTypeOpt = Annotated[

@@ -12,13 +12,14 @@ from rich.text import Text
 
 from quantcli.calibration.file import CalibrationFile
 from quantcli.cli.text import text
-from quantcli.config import GateMetric
+from quantcli.config import GateMetric, QuantConfig
 from quantcli.diagnose import LayerDiagnosis
 from quantcli.evaluate import Fidelity, GateResult
 from quantcli.inspection import ModelSummary
 from quantcli.pages import NOTHING_TO_DIAGNOSE
 from quantcli.plan import NodeDecision, NodeRole
 from quantcli.report import BlockwiseSummary, CompareReport, FallbackSummary, QuantReport
+from quantcli.target import TARGETS
 
 __all__ = [
     "gate_line",
@@ -70,6 +71,20 @@ def _plan_table(decisions: tuple[NodeDecision, ...]) -> Table:
     return table
 
 
+def _target_line(config: QuantConfig) -> str:
+    return f"{config.target.value} ({TARGETS[config.target].runtime})"
+
+
+def _activation_line(config: QuantConfig) -> str:
+    """The activation type, or the target's own rule when it picks the type (zero points 0)."""
+    target = TARGETS[config.target]
+    if not target.zero_point_zero:
+        return config.activation_type.value
+    if target.nonnegative_type is None:
+        return "int8 symmetric (zero point 0)"
+    return f"int8 symmetric, {target.nonnegative_type.name.lower()} from 0 where non-negative (zero points 0)"
+
+
 def render_report(report: QuantReport, console: Console) -> None:
     size = report.size
     _heading(f"quantcli convert: {report.model} -> {report.output}", console)
@@ -83,7 +98,8 @@ def render_report(report: QuantReport, console: Console) -> None:
     summary.add_row("mode", report.plan.mode.value)
     if report.mode_reason:
         summary.add_row("why this mode", text(report.mode_reason))
-    summary.add_row("activations", report.config.activation_type.value)
+    summary.add_row("target", _target_line(report.config))
+    summary.add_row("activations", _activation_line(report.config))
     summary.add_row("calibration", text(report.calibration_line))
     console.print(summary)
     if report.candidates:
@@ -312,6 +328,7 @@ def render_summary(summary: ModelSummary, console: Console) -> None:
     for name, dtype, shape in summary.outputs:
         table.add_row("output", text(f"{name}: {dtype}{shape}"))
     table.add_row("ops", text(", ".join(f"{op} x{n}" for op, n in summary.op_types.items())))
+    table.add_row("target", TARGETS[summary.target].runtime)
     table.add_row("mode", text(f"{summary.plan.mode.value}: {summary.mode_reason}"))
     console.print(table)
     console.print(_plan_table(summary.plan.decisions))

@@ -48,18 +48,18 @@ from quantcli.errors import ConfigError
 from quantcli.plan import values
 from quantcli.plan.assemble import assemble
 from quantcli.plan.facts import check_patterns, constant, is_float, matches
-from quantcli.plan.phases import keep_outputs_float, propagate, prune, seed
+from quantcli.plan.phases import drop_unread_outputs, keep_outputs_float, propagate, prune, seed
 from quantcli.plan.placement import Context, Placement
 from quantcli.plan.values import *  # noqa: F403  (the plan's values, listed in values.__all__)
 from quantcli.plan.values import QuantPlan
-from quantcli.target import ORT_CPU, Target
+from quantcli.target import ORT_CPU, TARGETS, Target
 
-__all__ = ["PHASES", "candidate_tensors", "matches", "select"]
+__all__ = ["PHASES", "candidate_tensors", "matches", "select", "target_of"]
 __all__ += values.__all__
 
 Phase = Callable[[Context, Placement], Placement]
 # In order; assemble turns the last placement into the plan.
-PHASES: tuple[Phase, ...] = (seed, propagate, prune, keep_outputs_float)
+PHASES: tuple[Phase, ...] = (seed, propagate, prune, drop_unread_outputs, keep_outputs_float)
 
 _ACTIVATION_TYPES = {ActivationType.UINT8: ir.DataType.UINT8, ActivationType.INT8: ir.DataType.INT8}
 
@@ -72,8 +72,17 @@ def _strategy(config: QuantConfig, mode: QuantMode | _modes.ModeStrategy | None)
     return _modes.strategy(QuantMode.STATIC if chosen is QuantMode.AUTO else chosen)
 
 
+def target_of(config: QuantConfig) -> Target:
+    """The :class:`~quantcli.target.Target` ``config`` names."""
+    return TARGETS[config.target]
+
+
 def _check_target(config: QuantConfig, target: Target) -> None:
-    if _ACTIVATION_TYPES[config.activation_type] not in target.activation_types:
+    # A target whose zero points are all 0 chooses each activation's type itself.
+    if (
+        not target.zero_point_zero
+        and _ACTIVATION_TYPES[config.activation_type] not in target.activation_types
+    ):
         raise ConfigError(f"target {target.name} takes no {config.activation_type} activations")
 
 
@@ -83,7 +92,7 @@ def select(
     keep_float: Mapping[str, str] | None = None,
     *,
     mode: QuantMode | _modes.ModeStrategy | None = None,
-    target: Target = ORT_CPU,
+    target: Target | None = None,
 ) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
@@ -93,8 +102,9 @@ def select(
     gives as its reason: a measured decision rather than a rule of the op. ``mode`` is the
     concrete mode to plan for (default: ``config.mode``), or a strategy of one's own; a plan is
     never for mode auto, whose static candidate is what a plan of ``QuantConfig()`` shows.
-    ``target`` is the runtime the model is quantized for.
+    ``target`` is the runtime the model is quantized for (default: the one ``config`` names).
     """
+    target = target_of(config) if target is None else target
     strategy = _strategy(config, mode)
     config = replace(config, mode=strategy.mode)
     _check_target(config, target)

@@ -67,8 +67,8 @@ def _node_activations(
         assert value is not None
         if constant(value) is not None:
             tensors.constants.add(value.name or "")
-        elif not float_output or value.name in placement.available:
-            # A float-output node reads int8 only where the tensor is int8 anyway.
+        else:
+            # A float-output node (phases.drop_unread_outputs) still reads int8.
             _add_activation(ctx, placement, tensors, value)
 
 

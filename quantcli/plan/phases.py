@@ -5,14 +5,19 @@
 2. :func:`propagate`: element-wise ops, data movement, tables and folds join the integer path
    where their inputs are int8, repeated until nothing changes; the rest stay float.
 3. :func:`prune`: an integer element-wise op after which nothing takes int8 returns to float.
-4. :func:`keep_outputs_float`: a compute op whose output reaches no int8 reader keeps it float
+4. :func:`drop_unread_outputs`: on a target that quantizes layers on their inputs
+   (:attr:`~quantcli.target.Target.output_pair_rule`), a compute op's output gets no pair unless
+   a reader takes it as int8.
+5. :func:`keep_outputs_float`: a compute op whose output reaches no int8 reader keeps it float
    (a target fact: :attr:`~quantcli.target.Target.keep_final_outputs_float`).
-5. :func:`~quantcli.plan.assemble.assemble`: the plan, once carries nothing needs are float.
+6. :func:`~quantcli.plan.assemble.assemble`: the plan, once carries nothing needs are float.
 
 A later phase that overrides a decision keeps the earlier one in its ``overrides``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import onnx_ir as ir
 
@@ -30,7 +35,7 @@ from quantcli.plan.placement import Context, Draft, Placement, Source
 from quantcli.plan.values import Fold, NodeRole
 from quantcli.target import OpKind, OpRule
 
-__all__ = ["keep_outputs_float", "propagate", "prune", "seed"]
+__all__ = ["drop_unread_outputs", "keep_outputs_float", "propagate", "prune", "seed"]
 
 _LAYERS = (NodeRole.INTEGER, NodeRole.WEIGHT_ONLY, NodeRole.DYNAMIC)
 
@@ -199,6 +204,17 @@ def _takes_int8(draft: Draft, value: ir.Value) -> bool:
     return False
 
 
+def _unread(draft: Draft, kind: OpKind) -> Iterator[ir.Node]:
+    """The integer nodes of ``kind`` whose outputs no node takes as int8, in reverse graph order
+    (each node's readers are settled first; the caller may change the draft between them)."""
+    for node in reversed(draft.ctx.nodes):
+        rule = draft.ctx.target.rule(node)
+        if rule is None or rule.kind is not kind or id(node) not in draft.integer:
+            continue
+        if not any(_takes_int8(draft, out) for out in node.outputs):
+            yield node
+
+
 def prune(ctx: Context, placement: Placement) -> Placement:
     """Return to float every integer element-wise op after which no node takes int8.
 
@@ -208,12 +224,7 @@ def prune(ctx: Context, placement: Placement) -> Placement:
     node's consumers are settled first.
     """
     draft = Draft(ctx, placement)
-    for node in reversed(ctx.nodes):
-        rule = ctx.target.rule(node)
-        if rule is None or rule.kind is not OpKind.ELEMENTWISE or id(node) not in draft.integer:
-            continue
-        if any(_takes_int8(draft, out) for out in node.outputs):
-            continue
+    for node in _unread(draft, OpKind.ELEMENTWISE):
         draft.integer.discard(id(node))
         draft.withdraw_output(node)
         if large_constant_inputs(node, ctx.target.min_stored_constant):
@@ -224,6 +235,23 @@ def prune(ctx: Context, placement: Placement) -> Placement:
             draft.decide(
                 node, NodeRole.FLOAT, "float: nothing after it takes int8, so an integer kernel saves nothing"
             )
+    return draft.freeze()
+
+
+def drop_unread_outputs(ctx: Context, placement: Placement) -> Placement:
+    """On a target with an ``output_pair_rule``, withdraw the output pair of an integer compute op
+    that no reader takes as int8: the layer keeps its int8 input and weights and writes float.
+
+    OpenVINO and TensorRT quantize a layer's inputs and fuse what follows it; a pair on an output
+    that only float ops read (the Sigmoid and Mul of a SiLU) costs a conversion and a rounding
+    step. Visited in reverse graph order so each node's readers are settled first.
+    """
+    reason = ctx.target.output_pair_rule or ""
+    draft = Draft(ctx, placement)
+    for node in _unread(draft, OpKind.COMPUTE) if reason else ():
+        draft.float_output.add(id(node))
+        draft.withdraw_output(node)
+        draft.decide(node, NodeRole.INTEGER, reason)
     return draft.freeze()
 
 
