@@ -91,6 +91,9 @@ class Target:
     activation_types: frozenset[ir.DataType] = frozenset({ir.DataType.UINT8, ir.DataType.INT8})
     weight_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT8})
     bias_types: frozenset[ir.DataType] = frozenset({ir.DataType.INT32})
+    # Ops whose fusion needs a stored weight's zero point written out even when it is 0 (ONNX's
+    # default); every other reader gets the shorter DequantizeLinear without it.
+    explicit_zero_point_ops: frozenset[str] = frozenset()
     # onnxruntime execution providers that check a written model and time it.
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -273,4 +276,8 @@ ORT_CPU = Target(
     runtime="onnxruntime's CPU provider",
     rules=MappingProxyType(_ORT_RULES),
     float_reasons=MappingProxyType(_ORT_FLOAT_REASONS),
+    # Its QGemm fusion leaves a Gemm float when the weight's DequantizeLinear has no zero point
+    # (measured: Gemm + DequantizeLinear instead of QGemm); QLinearConv and the MatMul fusions
+    # read a missing one as 0.
+    explicit_zero_point_ops=frozenset({"Gemm"}),
 )

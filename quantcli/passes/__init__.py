@@ -16,6 +16,7 @@ from quantcli.passes.gather import GatherQuantizedRowsPass
 from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
 from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.weights import QuantizeInitializersPass
+from quantcli.passes.zero_points import OmitZeroPointsPass
 
 __all__ = [
     "CorrectBiasesPass",
@@ -23,6 +24,7 @@ __all__ = [
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
+    "OmitZeroPointsPass",
     "QuantizeInitializersPass",
     "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
