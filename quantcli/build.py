@@ -57,6 +57,7 @@ from quantcli.passes import (
     FoldActivationsPass,
     GatherQuantizedRowsPass,
     InsertActivationQDQPass,
+    OmitZeroPointsPass,
     QuantizeInitializersPass,
     QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
@@ -237,9 +238,10 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: Bloc
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
         ),
+        OmitZeroPointsPass(),
         common_passes.RemoveUnusedNodesPass(),
-        # Parameters repeat: all-zero zero points of every weight with as many channels, the
-        # shared scale of a data-movement chain. One copy each keeps small models small.
+        # Parameters repeat: activations' zero points, the shared scale of a data-movement
+        # chain. One copy each keeps small models small.
         common_passes.DeduplicateInitializersPass(size_limit=4096),
     )(model)
 

@@ -104,6 +104,9 @@ class Target:
     # The rule by which a compute op's output gets a pair only when some reader takes it as int8
     # (the reason its decision gives); None: the kernel's ``output_required`` decides alone.
     output_pair_rule: str | None = None
+    # Ops whose fusion needs a stored weight's zero point written out even when it is 0 (ONNX's
+    # default); every other reader gets the shorter DequantizeLinear without it.
+    explicit_zero_point_ops: frozenset[str] = frozenset()
     # onnxruntime execution providers that check a written model and time it.
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -295,6 +298,10 @@ ORT_CPU = Target(
     runtime="onnxruntime's CPU provider",
     rules=MappingProxyType(_ORT_RULES),
     float_reasons=MappingProxyType(_ORT_FLOAT_REASONS),
+    # Its QGemm fusion leaves a Gemm float when the weight's DequantizeLinear has no zero point
+    # (measured: Gemm + DequantizeLinear instead of QGemm); QLinearConv and the MatMul fusions
+    # read a missing one as 0.
+    explicit_zero_point_ops=frozenset({"Gemm"}),
 )
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from models import optimized_op_types
 from onnx import TensorProto, helper, numpy_helper
 
 import quantcli.passes
+from quantcli import Overrides
 from quantcli.passes import (
     CorrectBiasesPass,
     EinsumToMatMulPass,
@@ -137,3 +141,24 @@ def test_initializers_pass_ensures_what_gather_requires() -> None:
     ids = np.array([3, 1], np.int64)
     session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"ids": ids})[0], table[ids], atol=0.05)
+
+
+def test_stored_weights_drop_zero_zero_points_except_where_a_fusion_needs_them(tmp_path: Path) -> None:
+    """digits_cnn static: its Conv weights and biases are written without their all-zero zero
+    points (smaller), its Gemm head keeps them (onnxruntime fuses QGemm only with one), and
+    onnxruntime still runs every Conv and the head as integer kernels."""
+    sample = Path(__file__).resolve().parent.parent / "sample_models" / "digits_cnn"
+    out = tmp_path / "q.onnx"
+    quantcli.quantize(sample / "model.onnx", out, data=sample / "calib.npz", config=Overrides(mode="static"))
+    graph = onnx.load(out).graph
+    readers = {name: node.op_type for node in graph.node for name in node.input}
+    weight_dqs = [
+        node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in {t.name for t in graph.initializer}
+    ]
+    by_reader = {(readers[node.output[0]], len(node.input)) for node in weight_dqs}
+    assert by_reader == {("Conv", 2), ("Gemm", 3)}
+    kernels = optimized_op_types(out, tmp_path)
+    assert kernels.get("QLinearConv") == 4
+    assert kernels.get("QGemm") == 1

@@ -18,6 +18,7 @@ from quantcli.passes.pooling import ReduceMeanToGlobalPoolPass
 from quantcli.passes.recurrent import QuantizeLSTMDynamicallyPass
 from quantcli.passes.tables import WriteBlockwiseTablesPass
 from quantcli.passes.weights import QuantizeInitializersPass
+from quantcli.passes.zero_points import OmitZeroPointsPass
 
 __all__ = [
     "CorrectBiasesPass",
@@ -25,6 +26,7 @@ __all__ = [
     "FoldActivationsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
+    "OmitZeroPointsPass",
     "QuantizeInitializersPass",
     "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",

@@ -44,16 +44,24 @@ def ir_type(dtype: QuantType) -> ir.DataType:
 _QUANT_TYPES = {ir_dtype: dtype for dtype, ir_dtype in _IR_TYPES.items()}
 
 
+def _default_type(node: ir.Node) -> QuantType | None:
+    source = node.inputs[0] if node.inputs else None
+    if node.op_type == "DequantizeLinear" and source is not None and source.dtype is not None:
+        return _QUANT_TYPES.get(source.dtype)
+    return QuantType.UINT8
+
+
 def dequantize_qparams(node: ir.Node) -> QParams | None:
     """The parameters a DequantizeLinear (or QuantizeLinear) node applies, or None when its scale
     or zero point is not a constant of a type quantcli knows. Without a zero point, ONNX's
-    default: uint8 zero."""
+    default: zero of the integer input's type (a DequantizeLinear), or uint8 zero (a
+    QuantizeLinear, whose input is float)."""
     scale = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
     zero = node.inputs[2] if len(node.inputs) > 2 else None
     zero_tensor = None if zero is None else zero.const_value
     if scale is None or (zero is not None and zero_tensor is None):
         return None
-    dtype = QuantType.UINT8 if zero_tensor is None else _QUANT_TYPES.get(zero_tensor.dtype)
+    dtype = _QUANT_TYPES.get(zero_tensor.dtype) if zero_tensor is not None else _default_type(node)
     if dtype is None:
         return None
     scales = np.asarray(scale.numpy(), np.float32)
