@@ -64,7 +64,8 @@ from quantcli.passes import (
     WriteBlockwiseTablesPass,
     WriteBlockwiseWeightsPass,
 )
-from quantcli.plan import QuantPlan, select
+from quantcli.plan import QuantPlan, select, target_of
+from quantcli.target import Target
 
 __all__ = [
     "BuildTarget",
@@ -225,8 +226,10 @@ def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
     return total
 
 
-def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: BlockedWeights) -> None:
-    """Carry out ``plan`` on ``model`` in place."""
+def _rewrite(
+    model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: BlockedWeights, runtime: Target
+) -> None:
+    """Carry out ``plan`` on ``model`` in place, written for ``runtime``."""
     ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
@@ -238,7 +241,7 @@ def _rewrite(model: ir.Model, plan: QuantPlan, params: PlanParams, blocked: Bloc
         InsertActivationQDQPass(
             params.activations, frozenset(a.name for a in plan.activations if a.replaces_graph_output)
         ),
-        OmitZeroPointsPass(),
+        OmitZeroPointsPass(runtime),
         common_passes.RemoveUnusedNodesPass(),
         # Parameters repeat: activations' zero points, the shared scale of a data-movement
         # chain. One copy each keeps small models small.
@@ -315,7 +318,7 @@ def _built(
     quantized = [w.name for w in job.plan.weights] + _block_weight_names(model, job.plan)
     quantized += job.plan.blockwise_tables
     int8_params = _parameter_count(model, quantized)
-    _rewrite(model, job.plan, params, blocked)
+    _rewrite(model, job.plan, params, blocked, target_of(config))
     staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
     session = check_model_file(staged.path)

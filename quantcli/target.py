@@ -107,6 +107,8 @@ class Target:
     # Ops whose fusion needs a stored weight's zero point written out even when it is 0 (ONNX's
     # default); every other reader gets the shorter DequantizeLinear without it.
     explicit_zero_point_ops: frozenset[str] = frozenset()
+    # Whether a stored weight's all-zero zero point may be left out at all (False: always written).
+    omits_zero_points: bool = True
     # onnxruntime execution providers that check a written model and time it.
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -425,6 +427,9 @@ TENSORRT = Target(
     ),
     keep_final_outputs_float=False,  # no pair on a layer's output, so nothing clips
     zero_point_zero=True,
+    # Its explicit-quantization rules are stated for Q/DQ nodes with their (zero) zero points;
+    # without a GPU here to show that its parser takes them left out, they are written.
+    omits_zero_points=False,
     nonnegative_type=None,  # int8 only: a non-negative tensor is int8 symmetric too
     output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and TensorRT "
     "places Q/DQ on the inputs of weighted layers and fuses the output (explicit quantization)",

@@ -34,11 +34,14 @@ class OmitZeroPointsPass(MainGraphPass[ir.Node]):
     def __init__(self, target: Target = ORT_CPU) -> None:
         super().__init__()
         self.keep_for = target.explicit_zero_point_ops
+        self.enabled = target.omits_zero_points
 
     def _read_by_kept(self, node: ir.Node) -> bool:
         return any(use.node.op_type in self.keep_for for use in node.outputs[0].uses())
 
     def targets(self, graph: ir.Graph) -> list[ir.Node]:
+        if not self.enabled:
+            return []
         return [
             node
             for node in graph
