@@ -6,7 +6,7 @@ Parts 3 and 4 of `make bench-int4` (bench/int4.py writes parts 1 and 2).
 
 Part 3, decoder_smollm2 (SmolLM2-135M, bench/zoo_decoder.py): every ``--block-method`` quantcli
 offers, each run exactly as a user runs it, ``quantcli convert model.onnx -o OUT --mode weight-only
---weight-bits 4 --block-size 32 --block-method M --data calib/ --eval-data eval/`` (symmetric, the
+--weight-bits 4 --block-size 32 --block-method M --data calib/`` (symmetric, the
 default, and with ``--weight-asymmetric``), beside onnxruntime's ``MatMulNBitsQuantizer`` at block 32,
 accuracy level 4 (its default algorithm, RTN, both ways; its GPTQ on the first calibration windows:
 it runs the whole model once per distinct MatMul input and window), and int8 ``--mode dynamic``.
@@ -82,7 +82,7 @@ def _data(folder: Path, split: str) -> Path:
     return folder / split if (folder / split).is_dir() else folder / f"{split}.npz"
 
 
-def cli_row(folder: Path, work: Path, method: str, symmetric: bool) -> Row:
+def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: bool) -> Row:
     """`quantcli convert` with the 4-bit flags (method "int8 dynamic": --mode dynamic), in a
     process of its own so its seconds and peak RSS are its own."""
     slug = method.replace("+", "_").replace(" ", "_")
@@ -95,14 +95,31 @@ def cli_row(folder: Path, work: Path, method: str, symmetric: bool) -> Row:
         command += ["--mode", "weight-only", "--weight-bits", "4", "--block-size", str(BLOCK)]
         command += ["--block-method", method, "--data", str(_data(folder, "calib"))]
         command += [] if symmetric else ["--weight-asymmetric"]
-    command += ["--eval-data", str(_data(folder, "eval")), "--force", "--quiet"]
-    command += ["--report", str(work / f"{name}.report.json")]
+    command += ["--force", "--quiet", "--report", str(work / f"{name}.report.json")]
+    cached = _cached(out, reuse)
+    if cached is not None:
+        return cached
     log = work / f"{name}.log"
     code, seconds, rss = compare.run_measured(command, log)
     row = Row(folder.name, "quantcli", method, symmetric, out, seconds, rss)
     if code != 0 or not out.is_file():
         row.error = f"exit {code}: {compare._last_lines(log)}"[:400]
     sys.stderr.write(f"int4_decoder: {row.label} on {folder.name}: {seconds:.0f} s, exit {code}\n")
+    return _keep(row)
+
+
+def _cached(out: Path, reuse: bool) -> Row | None:
+    """With --reuse, the row an earlier run wrote for this output (quantizing is the slow part)."""
+    record = out.with_suffix(".row.json")
+    if not (reuse and record.is_file() and out.is_file()):
+        return None
+    return Row(**(json.loads(record.read_text()) | {"path": out}))
+
+
+def _keep(row: Row) -> Row:
+    fields = {k: v for k, v in vars(row).items() if k in ("model", "tool", "method", "symmetric", "seconds")}
+    fields |= {"peak_rss_mb": row.peak_rss_mb, "error": row.error}
+    row.path.with_suffix(".row.json").write_text(json.dumps(fields))
     return row
 
 
@@ -114,10 +131,13 @@ def _feeds(folder: Path, split: str) -> list[dict[str, np.ndarray]]:
     return [{k: v[i : i + 1] for k, v in stacked.items()} for i in range(count)]
 
 
-def ort_row(folder: Path, work: Path, algorithm: str, symmetric: bool, windows: int) -> Row:
+def ort_row(folder: Path, work: Path, algorithm: str, symmetric: bool, windows: int, reuse: bool) -> Row:
     """onnxruntime's MatMulNBitsQuantizer (bench/int4.py's call: block 32, accuracy level 4)."""
     name = f"{folder.name}_ort_{algorithm}_{'sym' if symmetric else 'asym'}"
     out = work / f"{name}.onnx"
+    cached = _cached(out, reuse)
+    if cached is not None:
+        return cached
     feeds = _feeds(folder, "calib")[:windows]
     stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
     row = Row(folder.name, "onnxruntime", "rtn" if algorithm == "default" else algorithm, symmetric, out)
@@ -128,7 +148,7 @@ def ort_row(folder: Path, work: Path, algorithm: str, symmetric: bool, windows: 
     if algorithm == "gptq":
         row.method = f"gptq ({windows} calib windows)"
     sys.stderr.write(f"int4_decoder: {row.label} on {folder.name}: {row.seconds:.0f} s {row.error}\n")
-    return row
+    return _keep(row)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -308,9 +328,10 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"Measured on {machine()}, quantcli at commit {meta['commit']}; {meta['minutes']:.1f} min (load "
         f"average at start {meta['load_start']:.1f}, at end {meta['load_end']:.1f}; the machine is shared).",
         "quantcli rows are exactly `quantcli convert model.onnx -o OUT --mode weight-only --weight-bits 4 "
-        f"--block-size {BLOCK} --block-method M --data calib/ --eval-data eval/` (asym: plus "
-        "`--weight-asymmetric`; int8 dynamic: `--mode dynamic`), each in a process of its own (seconds "
-        "and peak RSS are the whole command's, evaluation included). onnxruntime rows: "
+        f"--block-size {BLOCK} --block-method M --data calib/` (asym: plus `--weight-asymmetric`; int8 "
+        "dynamic: `--mode dynamic`), each in a process of its own: it calibrates on the first 80% of "
+        "calib/ and checks itself on the rest, as a user's run does; seconds and peak RSS are the whole "
+        "command's. onnxruntime rows: "
         f"`MatMulNBitsQuantizer(block_size={BLOCK}, accuracy_level=4)` in the bench process, default "
         "algorithm (RTN), and `GPTQWeightOnlyQuantConfig` on the first calibration windows (it runs the "
         "whole model once per distinct MatMul input and window, so all 64 would take hours here). "
@@ -355,13 +376,15 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
 
 
 def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
-    rows = [cli_row(folder, work, m.value, True) for m in BlockMethod]
+    reuse = args.reuse
+    rows = [cli_row(folder, work, m.value, True, reuse) for m in BlockMethod]
     if folder.name == DECODER:
-        rows += [cli_row(folder, work, m.value, False) for m in BlockMethod]
-    rows += [ort_row(folder, work, "default", s, 64) for s in (True, False)]
+        asym = args.asym_methods.split(",") if args.asym_methods else [m.value for m in BlockMethod]
+        rows += [cli_row(folder, work, m, False, reuse) for m in asym if m]
+    rows += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
+    rows.append(cli_row(folder, work, "int8 dynamic", True, reuse))
     if folder.name == DECODER and args.ort_gptq_windows > 0:
-        rows.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows))
-    rows.append(cli_row(folder, work, "int8 dynamic", True))
+        rows.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
     measure(rows, folder)
     time_models(rows, folder, args.rounds)
     return rows
@@ -372,7 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--work", type=Path, default=BENCH / "_work" / "int4_decoder")
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--ort-gptq-windows", type=int, default=16, help="0: no onnxruntime GPTQ row")
+    parser.add_argument("--ort-gptq-windows", type=int, default=8, help="0: no onnxruntime GPTQ row")
+    parser.add_argument("--reuse", action="store_true", help="keep models an earlier run quantized")
+    parser.add_argument("--asym-methods", default="", help="decoder --weight-asymmetric methods [all]")
     parser.add_argument("--models", default=f"{DECODER},{MINILM}")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
