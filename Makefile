@@ -121,7 +121,7 @@ MODELS ?=
 bench-targets: $(STAMP) $(OVENV)/.installed
 	$(OVENV)/bin/python bench/targets.py --zoo $(ZOO) $(if $(MODELS),--models $(MODELS))
 
-## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's six) with its data
+## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's seven) with its data
 ## into bench/zoo/, offline (silero_vad's audio needs espeak-ng: apt-get install espeak-ng).
 zoo: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/zoo.py
