@@ -82,7 +82,7 @@ def _data(folder: Path, split: str) -> Path:
     return folder / split if (folder / split).is_dir() else folder / f"{split}.npz"
 
 
-def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: bool) -> Row:
+def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: str) -> Row | None:
     """`quantcli convert` with the 4-bit flags (method "int8 dynamic": --mode dynamic), in a
     process of its own so its seconds and peak RSS are its own."""
     slug = method.replace("+", "_").replace(" ", "_")
@@ -97,7 +97,7 @@ def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: bool)
         command += [] if symmetric else ["--weight-asymmetric"]
     command += ["--force", "--quiet", "--report", str(work / f"{name}.report.json")]
     cached = _cached(out, reuse)
-    if cached is not None:
+    if cached is not None or reuse == "only":
         return cached
     log = work / f"{name}.log"
     code, seconds, rss = compare.run_measured(command, log)
@@ -108,8 +108,9 @@ def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: bool)
     return _keep(row)
 
 
-def _cached(out: Path, reuse: bool) -> Row | None:
-    """With --reuse, the row an earlier run wrote for this output (quantizing is the slow part)."""
+def _cached(out: Path, reuse: str) -> Row | None:
+    """With --reuse (or --reuse-only), the row an earlier run wrote for this output (quantizing is
+    the slow part)."""
     record = out.with_suffix(".row.json")
     if not (reuse and record.is_file() and out.is_file()):
         return None
@@ -131,12 +132,14 @@ def _feeds(folder: Path, split: str) -> list[dict[str, np.ndarray]]:
     return [{k: v[i : i + 1] for k, v in stacked.items()} for i in range(count)]
 
 
-def ort_row(folder: Path, work: Path, algorithm: str, symmetric: bool, windows: int, reuse: bool) -> Row:
+def ort_row(
+    folder: Path, work: Path, algorithm: str, symmetric: bool, windows: int, reuse: str
+) -> Row | None:
     """onnxruntime's MatMulNBitsQuantizer (bench/int4.py's call: block 32, accuracy level 4)."""
     name = f"{folder.name}_ort_{algorithm}_{'sym' if symmetric else 'asym'}"
     out = work / f"{name}.onnx"
     cached = _cached(out, reuse)
-    if cached is not None:
+    if cached is not None or reuse == "only":
         return cached
     feeds = _feeds(folder, "calib")[:windows]
     stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
@@ -376,15 +379,16 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
 
 
 def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
-    reuse = args.reuse
-    rows = [cli_row(folder, work, m.value, True, reuse) for m in BlockMethod]
+    reuse = "only" if args.reuse_only else "yes" if args.reuse else ""
+    made = [cli_row(folder, work, m.value, True, reuse) for m in BlockMethod]
     if folder.name == DECODER:
         asym = args.asym_methods.split(",") if args.asym_methods else [m.value for m in BlockMethod]
-        rows += [cli_row(folder, work, m, False, reuse) for m in asym if m]
-    rows += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
-    rows.append(cli_row(folder, work, "int8 dynamic", True, reuse))
+        made += [cli_row(folder, work, m, False, reuse) for m in asym if m]
+    made += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
+    made.append(cli_row(folder, work, "int8 dynamic", True, reuse))
     if folder.name == DECODER and args.ort_gptq_windows > 0:
-        rows.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
+        made.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
+    rows = [r for r in made if r is not None]
     measure(rows, folder)
     time_models(rows, folder, args.rounds)
     return rows
@@ -397,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--ort-gptq-windows", type=int, default=8, help="0: no onnxruntime GPTQ row")
     parser.add_argument("--reuse", action="store_true", help="keep models an earlier run quantized")
+    parser.add_argument("--reuse-only", action="store_true", help="--reuse, and skip the rest")
     parser.add_argument("--asym-methods", default="", help="decoder --weight-asymmetric methods [all]")
     parser.add_argument("--models", default=f"{DECODER},{MINILM}")
     args = parser.parse_args(argv)
