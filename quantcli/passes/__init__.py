@@ -11,6 +11,7 @@ live).
 from quantcli.passes.activations import InsertActivationQDQPass
 from quantcli.passes.bias import CorrectBiasesPass, ReplaceInitializerValuesPass
 from quantcli.passes.cleanup import RemoveUnusedBranchInitializersPass
+from quantcli.passes.computed_weights import FoldComputedWeightsPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -26,6 +27,7 @@ __all__ = [
     "CorrectBiasesPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
+    "FoldComputedWeightsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
     "OmitZeroPointsPass",
