@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -38,11 +39,10 @@ from quantcli.target import OpKind, Target
 __all__ = ["BranchTap", "Session", "branch_values", "open_tap", "taken_branches", "untaken_float"]
 
 
-class Session:
+class Session(Protocol):
     """What observing needs of an onnxruntime session (a tap is one too)."""
 
-    def run(self, names: list[str], feed: Batch) -> list[np.ndarray | None]:
-        raise NotImplementedError
+    def run(self, names: list[str], feed: Batch) -> Sequence[np.ndarray | None]: ...
 
 
 def _defined(graph: ir.Graph) -> set[str]:
@@ -73,7 +73,7 @@ class _Fork:
     taps: dict[str, BranchTap] = field(default_factory=dict)
 
 
-class BranchTap(Session):
+class BranchTap:
     """Tensors of ``model`` by name, in its main graph or in any If branch (see the module)."""
 
     def __init__(self, model: ir.Model, names: Iterable[str], threads: int | None, data_folder: Path | None):
@@ -95,8 +95,8 @@ class BranchTap(Session):
         exposed = [*self.own, *(f.condition for f in self.forks)]
         exposed += [name for f in self.forks for read in f.reads.values() for name in read]
         self.exposed = [name for name in dict.fromkeys(exposed) if name not in inputs]
-        types = _types(model.graph, self.exposed)
-        proto = expose(ir.serde.serialize_model(model), self.exposed, types)
+        proto = ir.serde.serialize_model(model)
+        proto = expose(proto, self.exposed, _types(model.graph, proto, self.exposed))
         self.session = open_session(proto, threads, data_folder=data_folder)
 
     def run(self, names: list[str], feed: Batch) -> list[np.ndarray | None]:
@@ -133,15 +133,19 @@ def _subtree(branch: ir.Graph) -> set[str]:
     return {out.name for node in planned_nodes(branch) for out in node.outputs if out.name}
 
 
-def _types(graph: ir.Graph, names: Sequence[str]) -> dict[str, int]:
-    """The ONNX element type of each named value of ``graph`` (float where unknown)."""
+def _types(graph: ir.Graph, proto: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
+    """The ONNX element type of each named value of ``graph``: as the model records it, else as
+    onnx's shape inference finds it (a model read back from a file keeps no intermediate types),
+    else float."""
     values = {v.name: v for v in graph.inputs}
     values.update({out.name: out for node in graph for out in node.outputs})
-    types = {}
-    for name in names:
-        dtype = values[name].dtype if name in values else None
-        types[name] = dtype.value if dtype is not None else onnx.TensorProto.FLOAT
-    return types
+    types = {name: dtype.value for name in names if (dtype := values[name].dtype if name in values else None)}
+    if len(types) < len(names):
+        inferred = onnx.shape_inference.infer_shapes(proto)
+        for info in (*inferred.graph.value_info, *inferred.graph.output):
+            if info.name in names and info.name not in types and info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+    return {name: types.get(name, onnx.TensorProto.FLOAT) for name in names}
 
 
 def open_tap(
@@ -150,11 +154,12 @@ def open_tap(
     names: Sequence[str],
     threads: int | None,
     data_folder: Path | None,
-) -> object:
+) -> Session:
     """A session that returns ``names``: onnxruntime's own over ``proto`` with them exposed when
     all are main-graph values, else a :class:`BranchTap`."""
     if not branch_values(model.graph) & set(names):
-        return open_session(expose(proto, names), threads, data_folder=data_folder)
+        session: Session = open_session(expose(proto, names), threads, data_folder=data_folder)
+        return session
     return BranchTap(model, names, threads, data_folder)
 
 

@@ -128,7 +128,10 @@ class FoldComputedWeightsPass(MainGraphPass[ir.Value]):
         name = target.name or names.fresh("computed_weight")
         target.name = names.fresh(f"{name}_computed")
         folded = ir.Value(
-            name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+            name=name,
+            shape=ir.Shape(list(tensor.shape.numpy())),
+            type=ir.TensorType(tensor.dtype),
+            const_value=tensor,
         )
         holder.register_initializer(folded)
         target.replace_all_uses_with(folded)
