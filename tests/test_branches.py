@@ -11,9 +11,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from quantcli import QuantConfig, inspect_model, quantize
+from quantcli import QuantConfig, calibrate, inspect_model, quantize
 from quantcli.calibration.branches import BranchTap, taken_branches
 from quantcli.calibration.data import model_inputs
+from quantcli.calibration.file import write_calibration
 from quantcli.calibration.sources import open_source
 from quantcli.config import QuantMode
 from quantcli.inputs import prepare
@@ -157,3 +158,15 @@ def test_a_recurrent_weight_computed_from_constants_is_folded(tmp_path: Path) ->
     folded = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString()).run(None, {"x": x})[0]
     original = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     np.testing.assert_array_equal(folded, original)
+
+
+def test_calibrate_then_convert_from_its_file(branchy: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = branchy
+    recorded = calibrate(model, calib)
+    assert "wide.c1" in recorded.stats and "narrow.c1" not in recorded.stats  # never taken: no statistics
+    path = tmp_path / "calibration.json"
+    write_calibration(recorded, path)
+    result = quantize(model, tmp_path / "q.onnx", calibration=path)
+    assert recorded.choice is not None and result.report.plan.mode is recorded.choice.mode
+    decisions = {d.name: d.role.value for d in result.report.plan.decisions}
+    assert decisions["narrow.conv1"] == "float"
