@@ -1,8 +1,9 @@
 """A network inside an If: quantcli's default and static outputs beside fp32, with per-op evidence.
 
 silero-vad (the bench zoo's hand-built spox graph) keeps its whole network inside an ``If`` on
-the sample rate. This converts it with quantcli's default command and with ``--mode static``,
-measures the task metric (speech decision equal to fp32's), the size ratio and the latency
+the sample rate. This converts it with quantcli's default command, with ``--mode static``
+and with ``--speed measured`` (auto choosing by timing, not the cost model), measures the task
+metric (speech decision equal to fp32's), the size ratio and the latency
 (1 thread, interleaved, bench/compare.py's timing), and profiles each model's kernels on the
 first eval sample (onnxruntime's profiler, quantcli.cost.profile_kernels) to show where the time
 goes: an ``If`` kernel's time includes its branch's kernels.
@@ -62,11 +63,9 @@ def measure(zoo: Path, work: Path) -> dict[str, Any]:
     folder = zoo / MODEL
     task = json.loads((folder / "task.json").read_text())
     fp32 = folder / "model.onnx"
-    models = {"fp32": fp32, "default": work / "default.onnx", "static": work / "static.onnx"}
-    reports = {
-        "default": _convert(fp32, models["default"], folder / "calib"),
-        "static": _convert(fp32, models["static"], folder / "calib", "--mode", "static"),
-    }
+    flags = {"default": (), "static": ("--mode", "static"), "speed measured": ("--speed", "measured")}
+    models = {"fp32": fp32, **{name: work / f"{name.replace(' ', '_')}.onnx" for name in flags}}
+    reports = {name: _convert(fp32, models[name], folder / "calib", *flags[name]) for name in flags}
     feeds = load_samples(folder / "eval")
     reference = run_samples(fp32, feeds, task["output"])
     times = latency(models, feeds[0], ROUNDS, (1,))
@@ -74,7 +73,7 @@ def measure(zoo: Path, work: Path) -> dict[str, Any]:
     for name, path in models.items():
         metrics = vad_metrics(reference, run_samples(path, feeds, task["output"]), task)
         rows[name] = {
-            "mode": reports[name]["config"]["mode"] if name in reports else "fp32",
+            "mode": reports[name]["mode"] if name in reports else "fp32",
             "size_ratio": fp32.stat().st_size / path.stat().st_size,
             "decision_agreement": metrics["decision_agreement"],
             "prob_mean_abs_diff": metrics["prob_mean_abs_diff"],
