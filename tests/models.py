@@ -470,14 +470,14 @@ def crnn(channels: int = 16, hidden: int = 16, classes: int = 40, seed: int = 0)
     return _model(graph)
 
 
-def _conv_branch(prefix: str, rng: np.random.Generator, c: int, output: str) -> onnx.GraphProto:
+def _conv_branch(prefix: str, rng: np.random.Generator, c: int, output: str, classes: int) -> onnx.GraphProto:
     """Conv-Relu-Conv-GlobalAveragePool-Flatten-MatMul on the outer value ``image``, its weights
     its own initializers."""
     inits = [
         _init(f"{prefix}.conv1.w", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
         _init(f"{prefix}.conv1.b", rng.normal(0, 0.1, (c,)).astype(np.float32)),
         _init(f"{prefix}.conv2.w", rng.normal(0, 0.1, (c, c, 3, 3)).astype(np.float32)),
-        _init(f"{prefix}.fc.w", rng.normal(0, 0.3, (c, 10)).astype(np.float32)),
+        _init(f"{prefix}.fc.w", rng.normal(0, 0.3, (c, classes)).astype(np.float32)),
     ]
     p = prefix
     nodes = [
@@ -502,7 +502,7 @@ def _conv_branch(prefix: str, rng: np.random.Generator, c: int, output: str) -> 
     )
 
 
-def branchy_cnn(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
+def branchy_cnn(channels: int = 16, seed: int = 0, classes: int = 10) -> onnx.ModelProto:
     """A CNN classifier inside an If on the int64 input ``rate``: rate == 16 runs one network,
     any other rate another (the shape of silero-vad's graph, whose network sits in an If on
     the sample rate). Both branches read the main-graph input ``image``."""
@@ -517,8 +517,8 @@ def branchy_cnn(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
             ["is16"],
             ["logits"],
             name="by_rate",
-            then_branch=_conv_branch("wide", rng, channels, "wide.logits"),
-            else_branch=_conv_branch("narrow", rng, channels, "narrow.logits"),
+            then_branch=_conv_branch("wide", rng, channels, "wide.logits", classes),
+            else_branch=_conv_branch("narrow", rng, channels, "narrow.logits", classes),
         ),
     ]
     graph = helper.make_graph(
@@ -528,7 +528,7 @@ def branchy_cnn(channels: int = 16, seed: int = 0) -> onnx.ModelProto:
             helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16]),
             helper.make_tensor_value_info("rate", TensorProto.INT64, []),
         ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
     )
     return _model(graph)
 

@@ -170,3 +170,17 @@ def test_calibrate_then_convert_from_its_file(branchy: tuple[Path, Path], tmp_pa
     assert recorded.choice is not None and result.report.plan.mode is recorded.choice.mode
     decisions = {d.name: d.role.value for d in result.report.plan.decisions}
     assert decisions["narrow.conv1"] == "float"
+
+
+def test_dynamic_mode_rewrites_a_matmul_inside_the_branch(tmp_path: Path) -> None:
+    model = models.save(models.branchy_cnn(classes=400), tmp_path)
+    out = tmp_path / "q.onnx"
+    quantize(model, out, config=QuantConfig(mode=QuantMode.DYNAMIC))
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    for attribute in ("then_branch", "else_branch"):  # no statistics needed: both branches
+        ops = [n.op_type for n in _branch(written, attribute).node]
+        assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops and "MatMul" not in ops
+    image = _data(2, 16, seed=9)["image"][:, 0]
+    for rate in (16, 8):
+        assert _sqnr(_run(model, image[:1], rate), _run(out, image[:1], rate)) > 25.0
