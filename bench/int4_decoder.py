@@ -197,7 +197,8 @@ def measure(rows: list[Row], folder: Path) -> None:
     for row in rows:
         if row.error:
             continue
-        row.size_ratio = fp32.stat().st_size / compare.disk_bytes(row.path)
+        # Every model here is one file (no external data); they share the work folder.
+        row.size_ratio = fp32.stat().st_size / row.path.stat().st_size
         try:
             if folder.name == DECODER:
                 row.metrics = lm_metrics(reference, lm_outputs(row.path, feeds), ids)
