@@ -118,8 +118,8 @@ def _cached(out: Path, reuse: str) -> Row | None:
 
 
 def _keep(row: Row) -> Row:
-    fields = {k: v for k, v in vars(row).items() if k in ("model", "tool", "method", "symmetric", "seconds")}
-    fields |= {"peak_rss_mb": row.peak_rss_mb, "error": row.error}
+    """Write the row beside its model (what it took to make it, and its fidelity once measured)."""
+    fields = {k: v for k, v in vars(row).items() if k not in ("path", "latency")}
     row.path.with_suffix(".row.json").write_text(json.dumps(fields))
     return row
 
@@ -185,7 +185,11 @@ def lm_metrics(
 
 
 def measure(rows: list[Row], folder: Path) -> None:
-    """Fidelity on eval and size ratio of every row that produced a model."""
+    """Fidelity on eval and size ratio of every row that produced a model (and was not measured by
+    an earlier run: --reuse)."""
+    rows = [r for r in rows if not r.error and not r.metrics]
+    if not rows:
+        return
     fp32 = folder / "model.onnx"
     feeds = _feeds(folder, "eval")
     if folder.name == DECODER:
@@ -195,8 +199,6 @@ def measure(rows: list[Row], folder: Path) -> None:
         stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
         embeddings = compare.run_all(fp32, stacked, "sentence_embedding")
     for row in rows:
-        if row.error:
-            continue
         # Every model here is one file (no external data); they share the work folder.
         row.size_ratio = fp32.stat().st_size / row.path.stat().st_size
         try:
@@ -207,6 +209,7 @@ def measure(rows: list[Row], folder: Path) -> None:
                 row.metrics = compare.embedding_metrics(embeddings, candidate, {})
         except Exception as exc:  # a model onnxruntime cannot run is a result
             row.error = f"does not run: {type(exc).__name__}: {exc}"[:400]
+        _keep(row)
 
 
 def best(rows: list[Row]) -> Row:
@@ -391,7 +394,8 @@ def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
         made.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
     rows = [r for r in made if r is not None]
     measure(rows, folder)
-    time_models(rows, folder, args.rounds)
+    if args.rounds > 0:
+        time_models(rows, folder, args.rounds)
     return rows
 
 
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--work", type=Path, default=BENCH / "_work" / "int4_decoder")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10, help="0: no latency table")
     parser.add_argument("--ort-gptq-windows", type=int, default=8, help="0: no onnxruntime GPTQ row")
     parser.add_argument("--reuse", action="store_true", help="keep models an earlier run quantized")
     parser.add_argument("--reuse-only", action="store_true", help="--reuse, and skip the rest")
