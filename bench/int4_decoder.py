@@ -47,6 +47,7 @@ BENCH = Path(__file__).resolve().parent
 DECODER = "decoder_smollm2"
 MINILM = "minilm_l6"
 BLOCK = 32
+TABLE_FLOAT = "--exclude Gather"  # keeps the embedding (Gather) table float
 
 
 @dataclass
@@ -83,9 +84,10 @@ def _data(folder: Path, split: str) -> Path:
 
 
 def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: str) -> Row | None:
-    """`quantcli convert` with the 4-bit flags (method "int8 dynamic": --mode dynamic), in a
-    process of its own so its seconds and peak RSS are its own."""
-    slug = method.replace("+", "_").replace(" ", "_")
+    """`quantcli convert` with the 4-bit flags (method "int8 dynamic": --mode dynamic; a method
+    may carry more flags after it: "rtn --exclude Gather"), in a process of its own so its seconds
+    and peak RSS are its own."""
+    slug = method.replace("+", "_").replace(" ", "_").replace("--", "")
     name = f"{folder.name}_quantcli_{slug}_{'sym' if symmetric else 'asym'}"
     out = work / f"{name}.onnx"
     command = [sys.executable, "-m", "quantcli", "convert", str(folder / "model.onnx"), "-o", str(out)]
@@ -93,7 +95,8 @@ def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: str) 
         command += ["--mode", "dynamic"]
     else:
         command += ["--mode", "weight-only", "--weight-bits", "4", "--block-size", str(BLOCK)]
-        command += ["--block-method", method, "--data", str(_data(folder, "calib"))]
+        block_method, *flags = method.split()
+        command += ["--block-method", block_method, "--data", str(_data(folder, "calib")), *flags]
         command += [] if symmetric else ["--weight-asymmetric"]
     command += ["--force", "--quiet", "--report", str(work / f"{name}.report.json")]
     cached = _cached(out, reuse)
@@ -184,7 +187,18 @@ def lm_metrics(
     }
 
 
-def measure(rows: list[Row], folder: Path) -> None:
+def _reference(fp32: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """fp32's argmax and next-token NLL on eval, kept in the work folder for --reuse runs."""
+    kept = work / f"{fp32.parent.name}_fp32_reference.npz"
+    if kept.is_file():
+        with np.load(kept) as archive:
+            return archive["argmax"], archive["nll"]
+    argmax, nll = lm_outputs(fp32, feeds)
+    np.savez(kept, argmax=argmax, nll=nll)
+    return argmax, nll
+
+
+def measure(rows: list[Row], folder: Path, work: Path) -> None:
     """Fidelity on eval and size ratio of every row that produced a model (and was not measured by
     an earlier run: --reuse)."""
     rows = [r for r in rows if not r.error and not r.metrics]
@@ -194,7 +208,7 @@ def measure(rows: list[Row], folder: Path) -> None:
     feeds = _feeds(folder, "eval")
     if folder.name == DECODER:
         ids = np.concatenate([f["input_ids"] for f in feeds])
-        reference = lm_outputs(fp32, feeds)
+        reference = _reference(fp32, feeds, work)
     else:
         stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
         embeddings = compare.run_all(fp32, stacked, "sentence_embedding")
@@ -388,12 +402,14 @@ def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
     if folder.name == DECODER:
         asym = args.asym_methods.split(",") if args.asym_methods else [m.value for m in BlockMethod]
         made += [cli_row(folder, work, m, False, reuse) for m in asym if m]
+        # onnxruntime's quantizer leaves the embedding table float: the same, for a like-for-like row.
+        made.append(cli_row(folder, work, f"rtn {TABLE_FLOAT}", True, reuse))
     made += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
     made.append(cli_row(folder, work, "int8 dynamic", True, reuse))
     if folder.name == DECODER and args.ort_gptq_windows > 0:
         made.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
     rows = [r for r in made if r is not None]
-    measure(rows, folder)
+    measure(rows, folder, work)
     if args.rounds > 0:
         time_models(rows, folder, args.rounds)
     return rows
