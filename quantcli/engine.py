@@ -294,6 +294,17 @@ class OpenVINOSession:
         except RuntimeError as exc:
             raise RuntimeError(f"OpenVINO's compiled model has no output '{name}'") from exc
 
+    @property
+    def inference_threads(self) -> int:
+        """The threads one inference runs on, as the plugin compiled it."""
+        return int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the plugin runs float layers in ("f32": OPENVINO_PRECISION)."""
+        value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        return str(value.get_type_name()) if hasattr(value, "get_type_name") else str(value)
+
     def for_timing(self, threads: int | None = None) -> OpenVINOSession:
         """The same model compiled as timing runs it (one inference thread unless ``threads``)."""
         count = threads if threads is not None else OPENVINO_TIMING_THREADS
