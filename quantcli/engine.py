@@ -68,6 +68,7 @@ _OPENVINO_DEVICE = "CPU"
 _PACKAGES = {Engine.ONNXRUNTIME: "onnxruntime", Engine.OPENVINO: "openvino"}
 _INSTALL = {Engine.OPENVINO: "pip install 'quantcli[openvino]'"}
 _NAMES = {Engine.ONNXRUNTIME: "onnxruntime", Engine.OPENVINO: "OpenVINO"}
+_PROVIDERS = {"CPUExecutionProvider": "CPU provider"}
 
 
 class Port(Protocol):
@@ -166,8 +167,9 @@ def summary(target: Target, threads: int | None = None, *, warn: bool = True) ->
     if engine is Engine.OPENVINO:
         timing = threads if threads is not None else OPENVINO_TIMING_THREADS
         return EngineSummary(engine.value, target.runtime, OPENVINO_PRECISION, timing, note)
-    runtime = ORT_CPU.runtime if note else target.runtime
-    return EngineSummary(engine.value, runtime, "", threads, note)
+    # onnxruntime on the target's providers: TensorRT's model is checked on the CPU provider.
+    providers = " / ".join(_PROVIDERS.get(p, p) for p in target.check_providers)
+    return EngineSummary(engine.value, f"onnxruntime's {providers}", "", threads, note)
 
 
 def _first_line(exc: BaseException) -> str:

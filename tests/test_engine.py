@@ -79,6 +79,12 @@ def test_the_engine_is_target_data() -> None:
     assert TENSORRT.engine is Engine.ONNXRUNTIME  # no GPU here: checked on onnxruntime's CPU provider
 
 
+def test_the_report_names_what_ran_not_what_the_model_is_for() -> None:
+    assert engine.summary(ORT_CPU).runtime == "onnxruntime's CPU provider"
+    assert engine.summary(TENSORRT).runtime == "onnxruntime's CPU provider"  # not "TensorRT"
+    assert engine.summary(TENSORRT).note == ""
+
+
 def test_onnxruntime_sessions_are_onnxruntimes_own() -> None:
     assert isinstance(engine.open_session(_mlp(), target=TENSORRT), ort.InferenceSession)
 
