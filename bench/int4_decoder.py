@@ -357,7 +357,10 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "algorithm (RTN), and `GPTQWeightOnlyQuantConfig` on the first calibration windows (it runs the "
         "whole model once per distinct MatMul input and window, so all 64 would take hours here). "
         "Size ratio: fp32 file over quantized file; quantcli also writes the embedding table 4-bit "
-        "(GatherBlockQuantized), onnxruntime's quantizer leaves Gather tables float by default.",
+        "(GatherBlockQuantized), onnxruntime's quantizer leaves Gather tables float by default: the "
+        f"`rtn {TABLE_FLOAT}` row is quantcli with the table float too, like for like. Rows a run did "
+        "not reach are absent (quantize seconds here were measured at load averages of 15-30 on 2 "
+        "cores, so several methods did not fit the session).",
         "",
         "### decoder_smollm2: SmolLM2-135M-Instruct (bench/zoo_decoder.py)",
         "",
