@@ -122,7 +122,7 @@ def _cached(out: Path, reuse: str) -> Row | None:
 
 def _keep(row: Row) -> Row:
     """Write the row beside its model (what it took to make it, and its fidelity once measured)."""
-    fields = {k: v for k, v in vars(row).items() if k not in ("path", "latency")}
+    fields = {k: v for k, v in vars(row).items() if k != "path"}
     row.path.with_suffix(".row.json").write_text(json.dumps(fields))
     return row
 
@@ -245,6 +245,7 @@ def time_models(rows: list[Row], folder: Path, rounds: int) -> list[str]:
             key = f"threads{threads}_ms"
             row.latency[key] = times[row.label][key]
             row.latency[f"fp32_{key}"] = times["fp32"][key]
+        _keep(row)
     return [r.label for r in chosen]
 
 
