@@ -347,8 +347,10 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "## 4-bit weights through the CLI: a real decoder, MiniLM-L6, latency (`make bench-int4`, "
         "bench/int4_decoder.py)",
         "",
-        f"Measured on {machine()}, quantcli at commit {meta['commit']}; {meta['minutes']:.1f} min (load "
-        f"average at start {meta['load_start']:.1f}, at end {meta['load_end']:.1f}; the machine is shared).",
+        f"Measured on {machine()}, quantcli at commit {meta['commit']}; this write-up run "
+        f"{meta['minutes']:.1f} min (load average at start {meta['load_start']:.1f}, at end "
+        f"{meta['load_end']:.1f}; the machine is shared); with --reuse, rows quantized, measured and "
+        "timed by earlier runs are kept (each row's quantize seconds and peak RSS are its own run's).",
         "quantcli rows are exactly `quantcli convert model.onnx -o OUT --mode weight-only --weight-bits 4 "
         f"--block-size {BLOCK} --block-method M --data calib/` (asym: plus `--weight-asymmetric`; int8 "
         "dynamic: `--mode dynamic`), each in a process of its own: it calibrates on the first 80% of "
