@@ -135,11 +135,40 @@ def _try_fold(draft: Draft, node: ir.Node) -> bool:
     return True
 
 
+def _try_root_carry(draft: Draft, node: ir.Node) -> bool:
+    """On a target with one pair per carried chain, a data-movement op after a float activation
+    carries it all the same: the pair goes on its input, the chain's root, if an int8 reader
+    turns up after it (assemble), and the op stays float otherwise (settle_carries)."""
+    source = node.inputs[0]
+    if source is None or not is_float(source) or constant(source) is not None:
+        return False
+    # The root is int8 from here on (an element-wise reader may join on it); it gets its pair
+    # only if an integer kernel reads it or the chain after it.
+    draft.available[source.name or ""] = Source(source.name or "")
+    for out in node.outputs:
+        draft.available[out.name or ""] = Source(source.name or "")
+    draft.decide(
+        node,
+        NodeRole.CARRY,
+        "int8: moves int8 data with its input's scale; the one pair of the chain goes on its input "
+        "(docs/openvino.md rule 3)",
+    )
+    return True
+
+
 def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     if rule.kind is OpKind.ELEMENTWISE:
         live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
-        if live and all(v is not None and v.name in draft.available for v in live):
+        int8 = [v is not None and v.name in draft.available for v in live]
+        if live and all(int8):
             draft.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
+            return True
+        if any(int8) and draft.ctx.target.elementwise_joins_any:
+            draft.make_integer(
+                node,
+                f"int8: integer kernel ({rule.kernel}); an input is int8 and the others get pairs "
+                "(docs/openvino.md rule 4)",
+            )
             return True
         return False
     if rule.kind is OpKind.DATA_MOVEMENT:
@@ -178,6 +207,14 @@ def propagate(ctx: Context, placement: Placement) -> Placement:
         for node, rule in pending:
             if id(node) not in draft.decisions and _try_join(draft, node, rule):
                 changed = True
+        if not changed and ctx.target.one_pair_per_chain:
+            # Only once nothing joins forward: a chain after an int8 tensor carries its scale.
+            roots = [
+                _try_carry(draft, node) or _try_root_carry(draft, node)
+                for node, rule in pending
+                if id(node) not in draft.decisions and rule.kind is OpKind.DATA_MOVEMENT
+            ]
+            changed = any(roots)
     for node, rule in pending:
         if id(node) not in draft.decisions:
             draft.decide(node, NodeRole.FLOAT, _undecided_reason(rule, node))
