@@ -23,6 +23,7 @@ import onnx_ir as ir
 
 from quantcli.plan.facts import (
     activation_slots,
+    computed_from_constants,
     constant,
     foldable_activation,
     is_float,
@@ -140,7 +141,7 @@ def _try_root_carry(draft: Draft, node: ir.Node) -> bool:
     carries it all the same: the pair goes on its input, the chain's root, if an int8 reader
     turns up after it (assemble), and the op stays float otherwise (settle_carries)."""
     source = node.inputs[0]
-    if source is None or not is_float(source) or constant(source) is not None:
+    if source is None or not is_float(source) or computed_from_constants(source):
         return False
     # The root is int8 from here on (an element-wise reader may join on it); it gets its pair
     # only if an integer kernel reads it or the chain after it.
@@ -163,7 +164,11 @@ def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
         if live and all(int8):
             draft.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
             return True
-        if any(int8) and draft.ctx.target.elementwise_joins_any:
+        # A float input computed from constants only (a Reshape of a bias) is no activation:
+        # OpenVINO folds it, and a pair on it breaks its Add transformation (PP-OCR cls,
+        # docs/openvino.md).
+        folded = any(computed_from_constants(v) for v, is_int8 in zip(live, int8, strict=True) if not is_int8)
+        if any(int8) and not folded and draft.ctx.target.elementwise_joins_any:
             draft.make_integer(
                 node,
                 f"int8: integer kernel ({rule.kernel}); an input is int8 and the others get pairs "
