@@ -322,17 +322,31 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure_model(subject, args.rounds, args.work or Path(scratch), args.rules)
             results.append((subject, rows))
             print("\n".join(model_table(subject, rows)), flush=True)
+            # The section so far after every model: a long run that stops keeps what it measured.
+            _report(results, args, argv, started, final=False)
+    _report(results, args, argv, started, final=True)
+    return 0
+
+
+def _report(
+    results: list[tuple[compare.Subject, list[Row]]],
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    started: float,
+    *,
+    final: bool,
+) -> None:
     seconds, load = time.perf_counter() - started, os.getloadavg()[0]
     text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
     data = [asdict(row) for _, rows in results for row in rows]
     if args.no_write:
-        print(text)
-        print(json.dumps(data, indent=1))
-    else:
-        write_section("targets", text, data)
-        meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
-        (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return 0
+        if final:
+            print(text)
+            print(json.dumps(data, indent=1))
+        return
+    write_section("targets", text, data)
+    meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
+    (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":
