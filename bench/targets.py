@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     parser.add_argument("--work", type=Path, help="keep every output here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="with --work: reuse outputs a run left there")
+    parser.add_argument("--rows", type=Path, help="also write the rows so far here after every model")
     parser.add_argument(
         "--render",
         type=Path,
@@ -339,6 +340,8 @@ def _report(
     seconds, load = time.perf_counter() - started, os.getloadavg()[0]
     text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
     data = [asdict(row) for _, rows in results for row in rows]
+    if args.rows is not None:  # e.g. two runs over different models, joined by --render
+        args.rows.write_text(json.dumps(data, indent=1) + "\n")
     if args.no_write:
         if final:
             print(text)
