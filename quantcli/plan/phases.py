@@ -3,7 +3,9 @@
 1. :func:`seed`: every node that can never be quantized gets its reason; the mode places every
    eligible compute op and op with a stored weight.
 2. :func:`propagate`: element-wise ops, data movement, tables and folds join the integer path
-   where their inputs are int8, repeated until nothing changes; the rest stay float.
+   where their inputs are int8, repeated until nothing changes; on a target with one pair per
+   carried chain, a data-movement op after a float tensor then carries it from there (the root);
+   the rest stay float.
 3. :func:`prune`: an integer element-wise op after which nothing takes int8 returns to float.
 4. :func:`drop_unread_outputs`: on a target that quantizes layers on their inputs
    (:attr:`~quantcli.target.Target.output_pair_rule`), a compute op's output gets no pair unless
