@@ -293,6 +293,46 @@ def test_openvino_rule_4_concat_inputs_share_one_scale_and_no_pair_after_it(tmp_
     assert _sqnr_db(_chain_and_concat_cnn(), out, feed) > 20.0
 
 
+def _reshaped_bias_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
+    """A Paddle export's Conv: no bias, then Add(conv, Reshape(bias initializer, Constant shape))."""
+    rng = np.random.default_rng(seed)
+    shape = helper.make_tensor("shape_value", TensorProto.INT64, (4,), [1, c, 1, 1])
+    inits = [
+        _conv(rng, "w1", c, 3),
+        _conv(rng, "w2", 8, c),
+        numpy_helper.from_array(rng.normal(0, 0.5, c).astype(np.float32), "bias"),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=pads),
+        helper.make_node("Constant", [], ["shape"], name="shape", value=shape),
+        helper.make_node("Reshape", ["bias", "shape"], ["b"], name="reshape_bias"),
+        helper.make_node("Add", ["c1", "b"], ["a1"], name="bias_add"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=pads),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reshaped_bias",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def test_openvino_a_tensor_computed_from_constants_is_no_activation(tmp_path: Path) -> None:
+    # PP-OCR cls (docs/openvino.md): a pair on a reshaped bias, or between a bias-less Conv and its
+    # bias Add, breaks OpenVINO's Add transformation; the Add stays float and the plugin fuses it.
+    report = _report(_reshaped_bias_cnn(), _silu_data(), tmp_path, "openvino")
+    quantized = {n.input[0] for n in _qdq(tmp_path / "openvino.onnx", "QuantizeLinear")}
+    assert quantized == {"x", "r1"}  # the Convs' inputs only: nothing on b, nor on c1
+    roles = {d.name: d.role for d in report.plan.decisions}
+    assert roles["bias_add"] is NodeRole.FLOAT and roles["conv1"] is NodeRole.INTEGER
+
+
 def test_openvino_output_runs_in_onnxruntime_with_fidelity(tmp_path: Path) -> None:
     out = _convert(_silu_cnn(), _silu_data(), tmp_path, "openvino")
     feed = {"x": _silu_data(8)["x"].reshape(8, 3, 8, 8)}
