@@ -223,6 +223,17 @@ def _conv(rng: np.random.Generator, name: str, c_out: int, c_in: int) -> TensorP
     )
 
 
+def _checked(
+    nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], inits: list[TensorProto]
+) -> onnx.ModelProto:
+    """A model of ``nodes`` on input x: float[batch, 3, 8, 8], checked in full."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph(nodes, "test", [x], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def _chain_and_concat_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
     """Conv-SiLU, then a Split whose halves feed two Convs (a carried chain after a float
     tensor), and a Concat of the SiLU output with a Relu output (a folded, non-negative
@@ -253,16 +264,7 @@ def _chain_and_concat_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
     outputs = [
         helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8, 8, 8]) for n in ("ya", "yb", "yc")
     ]
-    graph = helper.make_graph(
-        nodes,
-        "chain_concat",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        outputs,
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _checked(nodes, outputs, inits)
 
 
 def test_openvino_rule_3_one_pair_per_carried_chain_at_its_root(tmp_path: Path) -> None:
@@ -311,16 +313,7 @@ def _reshaped_bias_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
         helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=pads),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "reshaped_bias",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return _checked(nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])], inits)
 
 
 def test_openvino_a_tensor_computed_from_constants_is_no_activation(tmp_path: Path) -> None:
