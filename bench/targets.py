@@ -246,8 +246,12 @@ def model_table(subject: compare.Subject, rows: list[Row]) -> list[str]:
 
 def _precision(results: list[tuple[compare.Subject, list[Row]]]) -> str:
     found = {row.inference_precision for _, rows in results for row in rows if row.inference_precision}
-    if not found and results:  # rows stored before the field existed: ask the plugin on this machine
-        found = {ovb.inference_precision(ovb.compile_model(results[0][0].folder / "model.onnx"))}
+    for subject, _ in results if not found else ():  # rows stored before the field existed: ask the plugin
+        try:
+            found = {ovb.inference_precision(ovb.compile_model(subject.folder / "model.onnx"))}
+            break
+        except RuntimeError:  # a model OpenVINO cannot read (silero_vad): the next one
+            continue
     return ", ".join(sorted(found))
 
 
@@ -339,10 +343,12 @@ def _report(
     final: bool,
 ) -> None:
     seconds, load = time.perf_counter() - started, os.getloadavg()[0]
-    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
     data = [asdict(row) for _, rows in results for row in rows]
     if args.rows is not None:  # e.g. two runs over different models, joined by --render
         args.rows.write_text(json.dumps(data, indent=1) + "\n")
+    if args.no_write and not final:
+        return
+    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
     if args.no_write:
         if final:
             print(text)
