@@ -33,6 +33,7 @@ ORDER = [
     "large_weight_ops",
     "scale",
     "scale_quiet",
+    "tensorrt_fidelity",
     "tensorrt",
 ]
 
