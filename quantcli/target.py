@@ -16,7 +16,7 @@ read it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -80,6 +80,9 @@ class OpRule:
     # takes int8. ``fused_kernel`` names the fusion in reasons.
     fused_input: FusedInput | None = None
     fused_kernel: str = ""
+    # The target's rule that leaves this op float when the plan does not make it integer (its
+    # inputs are not int8, nothing after it takes int8), added to that reason; "" for none.
+    float_rule: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -431,6 +434,7 @@ def _trt_layer(
     return _compute(f"{_TRT} {kernel}, {_TRT_MD} rule 4", weight_axis, bias_input=bias_input, matrix=matrix)
 
 
+_TRT_CONSERVATIVE = f"TensorRT: be conservative adding Q/DQ, {_TRT_MD} rule 8"
 _TENSORRT_RULES: dict[str, OpRule] = {
     "Conv": _trt_layer("int8 convolution", _axis(0), bias_input=2),
     "ConvTranspose": _trt_layer("int8 deconvolution", _axis(1), bias_input=2),
@@ -442,9 +446,14 @@ _TENSORRT_RULES: dict[str, OpRule] = {
         activation_inputs=None,
         fused_input=_conv_side,
         fused_kernel=f"{_TRT}'s Conv + residual Add fusion, {_TRT_MD} rule 7",
+        float_rule=_TRT_CONSERVATIVE,
     ),
-    "AveragePool": _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"),
-    "GlobalAveragePool": _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"),
+    "AveragePool": replace(
+        _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"), float_rule=_TRT_CONSERVATIVE
+    ),
+    "GlobalAveragePool": replace(
+        _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"), float_rule=_TRT_CONSERVATIVE
+    ),
 }
 
 _TRT_FUSED = (
@@ -476,8 +485,8 @@ TENSORRT = Target(
     # GPU here to show that it takes them left out, they are written.
     omits_zero_points=False,
     nonnegative_type=None,  # rule 1: int8 only, a non-negative tensor is int8 symmetric too
-    output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and TensorRT "
-    f"quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
+    output_pair_rule=f"int8 input and weights ({_TRT_MD} rule 4), float output: no reader takes it as "
+    f"int8, and TensorRT quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
     activation_types=frozenset({ir.DataType.INT8}),
 )
 

@@ -256,6 +256,8 @@ def test_rule_9_no_pair_around_layers_tensorrt_moves_qdq_across(tmp_path: Path) 
     decisions = {d.name: d for d in report.plan.decisions}
     for name in ("pool", "flatten"):
         assert decisions[name].role is NodeRole.FLOAT and "rule 9" in decisions[name].reason
+    # The pool after them reads a float tensor: withheld by rule 8 (no pair on a float input).
+    assert decisions["gap"].role is NodeRole.FLOAT and "docs/tensorrt.md rule 8" in decisions["gap"].reason
 
 
 def test_rule_10_bias_stays_float(trt_cnn: Path, trt_block: Path) -> None:

@@ -171,6 +171,11 @@ def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     return _try_fold(draft, node)
 
 
+def _with_rule(reason: str, rule: OpRule) -> str:
+    """``reason``, naming the target's rule for it when the op rule has one."""
+    return f"{reason} ({rule.float_rule})" if rule.float_rule else reason
+
+
 def _undecided_reason(rule: OpRule, node: ir.Node) -> str:
     fused = fused_input(node, rule)
     if fused is not None:
@@ -179,7 +184,9 @@ def _undecided_reason(rule: OpRule, node: ir.Node) -> str:
             "constant other operand: no residual pair to place"
         )
     if rule.kind is OpKind.ELEMENTWISE:
-        return f"float: an input is not int8, so an integer {node.op_type} would add a rounding step"
+        return _with_rule(
+            f"float: an input is not int8, so an integer {node.op_type} would add a rounding step", rule
+        )
     if rule.kind is OpKind.ACTIVATION_FOLD:
         return "float: its input is not the quantized output of an integer kernel"
     return "float: its input is a float tensor"
@@ -251,7 +258,8 @@ def prune(ctx: Context, placement: Placement) -> Placement:
     draft = Draft(ctx, placement)
     for node in _unread(draft, OpKind.ELEMENTWISE):
         rule = ctx.target.rule(node)
-        if rule is not None and fused_input(node, rule) is not None:
+        assert rule is not None  # _unread yields nodes with a rule
+        if fused_input(node, rule) is not None:
             # Fused into its layer: the residual pair stays (the layer's own output is float
             # anyway); only the output pair nothing reads goes.
             draft.float_output.add(id(node))
@@ -265,7 +273,9 @@ def prune(ctx: Context, placement: Placement) -> Placement:
             )
         else:
             draft.decide(
-                node, NodeRole.FLOAT, "float: nothing after it takes int8, so an integer kernel saves nothing"
+                node,
+                NodeRole.FLOAT,
+                _with_rule("float: nothing after it takes int8, so an integer kernel saves nothing", rule),
             )
     return draft.freeze()
 
