@@ -49,7 +49,7 @@ from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
 from quantcli.passes.nbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_FORM
-from quantcli.plan import NodeRole, select
+from quantcli.plan import NodeRole, select, target_of
 from quantcli.repair import FallbackResult, repair
 from quantcli.report import (
     BlockwiseSummary,
@@ -447,6 +447,10 @@ def report_for(
     if run.mode is QuantMode.AUTO:
         mode_reason = f"auto: {decision.note or decision.reason}"
     speed, warnings = predicted_speed(searched, output)
+    opset = target_of(config).opset_warning(loaded.opset)
+    if opset is not None:
+        logger.warning("%s: %s", output, opset)
+        warnings = (*warnings, opset)
     fallback = searched.fallback
     return QuantReport(
         model=str(loaded.path),

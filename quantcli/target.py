@@ -124,10 +124,24 @@ class Target:
     # onnxruntime execution providers that check a written model and time it.
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # The newest default-domain opset the runtime's ONNX parser is documented to take, and which
+    # version says so (None: whatever quantcli writes). A newer model is written all the same (a
+    # newer runtime may take it), with a warning.
+    max_opset: int | None = None
+    max_opset_source: str = ""
 
     def rule(self, node: ir.Node) -> OpRule | None:
         """The rule for ``node``'s op, or None when the target has no integer form for it."""
         return self.rules.get(node.op_type)
+
+    def opset_warning(self, opset: int) -> str | None:
+        """A warning for a model of ``opset`` that the runtime may refuse, or None."""
+        if self.max_opset is None or opset <= self.max_opset:
+            return None
+        return (
+            f"opset {opset} is newer than {self.max_opset_source} takes (up to {self.max_opset}); "
+            f"convert the model to opset {self.max_opset} or use a newer {self.runtime}"
+        )
 
 
 def _axis(index: int) -> AxisRule:
@@ -488,6 +502,8 @@ TENSORRT = Target(
     output_pair_rule=f"int8 input and weights ({_TRT_MD} rule 4), float output: no reader takes it as "
     f"int8, and TensorRT quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
     activation_types=frozenset({ir.DataType.INT8}),
+    max_opset=20,  # rule 3
+    max_opset_source=f"TensorRT 10.1's ONNX parser ({_TRT_MD} rule 3)",
 )
 
 TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (ORT_CPU, OPENVINO, TENSORRT)})

@@ -203,6 +203,20 @@ def test_rule_3_opset_and_types_the_parser_accepts(trt_block: Path, tmp_path: Pa
     assert onnx.load(upgraded).opset_import[0].version == 13
 
 
+def test_rule_3_a_model_newer_than_the_parser_takes_is_written_with_a_warning(tmp_path: Path) -> None:
+    newer = _resnet_block()
+    newer.opset_import[0].version = 21
+    report = _report(newer, _block_data(), tmp_path, "tensorrt")
+    assert onnx.load(tmp_path / "tensorrt.onnx").opset_import[0].version == 21
+    assert any("opset 21 is newer than TensorRT 10.1's ONNX parser" in w for w in report.warnings)
+    (tmp_path / "17").mkdir()
+    assert not [
+        w
+        for w in _report(_resnet_block(), _block_data(), tmp_path / "17", "tensorrt").warnings
+        if "opset" in w
+    ]
+
+
 def test_rule_4_qdq_on_every_input_of_a_weighted_layer(trt_cnn: Path, trt_block: Path) -> None:
     assert {"image", "r1", "flat"} <= _quantized(trt_cnn)  # conv1, conv2 and the Gemm's inputs
     assert {"x", "ra", "rs"} <= _quantized(trt_block)  # conv_a/conv_ds, conv_b and the head's inputs
