@@ -144,7 +144,8 @@ def _quantize_into(
     has_ranges = recorded is not None or datasets.calibration is not None
     if mode is QuantMode.AUTO and datasets.evaluation is None:
         dynamic = strategy(QuantMode.DYNAMIC)
-        applies = dynamic.changes(select(loaded.model, config, mode=dynamic))
+        runs = target_of(config).runs(QuantMode.DYNAMIC)
+        applies = runs and dynamic.changes(select(loaded.model, config, mode=dynamic))
         mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=applies)
     run = Run(loaded, config, mode, datasets, labels)
     plans = candidate_plans(loaded.model, config, mode, has_ranges=has_ranges, kept_float=kept_float)

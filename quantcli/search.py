@@ -446,8 +446,9 @@ def report_for(
     decision = searched.decision
     if run.mode is QuantMode.AUTO:
         mode_reason = f"auto: {decision.note or decision.reason}"
-    speed, warnings = predicted_speed(searched, output)
-    opset = target_of(config).opset_warning(loaded.opset)
+    target = target_of(config)
+    speed, warnings = predicted_speed(searched, output) if target.predicted_by_onnxruntime else (None, ())
+    opset = target.opset_warning(loaded.opset)
     if opset is not None:
         logger.warning("%s: %s", output, opset)
         warnings = (*warnings, opset)

@@ -129,10 +129,21 @@ class Target:
     # newer runtime may take it), with a warning.
     max_opset: int | None = None
     max_opset_source: str = ""
+    # The concrete modes (QuantMode values) whose models the runtime runs as it is meant to, and
+    # the rule that says so; None: every mode. Auto builds only these; another is refused.
+    modes: frozenset[str] | None = None
+    modes_rule: str = ""
+    # Whether onnxruntime's CPU cost model speaks for this runtime's speed: the report's predicted
+    # speed, and its warning when the model is predicted slower than float.
+    predicted_by_onnxruntime: bool = True
 
     def rule(self, node: ir.Node) -> OpRule | None:
         """The rule for ``node``'s op, or None when the target has no integer form for it."""
         return self.rules.get(node.op_type)
+
+    def runs(self, mode: str) -> bool:
+        """Whether the runtime runs models of ``mode`` (a concrete mode's value)."""
+        return self.modes is None or mode in self.modes
 
     def opset_warning(self, opset: int) -> str | None:
         """A warning for a model of ``opset`` that the runtime may refuse, or None."""
@@ -503,6 +514,13 @@ TENSORRT = Target(
     f"int8, and TensorRT quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
     activation_types=frozenset({ir.DataType.INT8}),
     max_opset=20,  # rule 3
+    # Rule 4: int8 input and weights on every weighted layer; no run-time (dynamic, mixed) or
+    # weight-only quantization in TensorRT's explicit int8.
+    modes=frozenset({"static"}),
+    modes_rule=f"Q/DQ on every input of a weighted layer, {_TRT_MD} rule 4",
+    # onnxruntime fuses none of this placement (rules 5-9 are TensorRT's): its prediction would
+    # call every TensorRT model slower than float. bench/tensorrt.sh times it with trtexec.
+    predicted_by_onnxruntime=False,
     max_opset_source=f"TensorRT 10.1's ONNX parser ({_TRT_MD} rule 3)",
 )
 

@@ -296,3 +296,24 @@ def test_inspect_reasons_name_the_tensorrt_rule(tmp_path: Path) -> None:
     assert "docs/tensorrt.md rule 7" in reasons["residual"]
     assert "docs/tensorrt.md rule 6" in reasons["relu_a"] and "docs/tensorrt.md rule 6" in reasons["bn"]
     assert "docs/tensorrt.md rule 5" in reasons["conv_b"]
+
+
+def test_rule_4_auto_builds_only_static_and_another_mode_is_refused(
+    cnn: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """TensorRT's int8 is Q/DQ on every weighted layer's inputs: no dynamic, mixed or weight-only."""
+    model, data = cnn
+    out = tmp_path / "q.onnx"
+    args = ["convert", str(model), "-o", str(out), "--data", str(data), "--target", "tensorrt", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["mode"] == "static"
+    # onnxruntime's cost model does not speak for TensorRT: no predicted speed, no warning from it
+    assert report["speed"] is None and not report["warnings"]
+    assert _qdq(out, "QuantizeLinear")
+    for mode in ("dynamic", "weight-only", "mixed"):
+        result = runner.invoke(app, [*args, "--mode", mode, "-o", str(tmp_path / f"{mode}.onnx")])
+        assert result.exit_code == 1, result.output
+        assert "target tensorrt takes only static models" in result.output and "rule 4" in result.output
+        assert not (tmp_path / f"{mode}.onnx").exists()
