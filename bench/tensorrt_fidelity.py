@@ -21,6 +21,7 @@ from _results import machine, write_section
 
 from quantcli import Overrides, quantize
 from quantcli.config import QuantMode, TargetName
+from quantcli.errors import QuantizationError
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = (TargetName.ORT_CPU, TargetName.TENSORRT)
@@ -54,15 +55,18 @@ def _row(
 ) -> dict[str, Any]:
     _name, model, calib, evals, labels = case
     out = work / f"{name}.{target.value}.onnx"
-    result = quantize(
-        model,
-        out,
-        data=calib,
-        eval_data=evals,
-        labels=labels,
-        config=Overrides(mode=QuantMode.STATIC, target=target),
-        force=True,
-    )
+    try:
+        result = quantize(
+            model,
+            out,
+            data=calib,
+            eval_data=evals,
+            labels=labels,
+            config=Overrides(mode=QuantMode.STATIC, target=target),
+            force=True,
+        )
+    except QuantizationError as exc:  # e.g. nothing the target quantizes: a row saying so
+        return {"model": name, "target": target.value, "error": str(exc).split(": ", 1)[-1]}
     report = result.report
     fidelity = report.fidelity
     first = fidelity.outputs[0] if fidelity is not None else None
@@ -96,6 +100,9 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['target']} | {r['error'].split(' (')[0]} | | | | |")
+            continue
         top1 = "-" if r["top1"] is None else f"{r['top1']:.1f} ({r['float_top1']:.1f})"
         lines.append(
             f"| {r['model']} | {r['target']} | {r['size_ratio']:.2f} | {r['quantize_nodes']} | "
