@@ -12,6 +12,7 @@ section of bench/RESULTS.md unless --no-write.
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,13 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         "in onnxruntime's CPU provider (docs/tensorrt.md rule 11); no TensorRT here, so no speed. "
         f"{machine()}.",
         "",
-        "| model | target | size ratio | Q nodes | SQNR dB | cosine | top-1 % (float) |",
+        "| model | target | size ratio | Q nodes (main graph) | SQNR dB | cosine | top-1 % (float) |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['target']} | {r['error'].split(' (')[0]} | | | | |")
+            error = re.sub(r" \([^)]*\)", "", r["error"])  # the message without its byte counts
+            lines.append(f"| {r['model']} | {r['target']} | {error} | | | | |")
             continue
         top1 = "-" if r["top1"] is None else f"{r['top1']:.1f} ({r['float_top1']:.1f})"
         lines.append(
