@@ -29,6 +29,7 @@ __all__ = [
     "TARGETS",
     "TENSORRT",
     "AxisRule",
+    "Engine",
     "FusedInput",
     "NodeTest",
     "OpKind",
@@ -47,6 +48,13 @@ class OpKind(StrEnum):
     WEIGHT_ONLY = "weight-only"  # a large weight, no integer kernel: int8 storage only
     TABLE = "table"  # Gather on a constant table
     ACTIVATION_FOLD = "activation-fold"  # Relu/Clip(0, x): the quantizer's saturation
+
+
+class Engine(StrEnum):
+    """The engine that runs a model for checking, fidelity and timing (:mod:`quantcli.engine`)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
 
 
 AxisRule = Callable[[ir.Node, ir.Value], int | None]
@@ -121,7 +129,10 @@ class Target:
     explicit_zero_point_ops: frozenset[str] = frozenset()
     # Whether a stored weight's all-zero zero point may be left out at all (False: always written).
     omits_zero_points: bool = True
-    # onnxruntime execution providers that check a written model and time it.
+    # The engine that checks a written model, measures its fidelity and times it (quantcli.engine
+    # opens it; calibration runs on onnxruntime whatever the target), and with onnxruntime the
+    # execution providers it checks and times on.
+    engine: Engine = Engine.ONNXRUNTIME
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     # The newest default-domain opset the runtime's ONNX parser is documented to take, and which
@@ -420,6 +431,7 @@ OPENVINO = Target(
     output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and OpenVINO "
     "gets a pair only where an integer kernel reads the tensor (docs/openvino.md rule 2)",
     activation_types=frozenset({ir.DataType.UINT8, ir.DataType.INT8}),
+    engine=Engine.OPENVINO,  # checked, evaluated and timed on the CPU plugin itself
 )
 
 # TensorRT's explicit quantization, by the rules docs/tensorrt.md writes down with their sources
@@ -514,6 +526,7 @@ TENSORRT = Target(
     f"int8, and TensorRT quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
     activation_types=frozenset({ir.DataType.INT8}),
     max_opset=20,  # rule 3
+    max_opset_source=f"TensorRT 10.1's ONNX parser ({_TRT_MD} rule 3)",
     # Rule 4: int8 input and weights on every weighted layer; no run-time (dynamic, mixed) or
     # weight-only quantization in TensorRT's explicit int8.
     modes=frozenset({"static"}),
@@ -521,7 +534,6 @@ TENSORRT = Target(
     # onnxruntime fuses none of this placement (rules 5-9 are TensorRT's): its prediction would
     # call every TensorRT model slower than float. bench/tensorrt.sh times it with trtexec.
     predicted_by_onnxruntime=False,
-    max_opset_source=f"TensorRT 10.1's ONNX parser ({_TRT_MD} rule 3)",
 )
 
 TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (ORT_CPU, OPENVINO, TENSORRT)})
