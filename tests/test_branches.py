@@ -209,3 +209,23 @@ def test_two_branches_reordering_one_weight_share_its_folded_int8_copy(tmp_path:
         ref = ort.InferenceSession(str(path)).run(None, feed)[0]
         got = ort.InferenceSession(str(out)).run(None, feed)[0]
         assert _sqnr(ref, got) > 25.0
+
+
+def test_bias_correction_reaches_the_convs_of_a_branch(branchy: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = branchy
+
+    def stored_bias(correct: bool) -> np.ndarray:
+        out = tmp_path / f"q_{correct}.onnx"
+        quantize(model, out, config=QuantConfig(mode=QuantMode.STATIC, bias_correction=correct), data=calib)
+        wide = _branch(onnx.load(out), "then_branch")
+        (bias,) = [
+            t
+            for t in wide.initializer
+            if t.name.startswith("wide.conv1.b") and t.data_type == onnx.TensorProto.INT32
+        ]
+        return np.asarray(onnx.numpy_helper.to_array(bias))
+
+    plain, corrected = stored_bias(False), stored_bias(True)
+    assert plain.shape == corrected.shape and not np.array_equal(
+        plain, corrected
+    )  # the measured shift applied
