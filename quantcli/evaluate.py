@@ -22,6 +22,7 @@ from quantcli.calibration.data import Batch, Dataset, npy_header
 from quantcli.config import GateMetric
 from quantcli.errors import CalibrationDataError
 from quantcli.files import check_regular
+from quantcli.graph.segments import SegmentedSession
 
 __all__ = [
     "Accuracy",
@@ -218,7 +219,7 @@ def _row(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
 
 
 def compare_models(
-    reference: ort.InferenceSession,
+    reference: ort.InferenceSession | SegmentedSession,
     candidate: ort.InferenceSession,
     dataset: Dataset,
     *,
