@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from quantcli.blockwise.awq import awq
 from quantcli.blockwise.gptq import gptq
+from quantcli.blockwise.hqq import hqq
 from quantcli.blockwise.layout import BlockQuantized, PackedBlocks
 from quantcli.blockwise.metrics import layer_error, weight_error
 from quantcli.blockwise.rtn import rtn
@@ -103,6 +104,8 @@ def _round(
     """The layers ``rows`` (one activation's readers) rounded by ``method``, and AWQ's alpha."""
     if method is BlockMethod.RTN:
         return [rtn(w, block_size, symmetric=symmetric) for w in rows], None
+    if method is BlockMethod.HQQ:
+        return [hqq(w, block_size, symmetric=symmetric) for w in rows], None
     assert stats is not None, "gptq and awq need the layer's statistics"
     hessian = stats.gram
     if method is BlockMethod.GPTQ:

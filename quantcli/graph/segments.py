@@ -129,7 +129,9 @@ def cut(
             [types[n] for n in outputs],
             [initializers[n] for n in used],
         )
-        model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import), ir_version=proto.ir_version)
+        model = onnx.helper.make_model(
+            sub, opset_imports=list(proto.opset_import), ir_version=proto.ir_version
+        )
         names = tuple(node.name for node in group)
         segments.append(Segment(model, tuple(inputs), tuple(outputs), names))
     return segments
