@@ -173,23 +173,8 @@ def test_hqq_keeps_zero_exact_and_handles_a_partial_block() -> None:
 def test_block_method_hqq_reaches_the_model_and_report(tmp_path: Path) -> None:
     model = models.save(models.tiny_transformer(d=64), tmp_path)
     out = tmp_path / "q.onnx"
-    result = runner.invoke(
-        app,
-        [
-            "convert",
-            str(model),
-            "-o",
-            str(out),
-            "--json",
-            "--mode",
-            "weight-only",
-            "--weight-bits",
-            "4",
-            "--block-method",
-            "hqq",
-            "--weight-asymmetric",
-        ],
-    )
+    flags = "--json --mode weight-only --weight-bits 4 --block-method hqq --weight-asymmetric".split()
+    result = runner.invoke(app, ["convert", str(model), "-o", str(out), *flags])
     assert result.exit_code == 0, result.stderr
     blockwise = json.loads(result.stdout)["blockwise"]
     assert blockwise["method"] == "hqq"

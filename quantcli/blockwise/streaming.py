@@ -93,6 +93,7 @@ def quantize_streaming(
         ):
             weights[target.node] = PackedBlocks.of(quantized, spill.store)
             costs[target.node] = cost
+        del statistics  # before the next segment's are gathered
     return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
 
 
@@ -142,7 +143,10 @@ def _observed(
                 raise CalibrationDataError(
                     f"{dataset.source}: tensor '{activation}' took NaN values on this data"
                 )
-            yield activation, observer.result()
+            statistics = observer.result()
+            del observer  # its K x K sum was copied into the result: hold one of them
+            yield activation, statistics
+            del statistics
         prune(segments, index, states, ())
         if advance is not None:
             advance(index + 1, len(segments))
