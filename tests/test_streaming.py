@@ -170,11 +170,13 @@ def test_hqq_keeps_zero_exact_and_handles_a_partial_block() -> None:
     assert weight_error(w, fitted) <= weight_error(w, rtn(w, 32, symmetric=False))
 
 
+_HQQ_FLAGS = ("--mode", "weight-only", "--weight-bits", "4", "--block-method", "hqq", "--weight-asymmetric")
+
+
 def test_block_method_hqq_reaches_the_model_and_report(tmp_path: Path) -> None:
     model = models.save(models.tiny_transformer(d=64), tmp_path)
     out = tmp_path / "q.onnx"
-    flags = "--json --mode weight-only --weight-bits 4 --block-method hqq --weight-asymmetric".split()
-    result = runner.invoke(app, ["convert", str(model), "-o", str(out), *flags])
+    result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--json", *_HQQ_FLAGS])
     assert result.exit_code == 0, result.stderr
     blockwise = json.loads(result.stdout)["blockwise"]
     assert blockwise["method"] == "hqq"
