@@ -190,6 +190,11 @@ def int4_step(model: Path, method: str) -> dict[str, Any]:
     return step
 
 
+def render(rows: dict[str, Any], held: int = 16) -> Path:
+    """Write the section from ``rows`` (a run's JSON, ``bench/results/large_model.json``)."""
+    return write_section("large_model", "\n".join(_lines(rows, held)), rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=36)
@@ -245,7 +250,7 @@ def main() -> None:
     if options.only:
         print(json.dumps(rows, indent=2))
         return
-    print(write_section("large_model", "\n".join(_lines(rows, len(held_out))), rows))
+    print(render(rows, len(held_out)))
 
 
 def _lines(rows: dict[str, Any], held: int) -> list[str]:
@@ -287,7 +292,9 @@ def _lines(rows: dict[str, Any], held: int) -> list[str]:
             "scratch file and unmapped; GPTQ's `X^T X` are observed with the float model cut into segments "
             "of at most 256 MiB (weights plus the statistics observed there), run one at a time over the "
             "calibration data, each segment's layers rounded and written out before the next runs; the "
-            "fidelity check runs the float model the same way. Half the float size is "
+            "fidelity check runs the float model the same way. Peak RSS is the child's own: the bench "
+            "loads the float model only after every quantcli step (a child's `ru_maxrss` counts the "
+            "parent's memory at the fork). Half the float size is "
             f"{float_bytes / 2 / GB:.2f} GB.",
             "",
             "| method | time (s) | peak RSS (GB) | peak / float size | size (GB) | ratio "
