@@ -44,6 +44,7 @@ from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, recorded_c
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis
+from quantcli.engine import summary
 from quantcli.errors import ConfigError, QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
@@ -450,7 +451,13 @@ def report_for(
     decision = searched.decision
     if run.mode is QuantMode.AUTO:
         mode_reason = f"auto: {decision.note or decision.reason}"
-    speed, warnings = predicted_speed(searched, output)
+    target = target_of(config)
+    speed, warnings = predicted_speed(searched, output) if target.predicted_by_onnxruntime else (None, ())
+    opset = target.opset_warning(loaded.opset)
+    if opset is not None:
+        logger.warning("%s: %s", output, opset)
+        warnings = (*warnings, opset)
+    engine = summary(target)  # logs why, when it is not the target's own
     fallback = searched.fallback
     return QuantReport(
         model=str(loaded.path),
@@ -469,8 +476,9 @@ def report_for(
         per_layer=searched.diagnosis,
         fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
         speed=speed,
-        warnings=warnings,
+        warnings=(*warnings, *((engine.note,) if engine.note else ())),
         blockwise=_blockwise_summary(config, winner),
+        engine=engine,
     )
 
 

@@ -188,6 +188,11 @@ class SegmentedSession:
         self.segments = segments
         self.data_folder = data_folder
         self._outputs = [_Output(o.name) for o in proto.graph.output]
+        initializers = {t.name for t in proto.graph.initializer}
+        self._inputs = [_Output(v.name) for v in proto.graph.input if v.name not in initializers]
+
+    def get_inputs(self) -> list[_Output]:
+        return list(self._inputs)
 
     def get_outputs(self) -> list[_Output]:
         return list(self._outputs)
