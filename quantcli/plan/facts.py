@@ -22,9 +22,11 @@ __all__ = [
     "DynamicForm",
     "activation_slots",
     "check_patterns",
+    "computed_from_constants",
     "constant",
     "dynamic_form",
     "foldable_activation",
+    "fused_input",
     "is_float",
     "large_constant_inputs",
     "matches",
@@ -44,6 +46,23 @@ def constant(value: ir.Value | None) -> ir.TensorProtocol | None:
     return value.const_value if value.is_initializer() else None
 
 
+def computed_from_constants(value: ir.Value | None, limit: int = 64) -> bool:
+    """Whether ``value`` is a function of constants only (a Reshape of an initializer, the
+    output of a Constant node): a runtime folds it into a constant, so it is no activation.
+    A chain deeper than ``limit`` nodes is taken as computed at run time."""
+    if value is None or value.is_graph_input():
+        return False
+    if constant(value) is not None:
+        return True
+    producer = value.producer()
+    if producer is None or limit <= 0 or producer.domain not in ("", "ai.onnx"):
+        return False
+    if producer.op_type == "Constant":
+        return True
+    inputs = [v for v in producer.inputs if v is not None]
+    return bool(inputs) and all(computed_from_constants(v, limit - 1) for v in inputs)
+
+
 def _is_zero_constant(value: ir.Value | None) -> bool:
     tensor = constant(value)
     return tensor is not None and tensor.size == 1 and float(tensor.numpy().reshape(())) == 0.0
@@ -61,12 +80,19 @@ def activation_slots(node: ir.Node, rule: OpRule) -> list[int]:
     """The inputs of ``node`` that are activations under ``rule``."""
     inputs = node.inputs
     if rule.activation_inputs is None:
-        return [i for i, v in enumerate(inputs) if v is not None]
+        fused = fused_input(node, rule)
+        return [i for i, v in enumerate(inputs) if v is not None and (fused is None or i != fused[0])]
     slots = [i for i in rule.activation_inputs if i < len(inputs) and inputs[i] is not None]
     weight = rule.weight_input
     if rule.kind is OpKind.COMPUTE and weight is not None and constant(inputs[weight]) is None:
         slots.append(weight)  # e.g. attention's Q x K^T: both sides are activations
     return slots
+
+
+def fused_input(node: ir.Node, rule: OpRule) -> tuple[int, ir.Node] | None:
+    """The input of ``node`` the runtime fuses into the layer that produced it (not an activation
+    slot: it is never quantized) and that layer, or None."""
+    return None if rule.fused_input is None else rule.fused_input(node)
 
 
 def stored_weights(node: ir.Node, rule: OpRule, minimum: int) -> list[ir.Value]:

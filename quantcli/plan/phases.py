@@ -3,7 +3,9 @@
 1. :func:`seed`: every node that can never be quantized gets its reason; the mode places every
    eligible compute op and op with a stored weight.
 2. :func:`propagate`: element-wise ops, data movement, tables and folds join the integer path
-   where their inputs are int8, repeated until nothing changes; the rest stay float.
+   where their inputs are int8, repeated until nothing changes; on a target with one pair per
+   carried chain, a data-movement op after a float tensor then carries it from there (the root);
+   the rest stay float.
 3. :func:`prune`: an integer element-wise op after which nothing takes int8 returns to float.
 4. :func:`drop_unread_outputs`: on a target that quantizes layers on their inputs
    (:attr:`~quantcli.target.Target.output_pair_rule`), a compute op's output gets no pair unless
@@ -24,8 +26,10 @@ import onnx_ir as ir
 from quantcli.graph.branches import LOOP_BODIES, LOOP_BODY_REASON
 from quantcli.plan.facts import (
     activation_slots,
+    computed_from_constants,
     constant,
     foldable_activation,
+    fused_input,
     is_float,
     large_constant_inputs,
     matches,
@@ -138,11 +142,62 @@ def _try_fold(draft: Draft, node: ir.Node) -> bool:
     return True
 
 
+def _try_root_carry(draft: Draft, node: ir.Node) -> bool:
+    """On a target with one pair per carried chain, a data-movement op after a float activation
+    carries it all the same: the pair goes on its input, the chain's root, if an int8 reader
+    turns up after it (assemble), and the op stays float otherwise (settle_carries)."""
+    source = node.inputs[0]
+    if source is None or not is_float(source) or computed_from_constants(source):
+        return False
+    # The root is int8 from here on (an element-wise reader may join on it); it gets its pair
+    # only if an integer kernel reads it or the chain after it.
+    draft.available[source.name or ""] = Source(source.name or "")
+    for out in node.outputs:
+        draft.available[out.name or ""] = Source(source.name or "")
+    draft.decide(
+        node,
+        NodeRole.CARRY,
+        "int8: moves int8 data with its input's scale; the one pair of the chain goes on its input "
+        "(docs/openvino.md rule 3)",
+    )
+    return True
+
+
+def _try_fuse(draft: Draft, node: ir.Node, rule: OpRule, layer: ir.Node) -> bool:
+    """An op the runtime fuses into ``layer`` (TensorRT's residual Add after a Conv): integer with
+    the layer, its other inputs quantized whatever they are, once the layer is integer."""
+    live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
+    if not live or id(layer) not in draft.integer:
+        return False
+    draft.make_integer(
+        node,
+        f"int8: fused into {layer.name} ({rule.fused_kernel}); its other input is quantized, so the "
+        "fused layer writes int8",
+        layer,
+    )
+    return True
+
+
 def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     if rule.kind is OpKind.ELEMENTWISE:
+        fused = fused_input(node, rule)
+        if fused is not None:
+            return _try_fuse(draft, node, rule, fused[1])
         live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
-        if live and all(v is not None and v.name in draft.available for v in live):
+        int8 = [v is not None and v.name in draft.available for v in live]
+        if live and all(int8):
             draft.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
+            return True
+        # A float input computed from constants only (a Reshape of a bias) is no activation:
+        # OpenVINO folds it, and a pair on it breaks its Add transformation (PP-OCR cls,
+        # docs/openvino.md).
+        folded = any(computed_from_constants(v) for v, is_int8 in zip(live, int8, strict=True) if not is_int8)
+        if any(int8) and not folded and draft.ctx.target.elementwise_joins_any:
+            draft.make_integer(
+                node,
+                f"int8: integer kernel ({rule.kernel}); an input is int8 and the others get pairs "
+                "(docs/openvino.md rule 4)",
+            )
             return True
         return False
     if rule.kind is OpKind.DATA_MOVEMENT:
@@ -155,9 +210,22 @@ def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     return _try_fold(draft, node)
 
 
+def _with_rule(reason: str, rule: OpRule) -> str:
+    """``reason``, naming the target's rule for it when the op rule has one."""
+    return f"{reason} ({rule.float_rule})" if rule.float_rule else reason
+
+
 def _undecided_reason(rule: OpRule, node: ir.Node) -> str:
+    fused = fused_input(node, rule)
+    if fused is not None:
+        return (
+            f"float: fused into {fused[1].name} ({rule.fused_kernel}), which is float, or with a "
+            "constant other operand: no residual pair to place"
+        )
     if rule.kind is OpKind.ELEMENTWISE:
-        return f"float: an input is not int8, so an integer {node.op_type} would add a rounding step"
+        return _with_rule(
+            f"float: an input is not int8, so an integer {node.op_type} would add a rounding step", rule
+        )
     if rule.kind is OpKind.ACTIVATION_FOLD:
         return "float: its input is not the quantized output of an integer kernel"
     return "float: its input is a float tensor"
@@ -181,6 +249,14 @@ def propagate(ctx: Context, placement: Placement) -> Placement:
         for node, rule in pending:
             if id(node) not in draft.decisions and _try_join(draft, node, rule):
                 changed = True
+        if not changed and ctx.target.one_pair_per_chain:
+            # Only once nothing joins forward: a chain after an int8 tensor carries its scale.
+            roots = [
+                _try_carry(draft, node) or _try_root_carry(draft, node)
+                for node, rule in pending
+                if id(node) not in draft.decisions and rule.kind is OpKind.DATA_MOVEMENT
+            ]
+            changed = any(roots)
     for node, rule in pending:
         if id(node) not in draft.decisions:
             draft.decide(node, NodeRole.FLOAT, _undecided_reason(rule, node))
@@ -228,6 +304,14 @@ def prune(ctx: Context, placement: Placement) -> Placement:
     """
     draft = Draft(ctx, placement)
     for node in _unread(draft, OpKind.ELEMENTWISE):
+        rule = ctx.target.rule(node)
+        assert rule is not None  # _unread yields nodes with a rule
+        if fused_input(node, rule) is not None:
+            # Fused into its layer: the residual pair stays (the layer's own output is float
+            # anyway); only the output pair nothing reads goes.
+            draft.float_output.add(id(node))
+            draft.withdraw_output(node)
+            continue
         draft.integer.discard(id(node))
         draft.withdraw_output(node)
         if large_constant_inputs(node, ctx.target.min_stored_constant):
@@ -236,7 +320,9 @@ def prune(ctx: Context, placement: Placement) -> Placement:
             )
         else:
             draft.decide(
-                node, NodeRole.FLOAT, "float: nothing after it takes int8, so an integer kernel saves nothing"
+                node,
+                NodeRole.FLOAT,
+                _with_rule("float: nothing after it takes int8, so an integer kernel saves nothing", rule),
             )
     return draft.freeze()
 
