@@ -233,7 +233,7 @@ def _rewrite(
     ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
-        WriteBlockwiseWeightsPass(blocked.weights),
+        WriteBlockwiseWeightsPass(blocked.weights, accuracy_level=plan.block_accuracy_level),
         WriteBlockwiseTablesPass(blocked.tables),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
         QuantizeLSTMDynamicallyPass(plan.lstm),
@@ -300,10 +300,15 @@ def _blocked(model: ir.Model, plan: QuantPlan, config: QuantConfig, target: Buil
         block_size=config.block_size,
         symmetric=config.weight_symmetric,
         statistics=statistics,
+        sizes=dict(plan.block_sizes),
     )
-    tables = plan.blockwise_tables
     return quantize_tables(
-        layers, model.graph, tables, block_size=config.block_size, symmetric=config.weight_symmetric
+        layers,
+        model.graph,
+        plan.blockwise_tables,
+        block_size=config.block_size,
+        symmetric=config.weight_symmetric,
+        sizes=dict(plan.block_sizes),
     )
 
 

@@ -48,7 +48,7 @@ from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
-from quantcli.passes.nbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_FORM
+from quantcli.passes.nbits import DEFAULT_FORM
 from quantcli.plan import NodeRole, select
 from quantcli.repair import FallbackResult, repair
 from quantcli.report import (
@@ -479,7 +479,7 @@ def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSumma
         symmetric=config.weight_symmetric,
         method=config.block_method.value,
         form=DEFAULT_FORM.value,
-        accuracy_level=DEFAULT_ACCURACY_LEVEL,
+        accuracy_level=winner.plan.block_accuracy_level,
         layers=winner.blockwise,
     )
 

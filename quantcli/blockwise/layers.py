@@ -114,22 +114,27 @@ def quantize_layers(
     block_size: int,
     symmetric: bool,
     statistics: Mapping[str, InputStatistics],
+    sizes: Mapping[str, int] | None = None,
 ) -> BlockedWeights:
     """The 4-bit weights of ``nodes`` (MatMul/Gemm of ``graph``), and their costs.
 
     ``statistics``: by activation name, as :func:`statistics_needed` lists them; required for
-    gptq and awq, optional for rtn (then the output-error proxy is reported too).
+    gptq and awq, optional for rtn (then the output-error proxy is reported too). ``sizes``:
+    block sizes by node where one differs from ``block_size`` (a recipe override); AWQ scales
+    together the layers reading one activation at one block size.
     """
     targets = _targets(graph, nodes)
-    by_activation: dict[str, list[BlockTarget]] = {}
+    sizes = sizes or {}
+    by_activation: dict[tuple[str, int], list[BlockTarget]] = {}
     for target in targets:
-        by_activation.setdefault(target.activation, []).append(target)
+        key = (target.activation, sizes.get(target.node, block_size))
+        by_activation.setdefault(key, []).append(target)
     weights: dict[str, BlockQuantized] = {}
     costs: dict[str, BlockLayer] = {}
-    for activation, group in by_activation.items():
+    for (activation, size), group in by_activation.items():
         stats = statistics.get(activation)
         rows = [t.rows(graph) for t in group]
-        quantized, alpha = _round(method, rows, stats, block_size, symmetric)
+        quantized, alpha = _round(method, rows, stats, size, symmetric)
         for target, w, q in zip(group, rows, quantized, strict=True):
             weights[target.node] = q
             if stats is not None:
@@ -144,7 +149,13 @@ def quantize_layers(
 
 
 def quantize_tables(
-    blocked: BlockedWeights, graph: ir.Graph, tables: Sequence[str], *, block_size: int, symmetric: bool
+    blocked: BlockedWeights,
+    graph: ir.Graph,
+    tables: Sequence[str],
+    *,
+    block_size: int,
+    symmetric: bool,
+    sizes: Mapping[str, int] | None = None,
 ) -> BlockedWeights:
     """``blocked`` with the Gather ``tables`` (``[V, D]`` initializers, rows of whole blocks)
     rounded to nearest: a table's rows are looked up, not multiplied, so no statistic of an
@@ -155,7 +166,7 @@ def quantize_tables(
         tensor = graph.initializers[name].const_value
         assert tensor is not None
         rows = np.asarray(tensor.numpy(), np.float32)
-        q = rtn(rows, block_size, symmetric=symmetric)
+        q = rtn(rows, (sizes or {}).get(name, block_size), symmetric=symmetric)
         quantized[name] = q
         costs.append(BlockLayer(name, "Gather", q.k, q.n, weight_error(rows, q), None))
     return replace(blocked, layers=(*blocked.layers, *costs), tables=quantized)
