@@ -34,7 +34,7 @@ from quantcli.blockwise.statistics import collect_input_statistics
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import TensorStats
-from quantcli.config import QuantConfig, QuantMode, SpeedSource
+from quantcli.config import BlockOverride, QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.errors import ModelLoadError, QuantCliError, QuantizationError
@@ -134,11 +134,28 @@ class Job:
 @dataclass(frozen=True)
 class Variant:
     """A plan of ``mode`` with more nodes float than its rules leave: ``excluded`` by fallback,
-    ``kept_float`` by the cost model (node name -> the reason the plan gives)."""
+    ``kept_float`` by the cost model (node name -> the reason the plan gives); and ``widened``,
+    4-bit nodes fallback returns to 8 bits."""
 
     mode: QuantMode
     excluded: frozenset[str] = frozenset()
     kept_float: Mapping[str, str] = field(default_factory=dict)
+    widened: frozenset[str] = frozenset()
+
+    def config(self, config: QuantConfig) -> QuantConfig:
+        """``config`` with this variant's exclusions, and its widened nodes at 8 bits."""
+        widened = (
+            (BlockOverride(patterns=self.widened, bits=8, source=FALLBACK_SOURCE),) if self.widened else ()
+        )
+        return replace(
+            config,
+            exclude=config.exclude | self.excluded,
+            block_overrides=(*config.block_overrides, *widened),
+        )
+
+
+# Where a widened node's 8 bits come from, as its reason says.
+FALLBACK_SOURCE = "--auto-fallback"
 
 
 @dataclass(frozen=True)
@@ -385,12 +402,7 @@ def build_variant(
     is observed on the calibration data, and returned with the ranges given."""
     reference = shop.reference
     model = copy_model(reference.proto, shop.target.data_folder)
-    plan = select(
-        model,
-        replace(config, exclude=config.exclude | variant.excluded),
-        variant.kept_float,
-        mode=variant.mode,
-    )
+    plan = select(model, variant.config(config), variant.kept_float, mode=variant.mode)
     calibration = reference.datasets.calibration
     copy = replace(reference.loaded, model=model)
 

@@ -745,7 +745,11 @@ def _layouts(value: Any, path: Path) -> tuple[BlockOverride, ...] | None:
     layouts = []
     for entry in entries:
         patterns = entry.get("patterns") if isinstance(entry, dict) else None
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(patterns, list)
+            or not all(isinstance(p, str) for p in patterns)
+        ):
             raise ConfigError(f"{path}: config {_LAYOUTS} must list tables of patterns, bits and block_size")
         _unknown(f"config {_LAYOUTS}", entry, ("patterns", "bits", "block_size"), path)
         bits, size = (_optional(entry, key, int, _LAYOUTS, path) for key in ("bits", "block_size"))

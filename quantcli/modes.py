@@ -193,8 +193,6 @@ def _with_block_weights(
     layouts = {name: _layout(config, nodes[name]) for name in eligible}
     chosen = {name: weight for name, weight in eligible.items() if layouts[name][0] == 4}
     tables = _block_tables(model, plan, config)
-    if not chosen and not tables:
-        return plan
     zero_point = "symmetric" if config.weight_symmetric else "a zero point per block"
     readers = _table_readers(model, tables)
 
@@ -211,9 +209,9 @@ def _with_block_weights(
             return replace(
                 d, reason=f"int4 table in blocks of {size} (rtn, {zero_point}): GatherBlockQuantized"
             )
-        if d.name in layouts and layouts[d.name][2]:
-            return replace(d, reason=f"{d.reason}; 8 bits, not 4: {layouts[d.name][2]}")
-        return d
+        widened = d.name in layouts or (d.op_type == "Gather" and d.role is not NodeRole.FLOAT)
+        source = (layouts.get(d.name) or _layout(config, nodes[d.name]))[2] if widened else ""
+        return replace(d, reason=f"{d.reason}; 8 bits, not 4: {source}") if source else d
 
     moved = set(chosen.values()) | set(tables)
     outputs = {nodes[name].outputs[0].name for name in chosen}
@@ -227,6 +225,7 @@ def _with_block_weights(
         gathered_tables=tuple(t for t in plan.gathered_tables if t not in tables),
         blockwise=tuple(chosen),
         blockwise_tables=tuple(tables),
+        blockwise_gathers=tuple(readers),
         block_sizes=tuple(sorted((k, v) for k, v in sizes.items() if v != config.block_size)),
         block_accuracy_level=strategy.block_accuracy_level,
     )
@@ -237,7 +236,7 @@ def _table_readers(model: ir.Model, tables: Mapping[str, int]) -> dict[str, str]
     readers = {}
     for node in model.graph:
         table = node.inputs[0] if node.op_type == "Gather" and node.inputs else None
-        if table is not None and table.name in tables:
+        if table is not None and table.name and table.name in tables:
             readers[node.name or ""] = table.name
     return readers
 

@@ -471,8 +471,9 @@ def report_for(
 
 
 def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSummary | None:
-    if not winner.blockwise:
+    if not config.four_bits:
         return None
+    widths = winner.plan.weight_widths()
     return BlockwiseSummary(
         bits=BITS,
         block_size=config.block_size,
@@ -481,6 +482,9 @@ def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSumma
         form=DEFAULT_FORM.value,
         accuracy_level=winner.plan.block_accuracy_level,
         layers=winner.blockwise,
+        widths=tuple(
+            (d.name, d.op_type, widths[d.name], d.reason) for d in winner.plan.decisions if d.name in widths
+        ),
     )
 
 

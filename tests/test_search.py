@@ -12,7 +12,7 @@ from quantcli.calibration.observers import TensorRange
 from quantcli.config import GateMetric, QuantMode, SpeedSource
 from quantcli.errors import QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult
-from quantcli.repair import fall_back
+from quantcli.repair import Trial, fall_back
 from quantcli.search import Figures, Repair, decide
 
 PREDICTED = SpeedSource.PREDICTED
@@ -93,9 +93,10 @@ def test_fallback_takes_ranges_in_and_gives_ranges_out() -> None:
     seen: list[frozenset[str]] = []
 
     def build(
-        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
     ) -> list[tuple[_Trial, dict[str, TensorRange]]]:
-        assert len(excluded) == 1  # one trial at a time by default
+        assert len(trials) == 1  # one trial at a time by default
+        excluded = [frozenset(trials[0].excluded)]
         seen.append(excluded[0])
         extended = {**ranges, f"t{len(seen)}": TensorRange(0.0, float(len(seen)))}
         drop = 2.0 if len(excluded[0]) < 2 else 0.5
@@ -115,9 +116,10 @@ def _search_rounds(width: int, passes_from: int, broken: int | None = None) -> t
     rounds = builds = 0
 
     def build(
-        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
     ) -> list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError]:
         nonlocal rounds, builds
+        excluded = [t.excluded for t in trials]
         assert 1 <= len(excluded) <= width
         rounds, builds = rounds + 1, builds + len(excluded)
         out: list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError] = []
