@@ -88,9 +88,10 @@ def _fallback(folder: Path, work: Path) -> dict[str, Any]:
         max_drop=FALLBACK_DROP,
     )
     begin = time.perf_counter()
+    output = work / "int4_fallback.onnx"
     result = quantize(
         model,
-        work / "int4_fallback.onnx",
+        output,
         config=overrides,
         data=folder / "calib.npz",
         eval_data=folder / "eval.npz",
@@ -102,8 +103,7 @@ def _fallback(folder: Path, work: Path) -> dict[str, Any]:
     fallback = report.get("fallback") or {}
     return {
         "seconds": seconds,
-        "size_ratio": report["size"]["ratio"] if "ratio" in report["size"] else None,
-        "size": report["size"],
+        "size_ratio": model.stat().st_size / output.stat().st_size,
         "cosine_mean": report["fidelity"]["outputs"][0]["cosine_mean"],
         "gate": report.get("gate"),
         "widths": blockwise.get("widths", []),
@@ -126,9 +126,8 @@ def markdown(dynamic: list[dict[str, Any]], fallback: dict[str, Any] | None, met
     ]
     for row in dynamic:
         if row["variant"] == "fp32":
-            lines.append(
-                f"| fp32 | 1.00 | 1 | 1 | {row['threads1_ms']:.2f} | 1.00 | | {row['threads2_ms']:.2f} | 1.00 | |"
-            )
+            times = f"{row['threads1_ms']:.2f} | 1.00 | | {row['threads2_ms']:.2f} | 1.00 |"
+            lines.append(f"| fp32 | 1.00 | 1 | 1 | {times} |")
             continue
         lines.append(
             f"| {row['variant']} | {row['size_ratio']:.2f} | {row['cosine_mean']:.4f} | "
@@ -150,17 +149,18 @@ def _fallback_lines(fallback: dict[str, Any]) -> list[str]:
         "",
         f"`--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop {FALLBACK_DROP:g}` "
         f"(calib.npz, eval.npz), {fallback['seconds']:.0f} s: cosine {fallback['cosine_mean']:.4f}, "
-        f"size {fallback['size']}; layers by width: "
+        f"size ratio {fallback['size_ratio']:.2f}; MatMul/Gemm/Gather nodes by weight width: "
         + ", ".join(f"{k} bits: {v}" if k != "None" else f"float: {v}" for k, v in sorted(counts.items())),
         "",
-        "| trial | at 8 bits | in float | cosine drop | output bytes | chosen |",
+        "| trial | nodes at 8 bits | nodes in float | cosine drop (points) | output bytes | chosen |",
         "|---|---|---|---|---|---|",
     ]
     for step in steps:
         gate = step.get("gate") or {}
         lines.append(
             f"| {step['trial']} | {len(step.get('nodes_at_8_bits', []))} | {len(step['nodes_in_float'])} | "
-            f"{gate.get('value', '-')} | {step['output_bytes']} | {'yes' if step['chosen'] else ''} |"
+            f"{gate.get('drop', float('nan')):.3f} | {step['output_bytes']} | "
+            f"{'yes' if step['chosen'] else ''} |"
         )
     return lines
 

@@ -150,3 +150,27 @@ def test_fallback_builds_ahead_in_rounds_and_reports_the_one_at_a_time_search(
     _, rounds, _ = _search_rounds(7, passes_from, broken)
     if one_rounds >= 3:
         assert rounds < one_rounds  # three levels of the search per round
+
+
+def test_fallback_widens_4_bit_groups_before_any_goes_to_float() -> None:
+    """With three 4-bit groups ranked first, trials return them to 8 bits in growing prefixes;
+    the gate passes once "a" and "b" are at 8 bits, so nothing goes to float and "c" stays 4-bit."""
+    asked: list[Trial] = []
+
+    def build(
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
+    ) -> list[tuple[_Trial, Mapping[str, TensorRange]]]:
+        asked.extend(trials)
+        out = []
+        for trial in trials:
+            wide = {"a", "b"} <= set(trial.widened) | set(trial.excluded)
+            out.append((_Trial(GateResult(GateMetric.COSINE, 0.5 if wide else 2.0, 1.0), 1.0, 10), ranges))
+        return out
+
+    first = _Trial(GateResult(GateMetric.COSINE, 3.0, 1.0), 1.0, 8)
+    groups = [("a",), ("b",), ("c",), ("a",), ("b",), ("c",)]
+    result, _ = fall_back(first, groups, build, {}, max_trials=6, widening=3)
+    assert all(not t.excluded for t in asked)  # the widening alone passes: nothing to float
+    chosen = next(s for s in result.steps if s.chosen)
+    assert result.passed and chosen.widened == ("a", "b") and chosen.excluded == ()
+    assert "2 4-bit nodes returned to 8 bits and 0 nodes to float" in result.summary
