@@ -33,6 +33,8 @@ ORDER = [
     "large_weight_ops",
     "scale",
     "scale_quiet",
+    "int4",
+    "int4_mixed",
 ]
 
 HEADER = """# quantcli benchmark results

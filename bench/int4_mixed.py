@@ -1,6 +1,10 @@
 """4-bit weights as the weight side of dynamic, and mixed bit widths, on MiniLM-L6 (bench zoo).
 
-    python bench/int4_mixed.py [--zoo bench/zoo] [--rounds 15] [--skip-fallback]
+    python bench/int4_mixed.py [--zoo bench/zoo] [--rounds 15] [--max-trials 12]
+                               [--keep-dynamic | --keep-fallback]
+
+``--keep-dynamic`` / ``--keep-fallback`` rerun one part and keep the other from the last run's
+bench/results/int4_mixed.json (each part records its own commit and machine load).
 
 Part 1, dynamic: quantcli's ``--mode dynamic`` (int8 weights, DynamicQuantizeMatMul), ``--mode
 dynamic --weight-bits 4`` (MatMulNBits at accuracy_level 4: the input quantized to int8 per block
@@ -10,8 +14,8 @@ cosine against fp32 on eval.npz, and latency at 1 and 2 threads against fp32, ev
 in one rotating loop (bench/compare.py's latency).
 
 Part 2, mixed bits: ``--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop
-1`` (cosine >= 0.99) calibrated on calib.npz, measured on eval.npz: which layers ended at 4 bits,
-8 bits and float, the size ratio and the cosine, and every trial fallback made.
+1 --max-trials N`` (cosine >= 0.99) with calib.npz as data, measured on eval.npz: which layers
+ended at 4 bits, 8 bits and float, the size ratio and the cosine, and every trial fallback made.
 
 Writes the ``int4_mixed`` section of bench/RESULTS.md and bench/results/int4_mixed.json.
 """
@@ -19,6 +23,7 @@ Writes the ``int4_mixed`` section of bench/RESULTS.md and bench/results/int4_mix
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +47,7 @@ VARIANTS: dict[str, Overrides] = {
     "int4 weight-only (level 0)": Overrides(mode=QuantMode.WEIGHT_ONLY, weight_bits=4),
 }
 FALLBACK_DROP = 1.0  # points of cosine: mean cosine >= 0.99
+RESULT = BENCH / "results" / "int4_mixed.json"
 
 
 def _dynamic(folder: Path, work: Path, rounds: int) -> list[dict[str, Any]]:
@@ -78,7 +84,7 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         return {name: archive[name] for name in archive.files}
 
 
-def _fallback(folder: Path, work: Path) -> dict[str, Any]:
+def _fallback(folder: Path, work: Path, max_trials: int) -> dict[str, Any]:
     model = folder / "model.onnx"
     overrides = Overrides(
         mode=QuantMode.DYNAMIC,
@@ -86,6 +92,7 @@ def _fallback(folder: Path, work: Path) -> dict[str, Any]:
         auto_fallback=True,
         metric=GateMetric.COSINE,
         max_drop=FALLBACK_DROP,
+        max_trials=max_trials,
     )
     begin = time.perf_counter()
     output = work / "int4_fallback.onnx"
@@ -102,6 +109,8 @@ def _fallback(folder: Path, work: Path) -> dict[str, Any]:
     blockwise = report.get("blockwise") or {}
     fallback = report.get("fallback") or {}
     return {
+        "meta": _meta(),
+        "max_trials": max_trials,
         "seconds": seconds,
         "size_ratio": model.stat().st_size / output.stat().st_size,
         "cosine_mean": report["fidelity"]["outputs"][0]["cosine_mean"],
@@ -111,12 +120,14 @@ def _fallback(folder: Path, work: Path) -> dict[str, Any]:
     }
 
 
-def markdown(dynamic: list[dict[str, Any]], fallback: dict[str, Any] | None, meta: dict[str, Any]) -> str:
+def markdown(dynamic: dict[str, Any], fallback: dict[str, Any] | None) -> str:
+    meta = dynamic["meta"]
     lines = [
-        "## 4-bit weights in dynamic mode, and mixed bit widths (MiniLM-L6)",
+        "## 4-bit weights in dynamic mode, and mixed bit widths (MiniLM-L6, `bench/int4_mixed.py`)",
         "",
-        f"`python bench/int4_mixed.py` (in `.benchenv`), {machine()}, commit {meta['commit']}, "
-        f"load {meta['load_start']:.1f} -> {meta['load_end']:.1f}, {meta['rounds']} rounds.",
+        f"`python bench/int4_mixed.py` (in `.benchenv`, `make bench-int4`), {machine()}, "
+        f"commit {meta['commit']}, "
+        f"load {meta['load_start']:.1f} -> {meta['load_end']:.1f}, {dynamic['rounds']} rounds.",
         "Every model by quantcli, RTN block 32 symmetric; cosine: sentence embedding against fp32 on "
         "eval.npz (48 sentences, 128 tokens); latency: one sample, all models in one rotating loop.",
         "",
@@ -124,7 +135,7 @@ def markdown(dynamic: list[dict[str, Any]], fallback: dict[str, Any] | None, met
         "| 2 threads ms | vs fp32 | vs int8 dyn |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in dynamic:
+    for row in dynamic["rows"]:
         if row["variant"] == "fp32":
             times = f"{row['threads1_ms']:.2f} | 1.00 | | {row['threads2_ms']:.2f} | 1.00 |"
             lines.append(f"| fp32 | 1.00 | 1 | 1 | {times} |")
@@ -145,10 +156,14 @@ def _fallback_lines(fallback: dict[str, Any]) -> list[str]:
     for width in fallback["widths"]:
         counts[str(width["bits"])] = counts.get(str(width["bits"]), 0) + 1
     steps = fallback["fallback"].get("steps", [])
+    meta = fallback["meta"]
     lines = [
         "",
-        f"`--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop {FALLBACK_DROP:g}` "
-        f"(calib.npz, eval.npz), {fallback['seconds']:.0f} s: cosine {fallback['cosine_mean']:.4f}, "
+        f"`--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop {FALLBACK_DROP:g} "
+        f"--max-trials {fallback['max_trials']}` (--data calib.npz --eval-data eval.npz), "
+        f"commit {meta['commit']}, "
+        f"load {meta['load_start']:.1f} -> {meta['load_end']:.1f}, {fallback['seconds']:.0f} s: "
+        f"{fallback['fallback']['summary']}; cosine {fallback['cosine_mean']:.4f}, "
         f"size ratio {fallback['size_ratio']:.2f}; MatMul/Gemm/Gather nodes by weight width: "
         + ", ".join(f"{k} bits: {v}" if k != "None" else f"float: {v}" for k, v in sorted(counts.items())),
         "",
@@ -172,29 +187,37 @@ def _commit() -> str:
     return done.stdout.strip()
 
 
+_LOAD_START = os.getloadavg()[0]
+
+
+def _meta() -> dict[str, Any]:
+    return {"commit": _commit(), "load_start": _LOAD_START, "load_end": os.getloadavg()[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
     parser.add_argument("--work", type=Path, default=BENCH / "_work" / "int4_mixed")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--skip-fallback", action="store_true")
+    parser.add_argument("--max-trials", type=int, default=12)
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--keep-dynamic", action="store_true", help="keep the last run's dynamic part")
+    keep.add_argument("--keep-fallback", action="store_true", help="keep the last run's fallback part")
     args = parser.parse_args(argv)
     folder = args.zoo / MODEL
     if not (folder / "model.onnx").is_file():
         sys.stderr.write(f"int4_mixed: {folder / 'model.onnx'} missing; build the zoo with `make zoo`\n")
         return 1
     args.work.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()[0]
-    dynamic = _dynamic(folder, args.work, args.rounds)
-    fallback = None if args.skip_fallback else _fallback(folder, args.work)
-    meta = {
-        "commit": _commit(),
-        "load_start": load_start,
-        "load_end": os.getloadavg()[0],
-        "rounds": args.rounds,
-    }
-    rows = {"meta": meta, "dynamic": dynamic, "fallback": fallback}
-    target = write_section("int4_mixed", markdown(dynamic, fallback, meta), rows)
+    previous = json.loads(RESULT.read_text()) if args.keep_dynamic or args.keep_fallback else {}
+    if args.keep_dynamic:
+        dynamic = previous["dynamic"]
+    else:
+        rows = _dynamic(folder, args.work, args.rounds)
+        dynamic = {"meta": _meta(), "rounds": args.rounds, "rows": rows}
+    fallback = previous["fallback"] if args.keep_fallback else _fallback(folder, args.work, args.max_trials)
+    rows = {"dynamic": dynamic, "fallback": fallback}
+    target = write_section("int4_mixed", markdown(dynamic, fallback), rows)
     sys.stderr.write(f"int4_mixed: wrote {target}\n")
     return 0
 

@@ -213,22 +213,44 @@ def _with_block_weights(
         source = (layouts.get(d.name) or _layout(config, nodes[d.name]))[2] if widened else ""
         return replace(d, reason=f"{d.reason}; 8 bits, not 4: {source}") if source else d
 
+    decisions = tuple(decided(d) for d in plan.decisions)
     moved = set(chosen.values()) | set(tables)
     outputs = {nodes[name].outputs[0].name for name in chosen}
     sizes = {**{name: layouts[name][1] for name in chosen}, **tables}
     return replace(
         plan,
-        decisions=tuple(decided(d) for d in plan.decisions),
+        decisions=decisions,
         weights=tuple(spec for spec in plan.weights if spec.name not in moved),
         biases=tuple(b for b in plan.biases if b.node not in chosen),
         dynamic=tuple(spec for spec in plan.dynamic if spec.output not in outputs),
         gathered_tables=tuple(t for t in plan.gathered_tables if t not in tables),
         blockwise=tuple(chosen),
         blockwise_tables=tuple(tables),
-        blockwise_gathers=tuple(readers),
+        block_widths=_widths(model, decisions, {*chosen, *readers}),
         block_sizes=tuple(sorted((k, v) for k, v in sizes.items() if v != config.block_size)),
         block_accuracy_level=strategy.block_accuracy_level,
     )
+
+
+def _widths(
+    model: ir.Model, decisions: tuple[NodeDecision, ...], four: set[str]
+) -> tuple[tuple[str, int | None], ...]:
+    """Every MatMul/Gemm/Gather node on a constant weight, with its weight's bits."""
+    # Imported here, as in _block_nodes (an import cycle).
+    from quantcli.blockwise.targets import block_targets  # noqa: PLC0415
+
+    weighted = {t.node for t in block_targets(model.graph)}
+    weighted |= {node.name or "" for node in model.graph if node.op_type == "Gather" and _gathers_table(node)}
+    return tuple(
+        (d.name, 4 if d.name in four else None if d.role is NodeRole.FLOAT else 8)
+        for d in decisions
+        if d.name in weighted
+    )
+
+
+def _gathers_table(node: ir.Node) -> bool:
+    table = node.inputs[0] if node.inputs else None
+    return table is not None and constant(table) is not None
 
 
 def _table_readers(model: ir.Model, tables: Mapping[str, int]) -> dict[str, str]:

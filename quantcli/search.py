@@ -473,7 +473,7 @@ def report_for(
 def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSummary | None:
     if not config.four_bits:
         return None
-    widths = winner.plan.weight_widths()
+    widths = dict(winner.plan.block_widths)
     return BlockwiseSummary(
         bits=BITS,
         block_size=config.block_size,

@@ -165,8 +165,9 @@ class QuantPlan:
     block_sizes: tuple[tuple[str, int], ...] = field(default=())
     # MatMulNBits' compute precision for this plan's mode (see quantcli.modes).
     block_accuracy_level: int = 0
-    # The Gather nodes reading ``blockwise_tables`` (written as GatherBlockQuantized).
-    blockwise_gathers: tuple[str, ...] = field(default=())
+    # Every MatMul/Gemm/Gather node on a constant weight, with its weight's bits: 4, 8 or None
+    # (float); set when 4-bit weights were asked for (the report's widths).
+    block_widths: tuple[tuple[str, int | None], ...] = field(default=())
 
     def block_size_of(self, name: str, default: int) -> int:
         """The block size of the block-wise node or table ``name``."""
@@ -180,15 +181,6 @@ class QuantPlan:
             if d.role in (NodeRole.INTEGER, NodeRole.DYNAMIC, NodeRole.WEIGHT_ONLY)
         )
         return dict(sorted(counts.items()))
-
-    def weight_widths(self) -> dict[str, int | None]:
-        """Bits of every MatMul, Gemm and Gather node's weight: 4 (block-wise), 8, or None (float)."""
-        four = {*self.blockwise, *self.blockwise_gathers}
-        widths: dict[str, int | None] = {}
-        for d in self.decisions:
-            if d.op_type in ("MatMul", "Gemm", "Gather"):
-                widths[d.name] = 4 if d.name in four else None if d.role is NodeRole.FLOAT else 8
-        return widths
 
     @property
     def is_noop(self) -> bool:
