@@ -123,9 +123,11 @@ def render_report(report: QuantReport, console: Console) -> None:
 
 def _blockwise_table(summary: BlockwiseSummary) -> Table:
     zero_point = "symmetric" if summary.symmetric else "zero point per block"
+    counts = Counter("float" if bits is None else f"{bits}-bit" for _, _, bits, _ in summary.widths)
+    widths = ", ".join(f"{counts[key]} {key}" for key in ("4-bit", "8-bit", "float") if counts[key])
     title = (
         f"{summary.bits}-bit weights: blocks of {summary.block_size}, {summary.method}, {zero_point}, "
-        f"{summary.form} accuracy_level {summary.accuracy_level}"
+        f"{summary.form} accuracy_level {summary.accuracy_level}" + (f"; weights: {widths}" if widths else "")
     )
     table = Table(title=title, title_justify="left")
     for column in ("node", "op", "K x N", "weight error", "output SQNR"):
