@@ -23,6 +23,7 @@ RESULTS = BENCH / "results"
 ORDER = [
     "compare",
     "evidence",
+    "branches",
     "modes",
     "auto",
     "cost_model",

@@ -47,6 +47,7 @@ from quantcli.evaluate import (
     gate,
     measure_latency,
 )
+from quantcli.graph.branches import branch_graphs
 from quantcli.graph.exchange import ir_copy
 from quantcli.graph.io import ModelFile, check_model_file, external_folder, open_session, serialize
 from quantcli.graph.output import StagedModel, StagedOutput
@@ -61,6 +62,7 @@ from quantcli.passes import (
     QuantizeInitializersPass,
     QuantizeLSTMDynamicallyPass,
     QuantizeMatMulDynamicallyPass,
+    RemoveUnusedBranchInitializersPass,
     WriteBlockwiseTablesPass,
     WriteBlockwiseWeightsPass,
 )
@@ -232,9 +234,10 @@ def workshop_for(run: Run, reference: Reference, output: Path, force: bool) -> W
 
 
 def _parameter_count(model: ir.Model, names: list[str] | None = None) -> int:
-    """Elements of the named initializers, or of every float initializer."""
+    """Elements of the named initializers, or of every float initializer (If branches' too)."""
     total = 0
-    for name, value in model.graph.initializers.items():
+    graphs = (model.graph, *(branch for _, _, branch in branch_graphs(model.graph)))
+    for name, value in (item for graph in graphs for item in graph.initializers.items()):
         tensor = value.const_value
         if tensor is None:
             continue
@@ -260,6 +263,7 @@ def _rewrite(
         ),
         OmitZeroPointsPass(runtime),
         common_passes.RemoveUnusedNodesPass(),
+        RemoveUnusedBranchInitializersPass(),
         # Parameters repeat: activations' zero points, the shared scale of a data-movement
         # chain. One copy each keeps small models small.
         common_passes.DeduplicateInitializersPass(size_limit=4096),

@@ -24,7 +24,7 @@ import json
 import math
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
@@ -163,12 +163,27 @@ class _Source:
     dequantized: bool  # its weight (input 1) is a DequantizeLinear of a constant
 
 
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every graph nested in it (If branches, Loop and Scan bodies), outer first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attribute.g)
+            for inner in attribute.graphs:
+                yield from _graphs(inner)
+
+
 def constant_inputs(model: onnx.ModelProto) -> dict[str, _Source]:
-    """Every main-graph node's op type and the dimensions of its constant inputs (through a
-    DequantizeLinear of a constant), by node name; from the graph alone, no weight is read."""
-    dims: dict[str, Dims] = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    """Every node's op type and the dimensions of its constant inputs (through a
+    DequantizeLinear of a constant), by node name, subgraphs' nodes included (onnxruntime
+    profiles the kernels a branch runs under their own names); from the graph alone, no
+    weight is read."""
+    graphs = list(_graphs(model.graph))
+    dims: dict[str, Dims] = {i.name: tuple(i.dims) for g in graphs for i in g.initializer}
+    nodes = [node for g in graphs for node in g.node]
     dequantized: set[str] = set()
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type == "DequantizeLinear" and node.input and node.input[0] in dims:
             dims[node.output[0]] = dims[node.input[0]]
             dequantized.add(node.output[0])
@@ -176,7 +191,7 @@ def constant_inputs(model: onnx.ModelProto) -> dict[str, _Source]:
         n.name: _Source(
             n.op_type, tuple(dims.get(i) for i in n.input), len(n.input) > 1 and n.input[1] in dequantized
         )
-        for n in model.graph.node
+        for n in nodes
     }
 
 

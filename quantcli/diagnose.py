@@ -35,9 +35,11 @@ import onnxruntime as ort
 
 from quantcli.blockwise.layout import BlockQuantized
 from quantcli.blockwise.targets import block_targets
+from quantcli.calibration.branches import Session, open_tap
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.evaluate import compare_models, sqnr_db
-from quantcli.graph.exchange import expose, ir_copy, ir_view
+from quantcli.graph.branches import branch_graphs, initializer_owner, planned_nodes
+from quantcli.graph.exchange import ir_copy, ir_view
 from quantcli.graph.io import open_session, serialize
 from quantcli.passes import InsertActivationQDQPass, ReplaceInitializerValuesPass
 from quantcli.passes._base import produced_by, values_by_name
@@ -191,10 +193,11 @@ class _FloatModel:
             table = node.inputs[0] if node.op_type == "Gather" and node.inputs else None
             if table is not None and table.is_initializer() and table.name:
                 blocked[node.name or ""] = (table.name, True)
+        graphs = (graph, *(branch for _, _, branch in branch_graphs(graph)))
         return cls(
             frozenset(values_by_name(graph)),
-            frozenset(graph.initializers),
-            frozenset(n.name or "" for n in graph),
+            frozenset(name for g in graphs for name in g.initializers),
+            frozenset(n.name or "" for n in planned_nodes(graph)),
             blocked,
         )
 
@@ -208,7 +211,7 @@ class _FloatModel:
 def _consumers(graph: ir.Graph) -> dict[str, list[ir.Node]]:
     """Readers of each value, in graph order (a node reading a value twice is listed twice)."""
     consumers: dict[str, list[ir.Node]] = {}
-    for node in graph:
+    for node in planned_nodes(graph):
         for value in node.inputs:
             if value is not None and value.name:
                 consumers.setdefault(value.name, []).append(node)
@@ -259,7 +262,7 @@ def _twins(float_model: ir.Model, quant_model: ir.Model) -> list[_Twin]:
     known = _FloatModel.of(float_model)
     consumers = _consumers(quant_model.graph)
     twins = []
-    for order, node in enumerate(quant_model.graph):
+    for order, node in enumerate(planned_nodes(quant_model.graph)):
         if node.domain == _MICROSOFT and node.op_type in _BLOCK_OPS:
             twin = _block_twin(node, order, known)
         elif node.op_type != "DequantizeLinear" or len(node.inputs) < 2:
@@ -271,15 +274,13 @@ def _twins(float_model: ir.Model, quant_model: ir.Model) -> list[_Twin]:
     return twins
 
 
-def _fetch(
-    session: ort.InferenceSession, names: list[str], feed: Batch
-) -> dict[str, npt.NDArray[np.generic]]:
+def _fetch(session: Session, names: list[str], feed: Batch) -> dict[str, npt.NDArray[np.generic] | None]:
     """Run ``session`` for ``names``; graph inputs come straight from the feed. Arrays stay as
     onnxruntime returns them (float32): every exposed tensor of a batch is held at once, so the
-    caller widens one tensor at a time."""
+    caller widens one tensor at a time. A tensor of an If branch the feed did not take is None."""
     wanted = [n for n in names if n not in feed]
     arrays = session.run(wanted, feed) if wanted else []
-    result = {n: np.asarray(a) for n, a in zip(wanted, arrays, strict=True)}
+    result = {n: None if a is None else np.asarray(a) for n, a in zip(wanted, arrays, strict=True)}
     result.update({n: np.asarray(feed[n]) for n in names if n in feed})
     return result
 
@@ -360,9 +361,11 @@ def _dequantized_weight(quant_model: ir.Model, twin: _Twin) -> npt.NDArray[np.fl
 
 
 def _weight_sums(pair: _Pair, weights: list[_Twin], sums: dict[str, _Sums]) -> None:
-    initializers = pair.float_model.graph.initializers
+    graph = pair.float_model.graph
     for twin in weights:
-        tensor = initializers[twin.float_name].const_value
+        holder = initializer_owner(graph, twin.float_name)
+        assert holder is not None, twin.float_name
+        tensor = holder.initializers[twin.float_name].const_value
         assert tensor is not None
         ref = tensor.numpy().astype(np.float64)
         sums[twin.dq_output].add(ref, _dequantized_weight(pair.quant_model, twin).astype(np.float64), ref)
@@ -370,9 +373,11 @@ def _weight_sums(pair: _Pair, weights: list[_Twin], sums: dict[str, _Sums]) -> N
 
 def _exposed_session(
     model: ir.Model, proto: onnx.ModelProto, names: list[str], folder: Path | None
-) -> ort.InferenceSession:
+) -> Session:
+    """A session returning ``names``; tensors inside If branches through a tap (None where a
+    run takes the other branch)."""
     inputs = {v.name for v in model.graph.inputs}
-    return open_session(expose(proto, [n for n in names if n not in inputs]), data_folder=folder)
+    return open_tap(model, proto, [n for n in names if n not in inputs], None, folder)
 
 
 def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: int) -> dict[str, _Sums]:
@@ -395,11 +400,17 @@ def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: i
         ref_values = _fetch(reference, float_names, feed.arrays)
         got_values = _fetch(candidate, quant_names, feed.arrays)
         for twin in activations:
-            ref = ref_values[twin.float_name].astype(np.float64)
-            got = got_values[twin.dq_output].astype(np.float64)
+            found, quantized, before = (
+                ref_values[twin.float_name],
+                got_values[twin.dq_output],
+                got_values[twin.pre or ""],
+            )
+            if found is None or quantized is None or before is None:
+                continue  # inside an If branch this feed did not take
+            ref, got = found.astype(np.float64), quantized.astype(np.float64)
             if ref.shape != got.shape:
                 continue
-            pre = got_values[twin.pre or ""].astype(np.float64)
+            pre = before.astype(np.float64)
             sums[twin.dq_output].add(ref, got, np.maximum(pre, 0.0) if twin.floor_at_zero else pre)
     return sums
 
@@ -423,7 +434,7 @@ def _alone(
 
 
 def _errors(pair: _Pair, twins: list[_Twin], sums: dict[str, _Sums]) -> list[TensorError]:
-    ops = {n.name or "": n.op_type for n in pair.float_model.graph}
+    ops = {n.name or "": n.op_type for n in planned_nodes(pair.float_model.graph)}
     tensors = []
     for twin in twins:
         s = sums[twin.dq_output]

@@ -29,12 +29,13 @@ from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.errors import CalibrationFileError, ConfigError, ModelLoadError, QuantizationError
 from quantcli.evaluate import load_labels
+from quantcli.graph.branches import initializer_owner
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, external_files, fingerprint, load_model, unmap
 from quantcli.graph.output import StagedOutput, check_writable, data_file_name
 from quantcli.graph.quantized import refuse_quantized
 from quantcli.modes import strategy, uses_calibration
-from quantcli.passes import EinsumToMatMulPass, ReduceMeanToGlobalPoolPass
+from quantcli.passes import EinsumToMatMulPass, FoldComputedWeightsPass, ReduceMeanToGlobalPoolPass
 from quantcli.plan import QuantPlan
 from quantcli.report import CalibrationSummary
 
@@ -79,6 +80,7 @@ def prepare(path: Path) -> ModelFile:
         # the report and --exclude need one name per node.
         common_passes.NameFixPass(),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
+        FoldComputedWeightsPass(),
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),
@@ -122,9 +124,9 @@ def check_weights(loaded: ModelFile, plans: list[QuantPlan]) -> None:
     and the failure would otherwise surface as NaN activations blamed on the data. (Non-finite
     constants left in float, such as attention masks of -inf, are fine.)"""
     names = sorted({w.name for plan in plans for w in plan.weights})
-    initializers = loaded.model.graph.initializers
     for name in names:
-        value = initializers.get(name)
+        holder = initializer_owner(loaded.model.graph, name)  # the main graph or an If branch
+        value = holder.initializers.get(name) if holder is not None else None
         tensor = value.const_value if value is not None else None
         if tensor is None or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
             continue

@@ -11,6 +11,7 @@ import onnx_ir as ir
 from quantcli.calibration.collect import TensorRange
 from quantcli.config import QuantConfig, WeightMethod
 from quantcli.errors import CalibrationFileError
+from quantcli.graph.branches import initializer_owner
 from quantcli.graph.io import unmap
 from quantcli.plan import QuantPlan, target_of
 from quantcli.scheme import (
@@ -64,11 +65,13 @@ def compute_params(
             return activation_qparams(0.0, high, QuantType(target.nonnegative_type.name.lower()))
         return activation_qparams(low, high, QuantType.INT8)
 
-    initializers = model.graph.initializers
     weights: dict[str, QParams] = {}
     integers: dict[str, np.ndarray] = {}
     for spec in plan.weights:
-        tensor = initializers[spec.name].const_value
+        # A weight of an If branch is an initializer of that branch.
+        holder = initializer_owner(model.graph, spec.name)
+        assert holder is not None, spec.name
+        tensor = holder.initializers[spec.name].const_value
         assert tensor is not None
         array = tensor.numpy()
         if spec.symmetric:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from quantcli import inputs
 from quantcli.build import Builds, Job, reference_for
+from quantcli.calibration.branches import untaken_float
 from quantcli.calibration.collect import Progress, reporting, stage, within
 from quantcli.calibration.data import Dataset, model_inputs
 from quantcli.calibration.file import CalibrationFile, read_calibration
@@ -146,6 +147,9 @@ def _quantize_into(
         dynamic = strategy(QuantMode.DYNAMIC)
         applies = dynamic.changes(select(loaded.model, config, mode=dynamic))
         mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=applies)
+    # Nodes of If branches no calibration sample takes have no statistics: they stay float.
+    untaken = untaken_float(loaded.model, target_of(config), datasets.calibration, config.batch_size)
+    kept_float = {**untaken, **kept_float}
     run = Run(loaded, config, mode, datasets, labels)
     plans = candidate_plans(loaded.model, config, mode, has_ranges=has_ranges, kept_float=kept_float)
     if not plans and config.allow_noop:

@@ -35,6 +35,7 @@ from quantcli.build import (
     time_side_by_side,
     workshop_for,
 )
+from quantcli.calibration.branches import untaken_float
 from quantcli.calibration.collect import stage
 from quantcli.calibration.data import Dataset, model_inputs
 from quantcli.calibration.observers import TensorStats
@@ -49,7 +50,7 @@ from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
 from quantcli.passes.nbits import DEFAULT_FORM
-from quantcli.plan import NodeRole, select
+from quantcli.plan import NodeRole, select, target_of
 from quantcli.repair import FallbackResult, repair
 from quantcli.report import (
     BlockwiseSummary,
@@ -419,7 +420,10 @@ def measured_choice(run: Run, stats: dict[str, TensorStats]) -> ModeChoice | Non
     """What ``convert --mode auto`` would pick with these statistics and evaluation data; the
     candidates are built in a scratch folder and discarded. None: no mode changes the model."""
     loaded = run.loaded
-    plans = candidate_plans(loaded.model, run.config, QuantMode.AUTO)
+    untaken = untaken_float(
+        loaded.model, target_of(run.config), run.datasets.calibration, run.config.batch_size
+    )
+    plans = candidate_plans(loaded.model, run.config, QuantMode.AUTO, kept_float=untaken)
     if not plans:
         return None
     observed = sorted({name for plan in plans for name in plan.observed})
@@ -512,5 +516,8 @@ def auto_choice(
     )
     choice = measured_choice(Run(loaded, config, QuantMode.AUTO, datasets, labels), stats)
     if held is not None:
-        stats = {name: s.merged(held[name]) for name, s in stats.items()}
+        # A tensor of an If branch only held-back samples take is in ``held`` alone, and the other way round.
+        stats = {name: s.merged(held[name]) if name in held else s for name, s in stats.items()} | {
+            name: h for name, h in held.items() if name not in stats
+        }
     return stats, choice

@@ -490,3 +490,139 @@ def outlier_weights_mlp(seed: int = 0, d: int = 64) -> onnx.ModelProto:
         [_init("w1", w1), _init("w2", w2)],
     )
     return _model(graph)
+
+
+def _conv_branch(prefix: str, rng: np.random.Generator, c: int, output: str, classes: int) -> onnx.GraphProto:
+    """Conv-Relu-Conv-GlobalAveragePool-Flatten-MatMul on the outer value ``image``, its weights
+    its own initializers."""
+    inits = [
+        _init(f"{prefix}.conv1.w", rng.normal(0, 0.3, (c, 3, 3, 3)).astype(np.float32)),
+        _init(f"{prefix}.conv1.b", rng.normal(0, 0.1, (c,)).astype(np.float32)),
+        _init(f"{prefix}.conv2.w", rng.normal(0, 0.1, (c, c, 3, 3)).astype(np.float32)),
+        _init(f"{prefix}.fc.w", rng.normal(0, 0.3, (c, classes)).astype(np.float32)),
+    ]
+    p = prefix
+    nodes = [
+        helper.make_node(
+            "Conv",
+            ["image", f"{p}.conv1.w", f"{p}.conv1.b"],
+            [f"{p}.c1"],
+            name=f"{p}.conv1",
+            pads=[1, 1, 1, 1],
+        ),
+        helper.make_node("Relu", [f"{p}.c1"], [f"{p}.r1"], name=f"{p}.relu1"),
+        helper.make_node(
+            "Conv", [f"{p}.r1", f"{p}.conv2.w"], [f"{p}.c2"], name=f"{p}.conv2", pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Relu", [f"{p}.c2"], [f"{p}.r2"], name=f"{p}.relu2"),
+        helper.make_node("GlobalAveragePool", [f"{p}.r2"], [f"{p}.gap"], name=f"{p}.gap"),
+        helper.make_node("Flatten", [f"{p}.gap"], [f"{p}.flat"], name=f"{p}.flatten"),
+        helper.make_node("MatMul", [f"{p}.flat", f"{p}.fc.w"], [output], name=f"{p}.fc"),
+    ]
+    return helper.make_graph(
+        nodes, f"{prefix}_branch", [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits
+    )
+
+
+def branchy_cnn(channels: int = 16, seed: int = 0, classes: int = 10) -> onnx.ModelProto:
+    """A CNN classifier inside an If on the int64 input ``rate``: rate == 16 runs one network,
+    any other rate another (the shape of silero-vad's graph, whose network sits in an If on
+    the sample rate). Both branches read the main-graph input ``image``."""
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node(
+            "Constant", [], ["sixteen"], name="sixteen", value=_init("v", np.array(16, np.int64))
+        ),
+        helper.make_node("Equal", ["rate", "sixteen"], ["is16"], name="is16"),
+        helper.make_node(
+            "If",
+            ["is16"],
+            ["logits"],
+            name="by_rate",
+            then_branch=_conv_branch("wide", rng, channels, "wide.logits", classes),
+            else_branch=_conv_branch("narrow", rng, channels, "narrow.logits", classes),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "branchy_cnn",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 16, 16]),
+            helper.make_tensor_value_info("rate", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+    )
+    return _model(graph)
+
+
+def looped_matmul(d: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """A MatMul with a constant [d, d] weight applied ``steps`` times by a Loop."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+            helper.make_node("MatMul", ["carried", "loop.w"], ["product"], name="loop.matmul"),
+            helper.make_node("Tanh", ["product"], ["carried_out"], name="loop.tanh"),
+        ],
+        "loop_body",
+        [
+            helper.make_tensor_value_info("step", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried", TensorProto.FLOAT, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, None),
+        ],
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["steps"], name="steps", value=_init("s", np.array(3, np.int64))),
+        helper.make_node("Constant", [], ["true"], name="true", value=_init("t", np.array(True))),
+        helper.make_node("Loop", ["steps", "true", "x"], ["y"], name="loop", body=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "looped_matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", d])],
+        [_init("loop.w", rng.normal(0, 0.2, (d, d)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
+def reordered_lstm(size: int = 8, hidden: int = 16, seq: int = 5, seed: int = 0) -> onnx.ModelProto:
+    """An LSTM whose W is computed from a stored weight by Slice/Concat/Unsqueeze (gates
+    reordered at run time, as a hand-built graph of a PyTorch LSTM writes it)."""
+    rng = np.random.default_rng(seed)
+    h = hidden
+    inits = [
+        _init("weight_ih", rng.normal(0, 0.3, (4 * h, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.3, (1, 4 * h, h)).astype(np.float32)),
+        _init("axes0", np.array([0], np.int64)),
+    ]
+    slices = []
+    # PyTorch's gate order (i, f, g, o) to ONNX's (i, o, f, c): rows [0:h], [3h:4h], [h:3h].
+    for i, (start, end) in enumerate(((0, h), (3 * h, 4 * h), (h, 3 * h))):
+        inits += [
+            _init(f"start{i}", np.array([start], np.int64)),
+            _init(f"end{i}", np.array([end], np.int64)),
+        ]
+        slices.append(
+            helper.make_node(
+                "Slice", ["weight_ih", f"start{i}", f"end{i}", "axes0"], [f"part{i}"], name=f"slice{i}"
+            )
+        )
+    nodes = [
+        *slices,
+        helper.make_node("Concat", ["part0", "part1", "part2"], ["w2d"], name="concat", axis=0),
+        helper.make_node("Unsqueeze", ["w2d", "axes0"], ["W"], name="unsqueeze"),
+        helper.make_node("LSTM", ["x", "W", "lstm.R"], ["y"], name="lstm", hidden_size=h),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reordered_lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, 1, "batch", h])],
+        inits,
+    )
+    return _model(graph)

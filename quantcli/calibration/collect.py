@@ -25,11 +25,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from quantcli.calibration.branches import branch_values, open_tap
 from quantcli.calibration.data import Batch, Dataset, Feed
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
 from quantcli.errors import CalibrationDataError
-from quantcli.graph.exchange import expose
-from quantcli.graph.io import external_folder, open_session
+from quantcli.graph.io import external_folder
 
 __all__ = [
     "MEMORY_BUDGET",
@@ -166,7 +166,7 @@ def _run_feeds(
                     raise
                 logger.info("the model rejects batches of %d samples; running one sample at a time", count)
                 alone = True
-        rows_ok = outputs is None or all(o.ndim > 0 and o.shape[0] == count for o in outputs)
+        rows_ok = outputs is None or all(o is None or (o.ndim > 0 and o.shape[0] == count) for o in outputs)
         if per_sample and count > 1 and not rows_ok:
             logger.info("an output has no batch axis; running one sample at a time")
             alone, outputs = True, None
@@ -259,7 +259,10 @@ def collect_stats(
     observe(
         model, observers, dataset, batch_size=batch_size, progress=progress, budget=budget, threads=threads
     )
-    return {name: observer.result() for name, observer in observers.items()}
+    stats = {name: observer.result() for name, observer in observers.items()}
+    # A tensor of an If branch no sample takes was never seen: it has no statistics.
+    unseen = branch_values(model.graph) & {name for name, found in stats.items() if not found.count}
+    return {name: found for name, found in stats.items() if name not in unseen}
 
 
 class TensorObserver(Protocol):
@@ -302,10 +305,12 @@ def observe(
     total = dataset.num_samples * len(groups)
     done = 0
     for group in groups:
-        session = open_session(expose(proto, group), threads, data_folder=external_folder(model))
+        # A tensor inside an If branch is observed by a tap (None on a run taking the other branch).
+        session = open_tap(model, proto, group, threads, external_folder(model))
         for feed, outputs in run_batches(session, list(group), dataset, batch):
             for name, array in zip(group, outputs, strict=True):
-                observers[name].update(array)
+                if array is not None:
+                    observers[name].update(array)
             done += len(feed.positions)
             if progress is not None:
                 progress(done, total)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import onnx
@@ -11,9 +11,12 @@ import onnx_ir as ir
 __all__ = ["expose", "ir_copy", "ir_view"]
 
 
-def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
-    """A copy of ``model`` with each of ``tensors`` that is not one already added as a float graph
-    output, so that onnxruntime returns it. ``model`` is not changed.
+def expose(
+    model: onnx.ModelProto, tensors: Iterable[str], types: Mapping[str, int] | None = None
+) -> onnx.ModelProto:
+    """A copy of ``model`` with each of ``tensors`` that is not one already added as a graph
+    output, so that onnxruntime returns it. ``model`` is not changed. Each output is float, or
+    of the ONNX element type ``types`` gives it (an If's boolean condition, an int64 index).
 
     Calibration, bias correction and diagnosis all observe tensors this way. onnxruntime
     materializes every graph output of a run, asked for or not, so callers expose only what they
@@ -25,7 +28,9 @@ def expose(model: onnx.ModelProto, tensors: Iterable[str]) -> onnx.ModelProto:
     for name in dict.fromkeys(tensors):
         if name not in present:
             exposed.graph.output.append(
-                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                onnx.helper.make_tensor_value_info(
+                    name, (types or {}).get(name, onnx.TensorProto.FLOAT), None
+                )
             )
     return exposed
 

@@ -3,12 +3,15 @@
 Passes decide nothing: every choice was made by ``plan.select`` and every number by ``scheme``.
 They modify the model in place and report whether they changed it. Each states the order it
 needs as onnx_ir pre/post conditions (``requires``/``ensures``: the dynamic MatMul, LSTM and
-gathered-row passes read what QuantizeInitializersPass leaves), and why it does not walk
-If/Loop/Scan bodies (``MainGraphPass.subgraphs``).
+gathered-row passes read what QuantizeInitializersPass leaves), and how it treats If/Loop/Scan
+bodies (``MainGraphPass.subgraphs``: planned passes rewrite If branches where the plan's nodes
+live).
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
 from quantcli.passes.bias import CorrectBiasesPass, ReplaceInitializerValuesPass
+from quantcli.passes.cleanup import RemoveUnusedBranchInitializersPass
+from quantcli.passes.computed_weights import FoldComputedWeightsPass
 from quantcli.passes.dynamic import QuantizeMatMulDynamicallyPass
 from quantcli.passes.einsum import EinsumToMatMulPass
 from quantcli.passes.fold import FoldActivationsPass
@@ -24,6 +27,7 @@ __all__ = [
     "CorrectBiasesPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
+    "FoldComputedWeightsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
     "OmitZeroPointsPass",
@@ -31,6 +35,7 @@ __all__ = [
     "QuantizeLSTMDynamicallyPass",
     "QuantizeMatMulDynamicallyPass",
     "ReduceMeanToGlobalPoolPass",
+    "RemoveUnusedBranchInitializersPass",
     "ReplaceInitializerValuesPass",
     "WriteBlockwiseTablesPass",
     "WriteBlockwiseWeightsPass",

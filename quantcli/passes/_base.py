@@ -1,4 +1,5 @@
-"""What every quantcli pass shares: the main graph as its scope, and lookups by name."""
+"""What every quantcli pass shares: the main graph and its If branches as its scope, and lookups
+by name."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from typing import ClassVar, Generic, TypeVar
 
 import onnx_ir as ir
 
+from quantcli.graph.branches import initializer_owner, owner, planned_nodes
 from quantcli.graph.names import NameAllocator
 
-__all__ = ["MainGraphPass", "produced_by", "producers", "values_by_name"]
+__all__ = ["MainGraphPass", "produced_by", "producers", "scope", "values_by_name"]
 
-# Why plan-driven passes leave subgraphs alone: plan.select decides main-graph nodes only.
+# How plan-driven passes treat subgraphs: plan.select decides the nodes of If branches too.
 PLANNED_ONLY = (
-    "skipped: the plan names main-graph nodes and tensors only (plan.select does not visit "
-    "If/Loop/Scan bodies, whose nodes stay float)"
+    "If branches: each planned target is rewritten in the graph that holds it (its node's, or "
+    "its initializer's), so new nodes and parameters sit beside it; Loop/Scan bodies are not "
+    "planned and are left alone"
 )
 
 
@@ -25,9 +28,11 @@ class MainGraphPass(ir.passes.InPlacePass, Generic[TargetT]):
     """An in-place pass over the main graph: it finds its targets (nodes, tensors, planned specs)
     and rewrites each; it modified the model when some rewrite changed it.
 
-    ``subgraphs`` says why it does not walk the bodies of If/Loop/Scan nodes (every quantcli pass
-    states it, so that no pass skips them silently). Targets are produced lazily, one rewrite
-    after the other, so a target may be looked at after the rewrites before it.
+    ``subgraphs`` says how it treats the bodies of If/Loop/Scan nodes (every quantcli pass
+    states it, so that no pass skips them silently). Targets are found in the main graph and its
+    If branches; each is rewritten in the graph that holds it (:func:`scope`), which ``rewrite``
+    gets as ``graph``. Targets are produced lazily, one rewrite after the other, so a target may
+    be looked at after the rewrites before it.
     """
 
     subgraphs: ClassVar[str] = PLANNED_ONLY
@@ -43,14 +48,29 @@ class MainGraphPass(ir.passes.InPlacePass, Generic[TargetT]):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         names = NameAllocator(graph)
-        changed = [self.rewrite(graph, names, target) for target in self.targets(graph)]
+        changed = [self.rewrite(scope(graph, target), names, target) for target in self.targets(graph)]
         return ir.passes.PassResult(model, modified=any(changed))
 
 
+def scope(graph: ir.Graph, target: object) -> ir.Graph:
+    """The graph (``graph`` or an If branch under it) that holds ``target``: a node, a value, an
+    initializer's name, or a tuple led by one of these; ``graph`` for anything else."""
+    if isinstance(target, tuple) and target:
+        return scope(graph, target[0])
+    if isinstance(target, ir.Node):
+        return target.graph or graph
+    if isinstance(target, ir.Value):
+        return owner(target) or graph
+    if isinstance(target, str):
+        return initializer_owner(graph, target) or graph
+    return graph
+
+
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    """The graph's inputs and every node output, by name (names are unique: NameFixPass ran)."""
+    """The graph's inputs and every node output, its If branches' included, by name (names are
+    unique: NameFixPass ran)."""
     values = {v.name: v for v in graph.inputs if v.name}
-    values.update({out.name: out for node in graph for out in node.outputs if out.name})
+    values.update({out.name: out for node in planned_nodes(graph) for out in node.outputs if out.name})
     return values
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from quantcli.graph.branches import initializer_owner
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass
 
@@ -22,19 +23,16 @@ class ReplaceInitializerValuesPass(MainGraphPass[str]):
     change).
     """
 
-    subgraphs = (
-        "skipped: it replaces main-graph initializers, by name (bias correction and diagnosis "
-        "measure main-graph nodes only)"
-    )
+    subgraphs = "If branches too: each initializer is replaced in the graph that holds it"
 
     def __init__(self, biases: Mapping[str, npt.NDArray[np.float32]]) -> None:
         super().__init__()
         self.biases = biases
 
     def requires(self, model: ir.Model) -> None:
-        initializers = model.graph.initializers
         for name, values in self.biases.items():
-            value = initializers.get(name)
+            holder = initializer_owner(model.graph, name)
+            value = None if holder is None else holder.initializers.get(name)
             tensor = None if value is None else value.const_value
             if tensor is None or tuple(tensor.shape) != values.shape:
                 raise ir.passes.PreconditionError(

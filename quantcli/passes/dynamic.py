@@ -82,7 +82,8 @@ class QuantizeMatMulDynamicallyPass(MainGraphPass[tuple[ir.Node, DynamicSpec]]):
             make("Mul", [product_float, combined], [result]),
         ]
         if spec.bias is not None:
-            bias = graph.initializers[spec.bias]
+            bias = node.inputs[2]  # the planned bias (an initializer of this graph or an outer one)
+            assert bias is not None and bias.name == spec.bias
             if spec.beta != 1.0:
                 bias = add_initializer(
                     graph,

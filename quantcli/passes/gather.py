@@ -56,6 +56,7 @@ class GatherQuantizedRowsPass(MainGraphPass[ir.Value]):
     def _move_after(
         graph: ir.Graph, names: NameAllocator, gather: ir.Node, dequantize: ir.Node, quantized: ir.Value
     ) -> None:
+        graph = gather.graph or graph  # the table may be an outer value of an If branch's Gather
         rows = gather.outputs[0]
         gather.replace_input_with(0, quantized)
         float_rows = ir.Value(name=names.fresh(f"{rows.name}_dequantized"), shape=rows.shape, type=rows.type)

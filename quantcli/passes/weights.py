@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from quantcli.graph.branches import initializer_owner
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass, values_by_name
 from quantcli.passes._qdq import add_initializer, add_parameters, dequantize_node, require_quantized
@@ -61,10 +62,12 @@ class QuantizeInitializersPass(MainGraphPass[str]):
         self.integers = dict(integers or {})
 
     def requires(self, model: ir.Model) -> None:
-        initializers = model.graph.initializers
         for name in self.params:
-            if name not in initializers or initializers[name].const_value is None:
-                raise ir.passes.PreconditionError(f"'{name}' is not a constant initializer of the main graph")
+            graph = initializer_owner(model.graph, name)
+            if graph is None or graph.initializers[name].const_value is None:
+                raise ir.passes.PreconditionError(
+                    f"'{name}' is not a constant initializer of the main graph or an If branch"
+                )
 
     def targets(self, graph: ir.Graph) -> list[str]:
         return sorted(self.params)

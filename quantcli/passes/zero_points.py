@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from quantcli.graph.branches import planned_nodes
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass, produced_by
 from quantcli.target import ORT_CPU, Target
@@ -29,7 +30,7 @@ class OmitZeroPointsPass(MainGraphPass[ir.Node]):
     weights' zero points (dynamic MatMul, LSTM, gathered rows).
     """
 
-    subgraphs = "skipped: only the main graph has stored constants quantcli wrote"
+    subgraphs = "If branches: their DequantizeLinear nodes too (weights quantized where they live)"
 
     def __init__(self, target: Target = ORT_CPU) -> None:
         super().__init__()
@@ -44,7 +45,7 @@ class OmitZeroPointsPass(MainGraphPass[ir.Node]):
             return []
         return [
             node
-            for node in graph
+            for node in planned_nodes(graph)
             if produced_by(node.outputs[0], "DequantizeLinear") is node
             and len(node.inputs) == 3
             and node.inputs[0] is not None

@@ -45,6 +45,7 @@ import onnx_ir as ir
 from quantcli import modes as _modes
 from quantcli.config import ActivationType, QuantConfig, QuantMode
 from quantcli.errors import ConfigError
+from quantcli.graph.branches import branch_graphs, planned_nodes
 from quantcli.plan import values
 from quantcli.plan.assemble import assemble
 from quantcli.plan.facts import check_patterns, constant, is_float, matches
@@ -96,8 +97,10 @@ def select(
 ) -> QuantPlan:
     """Decide, for every node of the main graph, whether and how it is quantized.
 
-    The model must carry value types (run shape inference first); it is not modified. Nodes
-    inside subgraphs (If/Loop/Scan bodies) are not visited and stay float. ``keep_float`` names
+    The model must carry value types (run shape inference first); it is not modified. The nodes
+    of If branches, at any depth, are decided like the main graph's (a branch output counts as a
+    graph output); the bodies of Loop and Scan are not entered and stay float, the Loop or Scan
+    node saying why (:mod:`quantcli.graph.branches`). ``keep_float`` names
     nodes a later stage decided to leave float (by node name), each with the sentence the plan
     gives as its reason: a measured decision rather than a rule of the op. ``mode`` is the
     concrete mode to plan for (default: ``config.mode``), or a strategy of one's own; a plan is
@@ -114,12 +117,16 @@ def select(
     for override in config.block_overrides:
         check_patterns(model, override.patterns, override.source or "a bits/block_size override")
     ctx = Context(
-        nodes=tuple(model.graph),
+        nodes=tuple(planned_nodes(model.graph)),
         config=config,
         target=target,
         strategy=strategy,
         keep_float=dict(keep_float or {}),
-        graph_outputs=frozenset(v.name or "" for v in model.graph.outputs),
+        graph_outputs=frozenset(
+            v.name or ""
+            for graph in (model.graph, *(b for _, _, b in branch_graphs(model.graph)))
+            for v in graph.outputs
+        ),
     )
     placement = Placement()
     for phase in PHASES:
@@ -134,7 +141,7 @@ def candidate_tensors(model: ir.Model, target: Target = ORT_CPU) -> tuple[str, .
     later run excludes.
     """
     names: set[str] = set()
-    for node in model.graph:
+    for node in planned_nodes(model.graph):
         if target.rule(node) is None or node.domain not in ("", "ai.onnx"):
             continue
         for value in (*node.inputs, *node.outputs):

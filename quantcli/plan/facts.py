@@ -14,6 +14,7 @@ from types import MappingProxyType
 import onnx_ir as ir
 
 from quantcli.errors import ConfigError
+from quantcli.graph.branches import planned_nodes
 from quantcli.plan.values import DynamicSpec, LstmSpec
 from quantcli.target import OpKind, OpRule
 
@@ -209,8 +210,9 @@ def matches(node: ir.Node, patterns: frozenset[str]) -> bool:
 
 def check_patterns(model: ir.Model, patterns: frozenset[str], flag: str) -> None:
     """A pattern that names nothing is a typo: refuse it rather than quantize silently."""
-    names = [n.name or "" for n in model.graph]
-    known = set(names) | {n.op_type for n in model.graph}
+    nodes = list(planned_nodes(model.graph))
+    names = [n.name or "" for n in nodes]
+    known = set(names) | {n.op_type for n in nodes}
     # An exact name first: "pool[red]" names that node, though as a glob it would not match it.
     unknown = sorted(p for p in patterns if p not in known and not (_is_glob(p) and fnmatch.filter(names, p)))
     if unknown:

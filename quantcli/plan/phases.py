@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from quantcli.graph.branches import LOOP_BODIES, LOOP_BODY_REASON
 from quantcli.plan.facts import (
     activation_slots,
     constant,
@@ -59,6 +60,8 @@ def _float_reason(ctx: Context, node: ir.Node, rule: OpRule | None) -> str | Non
     reason = _user_reason(ctx, node, rule)
     if reason is not None:
         return reason
+    if rule is None and node.op_type in LOOP_BODIES:
+        return LOOP_BODY_REASON
     if rule is None:
         return ctx.target.float_reasons.get(node.op_type, f"float: no integer kernel for {node.op_type}")
     # An optional output may be omitted (an LSTM read only through Y_h): look at the first one.
