@@ -187,11 +187,12 @@ def _commit() -> str:
     return done.stdout.strip()
 
 
-_LOAD_START = os.getloadavg()[0]
+# Taken when the script starts: the code it imported, and the load before it ran.
+_COMMIT, _LOAD_START = _commit(), os.getloadavg()[0]
 
 
 def _meta() -> dict[str, Any]:
-    return {"commit": _commit(), "load_start": _LOAD_START, "load_end": os.getloadavg()[0]}
+    return {"commit": _COMMIT, "load_start": _LOAD_START, "load_end": os.getloadavg()[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
