@@ -131,6 +131,7 @@ def markdown(dynamic: dict[str, Any], fallback: dict[str, Any] | None) -> str:
         "Every model by quantcli, RTN block 32 symmetric; cosine: sentence embedding against fp32 on "
         "eval.npz (48 sentences, 128 tokens); latency: one sample, all models in one rotating loop.",
         "",
+        *_load_note(meta),
         "| model | size ratio | cosine mean | worst | 1 thread ms | vs fp32 | vs int8 dyn "
         "| 2 threads ms | vs fp32 | vs int8 dyn |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -149,6 +150,17 @@ def markdown(dynamic: dict[str, Any], fallback: dict[str, Any] | None) -> str:
     if fallback is not None:
         lines += _fallback_lines(fallback)
     return "\n".join(lines) + "\n"
+
+
+def _load_note(meta: dict[str, Any]) -> list[str]:
+    cores = len(os.sched_getaffinity(0))
+    if max(meta["load_start"], meta["load_end"]) <= 2 * cores:
+        return [""]
+    return [
+        f"The machine was overloaded (load above {2 * cores} on {cores} cores): the 2-thread timings "
+        "are unreliable here; compare the 1-thread ratios.",
+        "",
+    ]
 
 
 def _fallback_lines(fallback: dict[str, Any]) -> list[str]:

@@ -363,6 +363,9 @@ class QuantConfig:
                 )
                 if differs
             ]
+            sized = next((o for o in self.block_overrides if o.block_size is not None), None)
+            if sized is not None:
+                given.append(f"{sized.source}: block_size")
             if given:
                 raise ConfigError(f"{given[0]} is for 4-bit weights: add --weight-bits 4 (8-bit is int8)")
             return

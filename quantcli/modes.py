@@ -133,11 +133,11 @@ class DynamicStrategy(_FloatActivations):
     # accuracy_level 4: MatMulNBits quantizes its input to int8 per block at run time and
     # computes in int8 (VNNI/AMX), which is what dynamic means: the mode's contract, not a speed
     # claim. Measured (bench/RESULTS.md "4-bit weights in dynamic mode", MiniLM-L6, block 32,
-    # onnxruntime 1.32, a shared 2-core AVX-512 VNNI machine) it gave the same cosine as level 0
-    # (0.9561 / 0.9560) and was not faster: 1 thread 1.13x fp32's latency against 1.06x for
-    # level 0, 2 threads 1.02x against 0.67x, while int8 dynamic ran at 0.52x / 0.47x. So 4-bit
-    # dynamic buys size (6.3x against int8's 3.9x), not speed; weight-only keeps level 0, the
-    # faster of the two there too (quantcli.passes.nbits).
+    # onnxruntime 1.32, a shared 2-core AVX-512 VNNI/AMX machine, 1 thread) it gave the same
+    # cosine as level 0 (0.9561 / 0.9560) and was slower: 1.16x fp32's latency against 0.96x for
+    # level 0 (two earlier runs: 1.13x / 1.06x and 1.09x / 0.97x), while int8 dynamic ran at
+    # 0.53x. So 4-bit dynamic buys size (6.3x against int8's 3.9x), not speed, on this CPU;
+    # weight-only keeps level 0, the faster there (quantcli.passes.nbits).
     block_role = NodeRole.DYNAMIC
     block_accuracy_level = 4
     block_compute = "int8 compute on its input quantized per block at run time (MatMulNBits accuracy_level 4)"

@@ -194,6 +194,7 @@ def test_recipe_sets_bits_and_block_size_per_node(wide: tuple[Path, Path], tmp_p
         ('match = "nope"\nbits = 8', "names no node or op type of this model: nope"),
         ('op = "MatMul"\nbits = 3', "bits must be 4 or 8, got 3"),
         ('op = "MatMul"\nblock_size = 48', "block_size must be one of 16, 32, 64, 128, got 48"),
+        ('op = "MatMul"\nbits = 8\nblock_size = 64', "block_size is for 4-bit weights"),
     ],
 )
 def test_bad_recipe_overrides_are_one_line_errors_naming_the_file(
@@ -201,7 +202,8 @@ def test_bad_recipe_overrides_are_one_line_errors_naming_the_file(
 ) -> None:
     model, _ = wide
     recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'[defaults]\nmode = "weight-only"\nweight_bits = 4\n[[override]]\n{override}\n')
+    bits = "" if "bits = 8" in override else "weight_bits = 4\n"
+    recipe.write_text(f'[defaults]\nmode = "weight-only"\n{bits}[[override]]\n{override}\n')
     out = tmp_path / "q.onnx"
     result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--recipe", str(recipe)])
     assert result.exit_code == 1, result.stderr
