@@ -21,7 +21,6 @@ import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
-import onnxruntime as ort
 
 from quantcli.blockwise.layers import (
     BlockedWeights,
@@ -37,6 +36,7 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.config import BlockOverride, QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
+from quantcli.engine import Session, timing_session
 from quantcli.errors import ModelLoadError, QuantCliError, QuantizationError
 from quantcli.evaluate import (
     Fidelity,
@@ -67,7 +67,7 @@ from quantcli.passes import (
     WriteBlockwiseWeightsPass,
 )
 from quantcli.plan import QuantPlan, select, target_of
-from quantcli.target import Target
+from quantcli.target import ORT_CPU, Target
 
 __all__ = [
     "BuildTarget",
@@ -105,7 +105,7 @@ class Candidate:
     plan: QuantPlan
     staged: StagedModel
     scratch: StagedOutput
-    session: ort.InferenceSession
+    session: Session
     int8_weight_fraction: float
     fidelity: Fidelity | None = None
     gate: GateResult | None = None
@@ -182,9 +182,11 @@ class Reference:
 
     loaded: ModelFile
     proto: onnx.ModelProto | None
-    session: ort.InferenceSession | None
+    session: Session | None
     datasets: Datasets
     labels: npt.NDArray[np.int64] | None
+    # The target whose engine runs the float model and checks every candidate.
+    runtime: Target = ORT_CPU
 
     @property
     def measures(self) -> bool:
@@ -210,10 +212,11 @@ def reference_for(run: Run, *, needed: bool) -> Reference:
     of its weights (``proto`` None when nothing is measured and only one candidate is built)."""
     proto = serialize(run.loaded.model) if needed else None
     session = None
+    runtime = target_of(run.config)
     if proto is not None and run.datasets.evaluation:
         with naming(run.loaded.path):
-            session = open_session(proto, data_folder=external_folder(run.loaded.model))
-    return Reference(run.loaded, proto, session, run.datasets, run.labels)
+            session = open_session(proto, data_folder=external_folder(run.loaded.model), target=runtime)
+    return Reference(run.loaded, proto, session, run.datasets, run.labels, runtime)
 
 
 def workshop_for(run: Run, reference: Reference, output: Path, force: bool) -> Workshop:
@@ -347,7 +350,7 @@ def _built(
     _rewrite(model, job.plan, params, blocked, target_of(config))
     staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
-    session = check_model_file(staged.path)
+    session = check_model_file(staged.path, target_of(config))
     if staged.size_bytes >= target.input_bytes:
         raise QuantizationError(
             f"the quantized model ({staged.size_bytes} bytes) would not be smaller than the input "
@@ -419,14 +422,11 @@ def build_variant(
     return build_candidate(model, Job(plan, extended), config, shop, trial=True), extended
 
 
-def time_side_by_side(
-    sessions: Mapping[str, ort.InferenceSession], evaluation: Dataset
-) -> dict[str, Latency]:
+def time_side_by_side(sessions: Mapping[str, Session], evaluation: Dataset) -> dict[str, Latency]:
     """Median latencies of ``sessions`` timed here, interleaved, on the first evaluation sample:
-    what ``--speed measured`` compares."""
-    return measure_latency(
-        dict(sessions), first_sample(evaluation), runs=30, budget_seconds=_LATENCY_BUDGET_SECONDS
-    )
+    what ``--speed measured`` compares (each as its engine times it: engine.timing_session)."""
+    timed = {name: timing_session(session) for name, session in sessions.items()}
+    return measure_latency(timed, first_sample(evaluation), runs=30, budget_seconds=_LATENCY_BUDGET_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -499,14 +499,15 @@ class Detached:
     labels: npt.NDArray[np.int64] | None
     force: bool
 
-    def workshop(self) -> Workshop:
+    def workshop(self, runtime: Target = ORT_CPU) -> Workshop:
+        """A workshop of this process, whose float model runs on ``runtime``'s engine."""
         model = copy_model(self.proto, self.target.data_folder)
         loaded = ModelFile(self.path, model, self.size_bytes)
         session = None
         if self.datasets.evaluation is not None:
             with naming(self.path):
-                session = open_session(self.proto, data_folder=self.target.data_folder)
-        reference = Reference(loaded, self.proto, session, self.datasets, self.labels)
+                session = open_session(self.proto, data_folder=self.target.data_folder, target=runtime)
+        reference = Reference(loaded, self.proto, session, self.datasets, self.labels, runtime)
         return Workshop(self.target, reference, contextlib.ExitStack(), self.force)
 
 
@@ -544,7 +545,7 @@ class Shipped:
 
 def build_detached(order: Order, config: QuantConfig, detached: Detached) -> Shipped | QuantCliError:
     """``order`` built and measured in this process from ``detached`` (a Ray task's body)."""
-    shop = detached.workshop()
+    shop = detached.workshop(target_of(config))
     with shop.scratches:
         built = build_order(order, config, shop)
         if isinstance(built, QuantCliError):
@@ -565,7 +566,7 @@ def land(shipped: Shipped | QuantCliError, shop: Workshop) -> Built | QuantCliEr
     path = scratch.write_bytes(shop.target.output, shipped.model)
     staged = StagedModel(path, shop.target.output, len(shipped.model), external_data=False)
     try:
-        session = check_model_file(path)
+        session = check_model_file(path, shop.reference.runtime)
         predicted = _predicted(staged, shop.target.feed)
     except QuantCliError as exc:
         return exc

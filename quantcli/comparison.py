@@ -1,8 +1,9 @@
 """``compare``: a float model and a quantized one on the same samples, side by side.
 
-Fidelity per output, accuracy against labels, sizes, latency through onnxruntime (warm-up, then
-the two models alternate run by run), and optionally the per-layer diagnosis. Works on any pair of
-models with the same inputs and outputs, whoever quantized them.
+Fidelity per output, accuracy against labels, sizes, latency (warm-up, then the two models
+alternate run by run), and optionally the per-layer diagnosis, all on the engine of
+``config.target`` (onnxruntime, or OpenVINO's CPU plugin with ``--target openvino``). Works on any
+pair of models with the same inputs and outputs, whoever quantized them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from quantcli.calibration.data import model_inputs
 from quantcli.calibration.sources import DataSource, open_source, source_paths
 from quantcli.config import CompareConfig
 from quantcli.diagnose import diagnose
+from quantcli.engine import require, summary
 from quantcli.errors import ConfigError
 from quantcli.evaluate import compare_models, first_sample, gate, load_labels, measure_latency
 from quantcli.graph.guard import PathGuard
@@ -26,6 +28,7 @@ from quantcli.graph.io import (
     serialize,
 )
 from quantcli.report import CompareReport, SizeSummary
+from quantcli.target import TARGETS
 
 __all__ = ["compare"]
 
@@ -48,6 +51,8 @@ def compare(
     holds the files the caller will write (see :mod:`quantcli.graph.guard`).
     """
     config = config or CompareConfig()
+    # Comparing for a target is timing on its engine: nothing else could answer it.
+    require(TARGETS[config.target], f"compare --target {config.target}")
     guard = guard if guard is not None else PathGuard()
     guard.reads(float_path, "the float model")
     guard.reads(quantized_path, "the quantized model")
@@ -94,8 +99,13 @@ def _compare(
     float_folder, quant_folder = external_folder(reference_file.model), external_folder(candidate_file.model)
     dataset = open_source(data, model_inputs(reference_file.model))
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
-    reference = open_session(float_proto, config.threads, data_folder=float_folder, for_timing=True)
-    candidate = open_session(quant_proto, config.threads, data_folder=quant_folder, for_timing=True)
+    runtime = TARGETS[config.target]
+    reference = open_session(
+        float_proto, config.threads, data_folder=float_folder, for_timing=True, target=runtime
+    )
+    candidate = open_session(
+        quant_proto, config.threads, data_folder=quant_folder, for_timing=True, target=runtime
+    )
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     stage("evaluate")
     fidelity = compare_models(
@@ -115,6 +125,7 @@ def _compare(
             top_k=config.top_k,
             data_folder=float_folder,
             quant_folder=quant_folder,
+            runtime=runtime,
         )
         if config.per_layer
         else None
@@ -133,4 +144,5 @@ def _compare(
         threads=config.threads,
         per_layer=diagnosis,
         gate=verdict,
+        engine=summary(runtime, config.threads),
     )

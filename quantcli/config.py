@@ -506,6 +506,8 @@ class CompareConfig:
         top_k: how many of the worst tensors the diagnosis measures alone.
         metric, max_drop, min_sqnr: the accuracy bound, as in :class:`QuantConfig` (no bound: no
             verdict).
+        target: the runtime whose engine runs and times both models (``openvino``: OpenVINO's
+            CPU plugin; see :mod:`quantcli.engine`).
     """
 
     threads: int | None = None
@@ -516,6 +518,7 @@ class CompareConfig:
     metric: GateMetric = GateMetric.AUTO
     max_drop: float | None = None
     min_sqnr: float | None = None
+    target: TargetName = TargetName.ORT_CPU
 
     def __post_init__(self) -> None:
         for flag, value in (("--threads", self.threads), ("--runs", self.latency_runs)):

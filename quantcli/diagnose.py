@@ -1,4 +1,4 @@
-"""Per-layer diagnosis: which quantized tensors lose the most, measured through onnxruntime.
+"""Per-layer diagnosis: which quantized tensors lose the most, measured on the target's engine.
 
 Every DequantizeLinear of a QDQ model yields the "quantized twin" of a float tensor of the
 original model: a weight (the DQ output keeps the weight's name) or an activation (the DQ reads a
@@ -31,12 +31,12 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
 from quantcli.blockwise.layout import BlockQuantized
 from quantcli.blockwise.targets import block_targets
 from quantcli.calibration.branches import Session, open_tap
 from quantcli.calibration.data import Batch, Dataset
+from quantcli.engine import Session as EngineSession
 from quantcli.evaluate import compare_models, sqnr_db
 from quantcli.graph.branches import branch_graphs, initializer_owner, planned_nodes
 from quantcli.graph.exchange import ir_copy, ir_view
@@ -45,6 +45,7 @@ from quantcli.passes import InsertActivationQDQPass, ReplaceInitializerValuesPas
 from quantcli.passes._base import produced_by, values_by_name
 from quantcli.passes._qdq import dequantize_qparams
 from quantcli.scheme import QParams, dequantize
+from quantcli.target import ORT_CPU, Target
 
 __all__ = ["LayerDiagnosis", "TensorError", "diagnose"]
 
@@ -52,6 +53,9 @@ _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # com.microsoft nodes holding a 4-bit block-wise weight, and the input that holds it.
 _BLOCK_OPS = {"MatMulNBits": 1, "GatherBlockQuantized": 0}
 _MICROSOFT = "com.microsoft"
+# One sample per run: every quantized tensor of both models is exposed at once, so a batch of
+# 4 PP-OCRv4 det images (640x640) held about 12 GB.
+_BATCH_SIZE = 1
 
 
 @dataclass(frozen=True)
@@ -295,18 +299,20 @@ class _Pair:
     quant_model: ir.Model
     data_folder: Path | None
     quant_folder: Path | None
+    runtime: Target  # whose engine runs both
 
     @classmethod
     def of(
         cls,
         float_proto: onnx.ModelProto,
         quant_proto: onnx.ModelProto,
-        data_folder: Path | None,
-        quant_folder: Path | None,
+        folders: tuple[Path | None, Path | None],
+        runtime: Target,
     ) -> _Pair:
         # Read only: the trials that change the float model change copies of it.
+        data_folder, quant_folder = folders
         float_model, quant_model = ir_view(float_proto, data_folder), ir_view(quant_proto, quant_folder)
-        return cls(float_proto, quant_proto, float_model, quant_model, data_folder, quant_folder)
+        return cls(float_proto, quant_proto, float_model, quant_model, data_folder, quant_folder, runtime)
 
 
 def _array(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
@@ -372,22 +378,24 @@ def _weight_sums(pair: _Pair, weights: list[_Twin], sums: dict[str, _Sums]) -> N
 
 
 def _exposed_session(
-    model: ir.Model, proto: onnx.ModelProto, names: list[str], folder: Path | None
+    model: ir.Model, proto: onnx.ModelProto, names: list[str], folder: Path | None, runtime: Target
 ) -> Session:
-    """A session returning ``names``; tensors inside If branches through a tap (None where a
-    run takes the other branch)."""
+    """A session returning ``names`` on ``runtime``'s engine; tensors inside If branches through a
+    tap (None where a run takes the other branch)."""
     inputs = {v.name for v in model.graph.inputs}
-    return open_tap(model, proto, [n for n in names if n not in inputs], None, folder)
+    return open_tap(model, proto, [n for n in names if n not in inputs], None, folder, target=runtime)
 
 
 def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: int) -> dict[str, _Sums]:
     # Every twin is exposed, weights too: an exposed tensor keeps onnxruntime from fusing its
     # Q/DQ, and the activations' numbers are those of that unfused graph.
     reference = _exposed_session(
-        pair.float_model, pair.float_proto, [t.float_name for t in twins], pair.data_folder
+        pair.float_model, pair.float_proto, [t.float_name for t in twins], pair.data_folder, pair.runtime
     )
     quant_names = [t.dq_output for t in twins if not t.blocked] + [t.pre for t in twins if t.pre is not None]
-    candidate = _exposed_session(pair.quant_model, pair.quant_proto, quant_names, pair.quant_folder)
+    candidate = _exposed_session(
+        pair.quant_model, pair.quant_proto, quant_names, pair.quant_folder, pair.runtime
+    )
     sums = {t.dq_output: _Sums() for t in twins}
     _weight_sums(pair, [t for t in twins if t.kind == "weight"], sums)
     activations = [t for t in twins if t.kind == "activation"]
@@ -416,7 +424,7 @@ def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: i
 
 
 def _alone(
-    pair: _Pair, twin: _Twin, *, dataset: Dataset, batch_size: int, reference: ort.InferenceSession
+    pair: _Pair, twin: _Twin, *, dataset: Dataset, batch_size: int, reference: EngineSession
 ) -> float | None:
     """Worst output SQNR of the float model with only ``twin`` quantized, with the quantized
     model's parameters."""
@@ -428,7 +436,7 @@ def _alone(
     else:
         assert twin.qparams is not None, "a block-wise twin is a weight"
         InsertActivationQDQPass({twin.float_name: twin.qparams})(model)
-    session = open_session(serialize(model), data_folder=pair.data_folder)
+    session = open_session(serialize(model), data_folder=pair.data_folder, target=pair.runtime)
     fidelity = compare_models(reference, session, dataset, batch_size=batch_size, source="")
     return min(o.sqnr_db for o in fidelity.outputs)
 
@@ -460,30 +468,29 @@ def diagnose(
     quant_model: onnx.ModelProto,
     dataset: Dataset,
     *,
-    # One sample per run: every quantized tensor of both models is exposed at once, so a batch of
-    # 4 PP-OCRv4 det images (640x640) held about 12 GB.
-    batch_size: int = 1,
     top_k: int = 10,
     max_samples: int = 32,
     data_folder: Path | None = None,
     quant_folder: Path | None = None,
+    runtime: Target = ORT_CPU,
 ) -> LayerDiagnosis:
     """Rank every quantized tensor of ``quant_model`` by how much it loses against ``float_model``.
 
     At most ``max_samples`` samples are used: tensor-level statistics settle on a few batches, and
     every tensor is held in memory for one batch. ``top_k`` tensors (worst local SQNR first) are
-    also measured alone; each costs one more onnxruntime session and pass over the samples.
+    also measured alone; each costs one more session and pass over the samples. Every model runs
+    on ``runtime``'s engine (:mod:`quantcli.engine`).
     """
     data = dataset.limit(max_samples)
-    pair = _Pair.of(float_model, quant_model, data_folder, quant_folder)
+    pair = _Pair.of(float_model, quant_model, (data_folder, quant_folder), runtime)
     twins = _twins(pair.float_model, pair.quant_model)
-    sums = _measure(pair, twins, data, batch_size=batch_size)
+    sums = _measure(pair, twins, data, batch_size=_BATCH_SIZE)
     tensors = _errors(pair, twins, sums)
     by_local = sorted(range(len(tensors)), key=lambda i: tensors[i].local_sqnr_db)[:top_k]
     if by_local:
-        reference = open_session(float_model, data_folder=data_folder)
+        reference = open_session(float_model, data_folder=data_folder, target=runtime)
         for i in by_local:
-            alone = _alone(pair, twins[i], dataset=data, batch_size=batch_size, reference=reference)
+            alone = _alone(pair, twins[i], dataset=data, batch_size=_BATCH_SIZE, reference=reference)
             tensors[i] = replace(
                 tensors[i], alone_sqnr_db=alone if alone is not None else tensors[i].local_sqnr_db
             )

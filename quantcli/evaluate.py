@@ -1,4 +1,5 @@
-"""Fidelity of a quantized model against its float original, measured through onnxruntime.
+"""Fidelity of a quantized model against its float original, measured on the target's engine
+(onnxruntime, or OpenVINO's CPU plugin: :mod:`quantcli.engine`).
 
 Both models run on the same evaluation samples; every output is compared sample by sample
 (samples may differ in every dynamic dim). Statistics are accumulated as samples come, so
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
 from quantcli.calibration.collect import run_samples
 from quantcli.calibration.data import Batch, Dataset, npy_header
 from quantcli.config import GateMetric
+from quantcli.engine import Session
 from quantcli.errors import CalibrationDataError
 from quantcli.files import check_regular
 
@@ -218,8 +219,8 @@ def _row(array: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]:
 
 
 def compare_models(
-    reference: ort.InferenceSession,
-    candidate: ort.InferenceSession,
+    reference: Session,
+    candidate: Session,
     dataset: Dataset,
     *,
     batch_size: int,
@@ -358,7 +359,7 @@ def first_sample(dataset: Dataset) -> Batch:
 
 
 def measure_latency(
-    sessions: Mapping[str, ort.InferenceSession],
+    sessions: Mapping[str, Session],
     feed: Batch,
     *,
     runs: int = 20,

@@ -26,7 +26,8 @@ from quantcli.calibration.methods import choose_ranges
 from quantcli.calibration.observers import TensorStats
 from quantcli.calibration.sampling import Part, Selection, Shard, select_samples
 from quantcli.calibration.sources import DataSource, open_source, source_paths
-from quantcli.config import QuantConfig, QuantMode
+from quantcli.config import QuantConfig, QuantMode, SpeedSource
+from quantcli.engine import require
 from quantcli.errors import CalibrationFileError, ConfigError, ModelLoadError, QuantizationError
 from quantcli.evaluate import load_labels
 from quantcli.graph.branches import initializer_owner
@@ -36,7 +37,7 @@ from quantcli.graph.output import StagedOutput, check_writable, data_file_name
 from quantcli.graph.quantized import refuse_quantized
 from quantcli.modes import strategy, uses_calibration
 from quantcli.passes import EinsumToMatMulPass, FoldComputedWeightsPass, ReduceMeanToGlobalPoolPass
-from quantcli.plan import QuantPlan
+from quantcli.plan import QuantPlan, target_of
 from quantcli.report import CalibrationSummary
 
 __all__ = [
@@ -436,11 +437,19 @@ def check_request(request: Request, config: QuantConfig) -> None:
         )
     if config.bias_correction and request.data is None:
         raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
+    check_engine(config)
     if config.four_bits and config.block_method.needs_statistics and request.data is None:
         raise ConfigError(
             f"--block-method {config.block_method} observes each layer's inputs on --data; give --data "
             "(or use --block-method rtn, which needs none)"
         )
+
+
+def check_engine(config: QuantConfig) -> None:
+    """Auto's ``--speed measured`` times candidates on the target's engine: refused, before any
+    work, when that engine is not installed (engine.require says why it is not a fallback)."""
+    if config.mode is QuantMode.AUTO and config.speed is SpeedSource.MEASURED:
+        require(target_of(config), "--speed measured")
 
 
 def labels_for(labels: Path | None, datasets: Datasets) -> npt.NDArray[np.int64] | None:

@@ -16,9 +16,10 @@ import numpy as np
 from quantcli.calibration.data import InputSpec, model_inputs
 from quantcli.choice import recorded_mode
 from quantcli.config import QuantConfig, QuantMode
+from quantcli.engine import EngineSummary, summary
 from quantcli.inputs import prepare as _prepare
 from quantcli.inputs import read_calibration_for as _read_calibration_for
-from quantcli.plan import NodeRole, QuantPlan, select
+from quantcli.plan import NodeRole, QuantPlan, select, target_of
 
 __all__ = ["ModelSummary", "inspect_model"]
 
@@ -37,6 +38,8 @@ class ModelSummary:
     plan: QuantPlan
     mode_reason: str = ""
     target: str = "ort-cpu"
+    # What convert would check, evaluate and time the model on for this target.
+    engine: EngineSummary | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as JSON values (``inspect --json``)."""
@@ -50,6 +53,7 @@ class ModelSummary:
             "outputs": [{"name": n, "dtype": d, "shape": s} for n, d, s in self.outputs],
             "op_types": self.op_types,
             "target": self.target,
+            "engine": None if self.engine is None else self.engine.to_dict(),
             "mode": self.plan.mode.value,
             "mode_reason": self.mode_reason,
             "nodes": [asdict(d) | {"role": d.role.value} for d in decisions],
@@ -95,4 +99,5 @@ def inspect_model(
         plan=select(model, config, kept_float, mode=mode),
         mode_reason=mode_reason,
         target=config.target.value,
+        engine=summary(target_of(config), warn=False),
     )

@@ -30,6 +30,7 @@ from quantcli.choice import (
     unmeasured_mode,
 )
 from quantcli.config import Overrides, QuantConfig, QuantMode, merge
+from quantcli.engine import summary
 from quantcli.errors import ConfigError, QuantizationError
 from quantcli.graph.guard import PathGuard
 from quantcli.graph.io import ModelFile, check_model_file, fingerprint
@@ -74,8 +75,9 @@ def _write_unchanged(run: Run, output: Path, staging: StagedOutput) -> QuantResu
     """``--allow-noop``: the float model, re-saved as it is, with a report saying so."""
     loaded, config = run.loaded, run.config
     staged = staging.write_model(loaded.model, output, external_data=inputs.needs_external_data(loaded))
-    check_model_file(staged.path)
+    check_model_file(staged.path, target_of(config))
     report = QuantReport(
+        engine=summary(target_of(config)),
         model=str(loaded.path),
         output=str(output),
         size=SizeSummary(loaded.size_bytes, staged.size_bytes),
@@ -198,6 +200,7 @@ def calibrate(  # noqa: PLR0913 (the Python API's option list: every argument af
         if collector is not None and shard is not None:
             raise ConfigError("--shard observes one part here; --ray splits the samples itself: give one")
         guard = guard if guard is not None else PathGuard()
+        inputs.check_engine(config or QuantConfig())
         inputs.guard_inputs(
             guard,
             model_path,

@@ -346,6 +346,7 @@ def repair(
         top_k=top_k,
         max_samples=_UNASKED_DIAGNOSIS_SAMPLES if few else _DIAGNOSIS_SAMPLES,
         data_folder=shop.target.data_folder,
+        runtime=reference.runtime,
     )
     if not (falls_back and missed):
         return Repaired(start, diagnosis, None, ranges)

@@ -15,6 +15,7 @@ from quantcli.blockwise.layers import BlockLayer
 from quantcli.config import QuantConfig, config_settings
 from quantcli.cost import Prediction
 from quantcli.diagnose import LayerDiagnosis
+from quantcli.engine import EngineSummary
 from quantcli.evaluate import Fidelity, GateResult, Latency
 from quantcli.plan import NodeDecision, NodeRole, QuantPlan
 
@@ -288,6 +289,7 @@ class QuantReport:
     speed: SpeedSummary | None = None  # auto mode's predicted speed of the model written
     warnings: tuple[str, ...] = ()  # one line each, also logged (the report adds barely_changed's)
     blockwise: BlockwiseSummary | None = None  # --weight-bits 4
+    engine: EngineSummary | None = None  # what checked, evaluated and timed the model
 
     @property
     def calibration_line(self) -> str:
@@ -359,6 +361,7 @@ class QuantReport:
             "per_layer": per_layer_dict(self.per_layer),
             "fallback": None if self.fallback is None else self.fallback.to_dict(),
             "speed": None if self.speed is None else self.speed.to_dict(),
+            "engine": None if self.engine is None else self.engine.to_dict(),
             "warnings": [*self.warnings, *self.barely_changed],
         }
         if self.blockwise is not None:  # --weight-bits 4 only: an int8 report keeps its keys
@@ -378,6 +381,7 @@ class CompareReport:
     threads: int | None
     per_layer: LayerDiagnosis | None = None
     gate: GateResult | None = None  # set when a bound was given
+    engine: EngineSummary | None = None  # what ran and timed both models
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -393,6 +397,7 @@ class CompareReport:
             "fidelity": fidelity_dict(self.fidelity),
             "latency_ms": {name: asdict(value) for name, value in sorted(self.latency.items())},
             "threads": self.threads,
+            "engine": None if self.engine is None else self.engine.to_dict(),
             "per_layer": per_layer_dict(self.per_layer),
             "gate": _gate_dict(self.gate),
         }

@@ -44,6 +44,7 @@ from quantcli.choice import LATENCY_TIE, ModeChoice, candidate_plans, recorded_c
 from quantcli.config import QuantConfig, QuantMode, SpeedSource
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.diagnose import LayerDiagnosis
+from quantcli.engine import summary
 from quantcli.errors import ConfigError, QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
@@ -451,6 +452,7 @@ def report_for(
     if run.mode is QuantMode.AUTO:
         mode_reason = f"auto: {decision.note or decision.reason}"
     speed, warnings = predicted_speed(searched, output)
+    engine = summary(target_of(config))  # logs why, when it is not the target's own
     fallback = searched.fallback
     return QuantReport(
         model=str(loaded.path),
@@ -469,8 +471,9 @@ def report_for(
         per_layer=searched.diagnosis,
         fallback=FallbackSummary.of(fallback, loaded.size_bytes) if fallback is not None else None,
         speed=speed,
-        warnings=warnings,
+        warnings=(*warnings, *((engine.note,) if engine.note else ())),
         blockwise=_blockwise_summary(config, winner),
+        engine=engine,
     )
 
 

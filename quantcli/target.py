@@ -29,6 +29,7 @@ __all__ = [
     "TARGETS",
     "TENSORRT",
     "AxisRule",
+    "Engine",
     "NodeTest",
     "OpKind",
     "OpRule",
@@ -46,6 +47,13 @@ class OpKind(StrEnum):
     WEIGHT_ONLY = "weight-only"  # a large weight, no integer kernel: int8 storage only
     TABLE = "table"  # Gather on a constant table
     ACTIVATION_FOLD = "activation-fold"  # Relu/Clip(0, x): the quantizer's saturation
+
+
+class Engine(StrEnum):
+    """The engine that runs a model for checking, fidelity and timing (:mod:`quantcli.engine`)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"
 
 
 AxisRule = Callable[[ir.Node, ir.Value], int | None]
@@ -109,7 +117,10 @@ class Target:
     explicit_zero_point_ops: frozenset[str] = frozenset()
     # Whether a stored weight's all-zero zero point may be left out at all (False: always written).
     omits_zero_points: bool = True
-    # onnxruntime execution providers that check a written model and time it.
+    # The engine that checks a written model, measures its fidelity and times it (quantcli.engine
+    # opens it; calibration runs on onnxruntime whatever the target), and with onnxruntime the
+    # execution providers it checks and times on.
+    engine: Engine = Engine.ONNXRUNTIME
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
 
@@ -383,6 +394,7 @@ OPENVINO = Target(
     output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and OpenVINO "
     "gets a pair only where an integer kernel reads the tensor (docs/openvino.md rule 2)",
     activation_types=frozenset({ir.DataType.UINT8, ir.DataType.INT8}),
+    engine=Engine.OPENVINO,  # checked, evaluated and timed on the CPU plugin itself
 )
 
 # TensorRT's explicit quantization (TensorRT developer guide, "Explicit Quantization" and

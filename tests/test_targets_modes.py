@@ -11,9 +11,9 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 import pytest
 
+from quantcli import engine
 from quantcli.config import ActivationType, QuantConfig, QuantMode
 from quantcli.errors import ConfigError
-from quantcli.graph import io
 from quantcli.graph.io import open_session
 from quantcli.modes import (
     MODES,
@@ -168,7 +168,7 @@ def test_sessions_run_on_the_targets_providers(monkeypatch: pytest.MonkeyPatch) 
         asked.append(providers)
         return object()
 
-    monkeypatch.setattr(io.ort, "InferenceSession", session)
+    monkeypatch.setattr(engine.ort, "InferenceSession", session)
     elsewhere = replace(ORT_CPU, name="toy", check_providers=("CheckEP",), timing_providers=("TimeEP",))
     open_session(models.single_conv())
     open_session(models.single_conv(), target=elsewhere)

@@ -34,7 +34,7 @@ from quantcli.graph.branches import (
 )
 from quantcli.graph.exchange import expose
 from quantcli.graph.io import external_folder, open_session
-from quantcli.target import OpKind, Target
+from quantcli.target import ORT_CPU, OpKind, Target
 
 __all__ = ["BranchTap", "Session", "branch_values", "open_tap", "taken_branches", "untaken_float"]
 
@@ -76,8 +76,16 @@ class _Fork:
 class BranchTap:
     """Tensors of ``model`` by name, in its main graph or in any If branch (see the module)."""
 
-    def __init__(self, model: ir.Model, names: Iterable[str], threads: int | None, data_folder: Path | None):
-        self.model, self.threads, self.data_folder = model, threads, data_folder
+    def __init__(
+        self,
+        model: ir.Model,
+        names: Iterable[str],
+        threads: int | None,
+        data_folder: Path | None,
+        target: Target = ORT_CPU,
+    ):
+        # target: whose engine runs the model (quantcli.engine); calibration's is onnxruntime's.
+        self.model, self.threads, self.data_folder, self.target = model, threads, data_folder, target
         wanted = set(names)
         self.taken: set[BranchKey] = set()
         self.forks: list[_Fork] = []
@@ -97,7 +105,7 @@ class BranchTap:
         self.exposed = [name for name in dict.fromkeys(exposed) if name not in inputs]
         proto = ir.serde.serialize_model(model)
         proto = expose(proto, self.exposed, _types(model.graph, proto, self.exposed))
-        self.session = open_session(proto, threads, data_folder=data_folder)
+        self.session = open_session(proto, threads, data_folder=data_folder, target=target)
 
     def run(self, names: list[str], feed: Batch) -> list[np.ndarray | None]:
         found = self.values(feed)
@@ -124,7 +132,7 @@ class BranchTap:
         if attribute not in fork.taps:
             lifted = ir.serde.deserialize_model(lift_branch(self.model, fork.node, attribute))
             fork.taps[attribute] = BranchTap(
-                lifted, fork.wanted.get(attribute, []), self.threads, self.data_folder
+                lifted, fork.wanted.get(attribute, []), self.threads, self.data_folder, self.target
             )
         return fork.taps[attribute]
 
@@ -154,13 +162,17 @@ def open_tap(
     names: Sequence[str],
     threads: int | None,
     data_folder: Path | None,
+    *,
+    target: Target = ORT_CPU,
 ) -> Session:
-    """A session that returns ``names``: onnxruntime's own over ``proto`` with them exposed when
-    all are main-graph values, else a :class:`BranchTap`."""
+    """A session that returns ``names``: the engine's own over ``proto`` with them exposed when
+    all are main-graph values, else a :class:`BranchTap`; on ``target``'s engine (per-layer
+    diagnosis runs on it; calibration on onnxruntime's)."""
     if not branch_values(model.graph) & set(names):
-        session: Session = open_session(expose(proto, names), threads, data_folder=data_folder)
+        exposed = expose(proto, names)
+        session: Session = open_session(exposed, threads, data_folder=data_folder, target=target)
         return session
-    return BranchTap(model, names, threads, data_folder)
+    return BranchTap(model, names, threads, data_folder, target)
 
 
 def taken_branches(

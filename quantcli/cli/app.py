@@ -39,6 +39,7 @@ from quantcli.cli.options import (
     CalibrationOutputOpt,
     ChoiceMaxDropOpt,
     CompareMetricOpt,
+    CompareTargetOpt,
     DataOpt,
     DebugOpt,
     EvalDataOpt,
@@ -110,6 +111,7 @@ from quantcli.config import (
     Overrides,
     QuantConfig,
     Recipe,
+    TargetName,
     expand_patterns,
     load_recipe,
     merge,
@@ -208,7 +210,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     found = {"quantcli": __version__}
-    for package in ("onnx", "onnxruntime", "onnx-ir", "numpy"):
+    for package in ("onnx", "onnxruntime", "onnx-ir", "numpy", "openvino"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -686,6 +688,7 @@ def compare_command(
     batch_size: BatchOpt = None,
     threads: ThreadsOpt = None,
     runs: RunsOpt = 30,
+    target: CompareTargetOpt = TargetName.ORT_CPU,
     metric: CompareMetricOpt = GateMetric.AUTO,
     max_drop: MaxDropOpt = None,
     min_sqnr: MinSqnrOpt = None,
@@ -717,6 +720,7 @@ def compare_command(
                 metric=metric,
                 max_drop=max_drop,
                 min_sqnr=min_sqnr,
+                target=target,
             )
         except ConfigError as exc:
             raise typer.BadParameter(str(exc)) from exc

@@ -410,6 +410,18 @@ TargetOpt = Annotated[
     ),
 ]
 
+CompareTargetOpt = Annotated[
+    TargetName,
+    option(
+        "--target",
+        help="The runtime both models run and are timed on: ort-cpu (onnxruntime's CPU provider), "
+        "openvino (OpenVINO's CPU plugin, f32 float layers; pip install 'quantcli[openvino]') or "
+        "tensorrt (checked on onnxruntime's CPU provider: no GPU is assumed)." + default("ort-cpu"),
+        metavar="TARGET",
+        panel=INPUT,
+    ),
+]
+
 ActivationTypeOpt = Annotated[
     ActivationType | None,
     option(
@@ -544,7 +556,8 @@ ThreadsOpt = Annotated[
     int | None,
     option(
         "--threads",
-        help="onnxruntime intra-op threads for both models." + default("onnxruntime's"),
+        help="Inference threads for both models (onnxruntime's intra-op threads, OpenVINO's "
+        "INFERENCE_NUM_THREADS)." + default("onnxruntime's; 1 on OpenVINO"),
         metavar="N",
         panel=INPUT,
         low=1,

@@ -101,6 +101,8 @@ def render_report(report: QuantReport, console: Console) -> None:
     summary.add_row("target", _target_line(report.config))
     summary.add_row("activations", _activation_line(report.config))
     summary.add_row("calibration", text(report.calibration_line))
+    if report.engine is not None:
+        summary.add_row("checked on", text(report.engine.line))
     console.print(summary)
     if report.candidates:
         console.print(_candidates_table(c.to_dict() for c in report.candidates))
@@ -251,6 +253,8 @@ def render_compare(report: CompareReport, console: Console) -> None:
     )
     summary.add_row("latency p90 ms", f"{latency['float'].p90_ms:.3f}", f"{latency['quantized'].p90_ms:.3f}")
     console.print(summary)
+    if report.engine is not None:
+        console.print(text(f"run and timed on {report.engine.line}"))
     if report.per_layer is not None:
         render_per_layer(report.per_layer, console)
     _render_fidelity(report.fidelity, console)
@@ -334,6 +338,8 @@ def render_summary(summary: ModelSummary, console: Console) -> None:
         table.add_row("output", text(f"{name}: {dtype}{shape}"))
     table.add_row("ops", text(", ".join(f"{op} x{n}" for op, n in summary.op_types.items())))
     table.add_row("target", TARGETS[summary.target].runtime)
+    if summary.engine is not None:
+        table.add_row("checked on", text(summary.engine.line))
     table.add_row("mode", text(f"{summary.plan.mode.value}: {summary.mode_reason}"))
     console.print(table)
     console.print(_plan_table(summary.plan.decisions))

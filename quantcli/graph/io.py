@@ -20,9 +20,9 @@ from pathlib import Path
 import onnx
 import onnx.version_converter
 import onnx_ir as ir
-import onnxruntime as ort
 
 from quantcli import target as _target
+from quantcli.engine import Session, engine_name, open_session
 from quantcli.errors import ModelLoadError, QuantizationError
 from quantcli.graph.output import check_writable, write_atomic
 from quantcli.scheme import QuantType, min_opset
@@ -379,48 +379,9 @@ def serialize(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def open_session(
-    model: onnx.ModelProto | Path,
-    threads: int | None = None,
-    *,
-    data_folder: Path | None = None,
-    for_timing: bool = False,
-    target: _target.Target = _target.ORT_CPU,
-) -> ort.InferenceSession:
-    """An onnxruntime session for a protobuf or a model file, quiet unless something fails, on
-    ``target``'s providers for checking (or for timing, ``for_timing``).
-
-    A protobuf's external data locations are resolved in ``data_folder`` (onnxruntime reads the
-    files itself, so weights are never copied through Python). Raises :class:`ModelLoadError`
-    with onnxruntime's first line when it refuses the model.
-
-    onnxruntime's memory arena keeps the largest activations a session ever held, for as long
-    as the session lives; auto holds a session per candidate, so with the arena on, PP-OCRv4 det
-    (640x640, batches of 16) grew past 17 GB. Sessions are opened without it, freeing each run's
-    activations, except ``for_timing``: a timed session runs as a user's would.
-    """
-    options = ort.SessionOptions()
-    # onnxruntime's own log lines (coloured, multi-line) must not precede quantcli's one-line
-    # error: its refusals arrive as exceptions, which carry the same text.
-    options.log_severity_level = 4
-    options.enable_cpu_mem_arena = for_timing
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    if data_folder is not None:
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", str(data_folder)
-        )
-    source = str(model) if isinstance(model, Path) else model.SerializeToString()
-    try:
-        providers = target.timing_providers if for_timing else target.check_providers
-        return ort.InferenceSession(source, options, providers=list(providers))
-    except Exception as exc:  # onnxruntime raises its own exception types
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelLoadError(f"onnxruntime cannot load the model ({first_line})") from exc
-
-
-def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> ort.InferenceSession:
-    """Run the ONNX checker with full shape/type checking and load the file in onnxruntime.
+def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> Session:
+    """Run the ONNX checker with full shape/type checking and load the file on ``target``'s
+    engine (onnxruntime, or OpenVINO's CPU plugin: :mod:`quantcli.engine`).
 
     Raises QuantizationError naming what failed: a model we produce that fails either is never
     moved into place. Checking the file (not a protobuf in memory) works for any size and checks
@@ -435,4 +396,4 @@ def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> or
     try:
         return open_session(path, target=target)
     except ModelLoadError as exc:
-        raise QuantizationError(f"onnxruntime refuses the quantized model: {exc}") from exc
+        raise QuantizationError(f"{engine_name(target)} refuses the quantized model: {exc}") from exc

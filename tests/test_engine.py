@@ -1,0 +1,284 @@
+"""The execution engine a target names (quantcli.engine): onnxruntime, or OpenVINO's CPU plugin.
+
+The OpenVINO tests need the optional extra (pip install 'quantcli[openvino]') and skip without
+it; the tests of what happens without it simulate its absence by hiding the import.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import models
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner, Result
+
+from quantcli import engine
+from quantcli.calibration.data import Dataset, model_inputs
+from quantcli.calibration.sources import open_source
+from quantcli.cli.app import app
+from quantcli.diagnose import diagnose
+from quantcli.errors import ModelLoadError
+from quantcli.graph.io import check_model_file, load_model
+from quantcli.target import OPENVINO, ORT_CPU, TENSORRT, Engine
+
+
+def _mlp(seed: int = 0) -> onnx.ModelProto:
+    """x[batch, 8] -> MatMul -> Relu -> MatMul: two outputs, the hidden one exposed too."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2"),
+        ],
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", 16]),
+        ],
+        [w1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _hide_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the extra were not installed: ``import openvino`` raises ImportError."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+
+
+@pytest.fixture
+def cnn(tmp_path: Path) -> tuple[Path, Path, Path]:
+    model = models.save(models.tiny_cnn(channels=16), tmp_path)
+    np.savez(tmp_path / "calib.npz", **models.tiny_cnn_data(24))
+    np.savez(tmp_path / "eval.npz", **models.tiny_cnn_data(8, seed=5))
+    return model, tmp_path / "calib.npz", tmp_path / "eval.npz"
+
+
+def _convert(cnn: tuple[Path, Path, Path], *flags: str) -> Result:
+    """convert on the fixture's model, calibration and evaluation data, to q.onnx beside them."""
+    model, calib, evaluation = cnn
+    output = model.parent / "q.onnx"
+    args = ["convert", str(model), "-o", str(output), "--data", str(calib), "--eval-data", str(evaluation)]
+    return CliRunner().invoke(app, [*args, *flags])
+
+
+def test_the_engine_is_target_data() -> None:
+    assert ORT_CPU.engine is Engine.ONNXRUNTIME
+    assert OPENVINO.engine is Engine.OPENVINO
+    assert TENSORRT.engine is Engine.ONNXRUNTIME  # no GPU here: checked on onnxruntime's CPU provider
+
+
+def test_the_report_names_what_ran_not_what_the_model_is_for() -> None:
+    assert engine.summary(ORT_CPU).runtime == "onnxruntime's CPU provider"
+    assert engine.summary(TENSORRT).runtime == "onnxruntime's CPU provider"  # not "TensorRT"
+    assert engine.summary(TENSORRT).note == ""
+
+
+def test_onnxruntime_sessions_are_onnxruntimes_own() -> None:
+    assert isinstance(engine.open_session(_mlp(), target=TENSORRT), ort.InferenceSession)
+
+
+def test_openvino_session_has_the_interface_callers_use_and_onnxruntimes_numbers() -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    model = _mlp()
+    session = engine.open_session(model, target=OPENVINO)
+    assert isinstance(session, engine.OpenVINOSession)
+    assert [p.name for p in session.get_inputs()] == ["x"]
+    assert [p.name for p in session.get_outputs()] == ["y", "h"]
+    reference = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):  # a dynamic batch: each shape runs as it comes
+        feed = {"x": np.random.default_rng(batch).normal(size=(batch, 8)).astype(np.float32)}
+        first = session.run(None, feed)
+        assert [a.shape for a in first] == [(batch, 4), (batch, 16)]
+        for got, want in zip(first, reference.run(None, feed), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # f32, not bf16
+        # Only the outputs asked for, in the order asked for; copies, not the request's buffers.
+        h, y = session.run(["h", "y"], feed)
+        np.testing.assert_array_equal(y, first[0])
+        np.testing.assert_array_equal(h, first[1])
+        session.run(None, {"x": np.zeros((batch, 8), np.float32)})
+        np.testing.assert_array_equal(h, first[1])
+
+
+def test_openvino_runs_f32_and_times_at_one_thread() -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    session = engine.open_session(_mlp(), target=OPENVINO)
+    assert isinstance(session, engine.OpenVINOSession)
+    assert session.inference_precision == engine.OPENVINO_PRECISION == "f32"
+    timed = engine.timing_session(session)
+    assert isinstance(timed, engine.OpenVINOSession) and timed.inference_threads == 1
+    opened = engine.open_session(_mlp(), for_timing=True, target=OPENVINO)
+    assert isinstance(opened, engine.OpenVINOSession) and opened.inference_threads == 1
+    assert engine.timing_session(engine.open_session(_mlp())) is not None  # onnxruntime: as it is
+
+
+def test_openvino_checks_a_file_and_refuses_what_it_cannot_compile_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    path = models.save(_mlp(), tmp_path)
+    assert isinstance(check_model_file(path, OPENVINO), engine.OpenVINOSession)
+    unknown = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Frobnicate", ["x"], ["y"], domain="com.example")],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)],
+    )
+    with pytest.raises(ModelLoadError) as caught:
+        engine.open_session(unknown, target=OPENVINO)
+    message = str(caught.value)
+    assert message.startswith("OpenVINO cannot") and "\n" not in message
+    assert "Exception from src" not in message  # OpenVINO's source locations are left out
+
+
+def test_openvino_reads_external_weights_from_the_models_folder(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    path = tmp_path / "model.onnx"
+    onnx.save_model(_mlp(), str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    loaded = load_model(path)
+    proto = onnx.load(str(path), load_external_data=False)
+    session = engine.open_session(proto, data_folder=tmp_path, target=OPENVINO)
+    feed = {"x": np.ones((2, 8), np.float32)}
+    reference = ort.InferenceSession(_mlp().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["y"], feed)[0], reference.run(["y"], feed)[0], rtol=1e-4)
+    assert loaded.external_data
+
+
+def _dataset(model: onnx.ModelProto, path: Path) -> Dataset:
+    return open_source(path, model_inputs(load_model(models.save(model, path.parent, "m.onnx")).model))
+
+
+def test_per_layer_diagnosis_runs_on_openvino_as_on_onnxruntime(cnn: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    model, calib, evaluation = cnn
+    quantized = model.parent / "q.onnx"
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            str(model),
+            "-o",
+            str(quantized),
+            "--data",
+            str(calib),
+            "--mode",
+            "static",
+            "--target",
+            "openvino",
+            "--quiet",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    float_proto, quant_proto = onnx.load(str(model)), onnx.load(str(quantized))
+    dataset = _dataset(float_proto, evaluation)
+    on_ort = diagnose(float_proto, quant_proto, dataset, top_k=3, max_samples=4)
+    on_ov = diagnose(float_proto, quant_proto, dataset, top_k=3, max_samples=4, runtime=OPENVINO)
+    by_name = {t.name: t for t in on_ort.tensors}
+    assert {t.name for t in on_ov.tensors} == set(by_name) and len(by_name) > 3
+    for tensor in on_ov.tensors:  # the same tensors, the same arithmetic up to float rounding
+        assert tensor.sqnr_db == pytest.approx(by_name[tensor.name].sqnr_db, abs=1.0)
+    assert sum(t.alone_sqnr_db is not None for t in on_ov.tensors) == 3
+
+
+def test_convert_for_openvino_checks_evaluates_and_names_openvino(cnn: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    result = _convert(cnn, "--target", "openvino", "--per-layer", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["engine"] == {
+        "name": "openvino",
+        "runtime": "OpenVINO's CPU plugin",
+        "precision": "f32",
+        "timing_threads": 1,
+        "note": "",
+    }
+    assert report["fidelity"]["outputs"][0]["sqnr_db"] > 20 and report["per_layer"]["tensors"]
+    assert "pip install" not in result.stderr
+
+
+def test_auto_measures_speed_on_openvino(cnn: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    result = _convert(cnn, "--target", "openvino", "--speed", "measured", "--json")
+    assert result.exit_code == 0, result.output
+    candidates = json.loads(result.stdout)["candidates"]
+    assert len(candidates) > 1 and all(c["latency_ms"]["median_ms"] > 0 for c in candidates)
+
+
+def test_compare_times_both_models_on_openvino(cnn: tuple[Path, Path, Path]) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    model, calib, evaluation = cnn
+    quantized = model.parent / "q.onnx"
+    convert = ["convert", str(model), "-o", str(quantized), "--data", str(calib), "--target", "openvino"]
+    assert CliRunner().invoke(app, [*convert, "--quiet"]).exit_code == 0
+    compare = ["compare", str(model), str(quantized), "--data", str(evaluation)]
+    result = CliRunner().invoke(app, [*compare, "--target", "openvino", "--runs", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["engine"]["name"] == "openvino" and report["engine"]["timing_threads"] == 1
+    assert report["latency_ms"]["float"]["runs"] == 3 and report["latency_ms"]["quantized"]["median_ms"] > 0
+    on_ort = json.loads(CliRunner().invoke(app, [*compare, "--json"]).stdout)
+    assert on_ort["engine"]["name"] == "onnxruntime"
+    # The same model on two engines: the same fidelity up to float rounding.
+    assert report["fidelity"]["outputs"][0]["sqnr_db"] == pytest.approx(
+        on_ort["fidelity"]["outputs"][0]["sqnr_db"], abs=1.0
+    )
+
+
+def test_without_the_extra_convert_checks_on_onnxruntime_and_says_so_once(
+    cnn: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _hide_openvino(monkeypatch)
+    assert not engine.installed(Engine.OPENVINO) and engine.engine_for(OPENVINO) is Engine.ONNXRUNTIME
+    result = _convert(cnn, "--target", "openvino", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["engine"]["name"] == "onnxruntime"
+    assert report["engine"]["runtime"] == "onnxruntime's CPU provider"
+    note = report["engine"]["note"]
+    assert "not OpenVINO's CPU plugin" in note and "pip install 'quantcli[openvino]'" in note
+    assert note in report["warnings"]
+    # One log line (the CLI's handler prints it on stderr), the same sentence as the report's.
+    said = [r.getMessage() for r in caplog.records if "quantcli[openvino]" in r.getMessage()]
+    assert said == [note] and "\n" not in note
+
+
+def test_without_the_extra_timing_on_openvino_is_refused_in_one_line(
+    cnn: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _hide_openvino(monkeypatch)
+    model, _, evaluation = cnn
+    compare = ["compare", str(model), str(model), "--data", str(evaluation), "--target", "openvino"]
+    for result in (
+        CliRunner().invoke(app, compare),
+        _convert(cnn, "--target", "openvino", "--speed", "measured"),
+    ):
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: "), result.stderr
+        assert "OpenVINO's CPU plugin" in result.stderr
+        assert "pip install 'quantcli[openvino]'" in result.stderr
+    output = model.parent / "q.onnx"
+    assert not output.exists()
+
+
+def test_inspect_names_the_engine(cnn: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    model = cnn[0]
+    shown = json.loads(CliRunner().invoke(app, ["inspect", str(model), "--json"]).stdout)
+    assert shown["engine"]["name"] == "onnxruntime"
+    _hide_openvino(monkeypatch)
+    result = CliRunner().invoke(app, ["inspect", str(model), "--target", "openvino", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "quantcli[openvino]" in json.loads(result.stdout)["engine"]["note"]
+    text = CliRunner().invoke(app, ["inspect", str(model), "--target", "openvino"])
+    assert "checked on" in text.stderr + text.stdout
