@@ -34,6 +34,8 @@ ORDER = [
     "large_weight_ops",
     "scale",
     "scale_quiet",
+    "tensorrt_fidelity",
+    "tensorrt",
     "int4",
     "int4_mixed",
 ]

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from quantcli.config import QuantConfig, QuantMode
 from quantcli.modes import auto_candidates, strategy
-from quantcli.plan import NodeRole, QuantPlan, select
+from quantcli.plan import NodeRole, QuantPlan, select, target_of
 
 if TYPE_CHECKING:
     from quantcli.calibration.file import CalibrationFile
@@ -134,6 +134,8 @@ def candidate_plans(
     """The plans to build: ``mode``'s, or for auto one per registered mode it may build
     (:func:`quantcli.modes.auto_candidates`), each distinct and changing the model."""
     strategies = auto_candidates(has_ranges=has_ranges) if mode is QuantMode.AUTO else (strategy(mode),)
+    if mode is QuantMode.AUTO:  # only the modes the target runs (--target tensorrt: static)
+        strategies = tuple(s for s in strategies if target_of(config).runs(s.mode))
     plans: list[QuantPlan] = []
     seen: set[tuple[str, ...]] = set()
     for each in strategies:

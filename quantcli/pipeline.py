@@ -147,7 +147,8 @@ def _quantize_into(
     has_ranges = recorded is not None or datasets.calibration is not None
     if mode is QuantMode.AUTO and datasets.evaluation is None:
         dynamic = strategy(QuantMode.DYNAMIC)
-        applies = dynamic.changes(select(loaded.model, config, mode=dynamic))
+        runs = target_of(config).runs(QuantMode.DYNAMIC)
+        applies = runs and dynamic.changes(select(loaded.model, config, mode=dynamic))
         mode, mode_reason = unmeasured_mode(has_ranges=has_ranges, dynamic_applies=applies)
     # Nodes of If branches no calibration sample takes have no statistics: they stay float.
     untaken = untaken_float(loaded.model, target_of(config), datasets.calibration, config.batch_size)

@@ -451,8 +451,13 @@ def report_for(
     decision = searched.decision
     if run.mode is QuantMode.AUTO:
         mode_reason = f"auto: {decision.note or decision.reason}"
-    speed, warnings = predicted_speed(searched, output)
-    engine = summary(target_of(config))  # logs why, when it is not the target's own
+    target = target_of(config)
+    speed, warnings = predicted_speed(searched, output) if target.predicted_by_onnxruntime else (None, ())
+    opset = target.opset_warning(loaded.opset)
+    if opset is not None:
+        logger.warning("%s: %s", output, opset)
+        warnings = (*warnings, opset)
+    engine = summary(target)  # logs why, when it is not the target's own
     fallback = searched.fallback
     return QuantReport(
         model=str(loaded.path),

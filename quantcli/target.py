@@ -16,7 +16,7 @@ read it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -30,6 +30,7 @@ __all__ = [
     "TENSORRT",
     "AxisRule",
     "Engine",
+    "FusedInput",
     "NodeTest",
     "OpKind",
     "OpRule",
@@ -59,6 +60,8 @@ class Engine(StrEnum):
 AxisRule = Callable[[ir.Node, ir.Value], int | None]
 SlotRule = Callable[[ir.Node], tuple[int, ...]]
 NodeTest = Callable[[ir.Node], bool]
+# The input an op is fused through, and the layer it is fused into.
+FusedInput = Callable[[ir.Node], tuple[int, ir.Node] | None]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,6 +82,15 @@ class OpRule:
     # The kernel that quantizes this op's input at run time (dynamic and mixed modes for a
     # COMPUTE op; every mode but weight-only for a WEIGHT_ONLY op); "" when it has none.
     dynamic_kernel: str = ""
+    # OpKind.ELEMENTWISE: the input the runtime fuses into the weighted layer that produced it (the
+    # Conv side of TensorRT's residual Add), or None. That input is not quantized and the op's other
+    # inputs are, whether or not they are int8 already; its output gets a pair only where a reader
+    # takes int8. ``fused_kernel`` names the fusion in reasons.
+    fused_input: FusedInput | None = None
+    fused_kernel: str = ""
+    # The target's rule that leaves this op float when the plan does not make it integer (its
+    # inputs are not int8, nothing after it takes int8), added to that reason; "" for none.
+    float_rule: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,10 +135,35 @@ class Target:
     engine: Engine = Engine.ONNXRUNTIME
     check_providers: tuple[str, ...] = ("CPUExecutionProvider",)
     timing_providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # The newest default-domain opset the runtime's ONNX parser is documented to take, and which
+    # version says so (None: whatever quantcli writes). A newer model is written all the same (a
+    # newer runtime may take it), with a warning.
+    max_opset: int | None = None
+    max_opset_source: str = ""
+    # The concrete modes (QuantMode values) whose models the runtime runs as it is meant to, and
+    # the rule that says so; None: every mode. Auto builds only these; another is refused.
+    modes: frozenset[str] | None = None
+    modes_rule: str = ""
+    # Whether onnxruntime's CPU cost model speaks for this runtime's speed: the report's predicted
+    # speed, and its warning when the model is predicted slower than float.
+    predicted_by_onnxruntime: bool = True
 
     def rule(self, node: ir.Node) -> OpRule | None:
         """The rule for ``node``'s op, or None when the target has no integer form for it."""
         return self.rules.get(node.op_type)
+
+    def runs(self, mode: str) -> bool:
+        """Whether the runtime runs models of ``mode`` (a concrete mode's value)."""
+        return self.modes is None or mode in self.modes
+
+    def opset_warning(self, opset: int) -> str | None:
+        """A warning for a model of ``opset`` that the runtime may refuse, or None."""
+        if self.max_opset is None or opset <= self.max_opset:
+            return None
+        return (
+            f"opset {opset} is newer than {self.max_opset_source} takes (up to {self.max_opset}); "
+            f"convert the model to opset {self.max_opset} or use a newer {self.runtime}"
+        )
 
 
 def _axis(index: int) -> AxisRule:
@@ -397,55 +434,106 @@ OPENVINO = Target(
     engine=Engine.OPENVINO,  # checked, evaluated and timed on the CPU plugin itself
 )
 
-# TensorRT's explicit quantization (TensorRT developer guide, "Explicit Quantization" and
-# "Q/DQ Layer-Placement Recommendations"): Q/DQ are int8 with scale > 0 and zero point 0 only
-# (symmetric; no uint8); weights per channel along the output-channel axis (K: axis 0 of Conv,
-# axis 1 of ConvTranspose), activations per tensor; Q/DQ on the inputs of weighted layers and of
-# the residual Add, none on a weighted layer's output unless an int8 reader follows (TensorRT
-# fuses Conv, its bias, ReLU and the next Q); bias float; QuantizeLinear's axis needs opset 13.
-# A Relu is not folded (a symmetric int8 quantizer does not saturate at 0) but moved across:
-# with zero point 0, Relu(DQ(q)) = DQ(Relu(q)) exactly, so it carries its input's scale and
-# TensorRT fuses it into the layer before it.
+# TensorRT's explicit quantization, by the rules docs/tensorrt.md writes down with their sources
+# (the developer guide's "Explicit Quantization" and "Q/DQ Layer-Placement Recommendations",
+# onnx-tensorrt's operator support matrix). "rule N" in a kernel or reason is that file's rule N.
 _TRT = "TensorRT"
+_TRT_MD = "docs/tensorrt.md"
+
+
+def _trt_matmul_axis(node: ir.Node, weight: ir.Value) -> int | None:
+    """Rule 2: per-channel weights for a MatMul only when its second input is a constant and both
+    inputs are 2-D (TensorRT: "per-channel weight quantization for ... MatMul where the second
+    input is constant and both input matrices are 2D"); otherwise one scale for the weight."""
+    data = node.inputs[0]
+    shape, data_shape = weight.shape, None if data is None else data.shape
+    both_2d = shape is not None and len(shape) == 2 and data_shape is not None and len(data_shape) == 2
+    return 1 if both_2d else None
+
+
+def _conv_side(node: ir.Node) -> tuple[int, ir.Node] | None:
+    """Rule 7: the input of an Add that TensorRT fuses into the Conv producing it, and that Conv:
+    the first input written by a Conv (or by a BatchNormalization of a Conv's output, which
+    TensorRT folds into it) that nothing else reads. None: no Conv to fuse into."""
+    for index, value in enumerate(node.inputs):
+        producer = None if value is None or len(value.uses()) != 1 else value.producer()
+        if producer is not None and producer.op_type == "BatchNormalization":
+            source = producer.inputs[0]
+            producer = None if source is None or len(source.uses()) != 1 else source.producer()
+        if producer is not None and producer.op_type == "Conv":
+            return index, producer
+    return None
+
+
+def _trt_layer(
+    kernel: str, weight_axis: AxisRule, *, bias_input: int | None = None, matrix: bool = False
+) -> OpRule:
+    return _compute(f"{_TRT} {kernel}, {_TRT_MD} rule 4", weight_axis, bias_input=bias_input, matrix=matrix)
+
+
+_TRT_CONSERVATIVE = f"TensorRT: be conservative adding Q/DQ, {_TRT_MD} rule 8"
 _TENSORRT_RULES: dict[str, OpRule] = {
-    "Conv": _compute(f"{_TRT} int8 convolution, Q/DQ on weighted-layer inputs", _axis(0), bias_input=2),
-    "ConvTranspose": _compute(
-        f"{_TRT} int8 deconvolution, Q/DQ on weighted-layer inputs", _axis(1), bias_input=2
+    "Conv": _trt_layer("int8 convolution", _axis(0), bias_input=2),
+    "ConvTranspose": _trt_layer("int8 deconvolution", _axis(1), bias_input=2),
+    "MatMul": _trt_layer("int8 matrix multiply", _trt_matmul_axis, matrix=True),
+    "Gemm": _trt_layer("int8 fully connected", _gemm_axis, bias_input=2, matrix=True),
+    "Add": OpRule(
+        kind=OpKind.ELEMENTWISE,
+        kernel=f"{_TRT} int8 element-wise Add, {_TRT_MD} rule 8",
+        activation_inputs=None,
+        fused_input=_conv_side,
+        fused_kernel=f"{_TRT}'s Conv + residual Add fusion, {_TRT_MD} rule 7",
+        float_rule=_TRT_CONSERVATIVE,
     ),
-    "MatMul": _compute(
-        f"{_TRT} int8 matrix multiply, Q/DQ on weighted-layer inputs", _matmul_axis, matrix=True
+    "AveragePool": replace(
+        _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"), float_rule=_TRT_CONSERVATIVE
     ),
-    "Gemm": _compute(
-        f"{_TRT} int8 fully connected, Q/DQ on weighted-layer inputs", _gemm_axis, bias_input=2, matrix=True
+    "GlobalAveragePool": replace(
+        _elementwise(f"{_TRT} int8 pooling, {_TRT_MD} rule 8"), float_rule=_TRT_CONSERVATIVE
     ),
-    "Add": _elementwise(f"{_TRT} residual Add fused into the convolution", every_input=True),
-    "Concat": _elementwise(f"{_TRT} int8 concatenation", every_input=True),
-    "AveragePool": _elementwise(f"{_TRT} int8 pooling"),
-    "GlobalAveragePool": _elementwise(f"{_TRT} int8 pooling"),
 }
-_movement(_TENSORRT_RULES, "TensorRT moves Q/DQ across it")
-_TENSORRT_RULES["Relu"] = OpRule(kind=OpKind.DATA_MOVEMENT, kernel="Relu, exact on a zero point of 0")
+
+_TRT_FUSED = (
+    "float (tensorrt): TensorRT fuses it into the layer before it, so no Q/DQ goes between them; "
+    f"the next layer's input pair comes after it ({_TRT_MD} rule 6)"
+)
+_TRT_MOVED = (
+    "float (tensorrt): TensorRT moves Q/DQ across it itself (Q/DQ propagation), so no pair goes "
+    f"around it; the next layer's input pair comes after it ({_TRT_MD} rule 9)"
+)
+_TRT_EPILOGUE = (
+    "float (tensorrt): runs in float on the layer's float output; no pair on a layer's output "
+    f"that only float ops read ({_TRT_MD} rule 5)"
+)
+_TRT_FLOAT_REASONS = {
+    **{op: _TRT_FUSED for op in ("Relu", "BatchNormalization", "Clip", "LeakyRelu")},
+    **{op: _TRT_MOVED for op in (*_MOVEMENT_OPS, "Concat", "Expand", "Tile", "Pad", "Gather")},
+    **{op: _TRT_EPILOGUE for op in ("Sigmoid", "Mul", "Tanh", "HardSwish", "HardSigmoid")},
+}
 
 TENSORRT = Target(
     name="tensorrt",
     runtime="TensorRT",
     rules=MappingProxyType(_TENSORRT_RULES),
-    float_reasons=_float_reasons(
-        {
-            "Clip": "float: TensorRT fuses Clip into the layer before it; a symmetric int8 quantizer "
-            "cannot stand for its bounds",
-        },
-        "tensorrt",
-    ),
-    keep_final_outputs_float=False,  # no pair on a layer's output, so nothing clips
-    zero_point_zero=True,
-    # Its explicit-quantization rules are stated for Q/DQ nodes with their (zero) zero points;
-    # without a GPU here to show that its parser takes them left out, they are written.
+    float_reasons=_float_reasons(_TRT_FLOAT_REASONS, "tensorrt"),
+    keep_final_outputs_float=False,  # rule 5: no pair on a layer's output, so nothing clips
+    zero_point_zero=True,  # rule 1
+    # Rule 1: the parser's rules are stated for Q/DQ nodes with their (zero) zero points; without a
+    # GPU here to show that it takes them left out, they are written.
     omits_zero_points=False,
-    nonnegative_type=None,  # int8 only: a non-negative tensor is int8 symmetric too
-    output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and TensorRT "
-    "places Q/DQ on the inputs of weighted layers and fuses the output (explicit quantization)",
+    nonnegative_type=None,  # rule 1: int8 only, a non-negative tensor is int8 symmetric too
+    output_pair_rule=f"int8 input and weights ({_TRT_MD} rule 4), float output: no reader takes it as "
+    f"int8, and TensorRT quantizes a weighted layer's inputs, not its output ({_TRT_MD} rule 5)",
     activation_types=frozenset({ir.DataType.INT8}),
+    max_opset=20,  # rule 3
+    max_opset_source=f"TensorRT 10.1's ONNX parser ({_TRT_MD} rule 3)",
+    # Rule 4: int8 input and weights on every weighted layer; no run-time (dynamic, mixed) or
+    # weight-only quantization in TensorRT's explicit int8.
+    modes=frozenset({"static"}),
+    modes_rule=f"Q/DQ on every input of a weighted layer, {_TRT_MD} rule 4",
+    # onnxruntime fuses none of this placement (rules 5-9 are TensorRT's): its prediction would
+    # call every TensorRT model slower than float. bench/tensorrt.sh times it with trtexec.
+    predicted_by_onnxruntime=False,
 )
 
 TARGETS: Mapping[str, Target] = MappingProxyType({t.name: t for t in (ORT_CPU, OPENVINO, TENSORRT)})

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import models
 import numpy as np
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
 from quantcli import QuantConfig, QuantMode, calibrate, quantize
+from quantcli.cli import progress
 from quantcli.cli.app import app
 from quantcli.cli.progress import StageDisplay
 
@@ -81,7 +83,8 @@ def test_fallback_trials_are_counted(tmp_path: Path) -> None:
     assert trials and trials[0] == (1, 3) and all(c == 3 for _, c in trials)
 
 
-def test_plain_lines_name_the_slow_stages_with_their_counts() -> None:
+def test_plain_lines_name_the_slow_stages_with_their_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_MIN_SECONDS", 1.0)
     out = io.StringIO()
     console = Console(file=out, force_terminal=False, width=100)
     now = [0.0]
@@ -98,7 +101,8 @@ def test_plain_lines_name_the_slow_stages_with_their_counts() -> None:
     assert out.getvalue() == "calibrate 256/256: 3.0 s\nbuild candidate static 1/2: 1.5 s\n"
 
 
-def test_plain_lines_stop_at_an_error_and_quiet_prints_nothing() -> None:
+def test_plain_lines_stop_at_an_error_and_quiet_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_MIN_SECONDS", 1.0)
     out = io.StringIO()
     now = [0.0]
     try:

@@ -1,7 +1,7 @@
 """--target openvino and --target tensorrt: each test names the rule of its target it checks.
 
-OpenVINO's rules are docs/openvino.md's (read from its CPU plugin's runtime graph); TensorRT's are
-its documented explicit-quantization rules (target.py, above TENSORRT). No OpenVINO or TensorRT
+OpenVINO's rules are docs/openvino.md's (read from its CPU plugin's runtime graph); TensorRT's, from
+its documentation (docs/tensorrt.md), are checked rule by rule in test_tensorrt.py. No OpenVINO or TensorRT
 is needed: the structure is checked on the written graph, and the written model runs in
 onnxruntime's CPU provider, whose QuantizeLinear/DequantizeLinear arithmetic is the one the
 rules imply.
@@ -106,67 +106,6 @@ def _silu_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
 
 def _silu_data(n: int = 32) -> dict[str, np.ndarray]:
     return {"x": np.random.default_rng(1).normal(0, 1, (n, 1, 3, 8, 8)).astype(np.float32)}
-
-
-# --- TensorRT -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def trt_cnn(tmp_path: Path) -> Path:
-    return _convert(models.tiny_cnn(), models.tiny_cnn_data(40), tmp_path, "tensorrt")
-
-
-def test_tensorrt_rule_int8_symmetric_only_every_zero_point_zero(trt_cnn: Path) -> None:
-    quantizers = _qdq(trt_cnn, "QuantizeLinear") + _qdq(trt_cnn, "DequantizeLinear")
-    inits = _initializers(trt_cnn)
-    assert quantizers
-    for node in quantizers:
-        zero = inits[node.input[2]]
-        assert zero.dtype == np.int8, node.name  # no uint8, no int32 bias
-        assert not zero.any(), node.name
-
-
-def test_tensorrt_rule_bias_stays_float(trt_cnn: Path) -> None:
-    assert not [name for name, array in _initializers(trt_cnn).items() if array.dtype == np.int32]
-    conv = next(n for n in onnx.load(trt_cnn).graph.node if n.op_type == "Conv")
-    assert _initializers(trt_cnn)[conv.input[2]].dtype == np.float32
-
-
-def test_tensorrt_rule_weights_per_channel_on_the_output_channel_axis(tmp_path: Path) -> None:
-    out = _convert(models.conv_transpose_upsampler(), {"x": _up_data()}, tmp_path, "tensorrt")
-    inits = _initializers(out)
-    axes = {}
-    for node in _qdq(out, "DequantizeLinear"):
-        if inits.get(node.input[0]) is not None:  # a weight: its integers are stored
-            axis = next(a.i for a in node.attribute if a.name == "axis")
-            axes[node.input[0]] = (axis, inits[node.input[1]].shape)
-    # Conv [K, C, kh, kw]: K is axis 0; ConvTranspose [C, K/group, kh, kw]: K is axis 1.
-    assert axes == {"conv.w_quantized": (0, (4,)), "up.w_quantized": (1, (8,))}
-
-
-def test_tensorrt_rule_activations_per_tensor_and_opset_13(trt_cnn: Path) -> None:
-    for node, scale, _zero in _activation_quantizers(trt_cnn):
-        assert scale.shape == (), node.name
-    opset = next(o.version for o in onnx.load(trt_cnn).opset_import if o.domain in ("", "ai.onnx"))
-    assert opset >= 13  # QuantizeLinear's axis (per-channel weights)
-
-
-def test_tensorrt_rule_no_pair_on_a_layer_output_nothing_reads_as_int8(tmp_path: Path) -> None:
-    report = _report(models.tiny_cnn(), models.tiny_cnn_data(40), tmp_path, "tensorrt")
-    out = tmp_path / "tensorrt.onnx"
-    quantized = {n.input[0] for n in _qdq(out, "QuantizeLinear")}
-    assert "logits" not in quantized  # the Gemm's output goes to the model's output in float
-    # Q/DQ on the inputs of weighted layers and the residual Add; Relu carried (zero point 0)
-    assert {"image", "c1", "r1", "c2", "r2", "flat"} <= quantized
-    decisions = {d.name: d for d in report.plan.decisions}
-    assert decisions["fc"].role is NodeRole.INTEGER and "TensorRT places Q/DQ" in decisions["fc"].reason
-    assert decisions["relu1"].role is NodeRole.CARRY
-    assert "TensorRT" in decisions["residual"].reason
-
-
-def test_tensorrt_output_runs_in_onnxruntime_with_fidelity(trt_cnn: Path) -> None:
-    feed = {"image": models.tiny_cnn_data(8, seed=5)["image"].reshape(8, 3, 16, 16)}
-    assert _sqnr_db(models.tiny_cnn(), trt_cnn, feed) > 30.0
 
 
 # --- OpenVINO -------------------------------------------------------------------------------

@@ -79,6 +79,12 @@ def target_of(config: QuantConfig) -> Target:
 
 
 def _check_target(config: QuantConfig, target: Target) -> None:
+    if not target.runs(config.mode):
+        allowed = ", ".join(sorted(target.modes or ()))
+        raise ConfigError(
+            f"target {target.name} takes only {allowed} models ({target.modes_rule}), not "
+            f"{config.mode} ones: convert with --mode {allowed} (or auto) and calibration data"
+        )
     # A target whose zero points are all 0 chooses each activation's type itself.
     if (
         not target.zero_point_zero

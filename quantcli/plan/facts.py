@@ -25,6 +25,7 @@ __all__ = [
     "constant",
     "dynamic_form",
     "foldable_activation",
+    "fused_input",
     "is_float",
     "large_constant_inputs",
     "matches",
@@ -61,12 +62,19 @@ def activation_slots(node: ir.Node, rule: OpRule) -> list[int]:
     """The inputs of ``node`` that are activations under ``rule``."""
     inputs = node.inputs
     if rule.activation_inputs is None:
-        return [i for i, v in enumerate(inputs) if v is not None]
+        fused = fused_input(node, rule)
+        return [i for i, v in enumerate(inputs) if v is not None and (fused is None or i != fused[0])]
     slots = [i for i in rule.activation_inputs if i < len(inputs) and inputs[i] is not None]
     weight = rule.weight_input
     if rule.kind is OpKind.COMPUTE and weight is not None and constant(inputs[weight]) is None:
         slots.append(weight)  # e.g. attention's Q x K^T: both sides are activations
     return slots
+
+
+def fused_input(node: ir.Node, rule: OpRule) -> tuple[int, ir.Node] | None:
+    """The input of ``node`` the runtime fuses into the layer that produced it (not an activation
+    slot: it is never quantized) and that layer, or None."""
+    return None if rule.fused_input is None else rule.fused_input(node)
 
 
 def stored_weights(node: ir.Node, rule: OpRule, minimum: int) -> list[ir.Value]:

@@ -26,6 +26,7 @@ from quantcli.plan.facts import (
     activation_slots,
     constant,
     foldable_activation,
+    fused_input,
     is_float,
     large_constant_inputs,
     matches,
@@ -138,8 +139,26 @@ def _try_fold(draft: Draft, node: ir.Node) -> bool:
     return True
 
 
+def _try_fuse(draft: Draft, node: ir.Node, rule: OpRule, layer: ir.Node) -> bool:
+    """An op the runtime fuses into ``layer`` (TensorRT's residual Add after a Conv): integer with
+    the layer, its other inputs quantized whatever they are, once the layer is integer."""
+    live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
+    if not live or id(layer) not in draft.integer:
+        return False
+    draft.make_integer(
+        node,
+        f"int8: fused into {layer.name} ({rule.fused_kernel}); its other input is quantized, so the "
+        "fused layer writes int8",
+        layer,
+    )
+    return True
+
+
 def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     if rule.kind is OpKind.ELEMENTWISE:
+        fused = fused_input(node, rule)
+        if fused is not None:
+            return _try_fuse(draft, node, rule, fused[1])
         live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
         if live and all(v is not None and v.name in draft.available for v in live):
             draft.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
@@ -155,9 +174,22 @@ def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
     return _try_fold(draft, node)
 
 
+def _with_rule(reason: str, rule: OpRule) -> str:
+    """``reason``, naming the target's rule for it when the op rule has one."""
+    return f"{reason} ({rule.float_rule})" if rule.float_rule else reason
+
+
 def _undecided_reason(rule: OpRule, node: ir.Node) -> str:
+    fused = fused_input(node, rule)
+    if fused is not None:
+        return (
+            f"float: fused into {fused[1].name} ({rule.fused_kernel}), which is float, or with a "
+            "constant other operand: no residual pair to place"
+        )
     if rule.kind is OpKind.ELEMENTWISE:
-        return f"float: an input is not int8, so an integer {node.op_type} would add a rounding step"
+        return _with_rule(
+            f"float: an input is not int8, so an integer {node.op_type} would add a rounding step", rule
+        )
     if rule.kind is OpKind.ACTIVATION_FOLD:
         return "float: its input is not the quantized output of an integer kernel"
     return "float: its input is a float tensor"
@@ -228,6 +260,14 @@ def prune(ctx: Context, placement: Placement) -> Placement:
     """
     draft = Draft(ctx, placement)
     for node in _unread(draft, OpKind.ELEMENTWISE):
+        rule = ctx.target.rule(node)
+        assert rule is not None  # _unread yields nodes with a rule
+        if fused_input(node, rule) is not None:
+            # Fused into its layer: the residual pair stays (the layer's own output is float
+            # anyway); only the output pair nothing reads goes.
+            draft.float_output.add(id(node))
+            draft.withdraw_output(node)
+            continue
         draft.integer.discard(id(node))
         draft.withdraw_output(node)
         if large_constant_inputs(node, ctx.target.min_stored_constant):
@@ -236,7 +276,9 @@ def prune(ctx: Context, placement: Placement) -> Placement:
             )
         else:
             draft.decide(
-                node, NodeRole.FLOAT, "float: nothing after it takes int8, so an integer kernel saves nothing"
+                node,
+                NodeRole.FLOAT,
+                _with_rule("float: nothing after it takes int8, so an integer kernel saves nothing", rule),
             )
     return draft.freeze()
 
