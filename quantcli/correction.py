@@ -25,10 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from quantcli.calibration.branches import open_tap
 from quantcli.calibration.collect import run_batches
 from quantcli.calibration.data import Dataset
-from quantcli.graph.exchange import expose
-from quantcli.graph.io import open_session, serialize
+from quantcli.graph.branches import initializer_owner, planned_nodes
+from quantcli.graph.io import serialize
 from quantcli.params import PlanParams
 from quantcli.passes.bias import CorrectBiasesPass
 from quantcli.scheme import QParams, dequantize, quantize
@@ -81,17 +82,17 @@ def corrected_bias(
 
 
 def _conv_terms(model: ir.Model, params: PlanParams) -> list[ConvTerms]:
-    """Convs with an int8 weight and a float bias initializer used by this Conv alone."""
-    initializers = model.graph.initializers
+    """Convs (If branches' too) with an int8 weight and a float bias initializer used by this Conv
+    alone."""
     terms = []
-    for node in model.graph:
+    for node in planned_nodes(model.graph):
         if node.op_type != "Conv" or len(node.inputs) < 3 or node.domain not in ("", "ai.onnx"):
             continue
         data, weight, bias = node.inputs[0], node.inputs[1], node.inputs[2]
         if data is None or weight is None or bias is None:
             continue
         names = (str(weight.name), str(bias.name))
-        if names[0] not in params.integers or names[1] not in initializers:
+        if names[0] not in params.integers or initializer_owner(model.graph, names[1]) is None:
             continue
         if bias.const_value is None or weight.const_value is None or len(bias.uses()) != 1:
             continue
@@ -123,12 +124,15 @@ def _input_means(
     """Per input channel (axis 1), the mean of each Conv input and of its quantized value."""
     quantizers = {t.input: t.input_qparams for t in terms}
     names = sorted(quantizers)
-    session = open_session(expose(serialize(model), names), data_folder=data_folder)
+    # A Conv input inside an If branch comes through a tap: None for a batch taking the other branch.
+    session = open_tap(model, serialize(model), names, None, data_folder)
     sums: dict[str, npt.NDArray[np.float64]] = {}
     quantized_sums: dict[str, npt.NDArray[np.float64]] = {}
     counts: dict[str, int] = dict.fromkeys(names, 0)
     for _, outputs in run_batches(session, names, dataset, batch_size):
         for name, array in zip(names, outputs, strict=True):
+            if array is None:
+                continue
             axes = tuple(i for i in range(array.ndim) if i != 1)
             zero = np.zeros(array.shape[1], np.float64)
             sums[name] = sums.get(name, zero) + np.asarray(np.sum(array, axis=axes, dtype=np.float64))
@@ -140,7 +144,7 @@ def _input_means(
                 )
             counts[name] += array.size // array.shape[1]
     means = {}
-    for name in names:
+    for name in (n for n in names if n in sums):  # a branch no sample takes gives no mean
         mean = sums[name] / max(counts[name], 1)
         quantized = quantized_sums[name] / max(counts[name], 1) if name in quantized_sums else mean
         means[name] = (mean, quantized)
@@ -165,9 +169,10 @@ def bias_corrections(
     means = _input_means(model, terms, dataset, batch_size=batch_size, data_folder=data_folder)
     biases: dict[str, npt.NDArray[np.float32]] = {}
     shifts: dict[str, float] = {}
-    initializers = model.graph.initializers
-    for t in terms:
-        tensor = initializers[t.bias].const_value
+    for t in (t for t in terms if t.input in means):
+        holder = initializer_owner(model.graph, t.bias)
+        assert holder is not None, t.bias
+        tensor = holder.initializers[t.bias].const_value
         assert tensor is not None
         bias = tensor.numpy()
         input_mean, quantized_mean = means[t.input]

@@ -590,38 +590,95 @@ def looped_matmul(d: int = 32, seed: int = 0) -> onnx.ModelProto:
     return _model(graph)
 
 
+def _gate_reorder(prefix: str, h: int) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
+    """Nodes computing an LSTM's W from the stored ``weight_ih`` [4h, size] as a hand-built graph
+    of a PyTorch LSTM writes it: PyTorch's gate order (i, f, g, o) to ONNX's (i, o, f, c), rows
+    [0:h], [3h:4h], [h:3h], then Unsqueeze. Returns (their constants, the nodes, W's name)."""
+    p = f"{prefix}." if prefix else ""
+    inits = [_init(f"{p}axes0", np.array([0], np.int64))]
+    nodes = []
+    for i, (start, end) in enumerate(((0, h), (3 * h, 4 * h), (h, 3 * h))):
+        inits += [
+            _init(f"{p}start{i}", np.array([start], np.int64)),
+            _init(f"{p}end{i}", np.array([end], np.int64)),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                ["weight_ih", f"{p}start{i}", f"{p}end{i}", f"{p}axes0"],
+                [f"{p}part{i}"],
+                name=f"{p}slice{i}",
+            )
+        )
+    nodes += [
+        helper.make_node("Concat", [f"{p}part{i}" for i in range(3)], [f"{p}w2d"], name=f"{p}concat", axis=0),
+        helper.make_node("Unsqueeze", [f"{p}w2d", f"{p}axes0"], [f"{p}W"], name=f"{p}unsqueeze"),
+    ]
+    return inits, nodes, f"{p}W"
+
+
 def reordered_lstm(size: int = 8, hidden: int = 16, seq: int = 5, seed: int = 0) -> onnx.ModelProto:
     """An LSTM whose W is computed from a stored weight by Slice/Concat/Unsqueeze (gates
     reordered at run time, as a hand-built graph of a PyTorch LSTM writes it)."""
     rng = np.random.default_rng(seed)
     h = hidden
+    constants, nodes, weight = _gate_reorder("", h)
     inits = [
         _init("weight_ih", rng.normal(0, 0.3, (4 * h, size)).astype(np.float32)),
         _init("lstm.R", rng.normal(0, 0.3, (1, 4 * h, h)).astype(np.float32)),
-        _init("axes0", np.array([0], np.int64)),
+        *constants,
     ]
-    slices = []
-    # PyTorch's gate order (i, f, g, o) to ONNX's (i, o, f, c): rows [0:h], [3h:4h], [h:3h].
-    for i, (start, end) in enumerate(((0, h), (3 * h, 4 * h), (h, 3 * h))):
-        inits += [
-            _init(f"start{i}", np.array([start], np.int64)),
-            _init(f"end{i}", np.array([end], np.int64)),
-        ]
-        slices.append(
-            helper.make_node(
-                "Slice", ["weight_ih", f"start{i}", f"end{i}", "axes0"], [f"part{i}"], name=f"slice{i}"
-            )
-        )
-    nodes = [
-        *slices,
-        helper.make_node("Concat", ["part0", "part1", "part2"], ["w2d"], name="concat", axis=0),
-        helper.make_node("Unsqueeze", ["w2d", "axes0"], ["W"], name="unsqueeze"),
-        helper.make_node("LSTM", ["x", "W", "lstm.R"], ["y"], name="lstm", hidden_size=h),
-    ]
+    nodes.append(helper.make_node("LSTM", ["x", weight, "lstm.R"], ["y"], name="lstm", hidden_size=h))
     graph = helper.make_graph(
         nodes,
         "reordered_lstm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, 1, "batch", h])],
+        inits,
+    )
+    return _model(graph)
+
+
+def _reordering_branch(prefix: str, h: int, output: str) -> onnx.GraphProto:
+    """An LSTM over the outer ``x`` whose W is the outer ``weight_ih`` with its gates reordered here
+    (constants of its own), R the outer ``lstm.R``."""
+    inits, nodes, weight = _gate_reorder(prefix, h)
+    nodes.append(
+        helper.make_node("LSTM", ["x", weight, "lstm.R"], [output], name=f"{prefix}.lstm", hidden_size=h)
+    )
+    return helper.make_graph(
+        nodes, f"{prefix}_branch", [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)], inits
+    )
+
+
+def branchy_lstm(size: int = 32, hidden: int = 32, seq: int = 4, seed: int = 0) -> onnx.ModelProto:
+    """An If on the int64 ``rate`` whose two branches each reorder the one stored LSTM weight
+    alike and run an LSTM on it (silero-vad's decoder has this shape)."""
+    rng = np.random.default_rng(seed)
+    h = hidden
+    inits = [
+        _init("weight_ih", rng.normal(0, 0.3, (4 * h, size)).astype(np.float32)),
+        _init("lstm.R", rng.normal(0, 0.3, (1, 4 * h, h)).astype(np.float32)),
+        _init("sixteen", np.array(16, np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Equal", ["rate", "sixteen"], ["is16"], name="is16"),
+        helper.make_node(
+            "If",
+            ["is16"],
+            ["y"],
+            name="by_rate",
+            then_branch=_reordering_branch("a", h, "a.y"),
+            else_branch=_reordering_branch("b", h, "b.y"),
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "branchy_lstm",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, "batch", size]),
+            helper.make_tensor_value_info("rate", TensorProto.INT64, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [seq, 1, "batch", h])],
         inits,
     )

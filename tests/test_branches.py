@@ -184,3 +184,48 @@ def test_dynamic_mode_rewrites_a_matmul_inside_the_branch(tmp_path: Path) -> Non
     image = _data(2, 16, seed=9)["image"][:, 0]
     for rate in (16, 8):
         assert _sqnr(_run(model, image[:1], rate), _run(out, image[:1], rate)) > 25.0
+
+
+def test_two_branches_reordering_one_weight_share_its_folded_int8_copy(tmp_path: Path) -> None:
+    path = models.save(models.branchy_lstm(), tmp_path)
+    prepared = prepare(path).model
+    folded = [name for name in prepared.graph.initializers if name not in ("lstm.R", "sixteen")]
+    assert len(folded) == 1  # one folded W in the main graph, where weight_ih was; weight_ih is gone
+    out = tmp_path / "q.onnx"
+    quantize(path, out, config=QuantConfig(mode=QuantMode.DYNAMIC))
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    for attribute in ("then_branch", "else_branch"):
+        branch = _branch(written, attribute)
+        assert [n.op_type for n in branch.node] == ["DynamicQuantizeLSTM"]
+        assert not list(branch.initializer)  # both read the outer int8 weights
+    weights = [
+        t.name for t in written.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 3
+    ]
+    assert sorted(weights) == ["a.W_quantized_t", "lstm.R_quantized_t"]  # W and R, once each
+    x = np.random.default_rng(5).normal(0, 1, (4, 1, 32)).astype(np.float32)
+    for rate in (16, 8):
+        feed = {"x": x, "rate": np.array(rate, np.int64)}
+        ref = ort.InferenceSession(str(path)).run(None, feed)[0]
+        got = ort.InferenceSession(str(out)).run(None, feed)[0]
+        assert _sqnr(ref, got) > 25.0
+
+
+def test_bias_correction_reaches_the_convs_of_a_branch(branchy: tuple[Path, Path], tmp_path: Path) -> None:
+    model, calib = branchy
+
+    def stored_bias(correct: bool) -> np.ndarray:
+        out = tmp_path / f"q_{correct}.onnx"
+        quantize(model, out, config=QuantConfig(mode=QuantMode.STATIC, bias_correction=correct), data=calib)
+        wide = _branch(onnx.load(out), "then_branch")
+        (bias,) = [
+            t
+            for t in wide.initializer
+            if t.name.startswith("wide.conv1.b") and t.data_type == onnx.TensorProto.INT32
+        ]
+        return np.asarray(onnx.numpy_helper.to_array(bias))
+
+    plain, corrected = stored_bias(False), stored_bias(True)
+    assert plain.shape == corrected.shape and not np.array_equal(
+        plain, corrected
+    )  # the measured shift applied

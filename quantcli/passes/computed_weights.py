@@ -96,19 +96,26 @@ class FoldComputedWeightsPass(MainGraphPass[ir.Value]):
     store in int8 and DynamicQuantizeLSTM cannot take. onnxruntime folds such a chain at load
     time anyway; folding it here (evaluated by onnxruntime on the chain's constants alone) makes
     the weight a constant the plan sees. The chain's nodes and the constants they read, once
-    nothing else reads them, are removed with it, so the model stores the weight once.
+    nothing else reads them, are removed with it, so the model stores the weight once (two
+    branches that reorder one weight alike share the folded copy).
     Only chains of data-movement ops over constants are folded, and only for the recurrent ops,
     whose exporters write such chains; other weights are left as the exporter wrote them.
     """
 
-    subgraphs = "If branches too: the folded weight becomes an initializer of the layer's graph"
+    subgraphs = (
+        "If branches too: the folded weight becomes an initializer of the graph holding the stored "
+        "weight it is computed from (the layer's or an enclosing one), once per distinct value"
+    )
 
     def __init__(self) -> None:
         super().__init__()
         self._model: ir.Model | None = None
+        # Weights folded so far, by (graph, dtype, shape, bytes): one copy of each per graph.
+        self._folded: dict[tuple[int, int, tuple[int, ...], bytes], ir.Value] = {}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self._model = model
+        self._folded = {}
         return super().call(model)
 
     def targets(self, graph: ir.Graph) -> Iterator[ir.Value]:
@@ -124,16 +131,24 @@ class FoldComputedWeightsPass(MainGraphPass[ir.Value]):
         if not chain or self._model is None or target.is_graph_output():
             return False
         tensor = _evaluate(self._model, chain, target)
-        holder = owner(target) or graph
-        name = target.name or names.fresh("computed_weight")
-        target.name = names.fresh(f"{name}_computed")
-        folded = ir.Value(
-            name=name,
-            shape=ir.Shape(list(tensor.shape.numpy())),
-            type=ir.TensorType(tensor.dtype),
-            const_value=tensor,
-        )
-        holder.register_initializer(folded)
+        # Where the stored weight lives (it encloses the layer): layers of sibling branches that
+        # reorder the same weight the same way then share one folded copy.
+        largest = max(_leaves(chain), key=lambda leaf: leaf.const_value.size if leaf.const_value else 0)
+        holder = largest.graph or owner(target) or graph
+        array = tensor.numpy()
+        key = (id(holder), int(tensor.dtype), tuple(array.shape), array.tobytes())
+        folded = self._folded.get(key)
+        if folded is None:
+            name = target.name or names.fresh("computed_weight")
+            target.name = names.fresh(f"{name}_computed")
+            folded = ir.Value(
+                name=name,
+                shape=ir.Shape(list(array.shape)),
+                type=ir.TensorType(tensor.dtype),
+                const_value=tensor,
+            )
+            holder.register_initializer(folded)
+            self._folded[key] = folded
         target.replace_all_uses_with(folded)
         _remove_unused(chain)
         return True

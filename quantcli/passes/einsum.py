@@ -71,8 +71,8 @@ class EinsumToMatMulPass(MainGraphPass[tuple[ir.Node, bool]]):
     """
 
     subgraphs = (
-        "skipped: the plan quantizes main-graph nodes only, so a MatMul inside an If/Loop/Scan body "
-        "would stay float and the rewrite would buy nothing"
+        "skipped: main graph only (a Loop/Scan body is never planned; an If branch is, but this "
+        "rewrite is not extended to it yet, so an Einsum there is planned as an Einsum)"
     )
 
     def targets(self, graph: ir.Graph) -> Iterator[tuple[ir.Node, bool]]:

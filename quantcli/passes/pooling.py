@@ -44,8 +44,8 @@ class ReduceMeanToGlobalPoolPass(MainGraphPass[ir.Node]):
     """
 
     subgraphs = (
-        "skipped: the plan quantizes main-graph nodes only, so a pool inside an If/Loop/Scan body "
-        "would stay float and the rewrite would buy nothing"
+        "skipped: main graph only (a Loop/Scan body is never planned; an If branch is, but this "
+        "rewrite is not extended to it yet, so a ReduceMean there stays one, with no integer kernel)"
     )
 
     def targets(self, graph: ir.Graph) -> Iterator[ir.Node]:

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from quantcli.graph.branches import owner
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass, producers
 from quantcli.passes._qdq import add_initializer, constant_array, quantized_weight, require_quantized
@@ -83,6 +84,8 @@ class QuantizeLSTMDynamicallyPass(MainGraphPass[ir.Node]):
         """(int8 [D, size, 4H] weight, scale, zero point) in DynamicQuantizeLSTM's layout."""
         assert value is not None
         name = value.name or ""
+        # Beside the weight's DequantizeLinear: an LSTM of another If branch may read it too.
+        graph = owner(value) or graph
         if name not in converted:
             weight, scale, zero_point = quantized_weight(value)
             integers = constant_array(weight)
