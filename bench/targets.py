@@ -210,7 +210,8 @@ def measure_model(subject: compare.Subject, rounds: int, work_root: Path, with_r
         row.size_ratio = 1.0 if tool in (FP32, FP32_F32) else fp32_bytes / compare.disk_bytes(result)
         loaded[tool] = result
     sys.stderr.write(f"targets: {subject.name}: timing {len(loaded)} models, {rounds} rounds\n")
-    times = ovb.timing(loaded, FP32, feeds[0], rounds, precisions={FP32_F32: "f32"})
+    # Nothing to time without the fp32 base (a model OpenVINO cannot read: every row says why).
+    times = ovb.timing(loaded, FP32, feeds[0], rounds, precisions={FP32_F32: "f32"}) if FP32 in loaded else {}
     for row in rows:
         if row.tool in times:
             row.ms, row.ratio = times[row.tool].ms, times[row.tool].ratio
@@ -245,8 +246,12 @@ def model_table(subject: compare.Subject, rows: list[Row]) -> list[str]:
 
 def _precision(results: list[tuple[compare.Subject, list[Row]]]) -> str:
     found = {row.inference_precision for _, rows in results for row in rows if row.inference_precision}
-    if not found and results:  # rows stored before the field existed: ask the plugin on this machine
-        found = {ovb.inference_precision(ovb.compile_model(results[0][0].folder / "model.onnx"))}
+    for subject, _ in results if not found else ():  # rows stored before the field existed: ask the plugin
+        try:
+            found = {ovb.inference_precision(ovb.compile_model(subject.folder / "model.onnx"))}
+            break
+        except RuntimeError:  # a model OpenVINO cannot read (silero_vad): the next one
+            continue
     return ", ".join(sorted(found))
 
 
@@ -302,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
     parser.add_argument("--work", type=Path, help="keep every output here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="with --work: reuse outputs a run left there")
+    parser.add_argument("--rows", type=Path, help="also write the rows so far here after every model")
     parser.add_argument(
         "--render",
         type=Path,
@@ -322,17 +328,35 @@ def main(argv: list[str] | None = None) -> int:
             rows = measure_model(subject, args.rounds, args.work or Path(scratch), args.rules)
             results.append((subject, rows))
             print("\n".join(model_table(subject, rows)), flush=True)
-    seconds, load = time.perf_counter() - started, os.getloadavg()[0]
-    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
-    data = [asdict(row) for _, rows in results for row in rows]
-    if args.no_write:
-        print(text)
-        print(json.dumps(data, indent=1))
-    else:
-        write_section("targets", text, data)
-        meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
-        (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            # The section so far after every model: a long run that stops keeps what it measured.
+            _report(results, args, argv, started, final=False)
+    _report(results, args, argv, started, final=True)
     return 0
+
+
+def _report(
+    results: list[tuple[compare.Subject, list[Row]]],
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    started: float,
+    *,
+    final: bool,
+) -> None:
+    seconds, load = time.perf_counter() - started, os.getloadavg()[0]
+    data = [asdict(row) for _, rows in results for row in rows]
+    if args.rows is not None:  # e.g. two runs over different models, joined by --render
+        args.rows.write_text(json.dumps(data, indent=1) + "\n")
+    if args.no_write and not final:
+        return
+    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
+    if args.no_write:
+        if final:
+            print(text)
+            print(json.dumps(data, indent=1))
+        return
+    write_section("targets", text, data)
+    meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
+    (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":

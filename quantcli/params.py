@@ -89,6 +89,8 @@ def compute_params(
             activations[act.name] = weights[act.table]
             continue
         observed = ranges[act.range_of]
+        for name in act.shared:  # one scale for a Concat's inputs: the union of their ranges
+            observed = observed.merge(ranges[name])
         activations[act.name] = activation(observed.min, observed.max, act.nonnegative)
     biases = {b.name: bias_qparams(activations[b.activation].scale, weights[b.weight]) for b in plan.biases}
     return PlanParams(activations=activations, initializers={**weights, **biases}, integers=integers)

@@ -79,6 +79,9 @@ class OpRule:
     output_required: bool = True  # the kernel needs a quantized output to fuse
     # OpKind.WEIGHT_ONLY: the inputs that may hold a weight stored int8 behind a DequantizeLinear.
     weight_slots: SlotRule | None = None
+    # The inputs and the output share one scale (the union of their ranges): the op is then a
+    # link of a carried chain, no requantization at it (Target.one_pair_per_chain).
+    shares_scale: bool = False
     # The kernel that quantizes this op's input at run time (dynamic and mixed modes for a
     # COMPUTE op; every mode but weight-only for a WEIGHT_ONLY op); "" when it has none.
     dynamic_kernel: str = ""
@@ -124,6 +127,15 @@ class Target:
     # The rule by which a compute op's output gets a pair only when some reader takes it as int8
     # (the reason its decision gives); None: the kernel's ``output_required`` decides alone.
     output_pair_rule: str | None = None
+    # One pair per carried chain (a runtime that moves a dequantization through data movement
+    # itself): the pair goes on the chain's root, the tensor a data-movement op reads, even when
+    # that tensor is float, and none goes on the links after it; a Concat whose ``OpRule``
+    # shares its inputs' scale is a link too. False: every link of a chain gets a pair of the
+    # root's parameters, and a data-movement op joins only after an int8 tensor.
+    one_pair_per_chain: bool = False
+    # An element-wise op joins the integer path when some (not every) activation input is int8;
+    # its float inputs get pairs of their own.
+    elementwise_joins_any: bool = False
     # Ops whose fusion needs a stored weight's zero point written out even when it is 0 (ONNX's
     # default); every other reader gets the shorter DequantizeLinear without it.
     explicit_zero_point_ops: frozenset[str] = frozenset()
@@ -251,8 +263,13 @@ def _stored(weight_axis: AxisRule, weight_slots: SlotRule, dynamic_kernel: str =
     )
 
 
-def _elementwise(kernel: str, *, every_input: bool = False) -> OpRule:
-    return OpRule(kind=OpKind.ELEMENTWISE, kernel=kernel, activation_inputs=None if every_input else (0,))
+def _elementwise(kernel: str, *, every_input: bool = False, shares_scale: bool = False) -> OpRule:
+    return OpRule(
+        kind=OpKind.ELEMENTWISE,
+        kernel=kernel,
+        activation_inputs=None if every_input else (0,),
+        shares_scale=shares_scale,
+    )
 
 
 _ORT_DYNAMIC_MATMUL = "DynamicQuantizeMatMul"
@@ -393,7 +410,9 @@ def _movement(rules: dict[str, OpRule], where: str) -> None:
 # docs/openvino.md: a pair only where an integer kernel reads the tensor (rule 2), the integer
 # readers being the heavy layers, Add/Sub, Concat, pooling and data movement; ConvTranspose an
 # integer layer (rule 7); the bias float (rule 5); final layers quantized (rule 6); every
-# activation zero point 0, uint8 from 0 for non-negative tensors (rule 1). Relu/Clip(0, x) still
+# activation zero point 0, uint8 from 0 for non-negative tensors (rule 1); one pair per carried
+# chain, at its root (rule 3); Add and Concat integer on any int8 input, a Concat's inputs sharing
+# one scale (rule 4). Relu/Clip(0, x) still
 # fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
 _OV = "OpenVINO CPU"
 _OPENVINO_RULES: dict[str, OpRule] = {
@@ -403,9 +422,13 @@ _OPENVINO_RULES: dict[str, OpRule] = {
     "Gemm": _compute(f"{_OV} FullyConnected, docs/openvino.md rule 2", _gemm_axis, bias_input=2, matrix=True),
     # an embedding table read as int8, as the stand-in kept it (Gather is an integer reader there)
     "Gather": OpRule(kind=OpKind.TABLE, kernel="Gather", activation_inputs=(), weight_input=0),
+    # onnxruntime's form, which OpenVINO's ONNX reader runs too: ddddocr's LSTM as
+    # DynamicQuantizeLSTM ran 0.86x OV fp32 against 0.91-0.98x as a float LSTM (NNCF's form and
+    # this target's before), 3.95x smaller against 2.07x (bench/targets.py, docs/openvino.md)
+    "LSTM": _ORT_RULES["LSTM"],
     "Add": _elementwise(f"{_OV} Eltwise Add, docs/openvino.md rule 2", every_input=True),
     "Sub": _elementwise(f"{_OV} Eltwise Subtract, docs/openvino.md rule 2", every_input=True),
-    "Concat": _elementwise(f"{_OV} Concat, docs/openvino.md rule 4", every_input=True),
+    "Concat": _elementwise(f"{_OV} Concat, docs/openvino.md rule 4", every_input=True, shares_scale=True),
     "AveragePool": _elementwise(f"{_OV} AvgPool, docs/openvino.md rule 2"),
     "GlobalAveragePool": _elementwise(f"{_OV} AvgPool, docs/openvino.md rule 2"),
     "Relu": OpRule(kind=OpKind.ACTIVATION_FOLD),
@@ -428,6 +451,8 @@ OPENVINO = Target(
     keep_final_outputs_float=False,  # rule 6: no output pair on a final layer, so nothing clips
     zero_point_zero=True,
     nonnegative_type=ir.DataType.UINT8,
+    one_pair_per_chain=True,  # rule 3
+    elementwise_joins_any=True,  # rule 4: every input of an integer Add / Concat is int8
     output_pair_rule="int8 input and weights, float output: no reader takes it as int8, and OpenVINO "
     "gets a pair only where an integer kernel reads the tensor (docs/openvino.md rule 2)",
     activation_types=frozenset({ir.DataType.UINT8, ir.DataType.INT8}),

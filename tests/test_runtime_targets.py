@@ -156,6 +156,124 @@ def test_openvino_rule_5_bias_float_and_rule_7_convtranspose_gets_an_input_pair(
     assert next(d for d in ort.decisions if d.name == "up").role is NodeRole.WEIGHT_ONLY
 
 
+def _conv(rng: np.random.Generator, name: str, c_out: int, c_in: int) -> TensorProto:
+    return helper.make_tensor(
+        name, TensorProto.FLOAT, (c_out, c_in, 3, 3), rng.normal(0, 0.3, (c_out, c_in, 3, 3)).ravel()
+    )
+
+
+def _checked(
+    nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], inits: list[TensorProto]
+) -> onnx.ModelProto:
+    """A model of ``nodes`` on input x: float[batch, 3, 8, 8], checked in full."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    graph = helper.make_graph(nodes, "test", [x], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _chain_and_concat_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
+    """Conv-SiLU, then a Split whose halves feed two Convs (a carried chain after a float
+    tensor), and a Concat of the SiLU output with a Relu output (a folded, non-negative
+    tensor) feeding a third Conv: YOLOv8's C2f block in miniature."""
+    rng = np.random.default_rng(seed)
+    half = c // 2
+    inits = [
+        _conv(rng, "w1", c, 3),
+        _conv(rng, "w2", c, 3),
+        _conv(rng, "wa", 8, half),
+        _conv(rng, "wb", 8, half),
+        _conv(rng, "wc", 8, 2 * c),
+        helper.make_tensor("split", TensorProto.INT64, (2,), [half, half]),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=pads),
+        helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
+        helper.make_node("Mul", ["c1", "s1"], ["m1"], name="silu1"),
+        helper.make_node("Split", ["m1", "split"], ["h0", "h1"], name="split", axis=1),
+        helper.make_node("Conv", ["h0", "wa"], ["ya"], name="conv_a", pads=pads),
+        helper.make_node("Conv", ["h1", "wb"], ["yb"], name="conv_b", pads=pads),
+        helper.make_node("Conv", ["x", "w2"], ["c2"], name="conv2", pads=pads),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Concat", ["m1", "r2"], ["cat"], name="concat", axis=1),
+        helper.make_node("Conv", ["cat", "wc"], ["yc"], name="conv_c", pads=pads),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8, 8, 8]) for n in ("ya", "yb", "yc")
+    ]
+    return _checked(nodes, outputs, inits)
+
+
+def test_openvino_rule_3_one_pair_per_carried_chain_at_its_root(tmp_path: Path) -> None:
+    report = _report(_chain_and_concat_cnn(), _silu_data(), tmp_path, "openvino")
+    quantized = {n.input[0] for n in _qdq(tmp_path / "openvino.onnx", "QuantizeLinear")}
+    # The Split's input is float (SiLU) but both halves feed Convs: one pair, on the Split's input,
+    # and none on the halves (OpenVINO carries the dequantization through the Split itself).
+    assert "m1" in quantized and not {"h0", "h1"} & quantized
+    split = next(d for d in report.plan.decisions if d.name == "split")
+    assert split.role is NodeRole.CARRY and "rule 3" in split.reason
+    roles = {d.name: d.role for d in report.plan.decisions}
+    assert roles["conv_a"] is NodeRole.INTEGER and roles["conv_b"] is NodeRole.INTEGER
+
+
+def test_openvino_rule_4_concat_inputs_share_one_scale_and_no_pair_after_it(tmp_path: Path) -> None:
+    report = _report(_chain_and_concat_cnn(), _silu_data(), tmp_path, "openvino")
+    out = tmp_path / "openvino.onnx"
+    pairs = {node.input[0]: (float(scale), zero.dtype) for node, scale, zero in _activation_quantizers(out)}
+    assert "cat" not in pairs  # the Concat is a link: its inputs' scale goes through it
+    # r2 alone would be uint8 from 0 (a folded Relu); sharing with the signed m1 makes both int8
+    # symmetric with one scale, the larger of the two ranges.
+    assert pairs["m1"] == pairs["r2"] and pairs["m1"][1] == np.int8
+    concat = next(d for d in report.plan.decisions if d.name == "concat")
+    assert concat.role is NodeRole.INTEGER and "rule 4" in concat.reason  # joined on r2 alone
+    spec = next(a for a in report.plan.activations if a.name == "m1")
+    assert set(spec.shared) == {"r2", "cat"}
+    feed = {"x": _silu_data(8)["x"].reshape(8, 3, 8, 8)}
+    assert _sqnr_db(_chain_and_concat_cnn(), out, feed) > 20.0
+
+
+def _reshaped_bias_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
+    """A Paddle export's Conv: no bias, then Add(conv, Reshape(bias initializer, Constant shape))."""
+    rng = np.random.default_rng(seed)
+    shape = helper.make_tensor("shape_value", TensorProto.INT64, (4,), [1, c, 1, 1])
+    inits = [
+        _conv(rng, "w1", c, 3),
+        _conv(rng, "w2", 8, c),
+        numpy_helper.from_array(rng.normal(0, 0.5, c).astype(np.float32), "bias"),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=pads),
+        helper.make_node("Constant", [], ["shape"], name="shape", value=shape),
+        helper.make_node("Reshape", ["bias", "shape"], ["b"], name="reshape_bias"),
+        helper.make_node("Add", ["c1", "b"], ["a1"], name="bias_add"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2", pads=pads),
+    ]
+    return _checked(nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])], inits)
+
+
+def test_openvino_a_tensor_computed_from_constants_is_no_activation(tmp_path: Path) -> None:
+    # PP-OCR cls (docs/openvino.md): a pair on a reshaped bias, or between a bias-less Conv and its
+    # bias Add, breaks OpenVINO's Add transformation; the Add stays float and the plugin fuses it.
+    report = _report(_reshaped_bias_cnn(), _silu_data(), tmp_path, "openvino")
+    quantized = {n.input[0] for n in _qdq(tmp_path / "openvino.onnx", "QuantizeLinear")}
+    assert quantized == {"x", "r1"}  # the Convs' inputs only: nothing on b, nor on c1
+    roles = {d.name: d.role for d in report.plan.decisions}
+    assert roles["bias_add"] is NodeRole.FLOAT and roles["conv1"] is NodeRole.INTEGER
+
+
+def test_openvino_an_lstm_runs_as_dynamicquantizelstm() -> None:
+    # ddddocr (docs/openvino.md): OpenVINO's ONNX reader runs onnxruntime's DynamicQuantizeLSTM,
+    # faster and 4x smaller there than the float LSTM
+    plan = _plan(models.recurrent("LSTM"), TargetName.OPENVINO)
+    (decision,) = [d for d in plan.decisions if d.op_type == "LSTM"]
+    assert decision.role is NodeRole.DYNAMIC and "DynamicQuantizeLSTM" in decision.reason
+    assert len(plan.lstm) == 1
+
+
 def test_openvino_output_runs_in_onnxruntime_with_fidelity(tmp_path: Path) -> None:
     out = _convert(_silu_cnn(), _silu_data(), tmp_path, "openvino")
     feed = {"x": _silu_data(8)["x"].reshape(8, 3, 8, 8)}

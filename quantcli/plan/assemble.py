@@ -8,7 +8,7 @@ that nothing needs in int8 (known only once the activations are listed).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx_ir as ir
 
@@ -134,6 +134,58 @@ def _collect(ctx: Context, placement: Placement) -> _Tensors:
     return tensors
 
 
+def _links(ctx: Context, placement: Placement) -> set[str]:
+    """The tensors after a chain's root that get no pair on a one-pair-per-chain target: the
+    outputs of carrying nodes and of integer ops whose inputs share one scale."""
+    links: set[str] = set()
+    for node in ctx.nodes:
+        rule = ctx.target.rule(node)
+        if placement.role(node) is NodeRole.CARRY or (
+            rule is not None and rule.shares_scale and id(node) in placement.integer
+        ):
+            links.update(out.name or "" for out in node.outputs)
+    return links
+
+
+def _shared_groups(ctx: Context, placement: Placement, tensors: _Tensors) -> dict[str, tuple[str, ...]]:
+    """range_of -> every range joined with it: an integer op that shares its inputs' scale joins
+    the ranges of its inputs and its output (docs/openvino.md rule 4), transitively."""
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for node in ctx.nodes:
+        rule = ctx.target.rule(node)
+        if rule is None or not rule.shares_scale or id(node) not in placement.integer:
+            continue
+        names = [v.name or "" for v in (*node.inputs, *node.outputs) if v is not None and constant(v) is None]
+        members = [tensors.activations[n].range_of if n in tensors.activations else n for n in names]
+        for member in members[1:]:
+            parent[root(member)] = root(members[0])
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(root(name), []).append(name)
+    return {name: tuple(sorted(groups[root(name)])) for name in parent if len(groups[root(name)]) > 1}
+
+
+def _one_pair_per_chain(ctx: Context, placement: Placement, tensors: _Tensors) -> dict[str, ActivationSpec]:
+    """The activations of a one-pair-per-chain target: roots only, each with the ranges it shares."""
+    groups = _shared_groups(ctx, placement, tensors)
+    links = _links(ctx, placement)
+    kept: dict[str, ActivationSpec] = {}
+    for name, spec in tensors.activations.items():
+        if name in links:
+            continue
+        group = groups.get(spec.range_of, ())
+        shared = tuple(n for n in group if n != spec.range_of)
+        nonnegative = bool(group) and all(n in placement.nonnegative for n in group)
+        kept[name] = replace(spec, shared=shared, nonnegative=nonnegative if group else spec.nonnegative)
+    return kept
+
+
 def settle_carries(
     ctx: Context, placement: Placement, activations: Mapping[str, ActivationSpec]
 ) -> Placement:
@@ -185,6 +237,8 @@ def assemble(ctx: Context, placement: Placement) -> QuantPlan:
     tensors = _collect(ctx, placement)
     activations = tensors.activations
     placement = settle_carries(ctx, placement, activations)
+    if ctx.target.one_pair_per_chain:
+        activations = _one_pair_per_chain(ctx, placement, tensors)
     weights = _weight_specs(tensors)
     symmetric = {w.name for w in weights if w.symmetric}
     nodes = ctx.nodes
@@ -199,7 +253,9 @@ def assemble(ctx: Context, placement: Placement) -> QuantPlan:
         weights=tuple(weights),
         biases=tuple(b for b in biases if b is not None),
         folds=tuple(placement.folds[id(n)] for n in nodes if id(n) in placement.folds),
-        observed=tuple(sorted({a.range_of for a in activations.values() if a.table is None})),
+        observed=tuple(
+            sorted({n for a in activations.values() if a.table is None for n in (a.range_of, *a.shared)})
+        ),
         mode=ctx.strategy.mode,
         dynamic=tuple(placement.dynamic[id(n)] for n in nodes if id(n) in placement.dynamic),
         lstm=tuple(placement.lstm[id(n)] for n in nodes if id(n) in placement.lstm),

@@ -22,6 +22,7 @@ __all__ = [
     "DynamicForm",
     "activation_slots",
     "check_patterns",
+    "computed_from_constants",
     "constant",
     "dynamic_form",
     "foldable_activation",
@@ -43,6 +44,23 @@ def constant(value: ir.Value | None) -> ir.TensorProtocol | None:
     if value is None or value.is_graph_input():
         return None
     return value.const_value if value.is_initializer() else None
+
+
+def computed_from_constants(value: ir.Value | None, limit: int = 64) -> bool:
+    """Whether ``value`` is a function of constants only (a Reshape of an initializer, the
+    output of a Constant node): a runtime folds it into a constant, so it is no activation.
+    A chain deeper than ``limit`` nodes is taken as computed at run time."""
+    if value is None or value.is_graph_input():
+        return False
+    if constant(value) is not None:
+        return True
+    producer = value.producer()
+    if producer is None or limit <= 0 or producer.domain not in ("", "ai.onnx"):
+        return False
+    if producer.op_type == "Constant":
+        return True
+    inputs = [v for v in producer.inputs if v is not None]
+    return bool(inputs) and all(computed_from_constants(v, limit - 1) for v in inputs)
 
 
 def _is_zero_constant(value: ir.Value | None) -> bool:

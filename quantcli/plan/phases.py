@@ -3,7 +3,9 @@
 1. :func:`seed`: every node that can never be quantized gets its reason; the mode places every
    eligible compute op and op with a stored weight.
 2. :func:`propagate`: element-wise ops, data movement, tables and folds join the integer path
-   where their inputs are int8, repeated until nothing changes; the rest stay float.
+   where their inputs are int8, repeated until nothing changes; on a target with one pair per
+   carried chain, a data-movement op after a float tensor then carries it from there (the root);
+   the rest stay float.
 3. :func:`prune`: an integer element-wise op after which nothing takes int8 returns to float.
 4. :func:`drop_unread_outputs`: on a target that quantizes layers on their inputs
    (:attr:`~quantcli.target.Target.output_pair_rule`), a compute op's output gets no pair unless
@@ -24,6 +26,7 @@ import onnx_ir as ir
 from quantcli.graph.branches import LOOP_BODIES, LOOP_BODY_REASON
 from quantcli.plan.facts import (
     activation_slots,
+    computed_from_constants,
     constant,
     foldable_activation,
     fused_input,
@@ -139,6 +142,27 @@ def _try_fold(draft: Draft, node: ir.Node) -> bool:
     return True
 
 
+def _try_root_carry(draft: Draft, node: ir.Node) -> bool:
+    """On a target with one pair per carried chain, a data-movement op after a float activation
+    carries it all the same: the pair goes on its input, the chain's root, if an int8 reader
+    turns up after it (assemble), and the op stays float otherwise (settle_carries)."""
+    source = node.inputs[0]
+    if source is None or not is_float(source) or computed_from_constants(source):
+        return False
+    # The root is int8 from here on (an element-wise reader may join on it); it gets its pair
+    # only if an integer kernel reads it or the chain after it.
+    draft.available[source.name or ""] = Source(source.name or "")
+    for out in node.outputs:
+        draft.available[out.name or ""] = Source(source.name or "")
+    draft.decide(
+        node,
+        NodeRole.CARRY,
+        "int8: moves int8 data with its input's scale; the one pair of the chain goes on its input "
+        "(docs/openvino.md rule 3)",
+    )
+    return True
+
+
 def _try_fuse(draft: Draft, node: ir.Node, rule: OpRule, layer: ir.Node) -> bool:
     """An op the runtime fuses into ``layer`` (TensorRT's residual Add after a Conv): integer with
     the layer, its other inputs quantized whatever they are, once the layer is integer."""
@@ -160,8 +184,20 @@ def _try_join(draft: Draft, node: ir.Node, rule: OpRule) -> bool:
         if fused is not None:
             return _try_fuse(draft, node, rule, fused[1])
         live = [node.inputs[i] for i in activation_slots(node, rule) if constant(node.inputs[i]) is None]
-        if live and all(v is not None and v.name in draft.available for v in live):
+        int8 = [v is not None and v.name in draft.available for v in live]
+        if live and all(int8):
             draft.make_integer(node, f"int8: integer kernel ({rule.kernel}); its inputs are int8 already")
+            return True
+        # A float input computed from constants only (a Reshape of a bias) is no activation:
+        # OpenVINO folds it, and a pair on it breaks its Add transformation (PP-OCR cls,
+        # docs/openvino.md).
+        folded = any(computed_from_constants(v) for v, is_int8 in zip(live, int8, strict=True) if not is_int8)
+        if any(int8) and not folded and draft.ctx.target.elementwise_joins_any:
+            draft.make_integer(
+                node,
+                f"int8: integer kernel ({rule.kernel}); an input is int8 and the others get pairs "
+                "(docs/openvino.md rule 4)",
+            )
             return True
         return False
     if rule.kind is OpKind.DATA_MOVEMENT:
@@ -213,6 +249,14 @@ def propagate(ctx: Context, placement: Placement) -> Placement:
         for node, rule in pending:
             if id(node) not in draft.decisions and _try_join(draft, node, rule):
                 changed = True
+        if not changed and ctx.target.one_pair_per_chain:
+            # Only once nothing joins forward: a chain after an int8 tensor carries its scale.
+            roots = [
+                _try_carry(draft, node) or _try_root_carry(draft, node)
+                for node, rule in pending
+                if id(node) not in draft.decisions and rule.kind is OpKind.DATA_MOVEMENT
+            ]
+            changed = any(roots)
     for node, rule in pending:
         if id(node) not in draft.decisions:
             draft.decide(node, NodeRole.FLOAT, _undecided_reason(rule, node))

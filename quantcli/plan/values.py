@@ -95,6 +95,9 @@ class ActivationSpec:
     table: str | None = None
     # The Q/DQ replace the tensor as graph output (needed for the producer to fuse).
     replaces_graph_output: bool = False
+    # Tensors whose ranges are joined with ``range_of``'s into one (the inputs of a Concat that
+    # shares one scale: Target.one_pair_per_chain); empty: ``range_of``'s alone.
+    shared: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
