@@ -30,6 +30,7 @@ from quantcli.blockwise.layers import (
     statistics_needed,
 )
 from quantcli.blockwise.statistics import collect_input_statistics
+from quantcli.blockwise.streaming import quantize_streaming, streams
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import TensorStats
@@ -51,6 +52,8 @@ from quantcli.graph.branches import branch_graphs
 from quantcli.graph.exchange import ir_copy
 from quantcli.graph.io import ModelFile, check_model_file, external_folder, open_session, serialize
 from quantcli.graph.output import StagedModel, StagedOutput
+from quantcli.graph.segments import SegmentedSession
+from quantcli.graph.spill import Spill
 from quantcli.inputs import Datasets, Observer, Run, naming, needs_external_data, ranges_for
 from quantcli.params import PlanParams, compute_params
 from quantcli.passes import (
@@ -211,11 +214,16 @@ def reference_for(run: Run, *, needed: bool) -> Reference:
     """The float model candidates are measured against: a reference to its files, not a copy
     of its weights (``proto`` None when nothing is measured and only one candidate is built)."""
     proto = serialize(run.loaded.model) if needed else None
-    session = None
+    session: Session | None = None
     runtime = target_of(run.config)
-    if proto is not None and run.datasets.evaluation:
+    folder = external_folder(run.loaded.model)
+    if proto is not None and run.datasets.evaluation and streams(run.loaded.model, run.config):
+        # A model past memory is run a segment at a time (see quantcli.blockwise.streaming), on
+        # onnxruntime whatever the target: the float model's arithmetic is the same there.
+        session = SegmentedSession(proto, folder)
+    elif proto is not None and run.datasets.evaluation:
         with naming(run.loaded.path):
-            session = open_session(proto, data_folder=external_folder(run.loaded.model), target=runtime)
+            session = open_session(proto, data_folder=folder, target=runtime)
     return Reference(run.loaded, proto, session, run.datasets, run.labels, runtime)
 
 
@@ -303,11 +311,38 @@ def _block_weight_names(model: ir.Model, plan: QuantPlan) -> list[str]:
     return [w.name or "" for node in model.graph if node.name in nodes and (w := node.inputs[1]) is not None]
 
 
-def _blocked(model: ir.Model, plan: QuantPlan, config: QuantConfig, target: BuildTarget) -> BlockedWeights:
+def _spill(
+    model: ir.Model, config: QuantConfig, target: BuildTarget
+) -> contextlib.AbstractContextManager[Spill | None]:
+    """Where a model past memory writes its 4-bit weights as they are made (None: in memory)."""
+    return Spill(target.output) if streams(model, config) else contextlib.nullcontext()
+
+
+def _blocked(
+    model: ir.Model, plan: QuantPlan, config: QuantConfig, target: BuildTarget, spill: Spill | None
+) -> BlockedWeights:
     """The 4-bit weights of ``plan``'s block-wise nodes. GPTQ and AWQ first observe each of their
     inputs' ``X^T X`` on the calibration data, streaming through calibration's observe loop (its
-    memory budget bounds every pass); only the K x K statistics are kept."""
+    memory budget bounds every pass); only the K x K statistics are kept. With ``spill`` (a model
+    past memory) layers are observed, rounded and written out segment by segment instead."""
     statistics = {}
+    if spill is not None and plan.blockwise:
+        layers = quantize_streaming(
+            model,
+            plan.blockwise,
+            config,
+            calibration=target.calibration,
+            spill=spill,
+            sizes=dict(plan.block_sizes),
+        )
+        return quantize_tables(
+            layers,
+            model.graph,
+            plan.blockwise_tables,
+            block_size=config.block_size,
+            symmetric=config.weight_symmetric,
+            sizes=dict(plan.block_sizes),
+        )
     if plan.blockwise and config.block_method.needs_statistics:
         assert target.calibration is not None, "check_request requires --data for gptq and awq"
         stage("observe 4-bit layer inputs", total=target.calibration.num_samples)
@@ -341,14 +376,15 @@ def _built(
 ) -> Candidate:
     """Quantize ``model`` (modified in place) by ``job``; stage it, check the staged file, and
     refuse it if it grew. Staging first means a model of any size is checked as it will be read."""
-    blocked = _blocked(model, job.plan, config, target)
-    params = _quantized(model, job, config, target)
-    float_params = _parameter_count(model)
-    quantized = [w.name for w in job.plan.weights] + _block_weight_names(model, job.plan)
-    quantized += job.plan.blockwise_tables
-    int8_params = _parameter_count(model, quantized)
-    _rewrite(model, job.plan, params, blocked, target_of(config))
-    staged = scratch.write_model(model, target.output, external_data=target.external_data)
+    with _spill(model, config, target) as spill:
+        blocked = _blocked(model, job.plan, config, target, spill)
+        params = _quantized(model, job, config, target)
+        float_params = _parameter_count(model)
+        quantized = [w.name for w in job.plan.weights] + _block_weight_names(model, job.plan)
+        quantized += job.plan.blockwise_tables
+        int8_params = _parameter_count(model, quantized)
+        _rewrite(model, job.plan, params, blocked, target_of(config))
+        staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
     session = check_model_file(staged.path, target_of(config))
     if staged.size_bytes >= target.input_bytes:

@@ -104,20 +104,22 @@ class WeightMethod(StrEnum):
 class BlockMethod(StrEnum):
     """How a 4-bit block-wise weight is rounded (``--weight-bits 4``; see :mod:`quantcli.blockwise`).
 
-    rtn rounds each block to nearest; gptq compensates each column's rounding error on the
-    columns after it, from the layer's input statistics ``X^T X``; awq scales input channels by
-    their activation magnitude first; awq+gptq scales, then rounds with GPTQ. All but rtn observe
-    the calibration data (--data).
+    rtn rounds each block to nearest; hqq fits each block's scale (and zero point) to the weight
+    with a sparsity-promoting loss, without data; gptq compensates each column's rounding error on
+    the columns after it, from the layer's input statistics ``X^T X``; awq scales input channels by
+    their activation magnitude first; awq+gptq scales, then rounds with GPTQ. gptq and the awq
+    methods observe the calibration data (--data).
     """
 
     RTN = "rtn"
+    HQQ = "hqq"
     GPTQ = "gptq"
     AWQ = "awq"
     AWQ_GPTQ = "awq+gptq"
 
     @property
     def needs_statistics(self) -> bool:
-        return self is not BlockMethod.RTN
+        return self not in (BlockMethod.RTN, BlockMethod.HQQ)
 
 
 # Weight bit widths: 8 (int8 per channel, the default) or 4 (block-wise, weight-only mode).

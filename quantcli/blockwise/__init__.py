@@ -5,6 +5,7 @@ statistics (``H = sum x^T x``, observed streaming). The graph rewrite is
 :class:`quantcli.passes.nbits.WriteBlockwiseWeightsPass`.
 
 - :func:`rtn`: round to nearest, per block a scale (and a zero point).
+- :func:`hqq`: per-block parameters fitted without data by half-quadratic splitting.
 - :func:`gptq`: rounding with second-order error compensation from ``H``.
 - :func:`awq`: activation-aware input-channel scaling searched on the statistics.
 - :func:`layer_error`: weight-reconstruction error and the output error ``tr(dW H dW^T)``.
@@ -12,6 +13,7 @@ statistics (``H = sum x^T x``, observed streaming). The graph rewrite is
 
 from quantcli.blockwise.awq import awq, awq_scale
 from quantcli.blockwise.gptq import gptq
+from quantcli.blockwise.hqq import hqq
 from quantcli.blockwise.layout import BITS, BLOCK_SIZES, BlockQuantized, pack_nibbles, unpack_nibbles
 from quantcli.blockwise.metrics import LayerError, layer_error, output_error
 from quantcli.blockwise.rtn import rtn
@@ -31,6 +33,7 @@ __all__ = [
     "block_targets",
     "collect_input_statistics",
     "gptq",
+    "hqq",
     "layer_error",
     "output_error",
     "pack_nibbles",

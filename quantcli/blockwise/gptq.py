@@ -35,8 +35,13 @@ def inverse_cholesky(hessian: npt.NDArray[np.float64], damping: float = DAMPING)
     h[np.diag_indices_from(h)] += damping * float(np.mean(np.diag(h)))
     # With J the reversal permutation and J H J = L L^T, U = J L^-1 J is upper triangular and
     # U^T U = J L^-T L^-1 J = H^-1: one Cholesky and one triangular inverse, no explicit H^-1.
+    # Each K x K intermediate is dropped as soon as the next exists (8 K^2 bytes each: 128 MB
+    # at K = 4096, and a model past memory rounds such layers one after another).
     lower = np.linalg.cholesky(h[::-1, ::-1])
-    upper: npt.NDArray[np.float64] = np.triu(np.linalg.inv(lower)[::-1, ::-1])
+    del h
+    inverse = np.linalg.inv(lower)
+    del lower
+    upper: npt.NDArray[np.float64] = np.triu(inverse[::-1, ::-1])
     return upper
 
 
@@ -56,15 +61,18 @@ def gptq(
     becomes ``diag(1/s) H diag(1/s)``.
     """
     n, k = weight.shape
-    # Transposed, [K, N]: each column of the weight is a contiguous row here.
-    w = np.array(np.asarray(weight, np.float64).T, order="C")
     h = np.asarray(hessian, np.float64)
     if input_scale is not None:
-        w *= input_scale[:, np.newaxis]
         inverse = 1.0 / input_scale.astype(np.float64)
         h = h * inverse[:, np.newaxis] * inverse[np.newaxis, :]
-    w[np.diag(h) <= 0, :] = 0.0  # an input that was always 0: its weights do not matter
+    dead = np.diag(h) <= 0  # an input that was always 0: its weights do not matter
     upper = inverse_cholesky(h, damping)
+    del h
+    # Transposed, [K, N]: each column of the weight is a contiguous row here (one copy).
+    w = np.asarray(weight).T.astype(np.float64, order="C")
+    if input_scale is not None:
+        w *= input_scale[:, np.newaxis]
+    w[dead, :] = 0.0
     blocks = -(-k // block_size)
     codes = np.empty((blocks * block_size, n), np.uint8)
     scale = np.empty((n, blocks), np.float32)

@@ -9,7 +9,7 @@ Layers reading one activation are rounded together by AWQ (they share its input 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,14 +18,24 @@ import onnx_ir as ir
 
 from quantcli.blockwise.awq import awq
 from quantcli.blockwise.gptq import gptq
-from quantcli.blockwise.layout import BlockQuantized
+from quantcli.blockwise.hqq import hqq
+from quantcli.blockwise.layout import BlockQuantized, PackedBlocks
 from quantcli.blockwise.metrics import layer_error, weight_error
 from quantcli.blockwise.rtn import rtn
 from quantcli.blockwise.statistics import InputStatistics
 from quantcli.blockwise.targets import BlockTarget, block_targets
 from quantcli.config import BlockMethod
 
-__all__ = ["BlockLayer", "BlockedWeights", "quantize_layers", "quantize_tables", "statistics_needed"]
+__all__ = [
+    "BlockLayer",
+    "BlockedWeights",
+    "quantize_group",
+    "quantize_layers",
+    "quantize_tables",
+    "readers",
+    "statistics_needed",
+    "targets_named",
+]
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,13 @@ class BlockedWeights:
     """The quantized weights by node name, and their layers' costs in graph order; the
     quantized Gather tables by initializer name (their costs follow the layers')."""
 
-    weights: Mapping[str, BlockQuantized]
+    weights: Mapping[str, BlockQuantized | PackedBlocks]
     layers: tuple[BlockLayer, ...]
     tables: Mapping[str, BlockQuantized] = field(default_factory=dict)
 
 
-def _targets(graph: ir.Graph, nodes: Sequence[str]) -> list[BlockTarget]:
+def targets_named(graph: ir.Graph, nodes: Sequence[str]) -> list[BlockTarget]:
+    """The block-wise targets among ``nodes``, in graph order."""
     wanted = set(nodes)
     found = [t for t in block_targets(graph) if t.node in wanted]
     assert len(found) == len(wanted), (sorted(wanted), [t.node for t in found])
@@ -80,7 +91,7 @@ def _targets(graph: ir.Graph, nodes: Sequence[str]) -> list[BlockTarget]:
 
 def statistics_needed(graph: ir.Graph, nodes: Sequence[str]) -> dict[str, int]:
     """The activations the nodes read, each with its K: what GPTQ and AWQ observe."""
-    return {t.activation: t.k for t in _targets(graph, nodes)}
+    return {t.activation: t.k for t in targets_named(graph, nodes)}
 
 
 def _round(
@@ -93,6 +104,8 @@ def _round(
     """The layers ``rows`` (one activation's readers) rounded by ``method``, and AWQ's alpha."""
     if method is BlockMethod.RTN:
         return [rtn(w, block_size, symmetric=symmetric) for w in rows], None
+    if method is BlockMethod.HQQ:
+        return [hqq(w, block_size, symmetric=symmetric) for w in rows], None
     assert stats is not None, "gptq and awq need the layer's statistics"
     hessian = stats.gram
     if method is BlockMethod.GPTQ:
@@ -123,29 +136,66 @@ def quantize_layers(
     block sizes by node where one differs from ``block_size`` (a recipe override); AWQ scales
     together the layers reading one activation at one block size.
     """
-    targets = _targets(graph, nodes)
-    sizes = sizes or {}
-    by_activation: dict[tuple[str, int], list[BlockTarget]] = {}
-    for target in targets:
-        key = (target.activation, sizes.get(target.node, block_size))
-        by_activation.setdefault(key, []).append(target)
+    targets = targets_named(graph, nodes)
     weights: dict[str, BlockQuantized] = {}
     costs: dict[str, BlockLayer] = {}
-    for (activation, size), group in by_activation.items():
-        stats = statistics.get(activation)
-        rows = [t.rows(graph) for t in group]
-        quantized, alpha = _round(method, rows, stats, size, symmetric)
-        for target, w, q in zip(group, rows, quantized, strict=True):
-            weights[target.node] = q
-            if stats is not None:
-                error = layer_error(w, q, stats.gram)
-                reconstruction, output = error.weight, error.output
-            else:
-                reconstruction, output = weight_error(w, q), None
-            costs[target.node] = BlockLayer(
-                target.node, target.op_type, target.k, target.n, reconstruction, output, alpha
-            )
+    for activation, group in readers(targets).items():
+        for size, same in by_block_size(group, block_size, sizes).items():
+            for target, quantized, cost in quantize_group(
+                graph,
+                same,
+                method=method,
+                block_size=size,
+                symmetric=symmetric,
+                statistics=statistics.get(activation),
+            ):
+                weights[target.node], costs[target.node] = quantized, cost
     return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
+
+
+def by_block_size(
+    group: Sequence[BlockTarget], block_size: int, sizes: Mapping[str, int] | None
+) -> dict[int, list[BlockTarget]]:
+    """One activation's readers split by their block size (``sizes``: by node, where a recipe
+    override sets one other than ``block_size``)."""
+    split: dict[int, list[BlockTarget]] = {}
+    for target in group:
+        split.setdefault((sizes or {}).get(target.node, block_size), []).append(target)
+    return split
+
+
+def readers(targets: Sequence[BlockTarget]) -> dict[str, list[BlockTarget]]:
+    """The targets grouped by the activation they read, groups in order of their first reader."""
+    by_activation: dict[str, list[BlockTarget]] = {}
+    for target in targets:
+        by_activation.setdefault(target.activation, []).append(target)
+    return by_activation
+
+
+def quantize_group(
+    graph: ir.Graph,
+    group: Sequence[BlockTarget],
+    *,
+    method: BlockMethod,
+    block_size: int,
+    symmetric: bool,
+    statistics: InputStatistics | None,
+) -> Iterator[tuple[BlockTarget, BlockQuantized, BlockLayer]]:
+    """The layers of one activation rounded by ``method`` (they share AWQ's input scale), each
+    with its cost. Their float weights are read here and released when this returns."""
+    rows = [t.rows(graph) for t in group]
+    quantized, alpha = _round(method, rows, statistics, block_size, symmetric)
+    for target, w, q in zip(group, rows, quantized, strict=True):
+        if statistics is not None:
+            error = layer_error(w, q, statistics.gram)
+            reconstruction, output = error.weight, error.output
+        else:
+            reconstruction, output = weight_error(w, q), None
+        yield (
+            target,
+            q,
+            BlockLayer(target.node, target.op_type, target.k, target.n, reconstruction, output, alpha),
+        )
 
 
 def quantize_tables(

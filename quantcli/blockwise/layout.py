@@ -12,15 +12,25 @@ out), so one code layout serves both kinds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import onnx_ir as ir
 
 from quantcli.config import BLOCK_SIZES
 from quantcli.scheme import QParams, QuantType, dequantize
 
-__all__ = ["BITS", "BLOCK_SIZES", "CODE_TYPE", "BlockQuantized", "pack_nibbles", "unpack_nibbles"]
+__all__ = [
+    "BITS",
+    "BLOCK_SIZES",
+    "CODE_TYPE",
+    "BlockQuantized",
+    "PackedBlocks",
+    "pack_nibbles",
+    "unpack_nibbles",
+]
 
 # Codes are unsigned 4-bit (held in uint8 arrays); a symmetric weight uses zero point 8.
 CODE_TYPE = QuantType.UINT4
@@ -129,6 +139,42 @@ class BlockQuantized:
         zero_points = 0 if self.symmetric else self.n * ((self.blocks + 1) // 2)
         scale = 0 if self.input_scale is None else 4 * self.k
         return self.n * self.blocks * self.block_size // 2 + 4 * self.scale.size + zero_points + scale
+
+
+# Makes a tensor of an array: in memory (``ir.tensor``), or written out (a Spill's ``store``).
+Store = Callable[[npt.NDArray[np.generic]], ir.TensorProtocol]
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBlocks:
+    """A 4-bit weight as ``MatMulNBits`` reads it: packed codes ``uint8[N, blocks, block/2]``,
+    scales ``float32[N x blocks]`` and, when asymmetric, packed zero points, each a tensor that
+    may sit in memory or on disk (a weight of a model past memory, written as soon as rounded).
+    """
+
+    n: int
+    k: int
+    block_size: int
+    symmetric: bool
+    packed: ir.TensorProtocol
+    scales: ir.TensorProtocol
+    zero_points: ir.TensorProtocol | None
+    input_scale: npt.NDArray[np.float32] | None = None
+
+    @classmethod
+    def of(cls, quantized: BlockQuantized, store: Store) -> PackedBlocks:
+        """``quantized``'s MatMulNBits tensors, each made by ``store``."""
+        zero_points = None if quantized.symmetric else store(quantized.packed_zero_points())
+        return cls(
+            quantized.n,
+            quantized.k,
+            quantized.block_size,
+            quantized.symmetric,
+            store(quantized.packed()),
+            store(quantized.scale.reshape(-1)),
+            zero_points,
+            quantized.input_scale,
+        )
 
 
 def pack_nibbles(codes: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:

@@ -36,7 +36,9 @@ class LayerError:
 def output_error(delta: npt.NDArray[np.floating], hessian: npt.NDArray[np.float64]) -> float:
     """``tr(dW H dW^T)`` for ``dW`` ``[N, K]`` and ``H`` ``[K, K]``."""
     d = np.asarray(delta, np.float64)
-    return float(np.sum((d @ hessian) * d))
+    product = d @ hessian
+    product *= d  # in place: one K x N temporary, not two
+    return float(np.sum(product))
 
 
 def weight_error(weight: npt.NDArray[np.floating], quantized: BlockQuantized) -> float:
@@ -51,6 +53,9 @@ def layer_error(
 ) -> LayerError:
     """Both errors of ``quantized`` against the float ``weight`` (``[N, K]``)."""
     w = np.asarray(weight, np.float64)
-    delta = quantized.dequantize().astype(np.float64) - w
     energy = max(output_error(w, hessian), 1e-30)
-    return LayerError(weight_error(weight, quantized), output_error(delta, hessian) / energy)
+    norm = max(float(np.linalg.norm(w)), 1e-30)
+    delta = quantized.dequantize().astype(np.float64)
+    delta -= w
+    del w  # the layer's float64 copies are 8 K N bytes each: hold one at a time
+    return LayerError(float(np.linalg.norm(delta)) / norm, output_error(delta, hessian) / energy)

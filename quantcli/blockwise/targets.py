@@ -13,6 +13,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx_ir as ir
 
+from quantcli.graph.io import unmap
+
 __all__ = ["BlockTarget", "block_targets"]
 
 
@@ -31,11 +33,16 @@ class BlockTarget:
     transposed: bool
 
     def rows(self, graph: ir.Graph) -> npt.NDArray[np.float32]:
-        """The weight as ``[N, K]`` float32 (read from the initializer; a copy)."""
+        """The weight as ``[N, K]`` float32 (read from the initializer; a copy). A weight in
+        external data is unmapped once copied, so reading every layer in turn never holds more
+        than the layer at hand."""
         tensor = graph.initializers[self.weight].const_value
         assert tensor is not None
         values = np.asarray(tensor.numpy(), np.float32)
-        return np.ascontiguousarray(values if self.transposed else values.T)
+        rows = np.array(values if self.transposed else values.T, order="C")
+        del values
+        unmap(tensor)
+        return rows
 
 
 def _float_matrix(value: ir.Value | None) -> ir.TensorProtocol | None:

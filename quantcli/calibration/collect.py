@@ -36,11 +36,13 @@ __all__ = [
     "Advance",
     "Progress",
     "TensorRange",
+    "bytes_per_sample",
     "collect_stats",
     "observe",
     "plan_groups",
     "reporting",
     "run_batches",
+    "run_feed",
     "run_samples",
     "stage",
     "within",
@@ -113,7 +115,7 @@ def within(advance: Advance | None, offset: int, samples: int, total: int) -> Ad
 MEMORY_BUDGET = 256 * 2**20
 
 
-def _run(session: object, names: list[str], feed: Batch, source: str) -> list[np.ndarray]:
+def run_feed(session: object, names: list[str], feed: Batch, source: str) -> list[np.ndarray]:
     try:
         return session.run(names, feed)  # type: ignore[attr-defined, no-any-return]
     except Exception as exc:  # onnxruntime's errors have no common public base class
@@ -160,7 +162,7 @@ def _run_feeds(
         outputs = None
         if not alone or count == 1:
             try:
-                outputs = _run(session, names, feed.arrays, source)
+                outputs = run_feed(session, names, feed.arrays, source)
             except CalibrationDataError:
                 if count == 1:
                     raise
@@ -174,10 +176,10 @@ def _run_feeds(
             yield feed, outputs
             continue
         for single in feed.split():
-            yield single, _run(session, names, single.arrays, source)
+            yield single, run_feed(session, names, single.arrays, source)
 
 
-def _bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch) -> dict[str, int]:
+def bytes_per_sample(proto: onnx.ModelProto, names: Sequence[str], feed: Batch) -> dict[str, int]:
     """Bytes of each tensor for one sample, from shape inference on one sample's shapes.
 
     Inputs get the dims of ``feed`` (one sample), so convolutions and reshapes of dynamic inputs
@@ -292,7 +294,7 @@ def observe(
     proto = ir.serde.serialize_model(model)
     # The largest sample sets the budget: samples may differ in every dynamic dim.
     largest = dataset.largest_sample()
-    sizes = _bytes_per_sample(proto, names, largest) if largest is not None else dict.fromkeys(names, 0)
+    sizes = bytes_per_sample(proto, names, largest) if largest is not None else dict.fromkeys(names, 0)
     batch, groups = plan_groups(sizes, batch_size, budget)
     if len(groups) > 1 or batch < batch_size:
         logger.info(

@@ -222,7 +222,7 @@ BlockMethodOpt = Annotated[
     BlockMethod | None,
     option(
         "--block-method",
-        help="Rounding of 4-bit weights: rtn, gptq, awq or awq+gptq (all but rtn observe --data)."
+        help="Rounding of 4-bit weights: rtn, hqq, gptq, awq or awq+gptq (gptq and awq observe --data)."
         + default("rtn"),
         metavar="METHOD",
         panel=MODE,

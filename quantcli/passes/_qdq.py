@@ -15,6 +15,7 @@ __all__ = [
     "QDQParameters",
     "add_initializer",
     "add_parameters",
+    "add_tensor",
     "constant_array",
     "dequantize_node",
     "dequantize_qparams",
@@ -89,12 +90,17 @@ def add_initializer(
 ) -> ir.Value:
     """Register ``array`` as a new initializer named after ``base``; ``dtype`` gives the ONNX type
     of integer codes whose numpy array is wider (4-bit codes in an int8 array)."""
+    tensor = ir.tensor(array) if dtype is None else ir.tensor(array, dtype=ir_type(dtype))
+    return add_tensor(graph, names, base, tensor)
+
+
+def add_tensor(graph: ir.Graph, names: NameAllocator, base: str, tensor: ir.TensorProtocol) -> ir.Value:
+    """Register ``tensor`` (in memory, or external: a weight written out as it was made) as a new
+    initializer named after ``base``."""
     name = names.fresh(base)
-    tensor = (
-        ir.tensor(array, name=name) if dtype is None else ir.tensor(array, dtype=ir_type(dtype), name=name)
-    )
+    tensor.name = name
     value = ir.Value(
-        name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
+        name=name, shape=ir.Shape(tensor.shape.numpy()), type=ir.TensorType(tensor.dtype), const_value=tensor
     )
     graph.register_initializer(value)
     return value

@@ -18,7 +18,10 @@ the *session's* accuracy level (``session.qdq_matmulnbits_accuracy_level``, defa
 model cannot carry the faster choice, and it needs the whole model converted to opset 21; its
 one advantage is being standard ONNX, for runtimes without com.microsoft ops.
 AWQ's input scale becomes one ``Mul`` by ``1/s`` on the activation, shared by every layer that
-reads it with the same ``s``.
+reads it with the same ``s``. A weight may come as :class:`PackedBlocks` whose tensors are on disk
+(a model past memory, :mod:`quantcli.blockwise.streaming`); they become initializers as they
+are, read only when the model is written. Those are MatMulNBits-only (the DequantizeLinear form
+needs the unpacked codes).
 """
 
 from __future__ import annotations
@@ -29,12 +32,12 @@ from enum import StrEnum
 import numpy as np
 import onnx_ir as ir
 
-from quantcli.blockwise.layout import BITS, SYMMETRIC_ZERO_POINT, BlockQuantized
+from quantcli.blockwise.layout import BITS, SYMMETRIC_ZERO_POINT, BlockQuantized, PackedBlocks
 from quantcli.blockwise.targets import BlockTarget, block_targets
 from quantcli.errors import QuantizationError
 from quantcli.graph.names import NameAllocator
 from quantcli.passes._base import MainGraphPass
-from quantcli.passes._qdq import add_initializer
+from quantcli.passes._qdq import add_initializer, add_tensor
 from quantcli.passes._rewrite import replace_node
 
 __all__ = ["DEFAULT_ACCURACY_LEVEL", "DEFAULT_FORM", "BlockForm", "WriteBlockwiseWeightsPass"]
@@ -67,7 +70,7 @@ class WriteBlockwiseWeightsPass(MainGraphPass[BlockTarget]):
 
     def __init__(
         self,
-        weights: Mapping[str, BlockQuantized],
+        weights: Mapping[str, BlockQuantized | PackedBlocks],
         *,
         form: BlockForm = DEFAULT_FORM,
         accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
@@ -100,12 +103,13 @@ class WriteBlockwiseWeightsPass(MainGraphPass[BlockTarget]):
                 _write_nbits(graph, names, node, target, quantized, accuracy_level=self.accuracy_level)
                 model.opset_imports.setdefault(MICROSOFT, 1)
             else:
+                assert isinstance(quantized, BlockQuantized), "the DequantizeLinear form needs the codes"
                 _write_dequantize(graph, names, node, target, quantized)
             _drop_unused(graph, target.weight)
         return ir.passes.PassResult(model, modified=bool(self.weights))
 
     @staticmethod
-    def _check(target: BlockTarget, quantized: BlockQuantized) -> None:
+    def _check(target: BlockTarget, quantized: BlockQuantized | PackedBlocks) -> None:
         assert (quantized.n, quantized.k) == (target.n, target.k), (target, quantized.n, quantized.k)
 
 
@@ -139,17 +143,18 @@ def _write_nbits(
     names: NameAllocator,
     node: ir.Node,
     target: BlockTarget,
-    quantized: BlockQuantized,
+    weight: BlockQuantized | PackedBlocks,
     *,
     accuracy_level: int,
 ) -> None:
     base = target.weight
-    packed = add_initializer(graph, names, f"{base}_nbits", quantized.packed())
-    scales = add_initializer(graph, names, f"{base}_scales", quantized.scale.reshape(-1))
+    quantized = weight if isinstance(weight, PackedBlocks) else PackedBlocks.of(weight, ir.tensor)
+    packed = add_tensor(graph, names, f"{base}_nbits", quantized.packed)
+    scales = add_tensor(graph, names, f"{base}_scales", quantized.scales)
     zero_points = (
         None
-        if quantized.symmetric
-        else add_initializer(graph, names, f"{base}_zero_points", quantized.packed_zero_points())
+        if quantized.zero_points is None
+        else add_tensor(graph, names, f"{base}_zero_points", quantized.zero_points)
     )
     activation = node.inputs[0]
     assert activation is not None
