@@ -143,6 +143,7 @@ modes: $(BENCHSTAMP)
 ## onnxruntime's GPTQ imports torch).
 bench-int4: $(BENCHSTAMP)
 	$(BENCHPY) bench/int4.py --zoo $(ZOO)
+	$(BENCHPY) bench/int4_mixed.py --zoo $(ZOO)
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)

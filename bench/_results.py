@@ -36,6 +36,8 @@ ORDER = [
     "scale_quiet",
     "tensorrt_fidelity",
     "tensorrt",
+    "int4",
+    "int4_mixed",
 ]
 
 HEADER = """# quantcli benchmark results
