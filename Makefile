@@ -145,6 +145,7 @@ modes: $(BENCHSTAMP)
 ## (SmolLM2-135M) and MiniLM-L6 beside onnxruntime's, and the latency of the best against fp32 and int8.
 bench-int4: $(BENCHSTAMP)
 	$(BENCHPY) bench/int4.py --zoo $(ZOO)
+	$(BENCHPY) bench/int4_mixed.py --zoo $(ZOO)
 	$(BENCHPY) bench/int4_decoder.py --zoo $(ZOO)
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).

@@ -37,6 +37,7 @@ ORDER = [
     "tensorrt_fidelity",
     "tensorrt",
     "int4",
+    "int4_mixed",
     "int4_decoder",
 ]
 

@@ -34,7 +34,7 @@ from quantcli.blockwise.streaming import quantize_streaming, streams
 from quantcli.calibration.collect import TensorRange, stage
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.calibration.observers import TensorStats
-from quantcli.config import QuantConfig, QuantMode, SpeedSource
+from quantcli.config import BlockOverride, QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
 from quantcli.engine import Session, timing_session
@@ -139,11 +139,28 @@ class Job:
 @dataclass(frozen=True)
 class Variant:
     """A plan of ``mode`` with more nodes float than its rules leave: ``excluded`` by fallback,
-    ``kept_float`` by the cost model (node name -> the reason the plan gives)."""
+    ``kept_float`` by the cost model (node name -> the reason the plan gives); and ``widened``,
+    4-bit nodes fallback returns to 8 bits."""
 
     mode: QuantMode
     excluded: frozenset[str] = frozenset()
     kept_float: Mapping[str, str] = field(default_factory=dict)
+    widened: frozenset[str] = frozenset()
+
+    def config(self, config: QuantConfig) -> QuantConfig:
+        """``config`` with this variant's exclusions, and its widened nodes at 8 bits."""
+        widened = (
+            (BlockOverride(patterns=self.widened, bits=8, source=FALLBACK_SOURCE),) if self.widened else ()
+        )
+        return replace(
+            config,
+            exclude=config.exclude | self.excluded,
+            block_overrides=(*config.block_overrides, *widened),
+        )
+
+
+# Where a widened node's 8 bits come from, as its reason says.
+FALLBACK_SOURCE = "--auto-fallback"
 
 
 @dataclass(frozen=True)
@@ -247,7 +264,7 @@ def _rewrite(
     ir.passes.Sequential(
         FoldActivationsPass(plan.folds),
         QuantizeInitializersPass(params.initializers, params.integers),
-        WriteBlockwiseWeightsPass(blocked.weights),
+        WriteBlockwiseWeightsPass(blocked.weights, accuracy_level=plan.block_accuracy_level),
         WriteBlockwiseTablesPass(blocked.tables),
         QuantizeMatMulDynamicallyPass(plan.dynamic),
         QuantizeLSTMDynamicallyPass(plan.lstm),
@@ -311,7 +328,12 @@ def _blocked(
     statistics = {}
     if spill is not None and plan.blockwise:
         layers = quantize_streaming(
-            model, plan.blockwise, config, calibration=target.calibration, spill=spill
+            model,
+            plan.blockwise,
+            config,
+            calibration=target.calibration,
+            spill=spill,
+            sizes=dict(plan.block_sizes),
         )
         return quantize_tables(
             layers,
@@ -319,6 +341,7 @@ def _blocked(
             plan.blockwise_tables,
             block_size=config.block_size,
             symmetric=config.weight_symmetric,
+            sizes=dict(plan.block_sizes),
         )
     if plan.blockwise and config.block_method.needs_statistics:
         assert target.calibration is not None, "check_request requires --data for gptq and awq"
@@ -336,10 +359,15 @@ def _blocked(
         block_size=config.block_size,
         symmetric=config.weight_symmetric,
         statistics=statistics,
+        sizes=dict(plan.block_sizes),
     )
-    tables = plan.blockwise_tables
     return quantize_tables(
-        layers, model.graph, tables, block_size=config.block_size, symmetric=config.weight_symmetric
+        layers,
+        model.graph,
+        plan.blockwise_tables,
+        block_size=config.block_size,
+        symmetric=config.weight_symmetric,
+        sizes=dict(plan.block_sizes),
     )
 
 
@@ -417,12 +445,7 @@ def build_variant(
     is observed on the calibration data, and returned with the ranges given."""
     reference = shop.reference
     model = copy_model(reference.proto, shop.target.data_folder)
-    plan = select(
-        model,
-        replace(config, exclude=config.exclude | variant.excluded),
-        variant.kept_float,
-        mode=variant.mode,
-    )
+    plan = select(model, variant.config(config), variant.kept_float, mode=variant.mode)
     calibration = reference.datasets.calibration
     copy = replace(reference.loaded, model=model)
 

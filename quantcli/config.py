@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_MIN_CHANNEL_SQNR",
     "ActivationType",
     "BlockMethod",
+    "BlockOverride",
     "CalibrationMethod",
     "CompareConfig",
     "GateMetric",
@@ -125,6 +126,32 @@ class BlockMethod(StrEnum):
 WEIGHT_BITS = (4, 8)
 # Block sizes of 4-bit weights (onnxruntime's MatMulNBits takes powers of two from 16).
 BLOCK_SIZES = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockOverride:
+    """Bits and block size for the MatMul/Gemm/Gather nodes a recipe's ``[[override]]`` names
+    (node names, globs or op types); None: the run's own. ``source`` names where it came from
+    (the recipe file, or ``--auto-fallback``), for the error when a pattern names no node.
+    Overrides apply in order, a later one over an earlier one."""
+
+    patterns: frozenset[str]
+    bits: int | None = None
+    block_size: int | None = None
+    source: str = ""
+
+    def check(self) -> None:
+        where = f"{self.source}: " if self.source else ""
+        if self.bits is not None and self.bits not in WEIGHT_BITS:
+            raise ConfigError(f"{where}bits must be 4 or 8, got {self.bits}")
+        if self.block_size is not None and self.block_size not in BLOCK_SIZES:
+            sizes = ", ".join(map(str, BLOCK_SIZES))
+            raise ConfigError(f"{where}block_size must be one of {sizes}, got {self.block_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {"patterns": sorted(self.patterns)}
+        settings.update({k: v for k, v in (("bits", self.bits), ("block_size", self.block_size)) if v})
+        return settings
 
 
 class QuantMode(StrEnum):
@@ -251,10 +278,12 @@ class QuantConfig:
         per_layer: diagnose every quantized tensor against its float twin (see
             :mod:`quantcli.diagnose`).
         top_k: how many of the worst tensors the diagnosis measures alone and reports.
-        weight_bits: 8 (int8 weights) or 4 (block-wise int4 MatMul/Gemm weights, weight-only mode).
+        weight_bits: 8 (int8 weights) or 4 (block-wise int4 MatMul/Gemm weights and Gather tables;
+            weight-only mode, or dynamic mode's weights).
         block_size: values per block of a 4-bit weight, along its reduction axis.
         weight_symmetric: 4-bit blocks without a zero point (False: a zero point per block).
         block_method: how 4-bit weights are rounded (see :class:`BlockMethod`).
+        block_overrides: bits and block size per node or op type (recipe overrides), in order.
         target: the runtime the model is quantized for (see :class:`TargetName`).
     """
 
@@ -287,6 +316,12 @@ class QuantConfig:
     weight_symmetric: bool = True
     block_method: BlockMethod = BlockMethod.RTN
     target: TargetName = TargetName.ORT_CPU
+    block_overrides: tuple[BlockOverride, ...] = ()
+
+    @property
+    def four_bits(self) -> bool:
+        """Some weights may be written in 4-bit blocks: by default, or by a node's override."""
+        return self.weight_bits == 4 or any(o.bits == 4 for o in self.block_overrides)
 
     @property
     def has_gate(self) -> bool:
@@ -318,7 +353,9 @@ class QuantConfig:
         if self.block_size not in BLOCK_SIZES:
             sizes = ", ".join(map(str, BLOCK_SIZES))
             raise ConfigError(f"--block-size must be one of {sizes}, got {self.block_size}")
-        if self.weight_bits == 8:
+        for override in self.block_overrides:
+            override.check()
+        if not self.four_bits:
             given = [
                 flag
                 for flag, differs in (
@@ -328,11 +365,14 @@ class QuantConfig:
                 )
                 if differs
             ]
+            sized = next((o for o in self.block_overrides if o.block_size is not None), None)
+            if sized is not None:
+                given.append(f"{sized.source}: block_size")
             if given:
                 raise ConfigError(f"{given[0]} is for 4-bit weights: add --weight-bits 4 (8-bit is int8)")
             return
-        if self.mode is not QuantMode.WEIGHT_ONLY:
-            raise ConfigError(f"--weight-bits 4 needs --mode weight-only (got --mode {self.mode})")
+        if self.mode not in (QuantMode.WEIGHT_ONLY, QuantMode.DYNAMIC):
+            raise ConfigError(f"--weight-bits 4 needs --mode weight-only or dynamic (got --mode {self.mode})")
         if self.weight_method is not WeightMethod.MINMAX:
             raise ConfigError(
                 f"--weight-method {self.weight_method} is for int8 weights; 4-bit weights take --block-method"
@@ -413,6 +453,7 @@ class Overrides:
     weight_symmetric: bool | None = None
     block_method: BlockMethod | None = None
     target: TargetName | None = None
+    block_overrides: tuple[BlockOverride, ...] | None = None
 
     def given(self) -> dict[str, Any]:
         """The settings this layer gives, by QuantConfig field."""
@@ -556,7 +597,7 @@ _RECIPE_DEFAULTS: dict[str, type] = {
     "block_method": BlockMethod,
     "target": TargetName,
 }
-_OVERRIDE_KEYS = ("match", "op", "skip", "per_channel")
+_OVERRIDE_KEYS = ("match", "op", "skip", "per_channel", "bits", "block_size")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -598,26 +639,43 @@ def _typed(key: str, value: Any, kind: type, path: Path) -> Any:
     raise ConfigError(f"{path}: {key} must be a {kind.__name__}, got {value!r}")
 
 
-def _override(entry: Any, index: int, path: Path) -> tuple[frozenset[str], bool | None, bool | None]:
+@dataclass(frozen=True)
+class _Entry:
+    """One validated ``[[override]]``: the patterns it names and what it sets on them."""
+
+    targets: frozenset[str]
+    skip: bool | None
+    per_channel: bool | None
+    layout: BlockOverride | None
+
+
+def _optional(entry: dict[str, Any], key: str, kind: type, where: str, path: Path) -> Any:
+    return _typed(f"{where} {key}", entry[key], kind, path) if key in entry else None
+
+
+def _override(entry: Any, index: int, path: Path) -> _Entry:
     where = f"[[override]] #{index + 1}"
     if not isinstance(entry, dict):
         raise ConfigError(f"{path}: {where} must be a table")
     _unknown(where, entry, _OVERRIDE_KEYS, path)
-    targets = {str(entry[k]) for k in ("match", "op") if k in entry}
+    targets = frozenset(str(entry[k]) for k in ("match", "op") if k in entry)
     if not targets:
         raise ConfigError(f'{path}: {where} needs match = "<node name or glob>" or op = "<op type>"')
-    skip = _typed(f"{where} skip", entry["skip"], bool, path) if "skip" in entry else None
-    per_channel = (
-        _typed(f"{where} per_channel", entry["per_channel"], bool, path) if "per_channel" in entry else None
-    )
+    skip = _optional(entry, "skip", bool, where, path)
+    per_channel = _optional(entry, "per_channel", bool, where, path)
     if per_channel is True:
         raise ConfigError(
             f"{path}: {where}: per_channel = true cannot be set per node; set it in [defaults] "
             "and use per_channel = false on the nodes that need one scale per tensor"
         )
-    if skip is None and per_channel is None:
-        raise ConfigError(f"{path}: {where} changes nothing: set skip or per_channel")
-    return frozenset(targets), skip, per_channel
+    bits, block_size = (_optional(entry, key, int, where, path) for key in ("bits", "block_size"))
+    layout = None
+    if bits is not None or block_size is not None:
+        layout = BlockOverride(patterns=targets, bits=bits, block_size=block_size, source=f"{path}: {where}")
+        layout.check()
+    if skip is None and per_channel is None and layout is None:
+        raise ConfigError(f"{path}: {where} changes nothing: set skip, per_channel, bits or block_size")
+    return _Entry(targets, skip, per_channel, layout)
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -636,14 +694,22 @@ def load_recipe(path: Path) -> Recipe:
         raise ConfigError(f"{path}: write overrides as [[override]] tables")
     skip: set[str] = set()
     per_tensor: set[str] = set()
-    for index, entry in enumerate(overrides):
-        targets, skipped, per_channel = _override(entry, index, path)
-        if skipped:
-            skip |= targets
-        if per_channel is False:
-            per_tensor |= targets
+    layouts: list[BlockOverride] = []
+    for index, raw_entry in enumerate(overrides):
+        entry = _override(raw_entry, index, path)
+        if entry.skip:
+            skip |= entry.targets
+        if entry.per_channel is False:
+            per_tensor |= entry.targets
+        if entry.layout is not None:
+            layouts.append(entry.layout)
     assert set(_RECIPE_DEFAULTS) <= {f.name for f in fields(QuantConfig)}
-    settings = Overrides(**defaults, exclude=frozenset(skip), per_tensor=frozenset(per_tensor))
+    settings = Overrides(
+        **defaults,
+        exclude=frozenset(skip),
+        per_tensor=frozenset(per_tensor),
+        block_overrides=tuple(layouts) or None,
+    )
     return Recipe(path=str(path), overrides=settings)
 
 
@@ -666,11 +732,39 @@ def config_settings(config: QuantConfig) -> dict[str, Any]:
     """``config`` as JSON values: every setting, so a report can reproduce its run."""
     settings: dict[str, Any] = {}
     for name in sorted((*_REPORT_SETTINGS, *_REPORT_PATTERNS)):
-        if name in _BLOCK_SETTINGS and config.weight_bits == 8:
+        if name in _BLOCK_SETTINGS and not config.four_bits:
             continue  # int8 weights: their defaults (config refuses others); int8 reports unchanged
         value = getattr(config, name)
         settings[name] = sorted(value) if isinstance(value, frozenset) else value
+    if config.block_overrides:
+        settings[_LAYOUTS] = [o.to_dict() for o in config.block_overrides]
     return settings
+
+
+# A report's per-node bits and block sizes (recipe overrides), in order.
+_LAYOUTS = "block_overrides"
+
+
+def _layouts(value: Any, path: Path) -> tuple[BlockOverride, ...] | None:
+    """The report's ``block_overrides``, checked as a recipe's are."""
+    if value is None:
+        return None
+    entries = value if isinstance(value, list) else [None]
+    layouts = []
+    for entry in entries:
+        patterns = entry.get("patterns") if isinstance(entry, dict) else None
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(patterns, list)
+            or not all(isinstance(p, str) for p in patterns)
+        ):
+            raise ConfigError(f"{path}: config {_LAYOUTS} must list tables of patterns, bits and block_size")
+        _unknown(f"config {_LAYOUTS}", entry, ("patterns", "bits", "block_size"), path)
+        bits, size = (_optional(entry, key, int, _LAYOUTS, path) for key in ("bits", "block_size"))
+        layout = BlockOverride(patterns=frozenset(patterns), bits=bits, block_size=size, source=str(path))
+        layout.check()
+        layouts.append(layout)
+    return tuple(layouts) or None
 
 
 def recipe_from_report(path: Path) -> Recipe:
@@ -685,7 +779,7 @@ def recipe_from_report(path: Path) -> Recipe:
     settings = document.get("config") if isinstance(document, dict) else None
     if not isinstance(settings, dict) or document.get("kind") != "convert":
         raise ConfigError(f'{path}: not a quantcli convert report (no "config" of kind convert)')
-    _unknown("the report's config", settings, (*_REPORT_SETTINGS, *_REPORT_PATTERNS), path)
+    _unknown("the report's config", settings, (*_REPORT_SETTINGS, *_REPORT_PATTERNS, _LAYOUTS), path)
     defaults = {
         k: _typed(k, v, _REPORT_SETTINGS[k], path)
         for k, v in settings.items()
@@ -701,5 +795,10 @@ def recipe_from_report(path: Path) -> Recipe:
         patterns[key] = frozenset(value)
     if patterns["include"]:
         defaults["include"] = patterns["include"]
-    settings = Overrides(**defaults, exclude=patterns["exclude"], per_tensor=patterns["per_tensor"])
+    settings = Overrides(
+        **defaults,
+        exclude=patterns["exclude"],
+        per_tensor=patterns["per_tensor"],
+        block_overrides=_layouts(settings.get(_LAYOUTS), path),
+    )
     return Recipe(path=str(path), overrides=settings)

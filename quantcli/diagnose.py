@@ -12,7 +12,10 @@ with those tensors exposed as extra outputs, and per tensor we accumulate
   of the float model with only this tensor quantized, with the quantized model's parameters.
   That is the tensor's effect on the result, and what the ranking puts first.
 
-This works on any QDQ model, not only quantcli's. Tensors quantized other ways (dynamic MatMul
+This works on any QDQ model, not only quantcli's. 4-bit block-wise weights (com.microsoft
+``MatMulNBits`` and ``GatherBlockQuantized`` nodes that keep the float node's name, as quantcli
+writes them) are read back from their packed codes and listed as weights with ``bits`` 4, their
+effect measured alone like an int8 weight's. Tensors quantized other ways (dynamic MatMul
 inputs, rows gathered from an int8 table) have no DQ twin and are not listed. Extra outputs keep
 onnxruntime from fusing some Q/DQ pairs, so a tensor's numbers come from the unfused graph.
 """
@@ -20,6 +23,7 @@ onnxruntime from fusing some Q/DQ pairs, so a tensor's numbers come from the unf
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +32,8 @@ import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
+from quantcli.blockwise.layout import BlockQuantized
+from quantcli.blockwise.targets import block_targets
 from quantcli.calibration.branches import Session, open_tap
 from quantcli.calibration.data import Batch, Dataset
 from quantcli.engine import Session as EngineSession
@@ -44,6 +50,9 @@ from quantcli.target import ORT_CPU, Target
 __all__ = ["LayerDiagnosis", "TensorError", "diagnose"]
 
 _QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+# com.microsoft nodes holding a 4-bit block-wise weight, and the input that holds it.
+_BLOCK_OPS = {"MatMulNBits": 1, "GatherBlockQuantized": 0}
+_MICROSOFT = "com.microsoft"
 # One sample per run: every quantized tensor of both models is exposed at once, so a batch of
 # 4 PP-OCRv4 det images (640x640) held about 12 GB.
 _BATCH_SIZE = 1
@@ -68,6 +77,7 @@ class TensorError:
     sqnr_db: float
     local_sqnr_db: float
     alone_sqnr_db: float | None = None
+    bits: int | None = None  # 4: a block-wise weight; None: int8 (Q/DQ)
 
     @property
     def rank_key(self) -> tuple[int, float, float]:
@@ -98,6 +108,14 @@ class LayerDiagnosis:
                 groups.append(fresh)
         return groups
 
+    def block_groups(self) -> list[tuple[str, ...]]:
+        """Per 4-bit weight, worst first, its node (what fallback widens to 8 bits first)."""
+        groups: dict[tuple[str, ...], None] = {}
+        for tensor in self.tensors:
+            if tensor.bits == 4 and tensor.nodes:
+                groups.setdefault(tensor.nodes, None)
+        return list(groups)
+
     def exclude_file(self, k: int | None = None) -> str:
         """An ``--exclude @FILE`` list of the nodes behind the worst ``k`` tensors."""
         lines = ["# quantcli exclude list: nodes behind the worst quantized tensors, worst first"]
@@ -121,10 +139,16 @@ class _Twin:
     kind: str
     nodes: tuple[str, ...]
     order: int
-    qparams: QParams  # what the DequantizeLinear applies
+    qparams: QParams | None  # what the DequantizeLinear applies (None: a 4-bit block-wise weight)
     # The quantizer saturates at 0 (zero point at the type's minimum): a folded Relu, whose
     # clipping of negative values is intended and not quantization error.
     floor_at_zero: bool = False
+    # A 4-bit weight stored as ``[N, K]`` rows in the float model too (Gemm transB, a table).
+    rows: bool = False
+
+    @property
+    def blocked(self) -> bool:
+        return self.qparams is None
 
 
 @dataclass
@@ -162,15 +186,23 @@ class _FloatModel:
     values: frozenset[str]  # graph inputs and node outputs
     weights: frozenset[str]
     nodes: frozenset[str]
+    # Nodes that can hold a 4-bit weight: node name -> (weight name, stored as [N, K] rows).
+    block_weights: Mapping[str, tuple[str, bool]]
 
     @classmethod
     def of(cls, model: ir.Model) -> _FloatModel:
         graph = model.graph
+        blocked = {t.node: (t.weight, t.transposed) for t in block_targets(graph)}
+        for node in graph:
+            table = node.inputs[0] if node.op_type == "Gather" and node.inputs else None
+            if table is not None and table.is_initializer() and table.name:
+                blocked[node.name or ""] = (table.name, True)
         graphs = (graph, *(branch for _, _, branch in branch_graphs(graph)))
         return cls(
             frozenset(values_by_name(graph)),
             frozenset(name for g in graphs for name in g.initializers),
             frozenset(n.name or "" for n in planned_nodes(graph)),
+            blocked,
         )
 
     def node(self, node: ir.Node | None) -> str | None:
@@ -219,14 +251,28 @@ def _twin(node: ir.Node, order: int, readers: list[ir.Node], float_model: _Float
     return _Twin(twin, out.name, pre.name, "activation", nodes, order, qparams, floor_at_zero=floor)
 
 
+def _block_twin(node: ir.Node, order: int, float_model: _FloatModel) -> _Twin | None:
+    """The float weight a 4-bit block-wise node of quantcli's stands for (it keeps the name of
+    the float node it replaced)."""
+    found = float_model.block_weights.get(node.name or "")
+    out = node.outputs[0].name
+    if found is None or not out:
+        return None
+    weight, rows = found
+    return _Twin(weight, out, None, "weight", (node.name or "",), order, None, rows=rows)
+
+
 def _twins(float_model: ir.Model, quant_model: ir.Model) -> list[_Twin]:
     known = _FloatModel.of(float_model)
     consumers = _consumers(quant_model.graph)
     twins = []
     for order, node in enumerate(planned_nodes(quant_model.graph)):
-        if node.op_type != "DequantizeLinear" or len(node.inputs) < 2:
+        if node.domain == _MICROSOFT and node.op_type in _BLOCK_OPS:
+            twin = _block_twin(node, order, known)
+        elif node.op_type != "DequantizeLinear" or len(node.inputs) < 2:
             continue
-        twin = _twin(node, order, consumers.get(node.outputs[0].name or "", []), known)
+        else:
+            twin = _twin(node, order, consumers.get(node.outputs[0].name or "", []), known)
         if twin is not None:
             twins.append(twin)
     return twins
@@ -269,10 +315,54 @@ class _Pair:
         return cls(float_proto, quant_proto, float_model, quant_model, data_folder, quant_folder, runtime)
 
 
+def _array(value: ir.Value | None) -> npt.NDArray[np.generic] | None:
+    return None if value is None or value.const_value is None else np.asarray(value.const_value.numpy())
+
+
+def _input_scale(node: ir.Node, k: int) -> npt.NDArray[np.float32] | None:
+    """AWQ's input scale ``s`` when the node reads its activation through a Mul by a constant
+    ``1/s`` of K values (how quantcli writes it), else None."""
+    activation = node.inputs[0]
+    mul = None if activation is None else produced_by(activation, "Mul")
+    if mul is None:
+        return None
+    for value in mul.inputs:
+        factor = _array(value)
+        if factor is not None and factor.shape == (k,):
+            return (1.0 / factor.astype(np.float64)).astype(np.float32)
+    return None
+
+
+def _block_weight(node: ir.Node, rows: bool) -> npt.NDArray[np.float32]:
+    """A 4-bit weight as its MatMulNBits or GatherBlockQuantized node computes it, in the float
+    model's layout (``[K, N]`` for a MatMul, rows otherwise)."""
+    attributes = {name: int(a.value) for name, a in node.attributes.items() if name in ("K", "block_size")}
+    size = attributes["block_size"]
+    packed = _array(node.inputs[_BLOCK_OPS[node.op_type]])
+    scales, zero_points = (_array(node.inputs[i]) if len(node.inputs) > i else None for i in (2, 3))
+    assert packed is not None and scales is not None, node.name
+    n = packed.shape[0]
+    block_scales = np.asarray(scales, np.float32).reshape(n, -1)
+    k = attributes.get("K", block_scales.shape[1] * size)
+    scale = _input_scale(node, k) if node.op_type == "MatMulNBits" else None
+    weight = BlockQuantized.from_packed(
+        packed.astype(np.uint8),
+        block_scales,
+        None if zero_points is None else zero_points.astype(np.uint8),
+        size,
+        k,
+        input_scale=scale,
+    ).dequantize()
+    return weight if rows else np.ascontiguousarray(weight.T)
+
+
 def _dequantized_weight(quant_model: ir.Model, twin: _Twin) -> npt.NDArray[np.float32]:
-    """A weight as the quantized model's DequantizeLinear computes it."""
+    """A weight as the quantized model's DequantizeLinear (or 4-bit node) computes it."""
     node = values_by_name(quant_model.graph)[twin.dq_output].producer()
-    assert node is not None and node.inputs[0] is not None and node.inputs[0].const_value is not None
+    assert node is not None and node.inputs[0] is not None
+    if twin.qparams is None:
+        return _block_weight(node, twin.rows)
+    assert node.inputs[0].const_value is not None
     return dequantize(node.inputs[0].const_value.numpy(), twin.qparams)
 
 
@@ -302,7 +392,7 @@ def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: i
     reference = _exposed_session(
         pair.float_model, pair.float_proto, [t.float_name for t in twins], pair.data_folder, pair.runtime
     )
-    quant_names = [t.dq_output for t in twins] + [t.pre for t in twins if t.pre is not None]
+    quant_names = [t.dq_output for t in twins if not t.blocked] + [t.pre for t in twins if t.pre is not None]
     candidate = _exposed_session(
         pair.quant_model, pair.quant_proto, quant_names, pair.quant_folder, pair.runtime
     )
@@ -344,6 +434,7 @@ def _alone(
     elif any(out.name == twin.float_name for out in model.graph.outputs):
         return None  # its effect on the output is its local error
     else:
+        assert twin.qparams is not None, "a block-wise twin is a weight"
         InsertActivationQDQPass({twin.float_name: twin.qparams})(model)
     session = open_session(serialize(model), data_folder=pair.data_folder, target=pair.runtime)
     fidelity = compare_models(reference, session, dataset, batch_size=batch_size, source="")
@@ -366,6 +457,7 @@ def _errors(pair: _Pair, twins: list[_Twin], sums: dict[str, _Sums]) -> list[Ten
                 range_max=s.high if math.isfinite(s.high) else 0.0,
                 sqnr_db=sqnr_db(s.signal, s.noise),
                 local_sqnr_db=sqnr_db(s.local_signal, s.local_noise),
+                bits=4 if twin.blocked else None,
             )
         )
     return tensors

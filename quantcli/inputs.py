@@ -236,7 +236,7 @@ def split_data(
     if eval_data is not None:
         evaluation = open_source(eval_data, specs, skip_nonfinite=config.skip_nonfinite)
         return Datasets(calibration, evaluation, str(eval_data))
-    observes = uses_calibration(mode) or (config.weight_bits == 4 and config.block_method.needs_statistics)
+    observes = uses_calibration(mode) or (config.four_bits and config.block_method.needs_statistics)
     if calibration is not None and not observes:
         # Nothing to calibrate: every sample of --data measures fidelity instead.
         return Datasets(None, calibration, f"{data} (not needed for calibration in {mode} mode)")
@@ -438,7 +438,7 @@ def check_request(request: Request, config: QuantConfig) -> None:
     if config.bias_correction and request.data is None:
         raise ConfigError("--bias-correction measures Conv input means on --data; give --data")
     check_engine(config)
-    if config.weight_bits == 4 and config.block_method.needs_statistics and request.data is None:
+    if config.four_bits and config.block_method.needs_statistics and request.data is None:
         raise ConfigError(
             f"--block-method {config.block_method} observes each layer's inputs on --data; give --data "
             "(or use --block-method rtn, which needs none)"

@@ -8,11 +8,17 @@ model as the bound allows stays int8. Every trial is a full build, check and eva
 one is reported with its cost. It assumes that returning more to float never hurts, which holds
 closely enough in practice; a trial that contradicts it is still reported as measured.
 
-The loop knows nothing about how a model is built: the caller gives a function from a set of
-excluded nodes and the ranges known so far to a measured result and the ranges it needed. So it
-composes with any mode whose plan honours exclusions, and it is a function from ranges in to
-ranges out: nothing it is given is changed. :func:`repair` runs the per-layer diagnosis that
-ranks the groups, then the loop, on builds of :func:`quantcli.build.build_variant`.
+With 4-bit weights (``--weight-bits 4``) the 4-bit layers, ranked by their effect alone, first
+return to 8 bits in the same growing prefixes, and only when every one of them is at 8 bits do
+the groups go on to float: so a model keeps as many 4-bit layers as the bound allows, then as
+many int8 ones.
+
+The loop knows nothing about how a model is built: the caller gives a function from the
+:class:`Trial` (nodes excluded, nodes widened to 8 bits) and the ranges known so far to a
+measured result and the ranges it needed. So it composes with any mode whose plan honours
+exclusions, and it is a function from ranges in to ranges out: nothing it is given is changed.
+:func:`repair` runs the per-layer diagnosis that ranks the groups, then the loop, on builds of
+:func:`quantcli.build.build_variant`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,16 @@ from quantcli.diagnose import LayerDiagnosis, diagnose
 from quantcli.errors import QuantCliError
 from quantcli.evaluate import GateResult
 
-__all__ = ["FallbackResult", "FallbackStep", "Measured", "Ranges", "Repaired", "fall_back", "repair"]
+__all__ = [
+    "FallbackResult",
+    "FallbackStep",
+    "Measured",
+    "Ranges",
+    "Repaired",
+    "Trial",
+    "fall_back",
+    "repair",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +71,9 @@ M = TypeVar("M", bound=Measured)
 class FallbackStep:
     """One model built and measured: which nodes were float, and what that gave.
 
-    ``excluded`` are the nodes returned to float beyond the user's own exclusions; ``gate`` is None
-    when the trial could not be built (``note`` says why).
+    ``excluded`` are the nodes returned to float beyond the user's own exclusions, ``widened``
+    the 4-bit nodes returned to 8 bits; ``gate`` is None when the trial could not be built
+    (``note`` says why).
     """
 
     trial: int
@@ -68,6 +84,16 @@ class FallbackStep:
     output_bytes: int
     chosen: bool = False
     note: str = ""
+    widened: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One model fallback asks for: the nodes returned to float, and the 4-bit nodes returned
+    to 8 bits (none of them in float), each in ranked order."""
+
+    excluded: tuple[str, ...]
+    widened: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,23 +106,24 @@ class FallbackResult(Generic[M]):
     summary: str
 
 
-def _step(trial: int, groups: int, excluded: tuple[str, ...], measured: Measured) -> FallbackStep:
+def _step(trial: int, groups: int, asked: Trial, measured: Measured) -> FallbackStep:
     return FallbackStep(
         trial=trial,
         groups=groups,
-        excluded=excluded,
+        excluded=asked.excluded,
         gate=measured.gate,
         int8_weight_fraction=measured.int8_weight_fraction,
         output_bytes=measured.size_bytes,
+        widened=asked.widened,
     )
 
 
 Ranges = Mapping[str, TensorRange]
 
 
-# A batch of trial builds: the nodes each returns to float and the ranges known so far in, the
-# measured model and the ranges it needed out (or why it could not be built), in the same order.
-BuildMany = Callable[[Sequence[frozenset[str]], Ranges], Sequence[tuple[M, Ranges] | QuantCliError]]
+# A batch of trial builds: the trials and the ranges known so far in, the measured model and the
+# ranges it needed out (or why it could not be built), in the same order.
+BuildMany = Callable[[Sequence[Trial], Ranges], Sequence[tuple[M, Ranges] | QuantCliError]]
 
 
 def _search(first_passed: bool, available: int, max_trials: int) -> Generator[int, bool | None, int | None]:
@@ -184,8 +211,12 @@ def fall_back(
     *,
     max_trials: int,
     width: int = 1,
+    widening: int = 0,
 ) -> tuple[FallbackResult[M], Ranges]:
     """Search the smallest prefix of ``groups`` whose exclusion passes the gate.
+
+    The first ``widening`` groups are 4-bit nodes: a prefix returns them to 8 bits, not float;
+    the groups after them return to float (a node in both is in float).
 
     ``first`` is the full plan's measured model; ``build`` makes and measures models with the
     given nodes in float from the ranges known so far, and returns each with the ranges it
@@ -201,8 +232,8 @@ def fall_back(
     built: dict[int, tuple[M, Ranges] | QuantCliError] = {}
     known: dict[int, bool | None] = {}
     while wanted := _lookahead(passed, available, max_trials, known, max(1, width)):
-        excluded = [frozenset(_excluded(groups, prefix)) for prefix in wanted]
-        for prefix, outcome in zip(wanted, build(excluded, ranges), strict=True):
+        asked = [_trial(groups, prefix, widening) for prefix in wanted]
+        for prefix, outcome in zip(wanted, build(asked, ranges), strict=True):
             built[prefix] = outcome
             if isinstance(outcome, QuantCliError):
                 known[prefix] = None
@@ -213,20 +244,25 @@ def fall_back(
             ranges = {**ranges, **needed}
     replay = _replay(passed, available, max_trials, known)
     results: dict[int, M] = {0: first}
-    steps = [_step(0, 0, (), first)]
+    steps = [_step(0, 0, Trial(()), first)]
     for prefix in replay.tried:
-        outcome, excluded_names = built[prefix], _excluded(groups, prefix)
+        outcome, trial = built[prefix], _trial(groups, prefix, widening)
         if isinstance(outcome, QuantCliError):
-            logger.info("fallback trial with %d groups in float failed: %s", prefix, outcome)
-            steps.append(FallbackStep(len(steps), prefix, excluded_names, None, 0.0, 0, note=str(outcome)))
+            logger.info("fallback trial with %d groups returned failed: %s", prefix, outcome)
+            failed = FallbackStep(len(steps), prefix, trial.excluded, None, 0.0, 0, note=str(outcome))
+            steps.append(replace(failed, widened=trial.widened))
             continue
         results[prefix] = outcome[0]
-        steps.append(_step(len(steps), prefix, excluded_names, outcome[0]))
+        steps.append(_step(len(steps), prefix, trial, outcome[0]))
     return _finish(results, steps, replay.passing, available), ranges
 
 
-def _excluded(groups: Sequence[tuple[str, ...]], prefix: int) -> tuple[str, ...]:
-    return tuple(n for group in groups[:prefix] for n in group)
+def _trial(groups: Sequence[tuple[str, ...]], prefix: int, widening: int) -> Trial:
+    """The prefix's nodes: the first ``widening`` groups' to 8 bits, the others' to float."""
+    excluded = tuple(dict.fromkeys(n for group in groups[widening:prefix] for n in group))
+    floated = set(excluded)
+    widened = (n for group in groups[: min(prefix, widening)] for n in group if n not in floated)
+    return Trial(excluded, tuple(dict.fromkeys(widened)))
 
 
 def _shortfall(measured: Measured) -> float:
@@ -236,17 +272,23 @@ def _shortfall(measured: Measured) -> float:
 def _finish(
     results: dict[int, M], steps: list[FallbackStep], passing: int | None, available: int
 ) -> FallbackResult[M]:
-    if passing is not None:
-        kept = passing
-        summary = f"the gate passes with {kept} of {available} ranked groups of nodes returned to float"
-    else:
-        kept = min(results, key=lambda p: _shortfall(results[p]))
-        summary = (
-            f"no trial passed the gate; kept the one that missed it by the least "
-            f"({kept} of {available} ranked groups in float)"
-        )
+    kept = passing if passing is not None else min(results, key=lambda p: _shortfall(results[p]))
     # A prefix is built at most once, so exactly one step is marked.
     marked = tuple(replace(s, chosen=s.groups == kept and s.gate is not None) for s in steps)
+    chosen = next(s for s in marked if s.chosen)
+    if any(s.widened for s in steps):
+        returned = (
+            f"{len(chosen.widened)} 4-bit nodes returned to 8 bits and {len(chosen.excluded)} nodes "
+            f"to float ({kept} of {available} ranked steps)"
+        )
+        passed, missed = returned, returned
+    else:
+        passed = f"{kept} of {available} ranked groups of nodes returned to float"
+        missed = f"{kept} of {available} ranked groups in float"
+    if passing is not None:
+        summary = f"the gate passes with {passed}"
+    else:
+        summary = f"no trial passed the gate; kept the one that missed it by the least ({missed})"
     return FallbackResult(chosen=results[kept], steps=marked, passed=passing is not None, summary=summary)
 
 
@@ -311,10 +353,10 @@ def repair(
     trials = iter(range(1, config.max_trials + 1))
     kept_float = dict(start.plan.kept_float)
 
-    def build(excluded: Sequence[frozenset[str]], known: Ranges) -> list[Built | QuantCliError]:
+    def build(asked: Sequence[Trial], known: Ranges) -> list[Built | QuantCliError]:
         orders = [
             Order(
-                Variant(start.plan.mode, names, kept_float),
+                Variant(start.plan.mode, frozenset(t.excluded), kept_float, frozenset(t.widened)),
                 known,
                 progress=(
                     "fallback trial",
@@ -322,11 +364,19 @@ def repair(
                     config.max_trials,
                 ),
             )
-            for names in excluded
+            for t in asked
         ]
         return builds(orders, config, shop)
 
+    # 4-bit layers return to 8 bits first (worst first), then groups to float.
+    widen = diagnosis.block_groups()
     fallback, ranges = fall_back(
-        start, diagnosis.node_groups(), build, ranges, max_trials=config.max_trials, width=builds.width
+        start,
+        [*widen, *diagnosis.node_groups()],
+        build,
+        ranges,
+        max_trials=config.max_trials,
+        width=builds.width,
+        widening=len(widen),
     )
     return Repaired(fallback.chosen, replace(diagnosis, top_k=config.top_k), fallback, ranges)

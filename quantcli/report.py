@@ -106,9 +106,16 @@ class BlockwiseSummary:
     form: str
     accuracy_level: int
     layers: tuple[BlockLayer, ...]
+    # Every MatMul, Gemm and Gather node: its weight's bits (4, 8, None: float) and the plan's
+    # reason, which names a recipe override or --auto-fallback when one set 8 bits.
+    widths: tuple[tuple[str, str, int | None, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "widths": [
+                {"node": node, "op_type": op, "bits": bits, "reason": reason}
+                for node, op, bits, reason in self.widths
+            ],
             "bits": self.bits,
             "block_size": self.block_size,
             "symmetric": self.symmetric,
@@ -148,9 +155,12 @@ class FallbackSummary:
     summary: str
     steps: tuple[dict[str, Any], ...]
     float_nodes: tuple[str, ...]
+    # 4-bit nodes returned to 8 bits (None: no trial widened any; the key is left out).
+    eight_bit_nodes: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, result: FallbackResult[Any], input_bytes: int) -> FallbackSummary:
+        widening = any(s.widened for s in result.steps)
         steps = tuple(
             {
                 "trial": s.trial,
@@ -162,11 +172,15 @@ class FallbackSummary:
                 "size_ratio": input_bytes / s.output_bytes if s.output_bytes else 0.0,
                 "chosen": s.chosen,
                 "note": s.note,
+                # 4-bit fallback only: an int8 report keeps its keys.
+                **({"nodes_at_8_bits": list(s.widened)} if widening else {}),
             }
             for s in result.steps
         )
         chosen = next(s for s in result.steps if s.chosen)
-        return cls(result.passed, result.summary, steps, chosen.excluded)
+        return cls(
+            result.passed, result.summary, steps, chosen.excluded, chosen.widened if widening else None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +188,7 @@ class FallbackSummary:
             "summary": self.summary,
             "nodes_in_float": list(self.float_nodes),
             "steps": list(self.steps),
+            **({"nodes_at_8_bits": list(self.eight_bit_nodes)} if self.eight_bit_nodes is not None else {}),
         }
 
 
@@ -196,6 +211,8 @@ def per_layer_dict(diagnosis: LayerDiagnosis | None) -> dict[str, Any] | None:
                 "sqnr_db": _finite(t.sqnr_db),
                 "local_sqnr_db": _finite(t.local_sqnr_db),
                 "alone_sqnr_db": None if t.alone_sqnr_db is None else _finite(t.alone_sqnr_db),
+                # 4-bit block-wise weights only: an int8 report keeps its keys.
+                **({"bits": t.bits} if t.bits is not None else {}),
             }
             for rank, t in enumerate(diagnosis.tensors, start=1)
         ],

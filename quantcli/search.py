@@ -50,7 +50,7 @@ from quantcli.evaluate import GateResult, load_labels
 from quantcli.graph.io import ModelFile
 from quantcli.graph.output import StagedOutput
 from quantcli.inputs import CalibrationRequest, Run, naming, ranges_for, split_data
-from quantcli.passes.nbits import DEFAULT_ACCURACY_LEVEL, DEFAULT_FORM
+from quantcli.passes.nbits import DEFAULT_FORM
 from quantcli.plan import NodeRole, select, target_of
 from quantcli.repair import FallbackResult, repair
 from quantcli.report import (
@@ -483,16 +483,20 @@ def report_for(
 
 
 def _blockwise_summary(config: QuantConfig, winner: Candidate) -> BlockwiseSummary | None:
-    if not winner.blockwise:
+    if not config.four_bits:
         return None
+    widths = dict(winner.plan.block_widths)
     return BlockwiseSummary(
         bits=BITS,
         block_size=config.block_size,
         symmetric=config.weight_symmetric,
         method=config.block_method.value,
         form=DEFAULT_FORM.value,
-        accuracy_level=DEFAULT_ACCURACY_LEVEL,
+        accuracy_level=winner.plan.block_accuracy_level,
         layers=winner.blockwise,
+        widths=tuple(
+            (d.name, d.op_type, widths[d.name], d.reason) for d in winner.plan.decisions if d.name in widths
+        ),
     )
 
 

@@ -39,3 +39,12 @@ def transformer(tmp_path: Path) -> tuple[Path, Path]:
     data = tmp_path / "calib.npz"
     np.savez(data, **models.tiny_transformer_data(40))
     return model, data
+
+
+@pytest.fixture
+def wide(tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny transformer at d = 64 (two blocks of 32 per row) and 40 samples."""
+    model = models.save(models.tiny_transformer(d=64), tmp_path)
+    data = tmp_path / "calib.npz"
+    np.savez(data, **models.tiny_transformer_data(40))
+    return model, data

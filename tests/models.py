@@ -470,6 +470,28 @@ def crnn(channels: int = 16, hidden: int = 16, classes: int = 40, seed: int = 0)
     return _model(graph)
 
 
+def outlier_weights_mlp(seed: int = 0, d: int = 64) -> onnx.ModelProto:
+    """MatMul "first" (plain weights) then MatMul "second", whose every block of 32 weights along
+    the reduction axis holds one value 20 times the others' spread: at 4 bits the outlier takes
+    the block's scale and the other values round to zero, at 8 bits (per channel) they survive."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.15, (d, d)).astype(np.float32)
+    w2 = rng.normal(0, 0.15, (d, d)).astype(np.float32)
+    w2[::32, :] = 3.0 * np.sign(rng.normal(size=(d // 32, d))).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+        helper.make_node("MatMul", ["h", "w2"], ["y"], name="second"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "outlier_weights_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", d])],
+        [_init("w1", w1), _init("w2", w2)],
+    )
+    return _model(graph)
+
+
 def _conv_branch(prefix: str, rng: np.random.Generator, c: int, output: str, classes: int) -> onnx.GraphProto:
     """Conv-Relu-Conv-GlobalAveragePool-Flatten-MatMul on the outer value ``image``, its weights
     its own initializers."""

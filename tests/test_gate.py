@@ -191,7 +191,10 @@ def test_recipe_maps_onto_the_config_and_flags_win(cnn: tuple[Path, Path], tmp_p
     [
         ("[defaults]\nactivaton_type = 'int8'\n", "valid keys: activation_type, batch_size"),
         ("[default]\n", "valid keys: defaults, override"),
-        ("[[override]]\nop = 'Conv'\nskp = true\n", "valid keys: match, op, per_channel, skip"),
+        (
+            "[[override]]\nop = 'Conv'\nskp = true\n",
+            "valid keys: bits, block_size, match, op, per_channel, skip",
+        ),
         ("[defaults]\nmode = 'fast'\n", "is not one of static, dynamic"),
         ("[[override]]\nop = 'Conv'\n", "changes nothing"),
         ("[defaults\n", "not valid TOML"),

@@ -24,15 +24,6 @@ runner = CliRunner()
 LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "classifier"]
 
 
-@pytest.fixture
-def wide(tmp_path: Path) -> tuple[Path, Path]:
-    """The tiny transformer at d = 64 (two blocks of 32 per row) and 40 samples."""
-    model = models.save(models.tiny_transformer(d=64), tmp_path)
-    data = tmp_path / "calib.npz"
-    np.savez(data, **models.tiny_transformer_data(40))
-    return model, data
-
-
 def _convert(model: Path, out: Path, *flags: str) -> tuple[int, dict[str, object], str]:
     result = runner.invoke(app, ["convert", str(model), "-o", str(out), "--json", *flags])
     document = json.loads(result.stdout) if result.exit_code == 0 else {}

@@ -12,7 +12,7 @@ from quantcli.calibration.observers import TensorRange
 from quantcli.config import GateMetric, QuantMode, SpeedSource
 from quantcli.errors import QuantCliError, QuantizationError
 from quantcli.evaluate import GateResult
-from quantcli.repair import fall_back
+from quantcli.repair import Trial, fall_back
 from quantcli.search import Figures, Repair, decide
 
 PREDICTED = SpeedSource.PREDICTED
@@ -93,9 +93,10 @@ def test_fallback_takes_ranges_in_and_gives_ranges_out() -> None:
     seen: list[frozenset[str]] = []
 
     def build(
-        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
     ) -> list[tuple[_Trial, dict[str, TensorRange]]]:
-        assert len(excluded) == 1  # one trial at a time by default
+        assert len(trials) == 1  # one trial at a time by default
+        excluded = [frozenset(trials[0].excluded)]
         seen.append(excluded[0])
         extended = {**ranges, f"t{len(seen)}": TensorRange(0.0, float(len(seen)))}
         drop = 2.0 if len(excluded[0]) < 2 else 0.5
@@ -115,9 +116,10 @@ def _search_rounds(width: int, passes_from: int, broken: int | None = None) -> t
     rounds = builds = 0
 
     def build(
-        excluded: Sequence[frozenset[str]], ranges: Mapping[str, TensorRange]
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
     ) -> list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError]:
         nonlocal rounds, builds
+        excluded = [t.excluded for t in trials]
         assert 1 <= len(excluded) <= width
         rounds, builds = rounds + 1, builds + len(excluded)
         out: list[tuple[_Trial, Mapping[str, TensorRange]] | QuantCliError] = []
@@ -148,3 +150,27 @@ def test_fallback_builds_ahead_in_rounds_and_reports_the_one_at_a_time_search(
     _, rounds, _ = _search_rounds(7, passes_from, broken)
     if one_rounds >= 3:
         assert rounds < one_rounds  # three levels of the search per round
+
+
+def test_fallback_widens_4_bit_groups_before_any_goes_to_float() -> None:
+    """With three 4-bit groups ranked first, trials return them to 8 bits in growing prefixes;
+    the gate passes once "a" and "b" are at 8 bits, so nothing goes to float and "c" stays 4-bit."""
+    asked: list[Trial] = []
+
+    def build(
+        trials: Sequence[Trial], ranges: Mapping[str, TensorRange]
+    ) -> list[tuple[_Trial, Mapping[str, TensorRange]]]:
+        asked.extend(trials)
+        out = []
+        for trial in trials:
+            wide = {"a", "b"} <= set(trial.widened) | set(trial.excluded)
+            out.append((_Trial(GateResult(GateMetric.COSINE, 0.5 if wide else 2.0, 1.0), 1.0, 10), ranges))
+        return out
+
+    first = _Trial(GateResult(GateMetric.COSINE, 3.0, 1.0), 1.0, 8)
+    groups = [("a",), ("b",), ("c",), ("a",), ("b",), ("c",)]
+    result, _ = fall_back(first, groups, build, {}, max_trials=6, widening=3)
+    assert all(not t.excluded for t in asked)  # the widening alone passes: nothing to float
+    chosen = next(s for s in result.steps if s.chosen)
+    assert result.passed and chosen.widened == ("a", "b") and chosen.excluded == ()
+    assert "2 4-bit nodes returned to 8 bits and 0 nodes to float" in result.summary

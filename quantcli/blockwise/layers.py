@@ -127,26 +127,41 @@ def quantize_layers(
     block_size: int,
     symmetric: bool,
     statistics: Mapping[str, InputStatistics],
+    sizes: Mapping[str, int] | None = None,
 ) -> BlockedWeights:
     """The 4-bit weights of ``nodes`` (MatMul/Gemm of ``graph``), and their costs.
 
     ``statistics``: by activation name, as :func:`statistics_needed` lists them; required for
-    gptq and awq, optional for rtn (then the output-error proxy is reported too).
+    gptq and awq, optional for rtn (then the output-error proxy is reported too). ``sizes``:
+    block sizes by node where one differs from ``block_size`` (a recipe override); AWQ scales
+    together the layers reading one activation at one block size.
     """
     targets = targets_named(graph, nodes)
     weights: dict[str, BlockQuantized] = {}
     costs: dict[str, BlockLayer] = {}
     for activation, group in readers(targets).items():
-        for target, quantized, cost in quantize_group(
-            graph,
-            group,
-            method=method,
-            block_size=block_size,
-            symmetric=symmetric,
-            statistics=statistics.get(activation),
-        ):
-            weights[target.node], costs[target.node] = quantized, cost
+        for size, same in by_block_size(group, block_size, sizes).items():
+            for target, quantized, cost in quantize_group(
+                graph,
+                same,
+                method=method,
+                block_size=size,
+                symmetric=symmetric,
+                statistics=statistics.get(activation),
+            ):
+                weights[target.node], costs[target.node] = quantized, cost
     return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
+
+
+def by_block_size(
+    group: Sequence[BlockTarget], block_size: int, sizes: Mapping[str, int] | None
+) -> dict[int, list[BlockTarget]]:
+    """One activation's readers split by their block size (``sizes``: by node, where a recipe
+    override sets one other than ``block_size``)."""
+    split: dict[int, list[BlockTarget]] = {}
+    for target in group:
+        split.setdefault((sizes or {}).get(target.node, block_size), []).append(target)
+    return split
 
 
 def readers(targets: Sequence[BlockTarget]) -> dict[str, list[BlockTarget]]:
@@ -184,7 +199,13 @@ def quantize_group(
 
 
 def quantize_tables(
-    blocked: BlockedWeights, graph: ir.Graph, tables: Sequence[str], *, block_size: int, symmetric: bool
+    blocked: BlockedWeights,
+    graph: ir.Graph,
+    tables: Sequence[str],
+    *,
+    block_size: int,
+    symmetric: bool,
+    sizes: Mapping[str, int] | None = None,
 ) -> BlockedWeights:
     """``blocked`` with the Gather ``tables`` (``[V, D]`` initializers, rows of whole blocks)
     rounded to nearest: a table's rows are looked up, not multiplied, so no statistic of an
@@ -195,7 +216,7 @@ def quantize_tables(
         tensor = graph.initializers[name].const_value
         assert tensor is not None
         rows = np.asarray(tensor.numpy(), np.float32)
-        q = rtn(rows, block_size, symmetric=symmetric)
+        q = rtn(rows, (sizes or {}).get(name, block_size), symmetric=symmetric)
         quantized[name] = q
         costs.append(BlockLayer(name, "Gather", q.k, q.n, weight_error(rows, q), None))
     return replace(blocked, layers=(*blocked.layers, *costs), tables=quantized)

@@ -78,6 +78,28 @@ class BlockQuantized:
         zero_point = qparams.zero_point.astype(np.uint8)
         return cls(codes, qparams.scale, zero_point, qparams.block_size, k, symmetric, input_scale)
 
+    @classmethod
+    def from_packed(
+        cls,
+        packed: npt.NDArray[np.uint8],
+        scale: npt.NDArray[np.float32],
+        packed_zero_points: npt.NDArray[np.uint8] | None,
+        block_size: int,
+        k: int,
+        input_scale: npt.NDArray[np.float32] | None = None,
+    ) -> BlockQuantized:
+        """The inverse of :meth:`packed` and :meth:`packed_zero_points`: a weight read back from
+        a written model (``packed`` ``[N, ...]`` bytes of codes, ``scale`` ``[N, blocks]``; no
+        zero points: symmetric)."""
+        n, blocks = scale.shape
+        codes = unpack_nibbles(packed.reshape(n, -1), blocks * block_size)
+        if packed_zero_points is None:
+            zero_point = np.full((n, blocks), SYMMETRIC_ZERO_POINT, np.uint8)
+        else:
+            zero_point = unpack_nibbles(packed_zero_points.reshape(n, -1), blocks)
+        symmetric = packed_zero_points is None
+        return cls(codes, scale.astype(np.float32), zero_point, block_size, k, symmetric, input_scale)
+
     @property
     def qparams(self) -> QParams:
         """scheme's view of the block-wise parameters (block axis 1 of ``[N, K]``)."""

@@ -29,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from quantcli.blockwise.layers import BlockedWeights, BlockLayer, quantize_group, readers, targets_named
+from quantcli.blockwise.layers import (
+    BlockedWeights,
+    BlockLayer,
+    by_block_size,
+    quantize_group,
+    readers,
+    targets_named,
+)
 from quantcli.blockwise.layout import PackedBlocks
 from quantcli.blockwise.statistics import GramObserver, InputStatistics
 from quantcli.blockwise.targets import BlockTarget
@@ -59,7 +66,7 @@ def external_bytes(model: ir.Model) -> int:
 
 def streams(model: ir.Model, config: QuantConfig) -> bool:
     """Whether a 4-bit build of ``model`` streams: its external weights pass :data:`STREAM_BYTES`."""
-    return config.weight_bits == 4 and external_bytes(model) >= STREAM_BYTES
+    return config.four_bits and external_bytes(model) >= STREAM_BYTES
 
 
 def quantize_streaming(
@@ -69,6 +76,7 @@ def quantize_streaming(
     *,
     calibration: Dataset | None,
     spill: Spill,
+    sizes: Mapping[str, int] | None = None,
 ) -> BlockedWeights:
     """The 4-bit weights of ``nodes``, each written to ``spill`` as soon as it is rounded, and
     their costs; the statistics gptq and awq need observed segment by segment."""
@@ -83,16 +91,17 @@ def quantize_streaming(
     else:
         observed = ((activation, None) for activation in groups)
     for activation, statistics in observed:
-        for target, quantized, cost in quantize_group(
-            model.graph,
-            groups[activation],
-            method=config.block_method,
-            block_size=config.block_size,
-            symmetric=config.weight_symmetric,
-            statistics=statistics,
-        ):
-            weights[target.node] = PackedBlocks.of(quantized, spill.store)
-            costs[target.node] = cost
+        for size, same in by_block_size(groups[activation], config.block_size, sizes).items():
+            for target, quantized, cost in quantize_group(
+                model.graph,
+                same,
+                method=config.block_method,
+                block_size=size,
+                symmetric=config.weight_symmetric,
+                statistics=statistics,
+            ):
+                weights[target.node] = PackedBlocks.of(quantized, spill.store)
+                costs[target.node] = cost
         del statistics  # before the next segment's are gathered
     return BlockedWeights(weights, tuple(costs[t.node] for t in targets))
 

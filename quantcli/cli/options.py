@@ -195,7 +195,7 @@ WeightBitsOpt = Annotated[
     option(
         "--weight-bits",
         help="Bits of MatMul/Gemm weights: 8 (int8 per channel) or 4 (blocks along the reduction axis, "
-        "written as MatMulNBits; needs --mode weight-only)." + default(8),
+        "written as MatMulNBits; needs --mode weight-only, or dynamic for int8 compute)." + default(8),
         metavar="BITS",
         panel=MODE,
     ),

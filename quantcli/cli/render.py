@@ -125,9 +125,11 @@ def render_report(report: QuantReport, console: Console) -> None:
 
 def _blockwise_table(summary: BlockwiseSummary) -> Table:
     zero_point = "symmetric" if summary.symmetric else "zero point per block"
+    counts = Counter("float" if bits is None else f"{bits}-bit" for _, _, bits, _ in summary.widths)
+    widths = ", ".join(f"{counts[key]} {key}" for key in ("4-bit", "8-bit", "float") if counts[key])
     title = (
         f"{summary.bits}-bit weights: blocks of {summary.block_size}, {summary.method}, {zero_point}, "
-        f"{summary.form} accuracy_level {summary.accuracy_level}"
+        f"{summary.form} accuracy_level {summary.accuracy_level}" + (f"; weights: {widths}" if widths else "")
     )
     table = Table(title=title, title_justify="left")
     for column in ("node", "op", "K x N", "weight error", "output SQNR"):
@@ -172,8 +174,10 @@ def gate_line(result: GateResult) -> str:
 
 def _fallback_table(fallback: FallbackSummary) -> Table:
     table = Table(title=text(f"automatic fallback: {fallback.summary}"), title_justify="left")
-    for column in ("trial", "nodes in float", "gate", "int8 weights", "size ratio", ""):
-        table.add_column(column, justify="right" if column in ("trial", "nodes in float") else "left")
+    widening = fallback.eight_bit_nodes is not None
+    counts = ("trial", "nodes at 8 bits", "nodes in float") if widening else ("trial", "nodes in float")
+    for column in (*counts, "gate", "int8 weights", "size ratio", ""):
+        table.add_column(column, justify="right" if column in counts else "left")
     for step in fallback.steps:
         gate = step["gate"]
         if gate is None:
@@ -182,9 +186,10 @@ def _fallback_table(fallback: FallbackSummary) -> Table:
             value = gate.get("drop", gate.get("sqnr_db"))
             verdict = "passed" if gate["passed"] else "missed"
             outcome = Text(f"{gate['metric']} {_number(value)}: {verdict}")
+        sizes = [str(len(step[key])) for key in ("nodes_at_8_bits", "nodes_in_float") if key in step]
         table.add_row(
             str(step["trial"]),
-            str(len(step["nodes_in_float"])),
+            *sizes,
             outcome,
             f"{100 * step['int8_weight_fraction']:.1f} %",
             f"{step['size_ratio']:.2f}x",

@@ -120,6 +120,8 @@ def select(
     check_patterns(model, config.exclude, "--exclude")
     check_patterns(model, config.include, "--include")
     check_patterns(model, config.per_tensor, "a per_channel = false override")
+    for override in config.block_overrides:
+        check_patterns(model, override.patterns, override.source or "a bits/block_size override")
     ctx = Context(
         nodes=tuple(planned_nodes(model.graph)),
         config=config,

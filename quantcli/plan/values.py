@@ -163,6 +163,18 @@ class QuantPlan:
     blockwise: tuple[str, ...] = field(default=())
     # Constant Gather tables written in 4-bit blocks (GatherBlockQuantized) instead of int8 rows.
     blockwise_tables: tuple[str, ...] = field(default=())
+    # The block size of each block-wise node and table (by node or initializer name), where a
+    # recipe override sets one other than the config's.
+    block_sizes: tuple[tuple[str, int], ...] = field(default=())
+    # MatMulNBits' compute precision for this plan's mode (see quantcli.modes).
+    block_accuracy_level: int = 0
+    # Every MatMul/Gemm/Gather node on a constant weight, with its weight's bits: 4, 8 or None
+    # (float); set when 4-bit weights were asked for (the report's widths).
+    block_widths: tuple[tuple[str, int | None], ...] = field(default=())
+
+    def block_size_of(self, name: str, default: int) -> int:
+        """The block size of the block-wise node or table ``name``."""
+        return dict(self.block_sizes).get(name, default)
 
     @property
     def quantized_op_counts(self) -> dict[str, int]:
