@@ -36,6 +36,8 @@ ORDER = [
     "scale_quiet",
     "tensorrt_fidelity",
     "tensorrt",
+    "targets",
+    "targets_rerun",
     "int4",
     "int4_mixed",
     "int4_decoder",
