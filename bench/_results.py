@@ -22,6 +22,7 @@ RESULTS = BENCH / "results"
 # The order sections appear in RESULTS.md; unknown sections follow, sorted by name.
 ORDER = [
     "compare",
+    "compare_misses",
     "evidence",
     "branches",
     "modes",
