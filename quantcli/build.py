@@ -148,19 +148,24 @@ class Variant:
     widened: frozenset[str] = frozenset()
 
     def config(self, config: QuantConfig) -> QuantConfig:
-        """``config`` with this variant's exclusions, and its widened nodes at 8 bits."""
+        """``config`` with this variant's widened nodes at 8 bits."""
         widened = (
             (BlockOverride(patterns=self.widened, bits=8, source=FALLBACK_SOURCE),) if self.widened else ()
         )
-        return replace(
-            config,
-            exclude=config.exclude | self.excluded,
-            block_overrides=(*config.block_overrides, *widened),
-        )
+        return replace(config, block_overrides=(*config.block_overrides, *widened))
+
+    def float_reasons(self) -> dict[str, str]:
+        """Why each node this variant leaves float is float: fallback's own, then the cost model's.
+
+        Fallback's nodes are not added to the user's ``exclude``: their reason must name
+        fallback, not the user."""
+        returned = {name: FALLBACK_FLOAT_REASON for name in sorted(self.excluded)}
+        return {**returned, **self.kept_float}
 
 
 # Where a widened node's 8 bits come from, as its reason says.
 FALLBACK_SOURCE = "--auto-fallback"
+FALLBACK_FLOAT_REASON = "float: returned to float by --auto-fallback (its tensors ranked worst)"
 
 
 @dataclass(frozen=True)
@@ -445,7 +450,7 @@ def build_variant(
     is observed on the calibration data, and returned with the ranges given."""
     reference = shop.reference
     model = copy_model(reference.proto, shop.target.data_folder)
-    plan = select(model, variant.config(config), variant.kept_float, mode=variant.mode)
+    plan = select(model, variant.config(config), variant.float_reasons(), mode=variant.mode)
     calibration = reference.datasets.calibration
     copy = replace(reference.loaded, model=model)
 
