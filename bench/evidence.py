@@ -1,9 +1,10 @@
-"""Per-tensor evidence for the zoo models whose default conversion misses its task target.
+"""Per-tensor evidence for the zoo models whose `--mode static` conversion misses its task target.
 
 Run: `make evidence` (after `make compare`, whose bench/results/compare.json it reads). For each
-zoo model where quantcli's default row misses the issue's task target, it records:
+zoo model where quantcli's `--mode static` row misses its task target, it records (the default
+command's own misses against the peers are in the compare section and compare_misses):
 
-* the tensors that hurt most, from `quantcli compare --per-layer` on the default model (SQNR of
+* the tensors that hurt most, from `quantcli compare --per-layer` on the static model (SQNR of
   the tensor, its local SQNR, and the output SQNR with that tensor alone quantized);
 * the best result reached with the knobs quantcli has, the same for every model: the calibration
   method that scored best in compare.json, then that method with `--auto-fallback --min-sqnr 35`
@@ -90,8 +91,8 @@ def _best_method(rows: list[dict[str, object]], model: str, key: str) -> tuple[s
 def evidence(subject: Subject, rows: list[dict[str, object]], work: Path, top_k: int) -> list[str] | None:
     task = str(subject.task["task"])
     key = PRIMARY_METRIC[task]
-    default = next(r for r in rows if r["model"] == subject.name and r["tool"] == "quantcli static")
-    value = float(default["metrics"][key])  # type: ignore[index]
+    static = next(r for r in rows if r["model"] == subject.name and r["tool"] == "quantcli static")
+    value = float(static["metrics"][key])  # type: ignore[index]
     if value >= TARGETS[task]:
         return None
     sys.stderr.write(f"evidence: {subject.name}\n")
@@ -106,9 +107,9 @@ def evidence(subject: Subject, rows: list[dict[str, object]], work: Path, top_k:
     size = report["size"]["ratio"]  # type: ignore[index]
     floated = report["fallback"]["nodes_in_float"] if report.get("fallback") else []  # type: ignore[index]
     lines = [
-        f"### {subject.name}: {key} {value:.3f} with the defaults, target {TARGETS[task]:.2f}",
+        f"### {subject.name}: {key} {value:.3f} with `--mode static`, target {TARGETS[task]:.2f}",
         "",
-        f"Worst tensors of the default model (`quantcli compare --per-layer`, top {top_k}): SQNR against",
+        f"Worst tensors of the static model (`quantcli compare --per-layer`, top {top_k}): SQNR against",
         "fp32 at that tensor, the error its own quantizer adds (local), and the model output's SQNR when",
         "only this tensor is quantized (alone).",
         "",
@@ -154,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(
         [
-            "## Where the defaults miss a target: per-tensor evidence (`make evidence`, bench/evidence.py)",
+            "## Where `--mode static` misses a task target: per-tensor evidence "
+            "(`make evidence`, bench/evidence.py)",
             "",
             f"Measured on {machine()}; reads bench/results/compare.json (run `make compare` first).",
-            *(sections or ["", "Every zoo model meets its task target with the defaults."]),
+            *(sections or ["", "Every zoo model meets its task target with `--mode static`."]),
         ]
     )
     if not args.no_write:
