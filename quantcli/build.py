@@ -340,32 +340,25 @@ def _blocked(
             spill=spill,
             sizes=dict(plan.block_sizes),
         )
-        return quantize_tables(
-            layers,
+    else:
+        if plan.blockwise and config.block_method.needs_statistics:
+            assert target.calibration is not None, "check_request requires --data for gptq and awq"
+            stage("observe 4-bit layer inputs", total=target.calibration.num_samples)
+            statistics = collect_input_statistics(
+                model,
+                statistics_needed(model.graph, plan.blockwise),
+                target.calibration,
+                batch_size=config.batch_size,
+            )
+        layers = quantize_layers(
             model.graph,
-            plan.blockwise_tables,
+            plan.blockwise,
+            method=config.block_method,
             block_size=config.block_size,
             symmetric=config.weight_symmetric,
+            statistics=statistics,
             sizes=dict(plan.block_sizes),
         )
-    if plan.blockwise and config.block_method.needs_statistics:
-        assert target.calibration is not None, "check_request requires --data for gptq and awq"
-        stage("observe 4-bit layer inputs", total=target.calibration.num_samples)
-        statistics = collect_input_statistics(
-            model,
-            statistics_needed(model.graph, plan.blockwise),
-            target.calibration,
-            batch_size=config.batch_size,
-        )
-    layers = quantize_layers(
-        model.graph,
-        plan.blockwise,
-        method=config.block_method,
-        block_size=config.block_size,
-        symmetric=config.weight_symmetric,
-        statistics=statistics,
-        sizes=dict(plan.block_sizes),
-    )
     return quantize_tables(
         layers,
         model.graph,
