@@ -39,26 +39,6 @@ import onnx
 from onnx import numpy_helper
 
 HEAVY = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
-# Ops OpenVINO's CPU plugin runs with an integer input (low-precision transformations keep the
-# dequantization after them or fuse it in): the heavy layers, the eltwise Add/Sub of a residual,
-# concatenation and the data movement ops that keep a per-tensor scale.
-INTEGER_CONSUMERS = HEAVY | {
-    "Add",
-    "Sub",
-    "Concat",
-    "MaxPool",
-    "AveragePool",
-    "GlobalAveragePool",
-    "Split",
-    "Resize",
-    "Reshape",
-    "Transpose",
-    "Flatten",
-    "Squeeze",
-    "Unsqueeze",
-    "Slice",
-    "Gather",
-}
 # One-input ops that keep their input's scale (Concat is not one: its inputs' scales differ, and
 # without a pair on its output the Conv after it runs in float).
 MOVEMENT = {
@@ -73,6 +53,10 @@ MOVEMENT = {
     "Slice",
     "Gather",
 }
+# Ops OpenVINO's CPU plugin runs with an integer input (low-precision transformations keep the
+# dequantization after them or fuse it in): the heavy layers, the eltwise Add/Sub of a residual,
+# concatenation, pooling and the data movement ops that keep a per-tensor scale.
+INTEGER_CONSUMERS = HEAVY | MOVEMENT | {"Add", "Sub", "Concat", "AveragePool", "GlobalAveragePool"}
 
 
 class Graph:
