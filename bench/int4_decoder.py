@@ -404,21 +404,29 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
 
 def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
     reuse = "only" if args.reuse_only else "yes" if args.reuse else ""
-    made = [cli_row(folder, work, m.value, True, reuse) for m in BlockMethod]
-    if folder.name == DECODER:
-        asym = args.asym_methods.split(",") if args.asym_methods else [m.value for m in BlockMethod]
-        made += [cli_row(folder, work, m, False, reuse) for m in asym if m]
+    symmetric = _methods(args.methods)
+    made = [cli_row(folder, work, m, True, reuse) for m in symmetric]
+    made += [cli_row(folder, work, m, False, reuse) for m in _methods(args.asym_methods)]
+    if folder.name == DECODER and "rtn" in symmetric:
         # onnxruntime's quantizer leaves the embedding table float: the same, for a like-for-like row.
         made.append(cli_row(folder, work, f"rtn {TABLE_FLOAT}", True, reuse))
-    made += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
-    made.append(cli_row(folder, work, "int8 dynamic", True, reuse))
-    if folder.name == DECODER and args.ort_gptq_windows > 0:
+    if not args.no_peers:
+        made += [ort_row(folder, work, "default", s, 64, reuse) for s in (True, False)]
+        made.append(cli_row(folder, work, "int8 dynamic", True, reuse))
+    if folder.name == DECODER and args.ort_gptq_windows > 0 and not args.no_peers:
         made.append(ort_row(folder, work, "gptq", True, args.ort_gptq_windows, reuse))
     rows = [r for r in made if r is not None]
     measure(rows, folder, work)
     if args.rounds > 0:
         time_models(rows, folder, args.rounds)
     return rows
+
+
+def _methods(listed: str) -> list[str]:
+    """``--methods``' comma-separated block methods: "all" for every one, "" for none."""
+    if listed == "all":
+        return [m.value for m in BlockMethod]
+    return [BlockMethod(m).value for m in listed.split(",") if m]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,7 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ort-gptq-windows", type=int, default=8, help="0: no onnxruntime GPTQ row")
     parser.add_argument("--reuse", action="store_true", help="keep models an earlier run quantized")
     parser.add_argument("--reuse-only", action="store_true", help="--reuse, and skip the rest")
-    parser.add_argument("--asym-methods", default="", help="decoder --weight-asymmetric methods [all]")
+    parser.add_argument("--methods", default="all", help="symmetric block methods, comma-separated [all]")
+    parser.add_argument("--asym-methods", default="all", help="--weight-asymmetric block methods [all]")
+    parser.add_argument(
+        "--no-peers", action="store_true", help="quantcli 4-bit rows only (no onnxruntime, no int8 dynamic)"
+    )
     parser.add_argument("--models", default=f"{DECODER},{MINILM}")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)

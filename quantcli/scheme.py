@@ -239,14 +239,33 @@ def _blocks(values: npt.NDArray[np.float32], axis: int, block_size: int) -> npt.
     return padded.reshape(*moved.shape[:-1], count, block_size)
 
 
+def _signed_block_scale(blocks: npt.NDArray[np.float32], qtype: QuantType) -> npt.NDArray[np.float32]:
+    """Per block (last axis), ``extremum / -2^(bits-1)``: the value of largest magnitude (the
+    first of two with equal magnitudes and opposite signs) lands on the lowest code."""
+    largest = np.argmax(np.abs(blocks), axis=-1)[..., np.newaxis]
+    extremum = np.take_along_axis(blocks, largest, axis=-1)[..., 0]
+    scale = (extremum / np.float32(-(1 << (qtype.bits - 1)))).astype(np.float32)
+    tiny = np.abs(scale) < _MIN_SCALE
+    scale[tiny] = _MIN_SCALE
+    return scale
+
+
 def block_params(
     weights: npt.NDArray[np.floating], qtype: QuantType, block_size: int, axis: int, symmetric: bool
 ) -> QParams:
     """Block-wise parameters: every ``block_size`` consecutive values along ``axis`` (a weight's
     reduction axis, K of a MatMul's [K, N]) get their own scale and zero point.
 
-    Symmetric blocks scale their largest magnitude to ``qtype.half_range``; asymmetric ones map
-    their range (with 0) onto every code. ``scale`` and ``zero_point`` have the weight's shape with
+    Symmetric blocks use all ``2^bits`` codes: the block's extremum (its value of largest
+    magnitude, with its sign) goes onto the lowest code, ``zero point - 2^(bits-1)`` (code 0 of
+    uint4, -8 of int4), so ``scale = extremum / -2^(bits-1)``, *negative* when the extremum is
+    positive. A block of 4-bit codes then has 16 levels and a step ``max|w| / 8``, not 15 levels
+    at ``max|w| / 7`` (what ``half_range`` would give): the extremum's side of zero gets 8 codes,
+    the other side 7, and a value of the other sign as large as the extremum saturates one step
+    short of it. onnxruntime's own 4-bit quantizer does the same. Dequantization,
+    ``(code - zero point) x scale``, does not care about the sign; an all-zero block gets the
+    smallest positive scale. Asymmetric blocks map their range (with 0) onto every code, with a
+    positive scale. ``scale`` and ``zero_point`` have the weight's shape with
     ``ceil(dim / block_size)`` along ``axis``, as ONNX's blocked DequantizeLinear reads them.
     """
     w = np.asarray(weights, dtype=np.float32)
@@ -257,7 +276,7 @@ def block_params(
     block_axis = axis % w.ndim
     blocks = _blocks(w, block_axis, block_size)
     if symmetric:
-        scale = _symmetric_scale(np.max(np.abs(blocks), axis=-1), qtype)
+        scale = _signed_block_scale(blocks, qtype)
         zero_point = np.full(scale.shape, qtype.symmetric_zero_point, qtype.numpy_dtype)
     else:
         lo = np.minimum(np.min(blocks, axis=-1), 0.0).astype(np.float64)

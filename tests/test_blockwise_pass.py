@@ -88,6 +88,9 @@ def test_written_model_runs_and_matches_the_dequantized_math(
 ) -> None:
     model = ir.serde.deserialize_model(_model())
     weights = _quantize(model, symmetric=symmetric, awq=awq)
+    # Symmetric blocks whose extremum is positive have a negative scale (extremum / -8): each
+    # form must run those as the math says, not as |scale|.
+    assert all((w.scale < 0).any() == symmetric for w in weights.values())
     # accuracy_level 0: float compute, so the kernel's result is the dequantized math's.
     result = WriteBlockwiseWeightsPass(weights, form=form, accuracy_level=0)(model)
     assert result.modified
@@ -122,9 +125,10 @@ def test_written_model_runs_and_matches_the_dequantized_math(
 
 def test_dequantize_form_is_fused_into_the_same_kernel() -> None:
     """onnxruntime turns DequantizeLinear(int4, block) -> MatMul into MatMulNBits: close to the
-    float math, not equal (its default accuracy level computes in int8)."""
+    float math, not equal (its default accuracy level computes in int8); negative scales too."""
     model = ir.serde.deserialize_model(_model())
     weights = _quantize(model, symmetric=True, awq=False)
+    assert (weights["q_proj"].scale < 0).any()
     proto = ir.serde.serialize_model(
         WriteBlockwiseWeightsPass(weights, form=BlockForm.DEQUANTIZE_LINEAR)(model).model
     )

@@ -212,21 +212,69 @@ def test_block_params(weight: np.ndarray, dtype: QuantType, block: int, axis: in
     expected[along] = -(-weight.shape[along] // block)
     assert qp.block_size == block and qp.axis == along
     assert list(qp.scale.shape) == expected == list(qp.zero_point.shape)
-    assert np.all(qp.scale > 0)
     assert np.all((qp.zero_point >= dtype.qmin) & (qp.zero_point <= dtype.qmax))
     q = quantize(weight, qp).astype(np.int64)
     assert q.shape == weight.shape and q.min() >= dtype.qmin and q.max() <= dtype.qmax
-    assert _within_half_step(weight, qp)
     # 0.0 is exact in every block.
     assert np.all(dequantize(quantize(np.zeros_like(weight), qp), qp) == 0.0)
+    if not symmetric:
+        assert np.all(qp.scale > 0) and _within_half_step(weight, qp)
+        return
+    # Symmetric: all 2^bits codes. Each block's step is its largest magnitude over 2^(bits-1)
+    # (8 for 4 bits, not the 7 of half_range), with the sign that puts the block's extremum on
+    # the lowest code; only values of the other sign past half_range steps saturate, by at most
+    # one step.
+    assert np.all(qp.zero_point == dtype.symmetric_zero_point)
+    moved, codes = np.moveaxis(weight, along, -1), np.moveaxis(q, along, -1)
+    step = np.moveaxis(np.repeat(qp.scale, block, axis=along), along, -1)[..., : moved.shape[-1]]
+    largest = _block_max(np.abs(moved), block)
+    lowest = 1 << (dtype.bits - 1)
+    large = largest / np.float32(lowest) >= 1e-12  # below that, the smallest scale
+    np.testing.assert_array_equal(np.abs(step)[large], (largest / np.float32(lowest))[large])
+    on_lowest = large & (np.abs(moved) == largest) & (np.sign(moved) == -np.sign(step))
+    assert np.all(codes[on_lowest] == dtype.qmin)
+    assert np.all(_block_max(on_lowest, block)[large])  # in every block
+    back = np.moveaxis(dequantize(quantize(weight, qp), qp), along, -1)
+    error = np.abs(back - moved)
+    tolerance = 1e-5 * np.abs(step) + 1e-6 * np.abs(moved)
+    inside = moved.astype(np.float64) / step <= dtype.half_range + 0.5
+    assert np.all(error[inside] <= (np.abs(step) * 0.5 + tolerance)[inside])
+    assert np.all(error <= np.abs(step) + tolerance)
+
+
+def _block_max(values: np.ndarray, block: int) -> np.ndarray:
+    """Each element's block's largest value (non-negative or bool values; blocks of ``block``
+    along the last axis)."""
+    count = -(-values.shape[-1] // block)
+    padding = [(0, 0)] * (values.ndim - 1) + [(0, count * block - values.shape[-1])]
+    blocks = np.pad(values, padding).reshape(*values.shape[:-1], count, block)
+    largest = np.repeat(blocks.max(axis=-1), block, axis=-1)
+    return largest[..., : values.shape[-1]]
 
 
 def test_block_params_scale_each_block_alone() -> None:
     # Blocks of 2 rows: a large column does not coarsen its neighbour, nor its own other block.
-    weight = np.array([[1.0, 100.0], [-7.0, 100.0], [7.0, 1.0], [0.5, -3.5]], np.float32)
+    # Each block's extremum lands on code -8: the scale is extremum / -8, negative for a
+    # positive extremum. 0.4375 / -0.875 = -0.5 rounds to even (0).
+    weight = np.array([[1.0, 100.0], [-7.0, 100.0], [7.0, 1.0], [0.4375, -3.5]], np.float32)
     qp = block_params(weight, QuantType.INT4, 2, 0, True)
-    np.testing.assert_allclose(qp.scale, np.array([[7.0, 100.0], [7.0, 3.5]]) / 7, rtol=1e-6)
-    assert quantize(weight, qp).tolist() == [[1, 7], [-7, 7], [7, 2], [0, -7]]  # 0.5 rounds to even
+    np.testing.assert_array_equal(qp.scale, np.array([[0.875, -12.5], [-0.875, 0.4375]], np.float32))
+    assert quantize(weight, qp).tolist() == [[1, -8], [-8, -8], [-8, 2], [0, -8]]
+
+
+def test_symmetric_blocks_use_all_sixteen_codes() -> None:
+    # A block spread evenly over [-1, 1]: 16 distinct codes (15 with a step of max / 7), and a
+    # step of max / 8, so no weight is off by more than 1/16 (the +1 saturates one step short).
+    weight = np.linspace(-1.0, 1.0, 32, dtype=np.float32)[np.newaxis, :]
+    for qtype in (QuantType.UINT4, QuantType.INT4):
+        qp = block_params(weight, qtype, 32, 1, True)
+        codes = quantize(weight, qp)
+        assert sorted(set(codes.ravel().tolist())) == list(range(qtype.qmin, qtype.qmax + 1))
+        assert float(qp.scale[0, 0]) == 1 / 8  # the extremum -1 (the first of two) on the lowest code
+        error = np.abs(dequantize(codes, qp) - weight)
+        assert error.max() == np.float32(1 / 8) and np.all(error[0, :-1] <= 1 / 16 + 1e-7)
+    zero = block_params(np.zeros((1, 4), np.float32), QuantType.UINT4, 4, 1, True)
+    assert float(zero.scale[0, 0]) > 0  # an all-zero block: the smallest positive scale
 
 
 def test_block_params_rejects_bad_blocks() -> None:

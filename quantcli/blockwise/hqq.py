@@ -109,7 +109,9 @@ def hqq(weight: npt.NDArray[np.floating], block_size: int, *, symmetric: bool) -
         reconstructed = (q - z[..., None]) * s[..., None]
         sparse = _shrink((w - reconstructed) / s[..., None], beta) * s[..., None]
         fitted_s, fitted_z = _fit(w, q, w - sparse, mask, symmetric=symmetric)
-        valid = np.isfinite(fitted_s) & (fitted_s > 0) & np.isfinite(fitted_z)
+        # A symmetric block's scale may be negative (scheme.block_params): a fit is valid when
+        # it keeps the sign it started from.
+        valid = np.isfinite(fitted_s) & (fitted_s * s > 0) & np.isfinite(fitted_z)
         s, z = np.where(valid, fitted_s, s), np.where(valid, fitted_z, z)
         error = _error(w, s, z, mask)
         better = error < best

@@ -1,10 +1,10 @@
 """Round-to-nearest 4-bit block-wise quantization: per block a scale (and a zero point).
 
 The block math is scheme's (:func:`quantcli.scheme.block_params`, :func:`quantcli.scheme.quantize`),
-on uint4 codes: symmetric blocks map ``[-max|w|, max|w|]`` onto codes ``8 +- 7`` (zero point 8,
-code 0 unused so that negating a weight never saturates); asymmetric blocks map
-``[min(w, 0), max(w, 0)]`` onto 0..15, so a zero weight stays exactly zero. Rounding is half to
-even, as the ONNX spec's QuantizeLinear.
+on uint4 codes: symmetric blocks (zero point 8) use all 16 codes, the block's extremum on code 0
+with ``scale = extremum / -8`` (negative when the extremum is positive; a step ``max|w| / 8``);
+asymmetric blocks map ``[min(w, 0), max(w, 0)]`` onto 0..15, so a zero weight stays exactly zero.
+Rounding is half to even, as the ONNX spec's QuantizeLinear.
 """
 
 from __future__ import annotations
