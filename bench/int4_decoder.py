@@ -407,7 +407,7 @@ def run_model(folder: Path, work: Path, args: argparse.Namespace) -> list[Row]:
     symmetric = _methods(args.methods)
     made = [cli_row(folder, work, m, True, reuse) for m in symmetric]
     made += [cli_row(folder, work, m, False, reuse) for m in _methods(args.asym_methods)]
-    if folder.name == DECODER and "rtn" in symmetric:
+    if "rtn" in symmetric:
         # onnxruntime's quantizer leaves the embedding table float: the same, for a like-for-like row.
         made.append(cli_row(folder, work, f"rtn {TABLE_FLOAT}", True, reuse))
     if not args.no_peers:
