@@ -61,6 +61,7 @@ class Row:
     path: Path
     seconds: float = 0.0
     peak_rss_mb: float | None = None
+    load: float | None = None  # the 1-min load average when quantizing began
     error: str = ""
     size_ratio: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -103,8 +104,9 @@ def cli_row(folder: Path, work: Path, method: str, symmetric: bool, reuse: str) 
     if cached is not None or reuse == "only":
         return cached
     log = work / f"{name}.log"
+    load = os.getloadavg()[0]
     code, seconds, rss = compare.run_measured(command, log)
-    row = Row(folder.name, "quantcli", method, symmetric, out, seconds, rss)
+    row = Row(folder.name, "quantcli", method, symmetric, out, seconds, rss, load)
     if code != 0 or not out.is_file():
         row.error = f"exit {code}: {compare._last_lines(log)}"[:400]
     sys.stderr.write(f"int4_decoder: {row.label} on {folder.name}: {seconds:.0f} s, exit {code}\n")
@@ -147,6 +149,7 @@ def ort_row(
     feeds = _feeds(folder, "calib")[:windows]
     stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
     row = Row(folder.name, "onnxruntime", "rtn" if algorithm == "default" else algorithm, symmetric, out)
+    row.load = os.getloadavg()[0]
     try:
         row.seconds = ort_quantize(folder / "model.onnx", out, algorithm, symmetric, stacked)
     except Exception as exc:  # a peer's failure is a row, not the end of the run
@@ -270,7 +273,16 @@ COLUMNS = {
 
 def _table(rows: list[Row], model: str) -> list[str]:
     columns = COLUMNS[model]
-    heads = ["tool", "method", "weights", "size ratio", *(c[0] for c in columns), "quantize s", "peak RSS MB"]
+    heads = [
+        "tool",
+        "method",
+        "weights",
+        "size ratio",
+        *(c[0] for c in columns),
+        "quantize s",
+        "load",
+        "peak RSS MB",
+    ]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     for r in rows:
         if r.error:
@@ -278,8 +290,9 @@ def _table(rows: list[Row], model: str) -> list[str]:
             cells += [""] * (len(heads) - len(cells))
         else:
             rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb is not None else "–"
+            load = f"{r.load:.1f}" if r.load is not None else "–"
             metrics = [fmt.format(r.metrics[key]) for _, key, fmt in columns]
-            cells = [r.tool, r.method, r.kind, f"{r.size_ratio:.2f}", *metrics, f"{r.seconds:.0f}", rss]
+            cells = [r.tool, r.method, r.kind, f"{r.size_ratio:.2f}", *metrics, f"{r.seconds:.0f}", load, rss]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -308,17 +321,21 @@ def _latency_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _ours(rows: list[Row], symmetric: bool) -> list[Row]:
+    """quantcli's 4-bit rows of one weights kind that produced a model."""
+    return [
+        r
+        for r in rows
+        if r.tool == "quantcli" and r.method != "int8 dynamic" and r.symmetric == symmetric and not r.error
+    ]
+
+
 def verdict(rows: list[Row]) -> str:
     """Issue 18's decoder check: quantcli's best 4-bit method beats onnxruntime's RTN at the same
     bits and block on both next-token agreement and perplexity (each weights kind separately)."""
     parts = []
     for symmetric in (True, False):
-        ours = [
-            r
-            for r in rows
-            if r.tool == "quantcli" and r.symmetric == symmetric and r.method != "int8 dynamic"
-        ]
-        ours = [r for r in ours if not r.error]
+        ours = _ours(rows, symmetric)
         theirs = [
             r for r in rows if r.tool == "onnxruntime" and r.method == "rtn" and r.symmetric == symmetric
         ]
@@ -335,6 +352,28 @@ def verdict(rows: list[Row]) -> str:
             f"{kind}: quantcli {top.method} top-1 {top.metrics['top1_agreement']:.4f} / perplexity "
             f"{top.metrics['perplexity']:.3f} vs onnxruntime RTN {ref['top1_agreement']:.4f} / "
             f"{ref['perplexity']:.3f}: {'met' if won else 'NOT met'}"
+        )
+    return "; ".join(parts) or "not measured"
+
+
+# Issue 18's MiniLM-L6 bound: the best 4-bit method's mean embedding cosine at this size ratio.
+MINILM_COSINE, MINILM_RATIO = 0.98, 5.5
+
+
+def minilm_verdict(rows: list[Row]) -> str:
+    """Issue 18's MiniLM check, per weights kind: quantcli's best 4-bit row by mean cosine among
+    those at least MINILM_RATIO smaller than fp32, against MINILM_COSINE."""
+    parts = []
+    for symmetric in (True, False):
+        ours = _ours(rows, symmetric)
+        small = [r for r in ours if r.size_ratio >= MINILM_RATIO]
+        if not small:
+            continue
+        top = max(small, key=lambda r: r.metrics["cosine_mean"])
+        met = top.metrics["cosine_mean"] >= MINILM_COSINE
+        parts.append(
+            f"{'symmetric' if symmetric else 'asymmetric'}: quantcli {top.method} cosine "
+            f"{top.metrics['cosine_mean']:.4f} at {top.size_ratio:.2f}x: {'met' if met else 'NOT met'}"
         )
     return "; ".join(parts) or "not measured"
 
@@ -362,8 +401,9 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "Size ratio: fp32 file over quantized file; quantcli also writes the embedding table 4-bit "
         "(GatherBlockQuantized), onnxruntime's quantizer leaves Gather tables float by default: the "
         f"`rtn {TABLE_FLOAT}` row is quantcli with the table float too, like for like. Rows a run did "
-        "not reach are absent (quantize seconds here were measured at load averages of 15-30 on 2 "
-        "cores, so several methods did not fit the session).",
+        "not reach are absent. `load`: the 1-minute load average (2 cores, shared) when the row's "
+        "quantizing began; its seconds grow with it. Symmetric blocks use all 16 codes (each block's "
+        "extremum on code 0, scale = extremum / -8) since commit da9ddb4; before, 15 (8 +- 7).",
         "",
         "### decoder_smollm2: SmolLM2-135M-Instruct (bench/zoo_decoder.py)",
         "",
@@ -386,6 +426,9 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "Embedding cosine against fp32 on eval.npz (48 sentences); quantcli also calibrates on calib.npz.",
         "",
         *_table(minilm, MINILM),
+        "",
+        f"**Issue 18's MiniLM check** (best quantcli 4-bit method, block {BLOCK}, mean cosine >= "
+        f"{MINILM_COSINE} at size ratio >= {MINILM_RATIO}x): {minilm_verdict(minilm)}.",
         "",
         "### Latency: the best 4-bit method vs fp32 vs int8 dynamic",
         "",
