@@ -37,8 +37,10 @@ from typing import Any
 
 import compare
 import numpy as np
+import onnx
 from _results import machine, write_section
 from int4 import _commit, _stacked, ort_quantize
+from onnx import numpy_helper
 from zoo_decoder import next_token_nll
 
 from quantcli.config import BlockMethod
@@ -356,6 +358,44 @@ def verdict(rows: list[Row]) -> str:
     return "; ".join(parts) or "not measured"
 
 
+def _nbits_weights(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Each MatMulNBits node's (codes unpacked, scales), by the float node's name (onnxruntime's
+    quantizer appends ``_Q4``)."""
+    model = onnx.load(str(path))
+    tensors = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            packed = tensors[node.input[1]].reshape(-1)
+            codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(-1)
+            found[node.name.removesuffix("_Q4")] = (codes, tensors[node.input[2]].reshape(-1))
+    return found
+
+
+def same_as_onnxruntime(rows: list[Row]) -> str:
+    """quantcli's RTN with the table float against onnxruntime's RTN (both symmetric, block 32),
+    weight by weight: how many scales and codes are identical, and how many scales are negative."""
+    ours = [r for r in rows if r.tool == "quantcli" and r.method == f"rtn {TABLE_FLOAT}" and not r.error]
+    theirs = [
+        r for r in rows if r.tool == "onnxruntime" and r.method == "rtn" and r.symmetric and not r.error
+    ]
+    if not ours or not theirs:
+        return ""
+    mine, peer = _nbits_weights(ours[0].path), _nbits_weights(theirs[0].path)
+    shared = sorted(set(mine) & set(peer))
+    same_scales = sum(np.array_equal(mine[n][1], peer[n][1]) for n in shared)
+    codes = sum(mine[n][0].size for n in shared)
+    differ = sum(int(np.count_nonzero(mine[n][0] != peer[n][0])) for n in shared)
+    negative = sum(int(np.count_nonzero(mine[n][1] < 0)) for n in shared)
+    scales = sum(mine[n][1].size for n in shared)
+    return (
+        f"quantcli `rtn {TABLE_FLOAT}` against onnxruntime's RTN, both symmetric, weight by weight "
+        f"({len(shared)} MatMulNBits of {len(mine)} / {len(peer)}): scales bit-identical in {same_scales}; "
+        f"{differ:,} of {codes:,} codes differ; {negative / max(scales, 1):.1%} of the scales are negative "
+        "(blocks whose extremum is positive)."
+    )
+
+
 # Issue 18's MiniLM-L6 bound: the best 4-bit method's mean embedding cosine at this size ratio.
 MINILM_COSINE, MINILM_RATIO = 0.98, 5.5
 
@@ -421,6 +461,8 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         f"**Issue 18's decoder check** (best quantcli method vs onnxruntime RTN, block {BLOCK}): "
         f"{verdict(decoder)}.",
         "",
+        same_as_onnxruntime(decoder),
+        "",
         "### MiniLM-L6 through the same flags (part 2's methods as a user runs them)",
         "",
         "Embedding cosine against fp32 on eval.npz (48 sentences); quantcli also calibrates on calib.npz.",
@@ -429,6 +471,8 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "",
         f"**Issue 18's MiniLM check** (best quantcli 4-bit method, block {BLOCK}, mean cosine >= "
         f"{MINILM_COSINE} at size ratio >= {MINILM_RATIO}x): {minilm_verdict(minilm)}.",
+        "",
+        same_as_onnxruntime(minilm),
         "",
         "### Latency: the best 4-bit method vs fp32 vs int8 dynamic",
         "",
