@@ -13,8 +13,8 @@ accuracy_level 0, float compute), all RTN block 32, symmetric: size ratio, sente
 cosine against fp32 on eval.npz, and latency at 1 and 2 threads against fp32, every model timed
 in one rotating loop (bench/compare.py's latency).
 
-Part 2, mixed bits: ``--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop
-1 --max-trials N`` (cosine >= 0.99) with calib.npz as data, measured on eval.npz: which layers
+Part 2, mixed bits: ``--mode dynamic --weight-bits 4 --weight-symmetric --auto-fallback --metric cosine
+--max-drop 1 --max-trials N`` (cosine >= 0.99) with calib.npz as data, measured on eval.npz: which layers
 ended at 4 bits, 8 bits and float, the size ratio and the cosine, and every trial fallback made.
 
 Writes the ``int4_mixed`` section of bench/RESULTS.md and bench/results/int4_mixed.json.
@@ -43,8 +43,8 @@ MODEL = "minilm_l6"
 OUTPUT = "sentence_embedding"
 VARIANTS: dict[str, Overrides] = {
     "int8 dynamic": Overrides(mode=QuantMode.DYNAMIC),
-    "int4 dynamic (level 4)": Overrides(mode=QuantMode.DYNAMIC, weight_bits=4),
-    "int4 weight-only (level 0)": Overrides(mode=QuantMode.WEIGHT_ONLY, weight_bits=4),
+    "int4 dynamic (level 4)": Overrides(mode=QuantMode.DYNAMIC, weight_bits=4, weight_symmetric=True),
+    "int4 weight-only (level 0)": Overrides(mode=QuantMode.WEIGHT_ONLY, weight_bits=4, weight_symmetric=True),
 }
 FALLBACK_DROP = 1.0  # points of cosine: mean cosine >= 0.99
 RESULT = BENCH / "results" / "int4_mixed.json"
@@ -89,6 +89,7 @@ def _fallback(folder: Path, work: Path, max_trials: int) -> dict[str, Any]:
     overrides = Overrides(
         mode=QuantMode.DYNAMIC,
         weight_bits=4,
+        weight_symmetric=True,
         auto_fallback=True,
         metric=GateMetric.COSINE,
         max_drop=FALLBACK_DROP,
@@ -171,7 +172,8 @@ def _fallback_lines(fallback: dict[str, Any]) -> list[str]:
     meta = fallback["meta"]
     lines = [
         "",
-        f"`--mode dynamic --weight-bits 4 --auto-fallback --metric cosine --max-drop {FALLBACK_DROP:g} "
+        "`--mode dynamic --weight-bits 4 --weight-symmetric --auto-fallback --metric cosine "
+        f"--max-drop {FALLBACK_DROP:g} "
         f"--max-trials {fallback['max_trials']}` (--data calib.npz --eval-data eval.npz), "
         f"commit {meta['commit']}, "
         f"load {meta['load_start']:.1f} -> {meta['load_end']:.1f}, {fallback['seconds']:.0f} s: "

@@ -177,6 +177,7 @@ def int4_step(model: Path, method: str) -> dict[str, Any]:
             "weight-only",
             "--weight-bits",
             "4",
+            "--weight-symmetric",
             "--block-method",
             method,
             "--data",
@@ -286,7 +287,8 @@ def _lines(rows: dict[str, Any], held: int) -> list[str]:
             "",
             "### 4-bit weights, streaming",
             "",
-            "`convert --mode weight-only --weight-bits 4 --block-method rtn|gptq --data calib.npz` "
+            "`convert --mode weight-only --weight-bits 4 --weight-symmetric --block-method rtn|gptq "
+            "--data calib.npz` "
             "(block 32, symmetric): past 1 GiB of external weights a 4-bit build streams "
             "(quantcli/blockwise/streaming.py): each weight is read memory-mapped, rounded, written to a "
             "scratch file and unmapped; GPTQ's `X^T X` are observed with the float model cut into segments "

@@ -89,8 +89,22 @@ def test_default_is_int8_and_has_no_blockwise(wide: tuple[Path, Path], tmp_path:
     assert QuantConfig().weight_bits == 8
 
 
+def test_4_bit_default_is_asymmetric(wide: tuple[Path, Path], tmp_path: Path) -> None:
+    """Without --weight-symmetric, 4-bit blocks carry a zero point each (measured more accurate on
+    MiniLM-L6 and the decoder, bench/RESULTS.md section int4_decoder); the flag drops them."""
+    model, _ = wide
+    for flags, zero_points in (((), True), (("--weight-symmetric",), False)):
+        out = tmp_path / f"q{len(flags)}.onnx"
+        code, document, stderr = _convert(model, out, "--mode", "weight-only", "--weight-bits", "4", *flags)
+        assert code == 0, stderr
+        assert ("wq_zero_points" in {i.name for i in onnx.load(str(out)).graph.initializer}) == zero_points
+        assert document["blockwise"]["symmetric"] is not zero_points  # type: ignore[index]
+    assert QuantConfig().weight_symmetric is False
+
+
 def _methods(model: Path, data: Path, tmp_path: Path, *methods: str) -> dict[str, dict[str, object]]:
-    """Reports of 4-bit conversions calibrated on all of ``data``, measured on other samples."""
+    """Reports of symmetric 4-bit conversions (as ``_rtn_errors`` rounds) calibrated on all of
+    ``data``, measured on other samples."""
     evaluation = tmp_path / "eval.npz"
     np.savez(evaluation, **models.tiny_transformer_data(16, seed=7))
     common = (
@@ -98,6 +112,7 @@ def _methods(model: Path, data: Path, tmp_path: Path, *methods: str) -> dict[str
         "weight-only",
         "--weight-bits",
         "4",
+        "--weight-symmetric",
         "--data",
         str(data),
         "--eval-data",
@@ -165,7 +180,7 @@ def test_gptq_model_runs_and_beats_rtn(wide: tuple[Path, Path], tmp_path: Path) 
         ),
         (("--mode", "weight-only", "--block-size", "64"), "add --weight-bits 4"),
         (("--mode", "weight-only", "--block-method", "gptq"), "add --weight-bits 4"),
-        (("--mode", "weight-only", "--weight-asymmetric"), "add --weight-bits 4"),
+        (("--mode", "weight-only", "--weight-symmetric"), "add --weight-bits 4"),
         (("--mode", "weight-only", "--weight-bits", "4", "--weight-method", "mse"), "is for int8 weights"),
     ],
 )

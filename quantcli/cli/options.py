@@ -213,7 +213,7 @@ WeightSymmetricOpt = Annotated[
     bool | None,
     option(
         "--weight-symmetric/--weight-asymmetric",
-        help="4-bit blocks without a zero point, or with one per block." + default("symmetric"),
+        help="4-bit blocks without a zero point, or with one per block." + default("asymmetric"),
         metavar="",
         panel=MODE,
     ),
