@@ -231,25 +231,32 @@ def measure(rows: list[Row], folder: Path, work: Path) -> None:
         _keep(row)
 
 
-def best(rows: list[Row]) -> Row:
-    """quantcli's best 4-bit row: highest top-1 agreement (decoder) or mean cosine (MiniLM)."""
+def best(rows: list[Row], symmetric: bool) -> Row | None:
+    """quantcli's best 4-bit row of one weights kind: highest top-1 agreement (decoder) or mean
+    cosine (MiniLM)."""
     key = "top1_agreement" if rows[0].model == DECODER else "cosine_mean"
-    candidates = [r for r in rows if r.tool == "quantcli" and r.method != "int8 dynamic" and not r.error]
-    return max(candidates, key=lambda r: r.metrics[key])
+    candidates = _ours(rows, symmetric)
+    return max(candidates, key=lambda r: r.metrics[key]) if candidates else None
 
 
 def time_models(rows: list[Row], folder: Path, rounds: int) -> list[str]:
-    """fp32, int8 dynamic and the best 4-bit model, interleaved; the labels timed."""
-    chosen = [best(rows)] + [r for r in rows if r.method == "int8 dynamic" and not r.error]
+    """fp32, int8 dynamic and the best 4-bit model of each weights kind, interleaved; the labels
+    timed. Each timed row keeps the load average at the start and end of the timing."""
+    bests = [best(rows, symmetric) for symmetric in (True, False)]
+    chosen = [r for r in bests if r is not None]
+    chosen += [r for r in rows if r.method == "int8 dynamic" and not r.error]
     feed = _feeds(folder, "eval")[0]
+    load_start = os.getloadavg()[0]
     times = compare.latency(
         {"fp32": folder / "model.onnx", **{r.label: r.path for r in chosen}}, feed, rounds
     )
+    load_end = os.getloadavg()[0]
     for row in chosen:
         for threads in compare.THREADS:
             key = f"threads{threads}_ms"
             row.latency[key] = times[row.label][key]
             row.latency[f"fp32_{key}"] = times["fp32"][key]
+        row.latency["load_start"], row.latency["load_end"] = load_start, load_end
         _keep(row)
     return [r.label for r in chosen]
 
@@ -301,8 +308,8 @@ def _table(rows: list[Row], model: str) -> list[str]:
 
 def _latency_table(rows: list[Row]) -> list[str]:
     lines = [
-        "| model | variant | size ratio | 1 thread ms | x fp32 | 2 threads ms | x fp32 |",
-        "|---|---|---|---|---|---|---|",
+        "| model | variant | size ratio | 1 thread ms | x fp32 | 2 threads ms | x fp32 | load start -> end |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     fp32_done: set[str] = set()
     for r in rows:
@@ -311,14 +318,15 @@ def _latency_table(rows: list[Row]) -> list[str]:
         t = r.latency
         if r.model not in fp32_done:
             fp32_done.add(r.model)
+            loads = f"{t['load_start']:.1f} -> {t['load_end']:.1f}" if "load_start" in t else "–"
             lines.append(
                 f"| {r.model} | fp32 | 1.00 | {t['fp32_threads1_ms']:.1f} | 1.00 | "
-                f"{t['fp32_threads2_ms']:.1f} | 1.00 |"
+                f"{t['fp32_threads2_ms']:.1f} | 1.00 | {loads} |"
             )
         lines.append(
             f"| {r.model} | {r.label} | {r.size_ratio:.2f} | {t['threads1_ms']:.1f} | "
             f"{t['threads1_ms'] / t['fp32_threads1_ms']:.2f} | {t['threads2_ms']:.1f} | "
-            f"{t['threads2_ms'] / t['fp32_threads2_ms']:.2f} |"
+            f"{t['threads2_ms'] / t['fp32_threads2_ms']:.2f} | |"
         )
     return lines
 
@@ -479,7 +487,9 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "",
         f"Median of {meta['rounds']} interleaved rounds per thread count, one process, the first eval sample "
         "(decoder: one 128-token window, no KV cache, i.e. a prefill; MiniLM: one sentence of 128 tokens). "
-        "Best: quantcli's 4-bit row with the highest top-1 agreement (decoder) or cosine (MiniLM).",
+        "Best: quantcli's 4-bit row of each weights kind with the highest top-1 agreement (decoder) or "
+        "cosine (MiniLM). Load: the 1-minute load average (2 cores, shared) when the model's timing "
+        "began and ended.",
         "",
         *_latency_table(rows),
         "",
