@@ -6,8 +6,8 @@ Parts 3 and 4 of `make bench-int4` (bench/int4.py writes parts 1 and 2).
 
 Part 3, decoder_smollm2 (SmolLM2-135M, bench/zoo_decoder.py): every ``--block-method`` quantcli
 offers, each run exactly as a user runs it, ``quantcli convert model.onnx -o OUT --mode weight-only
---weight-bits 4 --block-size 32 --block-method M --data calib/`` with ``--weight-symmetric`` and
-with ``--weight-asymmetric`` (the default), beside onnxruntime's ``MatMulNBitsQuantizer`` at block 32,
+--weight-bits 4 --block-size 32 --block-method M --data calib/`` with ``--weight-symmetric`` (the
+default) and with ``--weight-asymmetric``, beside onnxruntime's ``MatMulNBitsQuantizer`` at block 32,
 accuracy level 4 (its default algorithm, RTN, both ways; its GPTQ on the first calibration windows:
 it runs the whole model once per distinct MatMul input and window), and int8 ``--mode dynamic``.
 On eval/ (32 windows of 128 tokens): next-token agreement with fp32 (top-1 argmax at every
@@ -440,7 +440,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "timed by earlier runs are kept (each row's quantize seconds and peak RSS are its own run's).",
         "quantcli rows are exactly `quantcli convert model.onnx -o OUT --mode weight-only --weight-bits 4 "
         f"--block-size {BLOCK} --block-method M --data calib/` plus `--weight-symmetric` (sym) or "
-        "`--weight-asymmetric` (asym, the default since these figures; int8 dynamic: "
+        "`--weight-asymmetric` (asym; the default is symmetric; int8 dynamic: "
         "`--mode dynamic`), each in a process of its own: it calibrates on the first 80% of "
         "calib/ and checks itself on the rest, as a user's run does; seconds and peak RSS are the whole "
         "command's. onnxruntime rows: "

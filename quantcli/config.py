@@ -281,9 +281,7 @@ class QuantConfig:
         weight_bits: 8 (int8 weights) or 4 (block-wise int4 MatMul/Gemm weights and Gather tables;
             weight-only mode, or dynamic mode's weights).
         block_size: values per block of a 4-bit weight, along its reduction axis.
-        weight_symmetric: 4-bit blocks without a zero point (False, the default: a zero point per
-            block; measured better on both bench models at 2.5% more bytes, bench/RESULTS.md
-            section int4_decoder).
+        weight_symmetric: 4-bit blocks without a zero point (False: a zero point per block).
         block_method: how 4-bit weights are rounded (see :class:`BlockMethod`).
         block_overrides: bits and block size per node or op type (recipe overrides), in order.
         target: the runtime the model is quantized for (see :class:`TargetName`).
@@ -315,7 +313,7 @@ class QuantConfig:
     top_k: int = 10
     weight_bits: int = 8
     block_size: int = 32
-    weight_symmetric: bool = False
+    weight_symmetric: bool = True
     block_method: BlockMethod = BlockMethod.RTN
     target: TargetName = TargetName.ORT_CPU
     block_overrides: tuple[BlockOverride, ...] = ()
@@ -362,7 +360,7 @@ class QuantConfig:
                 flag
                 for flag, differs in (
                     (f"--block-size {self.block_size}", self.block_size != 32),
-                    ("--weight-symmetric", self.weight_symmetric),
+                    ("--weight-asymmetric", not self.weight_symmetric),
                     (f"--block-method {self.block_method}", self.block_method is not BlockMethod.RTN),
                 )
                 if differs

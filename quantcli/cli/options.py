@@ -213,7 +213,7 @@ WeightSymmetricOpt = Annotated[
     bool | None,
     option(
         "--weight-symmetric/--weight-asymmetric",
-        help="4-bit blocks without a zero point, or with one per block." + default("asymmetric"),
+        help="4-bit blocks without a zero point, or with one per block." + default("symmetric"),
         metavar="",
         panel=MODE,
     ),
