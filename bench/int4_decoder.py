@@ -340,6 +340,22 @@ def _ours(rows: list[Row], symmetric: bool) -> list[Row]:
     ]
 
 
+# Above this 1-minute load average on 2 cores no core is left for a 2-thread session.
+BUSY_LOAD = 4.0
+
+
+def _load_warning(rows: list[Row]) -> list[str]:
+    """A sentence when some timing ran on an overloaded machine."""
+    loads = [max(r.latency["load_start"], r.latency["load_end"]) for r in rows if "load_start" in r.latency]
+    if not loads or max(loads) <= BUSY_LOAD:
+        return []
+    return [
+        f"The machine was overloaded while timing (load up to {max(loads):.1f} on 2 cores): the 2-thread "
+        "timings are unreliable here; compare the 1-thread ratios.",
+        "",
+    ]
+
+
 def verdict(rows: list[Row]) -> str:
     """Issue 18's decoder check: quantcli's best 4-bit method beats onnxruntime's RTN at the same
     bits and block on both next-token agreement and perplexity (each weights kind separately)."""
@@ -391,15 +407,19 @@ def same_as_onnxruntime(rows: list[Row]) -> str:
         return ""
     mine, peer = _nbits_weights(ours[0].path), _nbits_weights(theirs[0].path)
     shared = sorted(set(mine) & set(peer))
-    same_scales = sum(np.array_equal(mine[n][1], peer[n][1]) for n in shared)
+    scales = np.concatenate([mine[n][1] for n in shared])
+    theirs_scales = np.concatenate([peer[n][1] for n in shared])
+    flipped = int(np.count_nonzero((scales != theirs_scales) & (scales == -theirs_scales)))
+    other = int(np.count_nonzero((scales != theirs_scales) & (scales != -theirs_scales)))
     codes = sum(mine[n][0].size for n in shared)
     differ = sum(int(np.count_nonzero(mine[n][0] != peer[n][0])) for n in shared)
-    negative = sum(int(np.count_nonzero(mine[n][1] < 0)) for n in shared)
-    scales = sum(mine[n][1].size for n in shared)
     return (
         f"quantcli `rtn {TABLE_FLOAT}` against onnxruntime's RTN, both symmetric, weight by weight "
-        f"({len(shared)} MatMulNBits of {len(mine)} / {len(peer)}): scales bit-identical in {same_scales}; "
-        f"{differ:,} of {codes:,} codes differ; {negative / max(scales, 1):.1%} of the scales are negative "
+        f"({len(shared)} MatMulNBits of {len(mine)} / {len(peer)}): of {scales.size:,} block scales, "
+        f"{scales.size - flipped - other:,} are bit-identical, {flipped:,} have the same magnitude and the "
+        f"other sign (a block whose largest magnitude occurs with both signs: the tools put a different "
+        f"one on code 0), {other:,} differ otherwise; {differ:,} of {codes:,} codes differ; "
+        f"{np.count_nonzero(scales < 0) / max(scales.size, 1):.1%} of quantcli's scales are negative "
         "(blocks whose extremum is positive)."
     )
 
@@ -493,6 +513,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
         "",
         *_latency_table(rows),
         "",
+        *_load_warning(rows),
     ]
     return "\n".join(lines)
 
