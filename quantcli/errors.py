@@ -12,6 +12,7 @@ __all__ = [
     "CalibrationFileError",
     "ConfigError",
     "DistributedError",
+    "EngineCrashError",
     "ModelLoadError",
     "OutputError",
     "QuantCliError",
@@ -49,3 +50,8 @@ class OutputError(QuantCliError):
 
 class DistributedError(QuantCliError):
     """Ray cannot be reached, a worker cannot read the model or data, or a task failed for good."""
+
+
+class EngineCrashError(ModelLoadError):
+    """The engine running a model crashed (OpenVINO's CPU plugin, in its child process, killed by
+    a signal): the model is one that engine cannot run, so this is exit 1, not a quantcli bug."""

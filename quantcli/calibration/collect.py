@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from quantcli import engine
 from quantcli.calibration.branches import branch_values, open_tap
 from quantcli.calibration.data import Batch, Dataset, Feed
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
@@ -157,7 +158,7 @@ def _run_feeds(
     has one row per sample."""
     source = str(dataset.source)
     alone = False
-    for feed in dataset.batches(batch_size):
+    for feed in dataset.batches(engine.batch_size(session, batch_size)):
         count = len(feed.positions)
         outputs = None
         if not alone or count == 1:

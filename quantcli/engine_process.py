@@ -1,0 +1,145 @@
+"""A child process that serves one compiled OpenVINO model (:mod:`quantcli.engine_child`).
+
+Why a child: OpenVINO 2026.4.1's CPU plugin segfaults compiling or running some valid models
+(PP-OCR cls quantized for onnxruntime: signal 11 at its first inference; docs/openvino.md). In
+quantcli's own process that ended the command with no message, no exit code of ours and the
+staging folder left behind. In a child, the crash ends the child: the parent sees its pipe close,
+reads the signal from the exit status and raises :class:`~quantcli.errors.EngineCrashError`, one
+line, exit 1, and the staging folder is removed as for any other error.
+
+Why one child per session, not one for every session: a crash then names the one model that
+caused it, the other sessions live on (auto drops the candidate and goes on, as when OpenVINO
+refuses one), and a session's memory goes back to the system when it is closed. Its cost, measured
+by bench/openvino_child.py (figures in docs/openvino.md, "OpenVINO in a child process"): about
+half a second to start a child and some 70 MB of its own, and each inference's arrays pickled
+through a pipe; the child times ``infer`` itself, so timings carry no pipe time.
+
+Chosen over a child that only compiles (then compiling again here): that child would not catch
+a crash at inference, which is where PP-OCR cls crashes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import weakref
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+from quantcli.errors import EngineCrashError
+
+__all__ = ["Child", "Refusal"]
+
+_SCRIPT = Path(__file__).with_name("engine_child.py")
+# How long a child that closed its pipe may take to exit before it is killed (it has nothing
+# left to do but exit).
+_EXIT_SECONDS = 10.0
+
+
+class Refusal(Exception):
+    """The engine refused a request (``stage``: read, compile, run or port): it lives on."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def command(read_fd: int, write_fd: int) -> list[str]:
+    """How a child is started: the child script by path with ``-P`` (nothing of the script's
+    folder shadows a module openvino imports), reading and writing the two pipe ends given."""
+    return [sys.executable, "-P", str(_SCRIPT), str(read_fd), str(write_fd)]
+
+
+def _stop(process: subprocess.Popen[bytes], pipes: tuple[Connection, Connection], log: IO[bytes]) -> None:
+    """Close the pipes (the child's read then ends and it exits), reap it, drop its log."""
+    for pipe in pipes:
+        pipe.close()
+    try:
+        process.wait(timeout=_EXIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def _signal(number: int) -> str:
+    try:
+        return f"signal {number}, {signal.Signals(number).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"signal {number}"
+
+
+def _last_line(log: IO[bytes]) -> str:
+    log.seek(0)
+    lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+class Child:
+    """One child process and the two pipes to it; closed by :meth:`close` or when collected."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label  # the model, as a crash names it
+        child_read, parent_write = os.pipe()
+        parent_read, child_write = os.pipe()
+        # The child's stdout and stderr (OpenVINO's own prints): kept for the line a dying child
+        # leaves, never shown otherwise.
+        log = tempfile.TemporaryFile()  # noqa: SIM115 (closed with the child, by _stop)
+        try:
+            process = subprocess.Popen(
+                command(child_read, child_write),
+                pass_fds=(child_read, child_write),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        except OSError:
+            for fd in (parent_read, parent_write):
+                os.close(fd)
+            log.close()
+            raise
+        finally:
+            os.close(child_read)
+            os.close(child_write)
+        self._process, self._log = process, log
+        self._inbox = Connection(parent_read, writable=False)
+        self._outbox = Connection(parent_write, readable=False)
+        self._finalizer = weakref.finalize(self, _stop, process, (self._outbox, self._inbox), log)
+
+    def ask(self, request: tuple[Any, ...], doing: str) -> Any:
+        """The child's answer to ``request``; raises :class:`Refusal` when the engine refused it,
+        :class:`EngineCrashError` when the child died ``doing`` it ("compiling", "running")."""
+        try:
+            self._outbox.send(request)
+            reply = self._inbox.recv()
+        except (EOFError, OSError):  # the pipe closed under us: the child is gone
+            raise self._died(doing) from None
+        if reply[0] == "error":
+            raise Refusal(reply[1], reply[2])
+        return reply[1]
+
+    def _died(self, doing: str) -> EngineCrashError:
+        try:
+            code = self._process.wait(timeout=_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:  # closed its pipe yet still running: end it
+            self._process.kill()
+            code = self._process.wait()
+        if code < 0:
+            how = f"crashed ({_signal(-code)})"
+        else:
+            said = _last_line(self._log)
+            how = f"ended with exit code {code}" + (f" ({said})" if said else "")
+        self.close()
+        where = f"{self.label}: " if self.label else ""
+        return EngineCrashError(
+            f"{where}OpenVINO {how} {doing} the model; nothing was written (onnxruntime may run it: "
+            "--target ort-cpu)"
+        )
+
+    def close(self) -> None:
+        self._finalizer()
