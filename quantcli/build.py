@@ -228,7 +228,7 @@ def reference_for(run: Run, *, needed: bool) -> Reference:
         session = SegmentedSession(proto, folder)
     elif proto is not None and run.datasets.evaluation:
         with naming(run.loaded.path):
-            session = open_session(proto, data_folder=folder, target=runtime)
+            session = open_session(proto, data_folder=folder, target=runtime, label=str(run.loaded.path))
     return Reference(run.loaded, proto, session, run.datasets, run.labels, runtime)
 
 
@@ -384,7 +384,7 @@ def _built(
         _rewrite(model, job.plan, params, blocked, target_of(config))
         staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
-    session = check_model_file(staged.path, target_of(config))
+    session = check_model_file(staged.path, target_of(config), label=str(target.output))
     if staged.size_bytes >= target.input_bytes:
         raise QuantizationError(
             f"the quantized model ({staged.size_bytes} bytes) would not be smaller than the input "
@@ -540,7 +540,9 @@ class Detached:
         session = None
         if self.datasets.evaluation is not None:
             with naming(self.path):
-                session = open_session(self.proto, data_folder=self.target.data_folder, target=runtime)
+                session = open_session(
+                    self.proto, data_folder=self.target.data_folder, target=runtime, label=str(self.path)
+                )
         reference = Reference(loaded, self.proto, session, self.datasets, self.labels, runtime)
         return Workshop(self.target, reference, contextlib.ExitStack(), self.force)
 
@@ -600,7 +602,7 @@ def land(shipped: Shipped | QuantCliError, shop: Workshop) -> Built | QuantCliEr
     path = scratch.write_bytes(shop.target.output, shipped.model)
     staged = StagedModel(path, shop.target.output, len(shipped.model), external_data=False)
     try:
-        session = check_model_file(path, shop.reference.runtime)
+        session = check_model_file(path, shop.reference.runtime, label=str(shop.target.output))
         predicted = _predicted(staged, shop.target.feed)
     except QuantCliError as exc:
         return exc

@@ -370,11 +370,14 @@ def open_session(
     data_folder: Path | None = None,
     for_timing: bool = False,
     target: Target = ORT_CPU,
+    label: str | None = None,
 ) -> Session:
     """A session for a protobuf or a model file on ``target``'s engine (:func:`engine_for`), for
     checking (or for timing, ``for_timing``). Raises :class:`ModelLoadError` with the engine's
-    first line when it refuses the model."""
-    label = str(model) if isinstance(model, Path) else ""
+    first line when it refuses the model, :class:`EngineCrashError` naming ``label`` (default: the
+    file, if ``model`` is one) when it crashes on it."""
+    if label is None:
+        label = str(model) if isinstance(model, Path) else ""
     opening = _Opening(model, threads, data_folder, for_timing, target, label)
     return _OPENERS[engine_for(target)](opening)
 

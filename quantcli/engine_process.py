@@ -135,10 +135,10 @@ class Child:
             said = _last_line(self._log)
             how = f"ended with exit code {code}" + (f" ({said})" if said else "")
         self.close()
-        where = f"{self.label}: " if self.label else ""
         return EngineCrashError(
-            f"{where}OpenVINO {how} {doing} the model; nothing was written (onnxruntime may run it: "
-            "--target ort-cpu)"
+            self.label,
+            f"OpenVINO {how} {doing} the model "
+            "(OpenVINO cannot run it: try another --mode, or --target ort-cpu)",
         )
 
     def close(self) -> None:

@@ -52,6 +52,12 @@ class DistributedError(QuantCliError):
     """Ray cannot be reached, a worker cannot read the model or data, or a task failed for good."""
 
 
-class EngineCrashError(ModelLoadError):
+class EngineCrashError(QuantCliError):
     """The engine running a model crashed (OpenVINO's CPU plugin, in its child process, killed by
-    a signal): the model is one that engine cannot run, so this is exit 1, not a quantcli bug."""
+    a signal): the model is one that engine cannot run, so this is exit 1, not a quantcli bug.
+    Not a ModelLoadError: its message names the model itself (``reason``: the message without
+    the name), and it also ends a run."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(f"{label}: {reason}" if label else reason)
+        self.reason = reason
