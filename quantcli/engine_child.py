@@ -10,7 +10,8 @@ end. Requests and replies are pickled tuples (``multiprocessing.connection`` fra
 - ``("open", source, outputs, config)``: read the model (a file path or the model's bytes),
   compile it for the CPU plugin with ``config``; ``("ok", None)``.
 - ``("run", names, feed)``: infer once; ``("ok", (outputs, milliseconds))``, copies of the named
-  outputs in that order and the time ``infer`` took here.
+  outputs in that order and the time ``infer`` and the copies took here (what one run cost when
+  OpenVINO ran in the parent's process).
 - ``("get", name)``: a property of the compiled model, as a string.
 
 A refusal by OpenVINO (a ``RuntimeError``) is replied as ``("error", stage, message)``; the
@@ -58,8 +59,8 @@ class _Model:
             results = self.request.infer(feed)
         except RuntimeError as exc:
             raise _Refused("run", str(exc)) from exc
-        spent = (time.perf_counter() - begin) * 1000.0
-        return [np.array(results[self.ports[name]]) for name in names], spent
+        outputs = [np.array(results[self.ports[name]]) for name in names]
+        return outputs, (time.perf_counter() - begin) * 1000.0
 
     def get(self, name: str) -> str:
         value = self.compiled.get_property(name)

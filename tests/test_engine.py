@@ -369,6 +369,10 @@ def test_openvino_sessions_run_in_children_that_end_with_them() -> None:
     assert isinstance(session, engine.OpenVINOSession)
     process = session._child._process
     assert process.poll() is None
+    session.run(None, {"x": np.ones((2, 8), np.float32)})
+    # Latency is the child's own time of the run, without the pipe; onnxruntime's is the caller's.
+    assert 0 < session.last_run_ms == engine.run_time_ms(session, 1e9)
+    assert engine.run_time_ms(engine.open_session(_mlp()), 5.0) == 5.0
     del session
     assert process.wait(timeout=10) == 0  # the session collected: its child closed and exited
 
