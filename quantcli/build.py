@@ -37,8 +37,8 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.config import BlockOverride, QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
-from quantcli.engine import Session, timing_session
-from quantcli.errors import ModelLoadError, QuantCliError, QuantizationError
+from quantcli.engine import Session, engine_name, timing_session
+from quantcli.errors import EngineCrashError, ModelLoadError, QuantCliError, QuantizationError
 from quantcli.evaluate import (
     Fidelity,
     GateResult,
@@ -401,14 +401,21 @@ def _measured(candidate: Candidate, reference: Reference, config: QuantConfig) -
     """The candidate with its fidelity against the float model and its gate."""
     evaluation = reference.datasets.evaluation
     assert evaluation is not None and reference.session is not None
-    fidelity = compare_models(
-        reference.session,
-        candidate.session,
-        evaluation,
-        batch_size=config.batch_size,
-        source=reference.datasets.evaluation_source,
-        labels=reference.labels,
-    )
+    try:
+        fidelity = compare_models(
+            reference.session,
+            candidate.session,
+            evaluation,
+            batch_size=config.batch_size,
+            source=reference.datasets.evaluation_source,
+            labels=reference.labels,
+        )
+    except EngineCrashError as exc:
+        if exc.label == str(reference.loaded.path):
+            raise  # the float model: no candidate can be measured
+        # A candidate the engine crashes on is one it refuses, as at its check (auto goes on).
+        engine = engine_name(reference.runtime)
+        raise QuantizationError(f"{engine} refuses the quantized model: {exc.reason}") from exc
     metric, bound = config.gate(has_labels=reference.labels is not None)
     return replace(candidate, fidelity=fidelity, gate=gate(fidelity, metric, bound))
 

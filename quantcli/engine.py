@@ -12,6 +12,11 @@ onnxruntime for every target: a float model's tensors are the same arithmetic on
 OpenVINO would need the same graph exposure to return them, and the cost model is fitted on
 onnxruntime's kernels.
 
+OpenVINO sessions run in child processes (:mod:`quantcli.engine_process`): a crash of the
+plugin is then one line and exit 1 (:class:`~quantcli.errors.EngineCrashError`), not the end of
+quantcli, and they are fed one sample at a time (:func:`batch_size`), which keeps the plugin's
+activation memory at one sample's.
+
 OpenVINO is an optional dependency (``pip install 'quantcli[openvino]'``). Without it a target
 that asks for it is checked on onnxruntime instead (:func:`engine_for`), and the report says so
 (:func:`summary`); only what OpenVINO alone can answer (its timings) is refused (:func:`require`).
