@@ -262,7 +262,8 @@ class OpenVINOSession:
     The model is compiled and run in a child process of its own (:mod:`quantcli.engine_process`
     says why and what it costs), from its file when it has one. Inputs and outputs are named as
     the ONNX graph names them; ``run`` returns copies in the order asked for, and
-    :attr:`last_run_ms` is the time the plugin's ``infer`` took, without the pipe.
+    :attr:`last_run_ms` is the time the last run took in the child (``infer`` and the copies),
+    without the pipe.
     ``label`` names the model when OpenVINO crashes on it.
     """
 

@@ -74,6 +74,8 @@ def _signal(number: int) -> str:
 
 
 def _last_line(log: IO[bytes]) -> str:
+    if log.closed:  # asked again after the child was reaped
+        return ""
     log.seek(0)
     lines = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else ""
