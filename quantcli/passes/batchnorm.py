@@ -59,7 +59,10 @@ def _folded(conv: ir.Node, norm: ir.Node) -> tuple[npt.NDArray[np.float32], npt.
         return None
     gamma, beta, mean, variance = (np.asarray(p, np.float64) for p in params)
     epsilon = norm.attributes.get("epsilon")
-    factor = gamma / np.sqrt(variance + (epsilon.as_float() if epsilon is not None else _DEFAULT_EPSILON))
+    spread = variance + (epsilon.as_float() if epsilon is not None else _DEFAULT_EPSILON)
+    if not np.all(spread > 0):  # the model itself computes NaN there: left for the weight check
+        return None
+    factor = gamma / np.sqrt(spread)
     new_weight = weight.astype(np.float64) * factor.reshape(-1, *([1] * (weight.ndim - 1)))
     new_bias = (bias.astype(np.float64) - mean) * factor + beta
     return new_weight.astype(np.float32), new_bias.astype(np.float32)
