@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -37,7 +38,7 @@ import onnx
 import onnx.external_data_helper
 import onnxruntime as ort
 
-from quantcli.engine_process import Child, Refusal
+from quantcli.engine_process import Refusal, give_back, lease
 from quantcli.errors import ConfigError, ModelLoadError
 from quantcli.target import ORT_CPU, Engine, Target
 
@@ -277,12 +278,14 @@ class OpenVINOSession:
         self._source, self._label = source, label
         self._inputs, self._outputs = tuple(ports[0]), tuple(ports[1])
         self.last_run_ms = 0.0
-        self._child = Child(label)
+        self._child = lease(label)
         try:
             self._child.ask(("open", source, list(self._outputs), _openvino_config(threads)), "compiling")
         except Refusal as exc:
-            self._child.close()
+            give_back(self._child)
             raise ModelLoadError(f"{_REFUSED[exc.stage]} ({_first_line(exc)})") from exc
+        # Collected or closed, the session gives its child back (engine_process.lease).
+        self._release = weakref.finalize(self, give_back, self._child)
 
     def get_inputs(self) -> list[_Port]:
         return [_Port(name) for name in self._inputs]
@@ -301,8 +304,8 @@ class OpenVINOSession:
         return list(outputs)
 
     def close(self) -> None:
-        """End the child now (it ends anyway when the session is collected)."""
-        self._child.close()
+        """Free the model now (it is freed anyway when the session is collected)."""
+        self._release()
 
     @property
     def inference_threads(self) -> int:

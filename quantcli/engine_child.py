@@ -4,7 +4,7 @@ Run as a script (``python -P .../engine_child.py READ_FD WRITE_FD``), not as ``-
 it imports numpy and openvino only, not quantcli's package (onnx, onnxruntime), so a child
 starts in about half a second and holds about 70 MB of its own besides the compiled model.
 
-It serves one compiled model over two pipes, one request at a time, until the parent closes its
+It serves one compiled model at a time over two pipes, one request at a time, until the parent closes its
 end. Requests and replies are pickled tuples (``multiprocessing.connection`` frames them):
 
 - ``("open", source, outputs, config)``: read the model (a file path or the model's bytes),
@@ -13,6 +13,7 @@ end. Requests and replies are pickled tuples (``multiprocessing.connection`` fra
   outputs in that order and the time ``infer`` and the copies took here (what one run cost when
   OpenVINO ran in the parent's process).
 - ``("get", name)``: a property of the compiled model, as a string.
+- ``("reset",)``: drop the compiled model (the child then waits, idle, for another ``open``).
 
 A refusal by OpenVINO (a ``RuntimeError``) is replied as ``("error", stage, message)``; the
 parent turns it into the one-line error it raised when OpenVINO ran in its own process. A crash
@@ -77,6 +78,8 @@ def _answer(model: _Model | None, request: tuple[Any, ...]) -> tuple[_Model | No
     verb = request[0]
     if verb == "open":
         return _Model(*request[1:]), None
+    if verb == "reset":
+        return None, None  # the compiled model is destroyed: the plugin frees its memory
     assert model is not None, "a model is opened before it is run"
     if verb == "run":
         return model, model.run(*request[1:])

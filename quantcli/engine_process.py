@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import IO, Any
 
 from quantcli.errors import EngineCrashError
 
-__all__ = ["Child", "Refusal"]
+__all__ = ["Child", "Refusal", "close_idle", "give_back", "lease"]
 
 _SCRIPT = Path(__file__).with_name("engine_child.py")
 # How long a child that closed its pipe may take to exit before it is killed (it has nothing
@@ -143,5 +144,52 @@ class Child:
             "(OpenVINO cannot run it: try another --mode, or --target ort-cpu)",
         )
 
+    @property
+    def alive(self) -> bool:
+        return self._finalizer.alive and self._process.poll() is None
+
     def close(self) -> None:
         self._finalizer()
+
+
+# Children whose session was closed, each with no model, kept for the next session: starting one
+# (Python, numpy, openvino's libraries and its CPU plugin) is most of what a small model's session
+# costs to open. Two at most: a run holds the float model's session and a candidate's or two.
+_IDLE: list[Child] = []
+_IDLE_MAX = 2
+_IDLE_LOCK = threading.Lock()
+
+
+def lease(label: str) -> Child:
+    """A child for a session of the model ``label``: an idle one, else a new one."""
+    with _IDLE_LOCK:
+        while _IDLE:
+            child = _IDLE.pop()
+            if child.alive:
+                child.label = label
+                return child
+    return Child(label)
+
+
+def give_back(child: Child) -> None:
+    """A session is done with ``child``: it drops its compiled model (and the memory the plugin
+    held for it) and waits idle, or ends when enough wait already."""
+    try:
+        child.ask(("reset",), "closing")
+    except (Refusal, EngineCrashError):
+        child.close()
+        return
+    with _IDLE_LOCK:
+        if len(_IDLE) < _IDLE_MAX:
+            _IDLE.append(child)
+            return
+    child.close()
+
+
+def close_idle() -> None:
+    """End every idle child (they end anyway when this process exits)."""
+    with _IDLE_LOCK:
+        idle = list(_IDLE)
+        _IDLE.clear()
+    for child in idle:
+        child.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import models
@@ -306,13 +307,18 @@ while True:
 
 
 @pytest.fixture
-def crashing(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """OpenVINO as if installed, its children replaced by the stand-in above."""
+def crashing(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.MonkeyPatch]:
+    """OpenVINO as if installed, its children replaced by the stand-in above (no idle child of
+    another test is leased, and none of the stand-ins stays idle for the next test)."""
+    engine_process.close_idle()
     script = tmp_path_factory.mktemp("fake") / "child.py"  # not beside the model: tests list that folder
     script.write_text(_FAKE_CHILD)
     monkeypatch.setattr(engine, "installed", lambda which: True)
     monkeypatch.setattr(engine_process, "command", lambda r, w: [sys.executable, str(script), str(r), str(w)])
-    return monkeypatch
+    yield monkeypatch
+    engine_process.close_idle()
 
 
 def _one_crash_line(result: Result, doing: str) -> str:
@@ -372,18 +378,26 @@ def test_a_crash_is_the_childs_alone(crashing: pytest.MonkeyPatch) -> None:
         session.run(None, {"x": np.ones((1, 8), np.float32)})
 
 
-def test_openvino_sessions_run_in_children_that_end_with_them() -> None:
+def test_openvino_sessions_run_in_children_that_are_given_back_and_reused() -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    engine_process.close_idle()
     session = engine.open_session(_mlp(), target=OPENVINO)
     assert isinstance(session, engine.OpenVINOSession)
     process = session._child._process
-    assert process.poll() is None
-    session.run(None, {"x": np.ones((2, 8), np.float32)})
+    feed = {"x": np.ones((2, 8), np.float32)}
+    session.run(None, feed)
     # Latency is the child's own time of the run, without the pipe; onnxruntime's is the caller's.
     assert 0 < session.last_run_ms == engine.run_time_ms(session, 1e9)
     assert engine.run_time_ms(engine.open_session(_mlp()), 5.0) == 5.0
-    del session
-    assert process.wait(timeout=10) == 0  # the session collected: its child closed and exited
+    del session  # collected: its child drops the model and waits for the next session
+    other = _mlp(seed=1)
+    again = engine.open_session(other, target=OPENVINO)
+    assert isinstance(again, engine.OpenVINOSession) and again._child._process is process
+    reference = ort.InferenceSession(other.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(again.run(["y"], feed)[0], reference.run(["y"], feed)[0], rtol=1e-4)
+    again.close()
+    engine_process.close_idle()
+    assert process.wait(timeout=10) == 0  # an idle child closed: it exits
 
 
 def test_openvino_is_fed_one_sample_at_a_time() -> None:
