@@ -87,6 +87,7 @@ class Child:
 
     def __init__(self, label: str) -> None:
         self.label = label  # the model, as a crash names it
+        self.kind = _kind()  # what it runs: only a child of the current kind is reused
         child_read, parent_write = os.pipe()
         parent_read, child_write = os.pipe()
         # The child's stdout and stderr (OpenVINO's own prints): kept for the line a dying child
@@ -160,14 +161,20 @@ _IDLE_MAX = 2
 _IDLE_LOCK = threading.Lock()
 
 
+def _kind() -> tuple[str, ...]:
+    """The command children are started with, pipe ends left out."""
+    return tuple(command(-1, -1))
+
+
 def lease(label: str) -> Child:
     """A child for a session of the model ``label``: an idle one, else a new one."""
     with _IDLE_LOCK:
         while _IDLE:
             child = _IDLE.pop()
-            if child.alive:
+            if child.alive and child.kind == _kind():
                 child.label = label
                 return child
+            child.close()
     return Child(label)
 
 
@@ -180,7 +187,7 @@ def give_back(child: Child) -> None:
         child.close()
         return
     with _IDLE_LOCK:
-        if len(_IDLE) < _IDLE_MAX:
+        if len(_IDLE) < _IDLE_MAX and child.kind == _kind():
             _IDLE.append(child)
             return
     child.close()

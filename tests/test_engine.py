@@ -310,9 +310,10 @@ while True:
 def crashing(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[pytest.MonkeyPatch]:
-    """OpenVINO as if installed, its children replaced by the stand-in above (no idle child of
-    another test is leased, and none of the stand-ins stays idle for the next test)."""
+    """OpenVINO as if installed, its children replaced by the stand-in above, each session in a
+    new one (a stand-in crashes by what it was last opened on)."""
     engine_process.close_idle()
+    monkeypatch.setattr(engine_process, "_IDLE_MAX", 0)
     script = tmp_path_factory.mktemp("fake") / "child.py"  # not beside the model: tests list that folder
     script.write_text(_FAKE_CHILD)
     monkeypatch.setattr(engine, "installed", lambda which: True)
