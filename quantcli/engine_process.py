@@ -7,12 +7,15 @@ staging folder left behind. In a child, the crash ends the child: the parent see
 reads the signal from the exit status and raises :class:`~quantcli.errors.EngineCrashError`, one
 line, exit 1, and the staging folder is removed as for any other error.
 
-Why one child per session, not one for every session: a crash then names the one model that
-caused it, the other sessions live on (auto drops the candidate and goes on, as when OpenVINO
-refuses one), and a session's memory goes back to the system when it is closed. Its cost, measured
-by bench/openvino_child.py (figures in docs/openvino.md, "OpenVINO in a child process"): about
-half a second to start a child and some 70 MB of its own, and each inference's arrays pickled
-through a pipe; the child times ``infer`` itself, so timings carry no pipe time.
+Why one child per live session, not one for every session: a crash then names the one model
+that caused it, the other sessions live on (auto drops the candidate and goes on, as when
+OpenVINO refuses one), and a closed session's compiled model, with the memory the plugin held for
+it, is destroyed. Its child then waits idle for the next session (:func:`lease`, two at most),
+because starting one is most of what opening a small model's session costs. What it costs,
+measured by bench/openvino_child.py (docs/openvino.md, "OpenVINO in child processes"): 0.4-0.5 s
+more to open a session in a new child than to compile in process, and each inference's arrays
+pickled through a pipe (PP-OCRv4 det, 640x640: 15-21 ms on a 90-130 ms inference); the child
+times ``infer`` itself, so timings carry no pipe time.
 
 Chosen over a child that only compiles (then compiling again here): that child would not catch
 a crash at inference, which is where PP-OCR cls crashes.
