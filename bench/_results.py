@@ -39,6 +39,8 @@ ORDER = [
     "tensorrt",
     "targets",
     "targets_rerun",
+    "openvino_memory",
+    "openvino_child",
     "int4",
     "int4_mixed",
     "int4_decoder",
