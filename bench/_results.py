@@ -39,6 +39,8 @@ ORDER = [
     "tensorrt",
     "targets",
     "targets_rerun",
+    "targets_quiet",
+    "openvino_convs",
     "int4",
     "int4_mixed",
     "int4_decoder",
