@@ -263,12 +263,14 @@ def markdown(
     argv: list[str],
     load: float,
     load_start: float | None = None,
+    note: str = "",
 ) -> str:
     command = "bench/targets.py " + " ".join(argv) if argv else "make bench-targets"
     started = "" if load_start is None else f"at the start {load_start:.1f}, "
     out = [
         f"## quantcli for OpenVINO beside NNCF, on OpenVINO's CPU plugin (`{command}`, bench/targets.py)",
         "",
+        *([note, ""] if note else []),
         f"OpenVINO {ov.get_version().split('-')[0]}, NNCF 3.4.0, CPU plugin, 1 inference thread, 1 stream; "
         f"{rounds} interleaved rounds; {seconds / 60:.0f} min; 1-min load average {started}at the end "
         f"{load:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the",
@@ -288,7 +290,7 @@ def markdown(
     return "\n".join(out)
 
 
-def render(stored: Path, zoo: Path, section: str) -> int:
+def render(stored: Path, zoo: Path, section: str, note: str = "") -> int:
     """The section again from stored rows (after a change to the text only); rounds and minutes
     are not stored, so they come from the rows' .meta.json beside them."""
     data = json.loads(stored.read_text())
@@ -297,7 +299,13 @@ def render(stored: Path, zoo: Path, section: str) -> int:
     subjects = {s.name: s for s in compare.subjects(zoo, set(names))}
     results = [(subjects[name], [Row(**item) for item in data if item["model"] == name]) for name in names]
     text = markdown(
-        results, meta["rounds"], meta["seconds"], meta["argv"], meta["load"], meta.get("load_start")
+        results,
+        meta["rounds"],
+        meta["seconds"],
+        meta["argv"],
+        meta["load"],
+        meta.get("load_start"),
+        note or meta.get("note", ""),
     )
     write_section(section, text, data)
     return 0
@@ -319,9 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the section from a results JSON this script wrote; measure nothing",
     )
     parser.add_argument("--section", default="targets", help="the RESULTS.md section to write")
+    parser.add_argument("--note", default="", help="a paragraph under the section's heading")
     args = parser.parse_args(argv)
     if args.render is not None:
-        return render(args.render, args.zoo, args.section)
+        return render(args.render, args.zoo, args.section, args.note)
     if not QUANTCLI.exists():
         parser.error(f"{QUANTCLI} missing: run `make install`")
     wanted = set(args.models.split(",")) if args.models else None
@@ -356,7 +365,7 @@ def _report(
         args.rows.write_text(json.dumps(data, indent=1) + "\n")
     if args.no_write and not final:
         return
-    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load, load_start)
+    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load, load_start, args.note)
     if args.no_write:
         if final:
             print(text)
@@ -369,6 +378,7 @@ def _report(
         "argv": argv or sys.argv[1:],
         "load": load,
         "load_start": load_start,
+        "note": args.note,
     }
     (BENCH / "results" / f"{args.section}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
