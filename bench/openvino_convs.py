@@ -15,7 +15,8 @@ docs/openvino.md ("Where the time goes").
 A class is spelled k3c32s40 (3x3, 32 channels in and out, 40x40, SiLU), then optionally `dw`
 (depthwise), then `r` (Relu) or `h` (HardSwish: x times HardSigmoid(x)), then `/u0`, `/s0` or
 `/u8` (the activation pairs' type and zero point: uint8 from 0, int8 symmetric, uint8 with zero
-point 8); default `/s0`, `/u0` after Relu.
+point 8); default `/s0`, `/u0` after Relu; a final `+o` puts a pair on each Conv's output too, before
+its activation (onnxruntime's placement).
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class ConvClass:
     groups: int
     activation: str  # silu, relu, hswish
     zero: str  # u0, s0, u8
+    output_pair: bool = False  # also a pair on each Conv's output, before its activation
 
 
 def parse(spec: str) -> ConvClass:
-    body, _, zero = spec.partition("/")
+    output_pair = spec.endswith("+o")
+    body, _, zero = spec.removesuffix("+o").partition("/")
     activation = {"r": "relu", "h": "hswish"}.get(body[-1], "silu")
     body = body.rstrip("rh")
     depthwise = body.endswith("dw")
@@ -63,7 +66,7 @@ def parse(spec: str) -> ConvClass:
     channels, size = rest.split("s")
     zero = zero or ("u0" if activation == "relu" else "s0")
     groups = int(channels) if depthwise else 1
-    return ConvClass(spec, int(kernel), int(channels), int(size), groups, activation, zero)
+    return ConvClass(spec, int(kernel), int(channels), int(size), groups, activation, zero, output_pair)
 
 
 def _zero(kind: str) -> np.ndarray:
@@ -124,7 +127,13 @@ def chain(c: ConvClass, quantized: bool) -> onnx.ModelProto:
             group=c.groups,
             kernel_shape=[c.kernel] * 2,
         )
-        nodes += [conv, *_activation(c.activation, f"c{i}", f"a{i}")]
+        nodes.append(conv)
+        if quantized and c.output_pair:  # onnxruntime's form: the Conv writes int8, the activation reads it
+            nodes += [
+                helper.make_node("QuantizeLinear", [f"c{i}", f"sa{i}", f"za{i}"], [f"cq{i}"]),
+                helper.make_node("DequantizeLinear", [f"cq{i}", f"sa{i}", f"za{i}"], [f"cdq{i}"]),
+            ]
+        nodes += _activation(c.activation, f"cdq{i}" if quantized and c.output_pair else f"c{i}", f"a{i}")
         x = f"a{i}"
     shape = [1, c.channels, c.size, c.size]
     graph = helper.make_graph(
