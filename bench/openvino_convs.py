@@ -37,6 +37,7 @@ DEPTH = 4
 DEFAULT = (
     "k1c32s80,k1c64s40,k1c128s20,k1c256s10,"
     "k3c16s80,k3c32s40,k3c64s20,k3c128s10,k3c256s10,"
+    "k3c16s80+o,k3c32s40+o,k3c64s40+o,k3c64s20+o,k3c128s10+o,k3c256s10+o,k1c64s40+o,k1c256s10+o,k3c32s40h+o,"
     "k3c32s40/u8,k3c32s40/u0,"
     "k3c32s40h,k1c64s40h,k3c32s40r,k3c64s20r,k3c32s40r/s0,k1c64s40r,"
     "k3c64s20dw,k3c128s20dwr,k5c128s20dwr,"
@@ -189,7 +190,8 @@ def main() -> int:
         "float (run at the plugin's default precision, bf16 here) and int8 as `--target openvino` writes it.",
         "Class `k3c32s40`: 3x3 kernel, 32 channels, 40x40; `dw` depthwise; activation SiLU, `r` Relu,",
         "`h` HardSwish; `/s0` int8 symmetric, `/u0` uint8 from 0, `/u8` uint8 with zero point 8 (default",
-        "`/s0`, `/u0` after Relu). int8 / float below 1: int8 is faster.",
+        "`/s0`, `/u0` after Relu); `+o`: a pair on each Conv's output too, before its activation",
+        "(docs/openvino.md rule 8). int8 / float below 1: int8 is faster.",
         "",
         "| class | float ms | int8 ms | int8 / float |",
         "|---|---|---|---|",

@@ -447,8 +447,9 @@ def _movement(rules: dict[str, OpRule], where: str) -> None:
 # integer layer (rule 7); the bias float (rule 5); final layers quantized (rule 6); every
 # activation zero point 0, uint8 from 0 for non-negative tensors (rule 1); one pair per carried
 # chain, at its root (rule 3); Add and Concat integer on any int8 input, a Concat's inputs sharing
-# one scale (rule 4). Relu/Clip(0, x) still
-# fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
+# one scale (rule 4); a 3x3 Conv of at least 64 input channels read by a SiLU keeps its output
+# pair, which the plugin fuses into the Convolution and runs faster than the SiLU alone (rule 8).
+# Relu/Clip(0, x) still fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
 _OV = "OpenVINO CPU"
 _OPENVINO_RULES: dict[str, OpRule] = {
     "Conv": replace(
