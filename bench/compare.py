@@ -819,7 +819,7 @@ def markdown(
         "",
         f"Measured on {machine()}, quantcli at commit {facts['commit']};",
         f"the whole run took {facts['seconds'] / 60:.1f} min (load average at start "
-        f"{facts['load_start']}, at end {facts['load_end']}; the machine is shared).",
+        f"{facts['load_start']}, at end {facts['load_end']}; the machine is shared).{_runs_text(facts)}",
         "Every tool quantizes from the same folder of ready-to-feed samples (calib/, one .npz per",
         "sample), in its own process; the peers each in their own venv (bench/_peer_quantize.py).",
         "`quantcli default` is exactly `quantcli convert MODEL -o OUT --data calib/`; `quantcli static`",
@@ -931,6 +931,43 @@ def modes_markdown(subjects_rows: list[tuple[Subject, list[Row]]], seconds: floa
     return "\n".join(lines) + "\n"
 
 
+Results = list[tuple[Subject, list[Row], dict[str, Any]]]
+
+
+def merged(results: Results, facts: dict[str, Any], zoo: Path) -> tuple[Results, dict[str, Any]]:
+    """This run's models, and every other model as the recorded compare.json has it; the facts
+    say which models this run measured, at which commit and load."""
+    recorded = json.loads((BENCH / "results" / "compare.json").read_text())
+    rerun = {subject.name for subject, _, _ in results}
+    kept: dict[str, tuple[list[Row], dict[str, Any]]] = {}
+    for name, extra in recorded["models"].items():
+        if name not in rerun:
+            kept[name] = ([Row(**row) for row in recorded["rows"] if row["model"] == name], extra)
+    by_name = {subject.name: (subject, rows, extra) for subject, rows, extra in results}
+    combined: Results = []
+    for subject in subjects(zoo, None):
+        if subject.name in by_name:
+            combined.append(by_name[subject.name])
+        elif subject.name in kept:
+            combined.append((subject, *kept[subject.name]))
+    base = recorded.get("merged_from") or {
+        key: recorded[key] for key in ("commit", "seconds", "load_start", "load_end")
+    }
+    rerun_facts = {key: facts[key] for key in ("commit", "seconds", "load_start", "load_end")}
+    note = {**base, "rerun": [*base.get("rerun", []), {**rerun_facts, "models": sorted(rerun)}]}
+    return combined, {**facts, **{key: base[key] for key in rerun_facts}, "merged_from": note}
+
+
+def _runs_text(facts: dict[str, Any]) -> str:
+    """The header's note on models measured by a later run than the rest (``--merge``)."""
+    runs = facts.get("merged_from", {}).get("rerun", [])
+    return "".join(
+        f" {', '.join(run['models'])}: rerun at commit {run['commit']} ({run['seconds'] / 60:.1f} min,"
+        f" load {run['load_start']} -> {run['load_end']})."
+        for run in runs
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="quantcli vs onnxruntime, Neural Compressor and NNCF")
     parser.add_argument("--zoo", type=Path, default=BENCH / "zoo")
@@ -942,6 +979,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--modes", action="store_true", help="quantcli's modes side by side (the 'modes' section) instead"
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --models: replace those models' rows in bench/results/compare.json and keep the "
+        "others' (the header names both runs)",
     )
     args = parser.parse_args(argv)
     wanted = set(args.models.split(",")) if args.models else None
@@ -967,6 +1010,8 @@ def main(argv: list[str] | None = None) -> int:
         "load_end": round(os.getloadavg()[0], 2),
         "versions": _peer_versions(),
     }
+    if args.merge and not args.modes:
+        results, facts = merged(results, facts, args.zoo)
     if args.modes:
         text = modes_markdown([(s, rows) for s, rows, _ in results], seconds, args.rounds)
     else:
@@ -980,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
             "models": {s.name: extra for s, _, extra in results},
             "done": {s.name: asdict(done_check(s, rows)) for s, rows, _ in results} if not args.modes else {},
         }
+        if "merged_from" in facts:
+            document["merged_from"] = facts["merged_from"]
         write_section(section, text, document)
     sys.stdout.write(text)
     return 0

@@ -36,7 +36,12 @@ from quantcli.graph.io import ModelFile, external_files, fingerprint, load_model
 from quantcli.graph.output import StagedOutput, check_writable, data_file_name
 from quantcli.graph.quantized import refuse_quantized
 from quantcli.modes import strategy, uses_calibration
-from quantcli.passes import EinsumToMatMulPass, FoldComputedWeightsPass, ReduceMeanToGlobalPoolPass
+from quantcli.passes import (
+    EinsumToMatMulPass,
+    FoldBatchNormPass,
+    FoldComputedWeightsPass,
+    ReduceMeanToGlobalPoolPass,
+)
 from quantcli.plan import QuantPlan, target_of
 from quantcli.report import CalibrationSummary
 
@@ -82,6 +87,7 @@ def prepare(path: Path) -> ModelFile:
         common_passes.NameFixPass(),
         common_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         FoldComputedWeightsPass(),
+        FoldBatchNormPass(),
         common_passes.ShapeInferencePass(strict_mode=False),
         # After shape inference: the rewrite needs the input's rank.
         ReduceMeanToGlobalPoolPass(),

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import quantcli.passes
 from quantcli import Overrides
+from quantcli.config import QuantMode
 from quantcli.passes import (
     CorrectBiasesPass,
     EinsumToMatMulPass,
@@ -162,3 +163,98 @@ def test_stored_weights_drop_zero_zero_points_except_where_a_fusion_needs_them(t
     kernels = optimized_op_types(out, tmp_path)
     assert kernels.get("QLinearConv") == 4
     assert kernels.get("QGemm") == 1
+
+
+def _conv_bn(
+    *, bias: bool = True, training: int | None = None, reads: int = 1, ends: bool = False, tail: bool = False
+) -> onnx.ModelProto:
+    """x -> Conv(32->64, 3x3) -> BatchNormalization -> Relu -> y (``ends``: the BN's output is y;
+    ``tail``: a 1x1 Conv after the Relu writes y)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32, 3, 3)).astype(np.float32) * 0.1, "w")]
+    conv_inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b"))
+        conv_inputs.append("b")
+    for name, array in {
+        "gamma": rng.uniform(0.5, 2.0, 64),
+        "beta": rng.standard_normal(64),
+        "mean": rng.standard_normal(64),
+        "var": rng.uniform(0.1, 3.0, 64),
+    }.items():
+        inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+    bn_attrs = {"epsilon": 1e-3} if training is None else {"epsilon": 1e-3, "training_mode": training}
+    nodes = [
+        helper.make_node("Conv", conv_inputs, ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["n"], name="bn", **bn_attrs
+        ),
+    ]
+    outputs = [helper.make_tensor_value_info("n" if ends else "y", TensorProto.FLOAT, [1, 64, 10, 10])]
+    if tail:
+        inits.append(
+            numpy_helper.from_array(rng.standard_normal((64, 64, 1, 1)).astype(np.float32) * 0.1, "w2")
+        )
+        nodes += [
+            helper.make_node("Relu", ["n"], ["r"], name="relu"),
+            helper.make_node("Conv", ["r", "w2"], ["y"], name="tail"),
+        ]
+    elif not ends:
+        nodes.append(helper.make_node("Relu", ["n"], ["y"], name="relu"))
+    if reads > 1:
+        nodes.append(helper.make_node("Relu", ["c"], ["c2"], name="other"))
+        outputs.append(helper.make_tensor_value_info("c2", TensorProto.FLOAT, [1, 64, 10, 10]))
+    graph = helper.make_graph(
+        nodes,
+        "conv_bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 10, 10])],
+        outputs,
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+
+
+def _run(proto: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("ends", [False, True])
+def test_batchnorm_after_conv_is_folded_into_its_weight_and_bias(bias: bool, ends: bool) -> None:
+    proto = _conv_bn(bias=bias, ends=ends)
+    model = ir.from_proto(proto)
+    assert quantcli.passes.FoldBatchNormPass()(model).modified
+    folded = ir.to_proto(model)
+    onnx.checker.check_model(folded, full_check=True)
+    assert [n.op_type for n in folded.graph.node] == ["Conv"] if ends else ["Conv", "Relu"]
+    assert [o.name for o in folded.graph.output] == [o.name for o in proto.graph.output]
+    # The old weight, bias and the normalization's parameters are gone; the folded pair is stored.
+    assert sorted(i.name for i in folded.graph.initializer) == ["conv_bias_bn_folded", "w_bn_folded"]
+    x = np.random.default_rng(1).standard_normal((1, 32, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(_run(folded, x)[0], _run(proto, x)[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["training", "conv output read twice", "negative variance"])
+def test_batchnorm_is_left_alone_when_folding_would_change_the_model(case: str) -> None:
+    proto = (
+        _conv_bn(training=1) if case == "training" else _conv_bn(reads=2 if case.startswith("conv") else 1)
+    )
+    if case == "negative variance":  # the model computes NaN there; folding must not hide or spread it
+        var = next(i for i in proto.graph.initializer if i.name == "var")
+        var.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(var), "var"))
+    model = ir.from_proto(proto)
+    assert not quantcli.passes.FoldBatchNormPass()(model).modified
+    assert "BatchNormalization" in [n.op_type for n in ir.to_proto(model).graph.node]
+
+
+def test_quantized_conv_bn_model_runs_the_conv_in_integer_without_a_float_batchnorm(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    onnx.save(_conv_bn(tail=True), path)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.random.default_rng(2).standard_normal((16, 1, 32, 10, 10)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    quantcli.quantize(path, out, data=data, config=quantcli.QuantConfig(mode=QuantMode.STATIC))
+    kernels = optimized_op_types(out, tmp_path)
+    assert kernels.get("QLinearConv") == 1
+    assert "BatchNormalization" not in kernels

@@ -182,6 +182,29 @@ def test_old_opset_is_upgraded_then_quantized(tmp_path: Path) -> None:
     assert models.optimized_op_types(out, tmp_path).get("QLinearConv", 0) >= 1
 
 
+def test_ir3_model_with_initializers_as_inputs_is_quantized(tmp_path: Path) -> None:
+    # Before IR 4 every initializer is listed among the graph inputs too (old Caffe2 / onnx model
+    # zoo exports). The added scales are not inputs, so the checker refused the written model.
+    proto = models.tiny_cnn(channels=32)
+    proto.opset_import[0].version = 9
+    proto.ir_version = 3
+    declared = {i.name for i in proto.graph.input}
+    for tensor in proto.graph.initializer:
+        if tensor.name not in declared:
+            declared_input = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+            proto.graph.input.append(declared_input)
+    model = models.save(proto, tmp_path)
+    data = tmp_path / "d.npz"
+    np.savez(data, **models.tiny_cnn_data(12))
+    out = tmp_path / "q.onnx"
+    quantize(model, out, data=data, config=STATIC)
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    assert written.ir_version >= 7  # what opset 13 needs
+    assert [i.name for i in written.graph.input] == [i.name for i in models.tiny_cnn().graph.input]
+    assert models.optimized_op_types(out, tmp_path).get("QLinearConv", 0) >= 1
+
+
 def test_ancient_opset_is_refused(tmp_path: Path) -> None:
     proto = models.tiny_cnn(channels=8)
     proto.opset_import[0].version = 5

@@ -294,7 +294,8 @@ def test_inspect_reasons_name_the_tensorrt_rule(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     reasons = {n["name"]: n["reason"] for n in json.loads(result.stdout)["nodes"]}
     assert "docs/tensorrt.md rule 7" in reasons["residual"]
-    assert "docs/tensorrt.md rule 6" in reasons["relu_a"] and "docs/tensorrt.md rule 6" in reasons["bn"]
+    assert "docs/tensorrt.md rule 6" in reasons["relu_a"]
+    assert "bn" not in reasons  # folded into conv_b before planning, as TensorRT would fuse it
     assert "docs/tensorrt.md rule 5" in reasons["conv_b"]
 
 

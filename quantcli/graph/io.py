@@ -289,6 +289,7 @@ def load_model(path: Path) -> ModelFile:
                 "(add one to the model's opset_import)"
             )
         upgraded = _upgrade_opset(path, model, loaded.opset)
+        _modernize_ir(upgraded)
         folder = external_folder(model)
         if folder is not None:  # the converted copy refers to the same external files
             ir.external_data.set_base_dir(upgraded.graph, folder)
@@ -304,6 +305,7 @@ def load_model(path: Path) -> ModelFile:
             f"{path}: opset {loaded.opset} is newer than this onnx knows ({MAX_OPSET}); "
             f"convert the model to opset {MAX_OPSET} or older"
         )
+    _modernize_ir(model)
     return loaded
 
 
@@ -328,6 +330,32 @@ def _upgrade_opset(path: Path, model: ir.Model, opset: int) -> ir.Model:
         ) from exc
     logger.info("%s: upgraded from opset %d to %d", path, opset, MIN_OPSET)
     return ir.from_proto(converted)
+
+
+# IR version 4 made initializers constants of their own; before it every initializer had to be
+# listed among the graph's inputs as well.
+_INITIALIZERS_APART = 4
+
+
+def _modernize_ir(model: ir.Model) -> None:
+    """Make the weights of a model that lists them among its graph inputs constants, in place.
+
+    Before IR 4 every initializer is also a graph input, and exporters still write them so by
+    choice (PyTorch's ``keep_initializers_as_inputs``). From IR 4 on, onnxruntime treats such a
+    weight as an input a caller may override: no constant folding, no prepacking. Quantization
+    treats every weight as a constant anyway, and the checker refuses an IR 3 model whose added
+    scales are not inputs; so they become plain initializers, by onnx_ir's pass, and an IR below 4
+    is raised to the least the imported opsets need (onnx's table). A model without such inputs
+    is left as it is, byte for byte.
+    """
+    overridable = [value for value in model.graph.inputs if value.is_initializer()]
+    if overridable:
+        ir.passes.common.RemoveInitializersFromInputsPass()(model)
+        logger.info("%d weight(s) listed among the graph inputs are treated as constants", len(overridable))
+    if model.ir_version < _INITIALIZERS_APART:
+        opsets = [onnx.helper.make_opsetid(domain, v) for domain, v in model.opset_imports.items()]
+        needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+        model.ir_version = max(_INITIALIZERS_APART, needed)
 
 
 def fingerprint(model: ir.Model) -> str:

@@ -9,6 +9,7 @@ live).
 """
 
 from quantcli.passes.activations import InsertActivationQDQPass
+from quantcli.passes.batchnorm import FoldBatchNormPass
 from quantcli.passes.bias import CorrectBiasesPass, ReplaceInitializerValuesPass
 from quantcli.passes.cleanup import RemoveUnusedBranchInitializersPass
 from quantcli.passes.computed_weights import FoldComputedWeightsPass
@@ -27,6 +28,7 @@ __all__ = [
     "CorrectBiasesPass",
     "EinsumToMatMulPass",
     "FoldActivationsPass",
+    "FoldBatchNormPass",
     "FoldComputedWeightsPass",
     "GatherQuantizedRowsPass",
     "InsertActivationQDQPass",
