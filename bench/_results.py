@@ -40,6 +40,7 @@ ORDER = [
     "targets",
     "targets_rerun",
     "targets_quiet",
+    "targets_others",
     "openvino_convs",
     "int4",
     "int4_mixed",
