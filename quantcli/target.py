@@ -392,14 +392,15 @@ def _reads_as_silu(value: ir.Value) -> bool:
 
 
 # docs/openvino.md rule 8: the channels from which a 3x3 Conv + SiLU runs faster on OpenVINO's CPU
-# plugin with its output quantized too (bench/openvino_convs.py: 64 channels 0.92-0.97x bf16, 128
-# 0.84x, 256 0.70x, against 1.27-1.38x with the SiLU fused after a float output; at 16 and 32
-# channels the pair does not pay, 1.08x and 1.30-1.35x).
+# plugin with its output quantized too (bench/openvino_convs.py: 64 channels 0.86-0.98x bf16, 128
+# 0.81-0.84x, 256 0.61-0.70x, against 1.27-1.41x, 1.35-1.46x, 0.98-1.10x with the SiLU fused after
+# a float output; at 16 and 32 channels the pair does not pay: 1.03-1.08x, 1.30-1.36x).
 _SILU_PAIR_MIN_CHANNELS = 64
 
 
 def _spatial_silu_conv(node: ir.Node) -> bool:
-    """Rule 8: a Conv with a kernel larger than 1x1 and at least 64 input channels, read by a SiLU."""
+    """Rule 8: a Conv with a kernel wider than 1x1 (measured at 3x3; a 1x1 Conv gains nothing from
+    the pair) and at least 64 input channels, read by a SiLU."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
     shape = () if weight is None or weight.shape is None else tuple(weight.shape)
     dims = [d for d in shape if isinstance(d, int)]
