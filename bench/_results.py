@@ -42,6 +42,8 @@ ORDER = [
     "targets_quiet",
     "targets_others",
     "openvino_convs",
+    "openvino_memory",
+    "openvino_child",
     "int4",
     "int4_mixed",
     "int4_decoder",

@@ -37,8 +37,8 @@ from quantcli.calibration.observers import TensorStats
 from quantcli.config import BlockOverride, QuantConfig, QuantMode, SpeedSource
 from quantcli.correction import bias_corrections
 from quantcli.cost import Prediction, default_cost_model, profile_kernels
-from quantcli.engine import Session, timing_session
-from quantcli.errors import ModelLoadError, QuantCliError, QuantizationError
+from quantcli.engine import Session, engine_name, timing_session
+from quantcli.errors import EngineCrashError, ModelLoadError, QuantCliError, QuantizationError
 from quantcli.evaluate import (
     Fidelity,
     GateResult,
@@ -228,7 +228,7 @@ def reference_for(run: Run, *, needed: bool) -> Reference:
         session = SegmentedSession(proto, folder)
     elif proto is not None and run.datasets.evaluation:
         with naming(run.loaded.path):
-            session = open_session(proto, data_folder=folder, target=runtime)
+            session = open_session(proto, data_folder=folder, target=runtime, label=str(run.loaded.path))
     return Reference(run.loaded, proto, session, run.datasets, run.labels, runtime)
 
 
@@ -384,7 +384,7 @@ def _built(
         _rewrite(model, job.plan, params, blocked, target_of(config))
         staged = scratch.write_model(model, target.output, external_data=target.external_data)
     stage("check")
-    session = check_model_file(staged.path, target_of(config))
+    session = check_model_file(staged.path, target_of(config), label=str(target.output))
     if staged.size_bytes >= target.input_bytes:
         raise QuantizationError(
             f"the quantized model ({staged.size_bytes} bytes) would not be smaller than the input "
@@ -401,14 +401,21 @@ def _measured(candidate: Candidate, reference: Reference, config: QuantConfig) -
     """The candidate with its fidelity against the float model and its gate."""
     evaluation = reference.datasets.evaluation
     assert evaluation is not None and reference.session is not None
-    fidelity = compare_models(
-        reference.session,
-        candidate.session,
-        evaluation,
-        batch_size=config.batch_size,
-        source=reference.datasets.evaluation_source,
-        labels=reference.labels,
-    )
+    try:
+        fidelity = compare_models(
+            reference.session,
+            candidate.session,
+            evaluation,
+            batch_size=config.batch_size,
+            source=reference.datasets.evaluation_source,
+            labels=reference.labels,
+        )
+    except EngineCrashError as exc:
+        if exc.label == str(reference.loaded.path):
+            raise  # the float model: no candidate can be measured
+        # A candidate the engine crashes on is one it refuses, as at its check (auto goes on).
+        engine = engine_name(reference.runtime)
+        raise QuantizationError(f"{engine} refuses the quantized model: {exc.reason}") from exc
     metric, bound = config.gate(has_labels=reference.labels is not None)
     return replace(candidate, fidelity=fidelity, gate=gate(fidelity, metric, bound))
 
@@ -540,7 +547,9 @@ class Detached:
         session = None
         if self.datasets.evaluation is not None:
             with naming(self.path):
-                session = open_session(self.proto, data_folder=self.target.data_folder, target=runtime)
+                session = open_session(
+                    self.proto, data_folder=self.target.data_folder, target=runtime, label=str(self.path)
+                )
         reference = Reference(loaded, self.proto, session, self.datasets, self.labels, runtime)
         return Workshop(self.target, reference, contextlib.ExitStack(), self.force)
 
@@ -600,7 +609,7 @@ def land(shipped: Shipped | QuantCliError, shop: Workshop) -> Built | QuantCliEr
     path = scratch.write_bytes(shop.target.output, shipped.model)
     staged = StagedModel(path, shop.target.output, len(shipped.model), external_data=False)
     try:
-        session = check_model_file(path, shop.reference.runtime)
+        session = check_model_file(path, shop.reference.runtime, label=str(shop.target.output))
         predicted = _predicted(staged, shop.target.feed)
     except QuantCliError as exc:
         return exc

@@ -101,10 +101,20 @@ def _compare(
     float_proto, quant_proto = serialize(reference_file.model), serialize(candidate_file.model)
     runtime = TARGETS[config.target]
     reference = open_session(
-        float_proto, config.threads, data_folder=float_folder, for_timing=True, target=runtime
+        float_proto,
+        config.threads,
+        data_folder=float_folder,
+        for_timing=True,
+        target=runtime,
+        label=str(reference_file.path),
     )
     candidate = open_session(
-        quant_proto, config.threads, data_folder=quant_folder, for_timing=True, target=runtime
+        quant_proto,
+        config.threads,
+        data_folder=quant_folder,
+        for_timing=True,
+        target=runtime,
+        label=str(candidate_file.path),
     )
     label_array = load_labels(labels, dataset.num_samples) if labels is not None else None
     stage("evaluate")

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import onnx
 import onnx_ir as ir
 
+from quantcli import engine
 from quantcli.blockwise.layout import BlockQuantized
 from quantcli.blockwise.targets import block_targets
 from quantcli.calibration.branches import Session, open_tap
@@ -404,7 +405,7 @@ def _measure(pair: _Pair, twins: list[_Twin], dataset: Dataset, *, batch_size: i
     float_names = [t.float_name for t in activations]
     quant_names = [t.dq_output for t in activations] + [t.pre or "" for t in activations]
     # Sums pool over feeds, each of samples of one shape: nothing of two shapes is concatenated.
-    for feed in dataset.batches(batch_size):
+    for feed in dataset.batches(engine.batch_size(pair.runtime, batch_size)):
         ref_values = _fetch(reference, float_names, feed.arrays)
         got_values = _fetch(candidate, quant_names, feed.arrays)
         for twin in activations:

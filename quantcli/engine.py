@@ -12,6 +12,11 @@ onnxruntime for every target: a float model's tensors are the same arithmetic on
 OpenVINO would need the same graph exposure to return them, and the cost model is fitted on
 onnxruntime's kernels.
 
+OpenVINO sessions run in child processes (:mod:`quantcli.engine_process`): a crash of the
+plugin is then one line and exit 1 (:class:`~quantcli.errors.EngineCrashError`), not the end of
+quantcli, and they are fed one sample at a time (:func:`batch_size`), which keeps the plugin's
+activation memory at one sample's.
+
 OpenVINO is an optional dependency (``pip install 'quantcli[openvino]'``). Without it a target
 that asks for it is checked on onnxruntime instead (:func:`engine_for`), and the report says so
 (:func:`summary`); only what OpenVINO alone can answer (its timings) is refused (:func:`require`).
@@ -19,21 +24,21 @@ that asks for it is checked on onnxruntime instead (:func:`engine_for`), and the
 
 from __future__ import annotations
 
-import functools
-import importlib
+import importlib.util
 import logging
+import sys
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
-import numpy as np
 import onnx
 import onnx.external_data_helper
 import onnxruntime as ort
 
+from quantcli.engine_process import Refusal, give_back, lease
 from quantcli.errors import ConfigError, ModelLoadError
 from quantcli.target import ORT_CPU, Engine, Target
 
@@ -43,11 +48,13 @@ __all__ = [
     "EngineSummary",
     "OpenVINOSession",
     "Session",
+    "batch_size",
     "engine_for",
     "engine_name",
     "installed",
     "open_session",
     "require",
+    "run_time_ms",
     "summary",
     "timing_session",
     "version",
@@ -88,16 +95,16 @@ class Session(Protocol):
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]: ...
 
 
-def _import(engine: Engine) -> ModuleType | None:
-    try:
-        return importlib.import_module(_PACKAGES[engine])
-    except ImportError:
-        return None
-
-
 def installed(engine: Engine) -> bool:
-    """Whether ``engine``'s package can be imported here."""
-    return _import(engine) is not None
+    """Whether ``engine``'s package can be imported here. Found, not imported: OpenVINO runs in
+    child processes (:class:`OpenVINOSession`), so this process never loads its libraries."""
+    name = _PACKAGES[engine]
+    if name in sys.modules:  # imported already, or hidden (None) as a test does
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def engine_for(target: Target) -> Engine:
@@ -189,6 +196,7 @@ class _Opening:
     data_folder: Path | None
     for_timing: bool
     target: Target
+    label: str  # the model as an error names it: its file, or what the caller calls it
 
 
 def _onnxruntime(opening: _Opening) -> Session:
@@ -234,14 +242,6 @@ class _Port(NamedTuple):
     name: str
 
 
-@functools.cache
-def _core() -> Any:
-    """One OpenVINO Core per process, as OpenVINO recommends (it caches plugins)."""
-    openvino = _import(Engine.OPENVINO)
-    assert openvino is not None, "engine_for() chose OpenVINO only when it is installed"
-    return openvino.Core()
-
-
 def _openvino_config(threads: int | None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": OPENVINO_PRECISION,
@@ -253,25 +253,39 @@ def _openvino_config(threads: int | None) -> dict[str, Any]:
     return config
 
 
+# What each stage of a refusal says (the same lines OpenVINO's exceptions gave in-process).
+_REFUSED = {"read": "OpenVINO cannot read the model", "compile": "OpenVINO cannot compile the model"}
+
+
 class OpenVINOSession:
     """A model compiled for OpenVINO's CPU plugin, run as an onnxruntime session is.
 
-    Inputs and outputs are named as the ONNX graph names them; ``run`` returns copies (the
-    infer request reuses its output buffers) in the order asked for.
+    The model is compiled and run in a child process of its own (:mod:`quantcli.engine_process`
+    says why and what it costs), from its file when it has one. Inputs and outputs are named as
+    the ONNX graph names them; ``run`` returns copies in the order asked for, and
+    :attr:`last_run_ms` is the time the last run took in the child (``infer`` and the copies),
+    without the pipe.
+    ``label`` names the model when OpenVINO crashes on it.
     """
 
     def __init__(
-        self, model: Any, inputs: Sequence[str], outputs: Sequence[str], threads: int | None
+        self,
+        source: str | bytes,
+        ports: tuple[Sequence[str], Sequence[str]],
+        threads: int | None,
+        label: str = "",
     ) -> None:
-        self._model = model
-        self._inputs = tuple(inputs)
-        self._outputs = tuple(outputs)
+        self._source, self._label = source, label
+        self._inputs, self._outputs = tuple(ports[0]), tuple(ports[1])
+        self.last_run_ms = 0.0
+        self._child = lease(label)
         try:
-            self._compiled = _core().compile_model(model, _OPENVINO_DEVICE, _openvino_config(threads))
-            self._ports = {name: self._compiled.output(name) for name in self._outputs}
-        except RuntimeError as exc:  # OpenVINO raises RuntimeError for every refusal
-            raise ModelLoadError(f"OpenVINO cannot compile the model ({_first_line(exc)})") from exc
-        self._request = self._compiled.create_infer_request()
+            self._child.ask(("open", source, list(self._outputs), _openvino_config(threads)), "compiling")
+        except Refusal as exc:
+            give_back(self._child)
+            raise ModelLoadError(f"{_REFUSED[exc.stage]} ({_first_line(exc)})") from exc
+        # Collected or closed, the session gives its child back (engine_process.lease).
+        self._release = weakref.finalize(self, give_back, self._child)
 
     def get_inputs(self) -> list[_Port]:
         return [_Port(name) for name in self._inputs]
@@ -281,36 +295,52 @@ class OpenVINOSession:
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]:
         names = list(output_names) if output_names is not None else list(self._outputs)
-        missing = [n for n in names if n not in self._ports]
-        if missing:
-            self._ports.update({n: self._port(n) for n in missing})
         try:
-            results = self._request.infer(dict(input_feed))
-        except RuntimeError as exc:
+            outputs, self.last_run_ms = self._child.ask(("run", names, dict(input_feed)), "running")
+        except Refusal as exc:
+            if exc.stage == "port":
+                raise RuntimeError(f"OpenVINO's compiled model has no output '{exc}'") from exc
             raise RuntimeError(f"OpenVINO cannot run the model ({_first_line(exc)})") from exc
-        return [np.array(results[self._ports[name]]) for name in names]
+        return list(outputs)
 
-    def _port(self, name: str) -> Any:
-        try:
-            return self._compiled.output(name)
-        except RuntimeError as exc:
-            raise RuntimeError(f"OpenVINO's compiled model has no output '{name}'") from exc
+    def close(self) -> None:
+        """Free the model now (it is freed anyway when the session is collected)."""
+        self._release()
 
     @property
     def inference_threads(self) -> int:
         """The threads one inference runs on, as the plugin compiled it."""
-        return int(self._compiled.get_property("INFERENCE_NUM_THREADS"))
+        return int(self._child.ask(("get", "INFERENCE_NUM_THREADS"), "asking"))
 
     @property
     def inference_precision(self) -> str:
         """The precision the plugin runs float layers in ("f32": OPENVINO_PRECISION)."""
-        value = self._compiled.get_property("INFERENCE_PRECISION_HINT")
-        return str(value.get_type_name()) if hasattr(value, "get_type_name") else str(value)
+        return str(self._child.ask(("get", "INFERENCE_PRECISION_HINT"), "asking"))
 
     def for_timing(self, threads: int | None = None) -> OpenVINOSession:
         """The same model compiled as timing runs it (one inference thread unless ``threads``)."""
         count = threads if threads is not None else OPENVINO_TIMING_THREADS
-        return OpenVINOSession(self._model, self._inputs, self._outputs, count)
+        return OpenVINOSession(self._source, (self._inputs, self._outputs), count, self._label)
+
+
+def run_time_ms(session: Session, measured_ms: float) -> float:
+    """The time ``session``'s last run took: on OpenVINO the child's own (it times ``infer`` and
+    the copies, what one run cost in-process; PP-OCRv4 det's pipe adds 15 ms to 90 ms), else
+    ``measured_ms``, what the caller timed around ``run``."""
+    return session.last_run_ms if isinstance(session, OpenVINOSession) else measured_ms
+
+
+def batch_size(runs_on: object, asked: int) -> int:
+    """How many samples to feed a session (or every session of a Target) at once when ``asked``
+    would be fed to onnxruntime: one on OpenVINO. Its CPU plugin keeps the activation memory of
+    the largest batch a compiled model has run until the model is destroyed (onnxruntime,
+    without its arena, frees it after each run): PP-OCRv4 det at 640x640 held 1.06 GB after a
+    batch of 16 and 0.10 GB after single samples, which ran 16 samples in 2.86 s against 3.14 s,
+    with the same output bits (docs/openvino.md, "Memory")."""
+    on_openvino = isinstance(runs_on, OpenVINOSession) or (
+        isinstance(runs_on, Target) and engine_for(runs_on) is Engine.OPENVINO
+    )
+    return 1 if on_openvino else asked
 
 
 def _interface(proto: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -334,20 +364,16 @@ def _inline(proto: onnx.ModelProto, data_folder: Path | None) -> bytes:
 
 def _openvino(opening: _Opening) -> Session:
     """A session on OpenVINO's CPU plugin (it has no providers to choose): f32 float layers;
-    ``for_timing`` at one thread unless told."""
+    ``for_timing`` at one thread unless told. A file is compiled from its path, so its bytes are
+    read by OpenVINO alone."""
     model, threads = opening.model, opening.threads
     if isinstance(model, Path):
         proto = onnx.load(str(model), load_external_data=False)
         source: str | bytes = str(model)
     else:
         proto, source = model, _inline(model, opening.data_folder)
-    inputs, outputs = _interface(proto)
     count = threads if threads is not None or not opening.for_timing else OPENVINO_TIMING_THREADS
-    try:
-        read = _core().read_model(source)
-    except RuntimeError as exc:
-        raise ModelLoadError(f"OpenVINO cannot read the model ({_first_line(exc)})") from exc
-    return OpenVINOSession(read, inputs, outputs, count)
+    return OpenVINOSession(source, _interface(proto), count, opening.label)
 
 
 _Opener = Callable[[_Opening], Session]
@@ -361,11 +387,15 @@ def open_session(
     data_folder: Path | None = None,
     for_timing: bool = False,
     target: Target = ORT_CPU,
+    label: str | None = None,
 ) -> Session:
     """A session for a protobuf or a model file on ``target``'s engine (:func:`engine_for`), for
     checking (or for timing, ``for_timing``). Raises :class:`ModelLoadError` with the engine's
-    first line when it refuses the model."""
-    opening = _Opening(model, threads, data_folder, for_timing, target)
+    first line when it refuses the model, :class:`EngineCrashError` naming ``label`` (default: the
+    file, if ``model`` is one) when it crashes on it."""
+    if label is None:
+        label = str(model) if isinstance(model, Path) else ""
+    opening = _Opening(model, threads, data_folder, for_timing, target, label)
     return _OPENERS[engine_for(target)](opening)
 
 

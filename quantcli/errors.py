@@ -12,6 +12,7 @@ __all__ = [
     "CalibrationFileError",
     "ConfigError",
     "DistributedError",
+    "EngineCrashError",
     "ModelLoadError",
     "OutputError",
     "QuantCliError",
@@ -49,3 +50,17 @@ class OutputError(QuantCliError):
 
 class DistributedError(QuantCliError):
     """Ray cannot be reached, a worker cannot read the model or data, or a task failed for good."""
+
+
+class EngineCrashError(QuantCliError):
+    """The engine running a model crashed (OpenVINO's CPU plugin, in its child process, killed by
+    a signal): the model is one that engine cannot run, so this is exit 1, not a quantcli bug.
+    Not a ModelLoadError: its message names the model itself (``label``; ``reason``: the message
+    without it), and it may come from a run, not only from opening."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(f"{label}: {reason}" if label else reason)
+        self.label, self.reason = label, reason
+
+    def __reduce__(self) -> tuple[type[EngineCrashError], tuple[str, str]]:
+        return EngineCrashError, (self.label, self.reason)  # pickled to and from Ray workers

@@ -20,7 +20,7 @@ import numpy.typing as npt
 from quantcli.calibration.collect import run_samples
 from quantcli.calibration.data import Batch, Dataset, npy_header
 from quantcli.config import GateMetric
-from quantcli.engine import Session
+from quantcli.engine import Session, run_time_ms
 from quantcli.errors import CalibrationDataError
 from quantcli.files import check_regular
 
@@ -384,7 +384,7 @@ def measure_latency(
         for name in names[offset:] + names[:offset]:
             begin = time.perf_counter()
             sessions[name].run(None, feed)
-            times[name].append((time.perf_counter() - begin) * 1000.0)
+            times[name].append(run_time_ms(sessions[name], (time.perf_counter() - begin) * 1000.0))
         if budget_seconds is not None and round_index >= 2 and time.perf_counter() - started > budget_seconds:
             break
     result = {}

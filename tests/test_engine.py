@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import models
@@ -18,12 +19,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner, Result
 
-from quantcli import engine
+from quantcli import engine, engine_process
 from quantcli.calibration.data import Dataset, model_inputs
 from quantcli.calibration.sources import open_source
 from quantcli.cli.app import app
 from quantcli.diagnose import diagnose
-from quantcli.errors import ModelLoadError
+from quantcli.errors import EngineCrashError, ModelLoadError
 from quantcli.graph.io import check_model_file, load_model
 from quantcli.target import OPENVINO, ORT_CPU, TENSORRT, Engine
 
@@ -282,3 +283,126 @@ def test_inspect_names_the_engine(cnn: tuple[Path, Path, Path], monkeypatch: pyt
     assert "quantcli[openvino]" in json.loads(result.stdout)["engine"]["note"]
     text = CliRunner().invoke(app, ["inspect", str(model), "--target", "openvino"])
     assert "checked on" in text.stderr + text.stdout
+
+
+# A stand-in for quantcli/engine_child.py that kills itself with a signal when it gets the
+# request named by CRASH_AT ("open" or "run"), as OpenVINO's CPU plugin segfaults on some models.
+# With CRASH_FILES_ONLY it crashes only on models opened from a file: the staged candidates of
+# convert, not the float reference it opens from memory.
+_FAKE_CHILD = """
+import os, signal, sys
+from multiprocessing.connection import Connection
+inbox = Connection(int(sys.argv[1]), writable=False)
+outbox = Connection(int(sys.argv[2]), readable=False)
+crash_at = os.environ["CRASH_AT"]
+from_file = False
+while True:
+    request = inbox.recv()
+    if request[0] == "open":
+        from_file = isinstance(request[1], str)
+    if request[0] == crash_at and (from_file or "CRASH_FILES_ONLY" not in os.environ):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    outbox.send(("ok", None if request[0] == "open" else ([], 0.0)))
+"""
+
+
+@pytest.fixture
+def crashing(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[pytest.MonkeyPatch]:
+    """OpenVINO as if installed, its children replaced by the stand-in above, each session in a
+    new one (a stand-in crashes by what it was last opened on)."""
+    engine_process.close_idle()
+    monkeypatch.setattr(engine_process, "_IDLE_MAX", 0)
+    script = tmp_path_factory.mktemp("fake") / "child.py"  # not beside the model: tests list that folder
+    script.write_text(_FAKE_CHILD)
+    monkeypatch.setattr(engine, "installed", lambda which: True)
+    monkeypatch.setattr(engine_process, "command", lambda r, w: [sys.executable, str(script), str(r), str(w)])
+    yield monkeypatch
+    engine_process.close_idle()
+
+
+def _one_crash_line(result: Result, doing: str) -> str:
+    assert result.exit_code == 1, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    line = result.stderr
+    assert line.startswith("error: ") and f"OpenVINO crashed (signal 11, SIGSEGV) {doing}" in line
+    return line
+
+
+@pytest.mark.parametrize("at", ["open", "run"])
+def test_a_crash_of_openvino_is_one_line_exit_1_and_nothing_written(
+    cnn: tuple[Path, Path, Path], crashing: pytest.MonkeyPatch, at: str
+) -> None:
+    crashing.setenv("CRASH_AT", at)
+    model = cnn[0]
+    line = _one_crash_line(_convert(cnn, "--target", "openvino", "--mode", "static"), "")
+    assert f"error: {model}: " in line  # the float model: the first one opened and run
+    assert ("compiling" if at == "open" else "running") in line
+    assert sorted(p.name for p in model.parent.iterdir()) == ["calib.npz", "eval.npz", "model.onnx"]
+
+
+def test_a_crash_on_the_quantized_model_names_the_model_and_compare_names_the_file(
+    cnn: tuple[Path, Path, Path], crashing: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    crashing.setenv("CRASH_AT", "open")
+    crashing.setenv("CRASH_FILES_ONLY", "1")
+    model, _, evaluation = cnn
+    for at in ("open", "run"):  # its check (compiling) or its evaluation (running)
+        crashing.setenv("CRASH_AT", at)
+        line = _one_crash_line(_convert(cnn, "--target", "openvino", "--mode", "static"), "")
+        assert line.startswith(f"error: {model}: OpenVINO refuses the quantized model: OpenVINO crashed")
+        assert not (model.parent / "q.onnx").exists()
+        assert not [p for p in model.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    # auto drops a candidate OpenVINO crashes on, as one it refuses; here it crashes on all.
+    result = _convert(cnn, "--target", "openvino")
+    assert result.exit_code == 1 and "no candidate mode produced" in result.stderr.splitlines()[-1]
+    dropped = [r.getMessage() for r in caplog.records if "candidate dropped" in r.getMessage()]
+    assert len(dropped) > 1 and all("refuses the quantized model: OpenVINO crashed" in d for d in dropped)
+    # compare opens both models from memory: the crash at run names the model that was running.
+    crashing.setenv("CRASH_AT", "run")
+    crashing.delenv("CRASH_FILES_ONLY")
+    compare = ["compare", str(model), str(model), "--data", str(evaluation), "--target", "openvino"]
+    line = _one_crash_line(CliRunner().invoke(app, compare), "running")
+    assert line.startswith(f"error: {model}: OpenVINO crashed")
+
+
+def test_a_crash_is_the_childs_alone(crashing: pytest.MonkeyPatch) -> None:
+    """A crashed session raises EngineCrashError; this process, and other sessions, live on."""
+    crashing.setenv("CRASH_AT", "run")
+    session = engine.open_session(_mlp(), target=OPENVINO, label="mlp.onnx")
+    with pytest.raises(EngineCrashError) as caught:
+        session.run(None, {"x": np.ones((1, 8), np.float32)})
+    assert str(caught.value).startswith("mlp.onnx: OpenVINO crashed (signal 11, SIGSEGV) running")
+    assert caught.value.reason.startswith("OpenVINO crashed")
+    with pytest.raises(EngineCrashError):  # stays failed, does not hang on a dead pipe
+        session.run(None, {"x": np.ones((1, 8), np.float32)})
+
+
+def test_openvino_sessions_run_in_children_that_are_given_back_and_reused() -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    engine_process.close_idle()
+    session = engine.open_session(_mlp(), target=OPENVINO)
+    assert isinstance(session, engine.OpenVINOSession)
+    process = session._child._process
+    feed = {"x": np.ones((2, 8), np.float32)}
+    session.run(None, feed)
+    # Latency is the child's own time of the run, without the pipe; onnxruntime's is the caller's.
+    assert 0 < session.last_run_ms == engine.run_time_ms(session, 1e9)
+    assert engine.run_time_ms(engine.open_session(_mlp()), 5.0) == 5.0
+    del session  # collected: its child drops the model and waits for the next session
+    other = _mlp(seed=1)
+    again = engine.open_session(other, target=OPENVINO)
+    assert isinstance(again, engine.OpenVINOSession) and again._child._process is process
+    reference = ort.InferenceSession(other.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(again.run(["y"], feed)[0], reference.run(["y"], feed)[0], rtol=1e-4)
+    again.close()
+    engine_process.close_idle()
+    assert process.wait(timeout=10) == 0  # an idle child closed: it exits
+
+
+def test_openvino_is_fed_one_sample_at_a_time() -> None:
+    """The CPU plugin keeps the largest batch's activation memory (engine.batch_size)."""
+    assert engine.batch_size(OPENVINO, 16) == (1 if engine.installed(Engine.OPENVINO) else 16)
+    assert engine.batch_size(ORT_CPU, 16) == 16
+    assert engine.batch_size(engine.open_session(_mlp()), 16) == 16

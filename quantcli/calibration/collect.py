@@ -25,10 +25,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from quantcli import engine
 from quantcli.calibration.branches import branch_values, open_tap
 from quantcli.calibration.data import Batch, Dataset, Feed
 from quantcli.calibration.observers import HistogramObserver, MinMaxObserver, TensorRange, TensorStats
-from quantcli.errors import CalibrationDataError
+from quantcli.errors import CalibrationDataError, EngineCrashError
 from quantcli.graph.io import external_folder
 
 __all__ = [
@@ -118,6 +119,8 @@ MEMORY_BUDGET = 256 * 2**20
 def run_feed(session: object, names: list[str], feed: Batch, source: str) -> list[np.ndarray]:
     try:
         return session.run(names, feed)  # type: ignore[attr-defined, no-any-return]
+    except EngineCrashError:
+        raise  # the engine died, whatever the data: its own one line says so
     except Exception as exc:  # onnxruntime's errors have no common public base class
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CalibrationDataError(
@@ -157,7 +160,7 @@ def _run_feeds(
     has one row per sample."""
     source = str(dataset.source)
     alone = False
-    for feed in dataset.batches(batch_size):
+    for feed in dataset.batches(engine.batch_size(session, batch_size)):
         count = len(feed.positions)
         outputs = None
         if not alone or count == 1:

@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from quantcli import target as _target
 from quantcli.engine import Session, engine_name, open_session
-from quantcli.errors import ModelLoadError, QuantizationError
+from quantcli.errors import EngineCrashError, ModelLoadError, QuantizationError
 from quantcli.graph.output import check_writable, write_atomic
 from quantcli.scheme import QuantType, min_opset
 
@@ -407,7 +407,9 @@ def serialize(model: ir.Model) -> onnx.ModelProto:
     return proto
 
 
-def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> Session:
+def check_model_file(
+    path: Path, target: _target.Target = _target.ORT_CPU, *, label: str | None = None
+) -> Session:
     """Run the ONNX checker with full shape/type checking and load the file on ``target``'s
     engine (onnxruntime, or OpenVINO's CPU plugin: :mod:`quantcli.engine`).
 
@@ -422,6 +424,8 @@ def check_model_file(path: Path, target: _target.Target = _target.ORT_CPU) -> Se
         first_line = str(exc).strip().splitlines()[0]
         raise QuantizationError(f"the quantized model fails the ONNX checker: {first_line}") from exc
     try:
-        return open_session(path, target=target)
+        return open_session(path, target=target, label=label)
     except ModelLoadError as exc:
         raise QuantizationError(f"{engine_name(target)} refuses the quantized model: {exc}") from exc
+    except EngineCrashError as exc:  # a candidate it crashes on is one it refuses (auto goes on)
+        raise QuantizationError(f"{engine_name(target)} refuses the quantized model: {exc.reason}") from exc
