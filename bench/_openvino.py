@@ -5,6 +5,7 @@ Imported by bench/targets.py and bench/_openvino_rules.py, run in the venv that 
 
     .benchenv-openvino/bin/python bench/_openvino.py MODEL.onnx [MODEL.onnx ...] [--layers]
     .benchenv-openvino/bin/python bench/_openvino.py MODEL.onnx --smoke SAMPLE.npz   # exit code only
+    .benchenv-openvino/bin/python bench/_openvino.py MODEL.onnx --profile SAMPLE.npz # where time goes
 
 prints, per model, what the compiled runtime graph runs: heavy layers (Convolution, MatMul /
 FullyConnected, ...) by the precision they execute in, the Reorder, FakeQuantize and Convert layers
@@ -167,6 +168,78 @@ def profile(path: Path, feed: dict[str, np.ndarray], runs: int = 20) -> dict[str
     return dict(spent.most_common())
 
 
+@dataclass(frozen=True)
+class Executed:
+    """One executed node of a PERF_COUNT run: what it is, the kernel it ran, its mean time."""
+
+    name: str
+    type: str
+    kernel: str  # exec_type: brgconv_avx512_amx_I8, jit_avx512_amx_bf16, ref_any, ...
+    ms: float
+
+
+def node_profiles(paths: list[Path], feed: dict[str, np.ndarray], runs: int = 200) -> list[list[Executed]]:
+    """Every executed node's median ms over ``runs`` runs and its kernel (the plugin's PERF_COUNT
+    timers), slowest first, for each model. The models run in turn within each run (interleaved,
+    so a change in the machine's load falls on all of them alike), and the median per node keeps
+    a run preempted by another process from counting."""
+    requests = [compile_model(path, perf_count=True).create_infer_request() for path in paths]
+    for _ in range(5):
+        for request in requests:
+            request.infer(feed)
+    spent: list[dict[tuple[str, str, str], list[float]]] = [{} for _ in paths]
+    for _ in range(runs):
+        for request, times in zip(requests, spent, strict=True):
+            request.infer(feed)
+            for layer in request.get_profiling_info():
+                if layer.status == layer.Status.EXECUTED:
+                    key = (layer.node_name, layer.node_type, layer.exec_type)
+                    times.setdefault(key, []).append(layer.real_time.total_seconds() * 1000)
+    return [
+        sorted(
+            (Executed(n, t, k, statistics.median(v)) for (n, t, k), v in times.items()),
+            key=lambda node: -node.ms,
+        )
+        for times in spent
+    ]
+
+
+def _heavy_table(paths: list[Path], profiles: list[list[Executed]]) -> None:
+    """The heavy layers side by side, joined by node name: each model's kernel and ms."""
+    by_name = [{n.name: n for n in nodes if n.type in HEAVY} for nodes in profiles]
+    names = list(dict.fromkeys(name for table in by_name for name in table))
+    print("heavy layers by node name: " + " | ".join(p.parent.name or p.name for p in paths))
+    for name in names:
+        cells = []
+        for table in by_name:
+            node = table.get(name)
+            cells.append("-" if node is None else f"{node.ms:7.3f} {node.kernel}")
+        print(f"  {name[:60]:60} | " + " | ".join(cells))
+
+
+def profile_by_kernel(nodes: list[Executed]) -> dict[tuple[str, str], tuple[int, float]]:
+    """(node type, kernel) -> (count, total ms), slowest first."""
+    totals: dict[tuple[str, str], tuple[int, float]] = {}
+    for node in nodes:
+        count, ms = totals.get((node.type, node.kernel), (0, 0.0))
+        totals[(node.type, node.kernel)] = (count + 1, ms + node.ms)
+    return dict(sorted(totals.items(), key=lambda item: -item[1][1]))
+
+
+def _print_profile(paths: list[Path], sample: Path, top: int, *, heavy: bool) -> None:
+    with np.load(sample, allow_pickle=False) as archive:
+        feed = {name: archive[name] for name in archive.files}
+    profiles = node_profiles(paths, feed)
+    for path, nodes in zip(paths, profiles, strict=True):
+        print(f"{path}: {sum(n.ms for n in nodes):.3f} ms in {len(nodes)} executed nodes (PERF_COUNT)")
+        for (kind, kernel), (count, ms) in profile_by_kernel(nodes).items():
+            print(f"  {ms:8.3f} ms  {count:4d} x {kind:16} {kernel}")
+        for node in nodes[:top]:
+            print(f"  top {node.ms:8.3f} ms  {node.type:16} {node.kernel:32} {node.name}")
+    if heavy:
+        _heavy_table(paths, profiles)
+
+
 def survives(path: Path, sample: Path) -> str:
     """'' if the model compiles and runs one sample in a child process, else what happened: the CPU
     plugin can crash the process (quantcli's default output for PP-OCR cls segfaults at inference in
@@ -247,7 +320,15 @@ def main() -> int:
     parser.add_argument("models", type=Path, nargs="+")
     parser.add_argument("--layers", action="store_true", help="print every runtime layer")
     parser.add_argument("--smoke", type=Path, help="only compile and run each model on this .npz sample")
+    parser.add_argument(
+        "--profile", type=Path, help="per kernel and per node PERF_COUNT times on this .npz sample"
+    )
+    parser.add_argument("--top", type=int, default=25, help="with --profile: the slowest nodes to list")
+    parser.add_argument("--heavy", action="store_true", help="with --profile: heavy layers side by side")
     args = parser.parse_args()
+    if args.profile is not None:
+        _print_profile(args.models, args.profile, args.top, heavy=args.heavy)
+        return 0
     if args.smoke is not None:
         with np.load(args.smoke, allow_pickle=False) as archive:
             feed = {name: archive[name] for name in archive.files}

@@ -2,7 +2,8 @@
 
 Run: `make bench-targets` (builds .benchenv-openvino: openvino, NNCF 3.4, onnx, onnxruntime), or
 `.benchenv-openvino/bin/python bench/targets.py [--zoo DIR] [--models a,b] [--rules]`.
-Writes the `targets` section of bench/RESULTS.md and bench/results/targets.json.
+Writes the `targets` section of bench/RESULTS.md and bench/results/targets.json (`--section NAME`
+writes another, e.g. a rerun of some models beside the full run's).
 
 Per model, side by side in one run (one process, one rotating timing loop):
     openvino fp32         the float model, at the plugin's default inference precision (bf16 on a
@@ -261,13 +262,17 @@ def markdown(
     seconds: float,
     argv: list[str],
     load: float,
+    load_start: float | None = None,
+    note: str = "",
 ) -> str:
     command = "bench/targets.py " + " ".join(argv) if argv else "make bench-targets"
+    started = "" if load_start is None else f"at the start {load_start:.1f}, "
     out = [
         f"## quantcli for OpenVINO beside NNCF, on OpenVINO's CPU plugin (`{command}`, bench/targets.py)",
         "",
+        *([note, ""] if note else []),
         f"OpenVINO {ov.get_version().split('-')[0]}, NNCF 3.4.0, CPU plugin, 1 inference thread, 1 stream; "
-        f"{rounds} interleaved rounds; {seconds / 60:.0f} min; 1-min load average at the end "
+        f"{rounds} interleaved rounds; {seconds / 60:.0f} min; 1-min load average {started}at the end "
         f"{load:.1f} on {len(os.sched_getaffinity(0))} cores (a shared machine: read the",
         f"ratios). The plugin's default inference precision on this CPU is {_precision(results)}, so",
         "`openvino fp32` runs its float layers in that precision; `f32 hint` is the same model forced to",
@@ -285,16 +290,24 @@ def markdown(
     return "\n".join(out)
 
 
-def render(stored: Path, zoo: Path) -> int:
+def render(stored: Path, zoo: Path, section: str, note: str = "") -> int:
     """The section again from stored rows (after a change to the text only); rounds and minutes
-    are not stored, so they come from bench/results/targets.meta.json."""
+    are not stored, so they come from the rows' .meta.json beside them."""
     data = json.loads(stored.read_text())
     meta = json.loads(stored.with_suffix(".meta.json").read_text())
     names = list(dict.fromkeys(item["model"] for item in data))
     subjects = {s.name: s for s in compare.subjects(zoo, set(names))}
     results = [(subjects[name], [Row(**item) for item in data if item["model"] == name]) for name in names]
-    text = markdown(results, meta["rounds"], meta["seconds"], meta["argv"], meta["load"])
-    write_section("targets", text, data)
+    text = markdown(
+        results,
+        meta["rounds"],
+        meta["seconds"],
+        meta["argv"],
+        meta["load"],
+        meta.get("load_start"),
+        note or meta.get("note", ""),
+    )
+    write_section(section, text, data)
     return 0
 
 
@@ -313,13 +326,15 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="rewrite the section from a results JSON this script wrote; measure nothing",
     )
+    parser.add_argument("--section", default="targets", help="the RESULTS.md section to write")
+    parser.add_argument("--note", default="", help="a paragraph under the section's heading")
     args = parser.parse_args(argv)
     if args.render is not None:
-        return render(args.render, args.zoo)
+        return render(args.render, args.zoo, args.section, args.note)
     if not QUANTCLI.exists():
         parser.error(f"{QUANTCLI} missing: run `make install`")
     wanted = set(args.models.split(",")) if args.models else None
-    started = time.perf_counter()
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
     results = []
     global REUSE  # noqa: PLW0603 - set once, from the command line
     REUSE = args.reuse and args.work is not None
@@ -329,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append((subject, rows))
             print("\n".join(model_table(subject, rows)), flush=True)
             # The section so far after every model: a long run that stops keeps what it measured.
-            _report(results, args, argv, started, final=False)
-    _report(results, args, argv, started, final=True)
+            _report(results, args, argv, (started, load_start), final=False)
+    _report(results, args, argv, (started, load_start), final=True)
     return 0
 
 
@@ -338,25 +353,34 @@ def _report(
     results: list[tuple[compare.Subject, list[Row]]],
     args: argparse.Namespace,
     argv: list[str] | None,
-    started: float,
+    start: tuple[float, float],
     *,
     final: bool,
 ) -> None:
+    """start: the run's perf_counter and 1-min load average when it began."""
+    started, load_start = start
     seconds, load = time.perf_counter() - started, os.getloadavg()[0]
     data = [asdict(row) for _, rows in results for row in rows]
     if args.rows is not None:  # e.g. two runs over different models, joined by --render
         args.rows.write_text(json.dumps(data, indent=1) + "\n")
     if args.no_write and not final:
         return
-    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load)
+    text = markdown(results, args.rounds, seconds, argv or sys.argv[1:], load, load_start, args.note)
     if args.no_write:
         if final:
             print(text)
             print(json.dumps(data, indent=1))
         return
-    write_section("targets", text, data)
-    meta = {"rounds": args.rounds, "seconds": seconds, "argv": argv or sys.argv[1:], "load": load}
-    (BENCH / "results" / "targets.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_section(args.section, text, data)
+    meta = {
+        "rounds": args.rounds,
+        "seconds": seconds,
+        "argv": argv or sys.argv[1:],
+        "load": load,
+        "load_start": load_start,
+        "note": args.note,
+    }
+    (BENCH / "results" / f"{args.section}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,11 @@ class OpRule:
     # The target's rule that leaves this op float when the plan does not make it integer (its
     # inputs are not int8, nothing after it takes int8), added to that reason; "" for none.
     float_rule: str = ""
+    # OpKind.COMPUTE on a target with an ``output_pair_rule``: the layers whose output keeps its
+    # pair though no reader takes int8, because the runtime runs them faster so (OpenVINO's 3x3
+    # Conv before a SiLU), and the reason their decision gives; None: none.
+    keeps_output_pair: NodeTest | None = None
+    kept_output_reason: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,6 +381,37 @@ def _never(_node: ir.Node) -> bool:
     return False
 
 
+def _reads_as_silu(value: ir.Value) -> bool:
+    """Whether ``value``'s readers are exactly a SiLU: Sigmoid(x) and Mul(x, Sigmoid(x))."""
+    readers = [use.node for use in value.uses()]
+    sigmoids = [n for n in readers if n.op_type == "Sigmoid" and n.domain in ("", "ai.onnx")]
+    if len(readers) != 2 or len(sigmoids) != 1:
+        return False
+    gate = sigmoids[0].outputs[0]
+    return any(n.op_type == "Mul" and {id(v) for v in n.inputs} == {id(value), id(gate)} for n in readers)
+
+
+# docs/openvino.md rule 8: the channels from which a 3x3 Conv + SiLU runs faster on OpenVINO's CPU
+# plugin with its output quantized too (bench/openvino_convs.py: 64 channels 0.86-0.98x bf16, 128
+# 0.81-0.84x, 256 0.61-0.70x, against 1.27-1.41x, 1.35-1.46x, 0.98-1.10x with the SiLU fused after
+# a float output; at 16 and 32 channels the pair does not pay: 1.03-1.08x, 1.30-1.36x).
+_SILU_PAIR_MIN_CHANNELS = 64
+
+
+def _spatial_silu_conv(node: ir.Node) -> bool:
+    """Rule 8: a Conv with a kernel wider than 1x1 (measured at 3x3; a 1x1 Conv gains nothing from
+    the pair) and at least 64 input channels, read by a SiLU."""
+    weight = node.inputs[1] if len(node.inputs) > 1 else None
+    shape = () if weight is None or weight.shape is None else tuple(weight.shape)
+    dims = [d for d in shape if isinstance(d, int)]
+    if len(dims) < 3 or len(dims) != len(shape):
+        return False
+    group = node.attributes.get("group")
+    channels = dims[1] * (1 if group is None else group.as_int())
+    kernel = int(np.prod(dims[2:]))
+    return kernel > 1 and channels >= _SILU_PAIR_MIN_CHANNELS and _reads_as_silu(node.outputs[0])
+
+
 def _compute(
     kernel: str, weight_axis: AxisRule, *, bias_input: int | None = None, matrix: bool = False
 ) -> OpRule:
@@ -412,11 +448,18 @@ def _movement(rules: dict[str, OpRule], where: str) -> None:
 # integer layer (rule 7); the bias float (rule 5); final layers quantized (rule 6); every
 # activation zero point 0, uint8 from 0 for non-negative tensors (rule 1); one pair per carried
 # chain, at its root (rule 3); Add and Concat integer on any int8 input, a Concat's inputs sharing
-# one scale (rule 4). Relu/Clip(0, x) still
-# fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
+# one scale (rule 4); a 3x3 Conv of at least 64 input channels read by a SiLU keeps its output
+# pair, which the plugin fuses into the Convolution and runs faster than the SiLU alone (rule 8).
+# Relu/Clip(0, x) still fold into a uint8 quantizer from 0, which saturates at 0 exactly as they do.
 _OV = "OpenVINO CPU"
 _OPENVINO_RULES: dict[str, OpRule] = {
-    "Conv": _compute(f"{_OV} Convolution, docs/openvino.md rule 2", _axis(0), bias_input=2),
+    "Conv": replace(
+        _compute(f"{_OV} Convolution, docs/openvino.md rule 2", _axis(0), bias_input=2),
+        keeps_output_pair=_spatial_silu_conv,
+        kept_output_reason="int8 input, weights and output: a 3x3 Conv before a SiLU runs faster on "
+        "OpenVINO with its output quantized than with the SiLU fused after a float output "
+        "(docs/openvino.md rule 8)",
+    ),
     "ConvTranspose": _compute(f"{_OV} Deconvolution, docs/openvino.md rule 7", _axis(1), bias_input=2),
     "MatMul": _compute(f"{_OV} MatMul/FullyConnected, docs/openvino.md rule 2", _matmul_axis, matrix=True),
     "Gemm": _compute(f"{_OV} FullyConnected, docs/openvino.md rule 2", _gemm_axis, bias_input=2, matrix=True),

@@ -78,16 +78,18 @@ def _sqnr_db(model: onnx.ModelProto, quantized: Path, feed: dict[str, np.ndarray
     return float(10 * np.log10(signal / noise))
 
 
-def _silu_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
-    """Conv-SiLU-Conv-SiLU with the last Conv's output the graph output (a detector head)."""
+def _silu_cnn(seed: int = 0, c: int = 16, c_in: int = 3, kernel: int = 3) -> onnx.ModelProto:
+    """Conv-SiLU-Conv with the last Conv's output the graph output (a detector head); the first
+    Conv has ``c_in`` inputs and a ``kernel`` x ``kernel`` window."""
     rng = np.random.default_rng(seed)
+    w1 = (c, c_in, kernel, kernel)
     inits = [
-        helper.make_tensor("w1", TensorProto.FLOAT, (c, 3, 3, 3), rng.normal(0, 0.3, (c, 3, 3, 3)).ravel()),
+        helper.make_tensor("w1", TensorProto.FLOAT, w1, rng.normal(0, 0.3 / np.sqrt(c_in / 3), w1).ravel()),
         helper.make_tensor("b1", TensorProto.FLOAT, (c,), rng.normal(0, 0.1, c)),
         helper.make_tensor("w2", TensorProto.FLOAT, (8, c, 1, 1), rng.normal(0, 0.3, (8, c, 1, 1)).ravel()),
     ]
     nodes = [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[kernel // 2] * 4),
         helper.make_node("Sigmoid", ["c1"], ["s1"], name="sig1"),
         helper.make_node("Mul", ["c1", "s1"], ["m1"], name="silu1"),
         helper.make_node("Conv", ["m1", "w2"], ["y"], name="head"),
@@ -95,7 +97,7 @@ def _silu_cnn(seed: int = 0, c: int = 16) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "silu_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", c_in, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])],
         inits,
     )
@@ -323,3 +325,34 @@ def test_rule_a_matrix_product_writes_float_its_bias_add_is_fused(target: Target
     roles = {d.name: d.role for d in plan.decisions}
     assert all(roles[n.name] is not NodeRole.INTEGER for n in bias_adds)
     assert any(roles[n.name] is NodeRole.INTEGER for n in model.graph.node if n.op_type == "MatMul")
+
+
+@pytest.mark.parametrize(
+    ("channels", "kernel", "paired"),
+    [(64, 3, True), (32, 3, False), (64, 1, False)],
+    ids=["3x3-64-channels", "3x3-32-channels", "1x1-64-channels"],
+)
+def test_openvino_rule_8_a_3x3_silu_conv_of_64_channels_keeps_its_output_pair(
+    tmp_path: Path, channels: int, kernel: int, paired: bool
+) -> None:
+    data = {"x": np.random.default_rng(4).normal(0, 1, (8, 1, channels, 8, 8)).astype(np.float32)}
+    model = _silu_cnn(c_in=channels, kernel=kernel)
+    report = _report(model, data, tmp_path, "openvino")
+    out = tmp_path / "openvino.onnx"
+    quantized = {n.input[0] for n in _qdq(out, "QuantizeLinear")}
+    # Rule 2 leaves the SiLU's input float unless rule 8 keeps the Conv's output pair.
+    assert quantized == ({"x", "c1", "m1"} if paired else {"x", "m1"})
+    conv = next(d for d in report.plan.decisions if d.name == "conv1")
+    assert conv.role is NodeRole.INTEGER
+    assert ("docs/openvino.md rule 8" in conv.reason) is paired
+    # Both readers of the Conv's output read its dequantized form (one pair, not one per reader).
+    readers = [n for n in onnx.load(out).graph.node if n.name in ("sig1", "silu1")]
+    assert all(("c1" in n.input) is not paired for n in readers)
+    assert _sqnr_db(model, out, {"x": data["x"][0]}) > 25
+
+
+def test_openvino_rule_8_leaves_onnxruntime_and_tensorrt_placement_alone() -> None:
+    model = _silu_cnn(c_in=64)
+    for target in (TargetName.ORT_CPU, TargetName.TENSORRT):
+        conv = next(d for d in _plan(model, target).decisions if d.name == "conv1")
+        assert "rule 8" not in conv.reason, target

@@ -333,11 +333,17 @@ def drop_unread_outputs(ctx: Context, placement: Placement) -> Placement:
 
     OpenVINO and TensorRT quantize a layer's inputs and fuse what follows it; a pair on an output
     that only float ops read (the Sigmoid and Mul of a SiLU) costs a conversion and a rounding
-    step. Visited in reverse graph order so each node's readers are settled first.
+    step, except on a layer whose rule says the runtime runs it faster with that pair
+    (:attr:`~quantcli.target.OpRule.keeps_output_pair`). Visited in reverse graph order so each
+    node's readers are settled first.
     """
     reason = ctx.target.output_pair_rule or ""
     draft = Draft(ctx, placement)
     for node in _unread(draft, OpKind.COMPUTE) if reason else ():
+        rule = ctx.target.rule(node)
+        if rule is not None and rule.keeps_output_pair is not None and rule.keeps_output_pair(node):
+            draft.decide(node, NodeRole.INTEGER, rule.kept_output_reason)
+            continue
         draft.float_output.add(id(node))
         draft.withdraw_output(node)
         draft.decide(node, NodeRole.INTEGER, reason)
