@@ -47,6 +47,7 @@ ORDER = [
     "int4",
     "int4_mixed",
     "int4_decoder",
+    "int4_latency",
 ]
 
 HEADER = """# quantcli benchmark results
