@@ -8,7 +8,7 @@ BENCHENV := .benchenv
 BENCHPY := $(BENCHENV)/bin/python
 BENCHSTAMP := $(BENCHENV)/.installed
 
-.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-all bench-targets bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration bench-int4 zoo compare evidence modes samples golden constraints clean peers
+.PHONY: install demo test test-all lint typecheck check bench bench-startup bench-light bench-all bench-targets bench-large bench-large-weights bench-bombs bench-cost-model bench-fallback bench-calibration bench-int4 zoo compare evidence modes samples golden constraints clean peers
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -69,7 +69,7 @@ bench-cost-model: $(STAMP)
 	$(PY) bench/cost_model.py --zoo $(ZOO)
 
 ## Every bench script; each rewrites its own section of bench/RESULTS.md.
-bench-all: bench bench-startup bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration bench-int4 bench-targets
+bench-all: bench bench-startup bench-light bench-cost-model bench-large bench-large-weights bench-bombs zoo compare evidence modes bench-fallback bench-calibration bench-int4 bench-targets
 
 ## Bench-only packages (the `bench` extra) in their own venv; the package and its tests never need them.
 ## torch goes in first and alone, so pip takes the local CPU wheel and never resolves a CUDA build;
@@ -147,6 +147,11 @@ bench-int4: $(BENCHSTAMP)
 	$(BENCHPY) bench/int4.py --zoo $(ZOO)
 	$(BENCHPY) bench/int4_mixed.py --zoo $(ZOO)
 	$(BENCHPY) bench/int4_decoder.py --zoo $(ZOO)
+
+## The default command on the nine networks onnx ships as backend test data, given random weights (about
+## 2 min; VGG-19 and ZFNet-512, above 250 MB, are skipped unless --max-mb says otherwise).
+bench-light: $(STAMP)
+	$(PY) bench/light_sweep.py
 
 ## Calibration methods: quantcli vs onnxruntime calibrators on the zoo (ZOO=dir with ppocrv4_det, minilm_l6).
 bench-calibration: $(STAMP)

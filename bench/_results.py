@@ -23,6 +23,7 @@ RESULTS = BENCH / "results"
 ORDER = [
     "compare",
     "compare_misses",
+    "light_sweep",
     "evidence",
     "branches",
     "modes",
